@@ -1,0 +1,68 @@
+//! The claims of a mesh access token (RFC 9068 profile).
+
+use serde::{Deserialize, Serialize};
+
+/// What the auth service signs and every verifier reads.
+///
+/// Required claims are plain fields, so a token without them (or with a claim of the wrong JSON
+/// type) fails to deserialize and is rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer: the auth service's URL.
+    pub iss: String,
+    /// Subject: the user, or for service tokens the workload's client id.
+    pub sub: String,
+    /// Audience: the one service this token is for.
+    pub aud: Audience,
+    /// The OAuth2 client the token was issued to.
+    pub client_id: String,
+    /// Space-separated scopes.
+    #[serde(default)]
+    pub scope: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Not before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Unique token id, for audit and revocation.
+    pub jti: String,
+    /// The acting party of a token exchange (RFC 8693 §4.1): who calls on behalf of `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+}
+
+/// `aud` is a string or an array of strings (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// One audience, the form our issuer writes.
+    One(String),
+    /// Several audiences.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether `audience` is among the token's audiences.
+    pub fn contains(&self, audience: &str) -> bool {
+        match self {
+            Self::One(one) => one == audience,
+            Self::Many(many) => many.iter().any(|a| a == audience),
+        }
+    }
+}
+
+/// The `act` claim: the party acting for the subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The actor's client id.
+    pub sub: String,
+}
+
+impl AccessClaims {
+    /// The scopes as a list.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scope.split_ascii_whitespace()
+    }
+}

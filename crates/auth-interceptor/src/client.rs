@@ -1,0 +1,145 @@
+//! The client side: get a service token over the mesh, keep it fresh, attach it to calls.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Request};
+use mesh_proto::auth::v1::IssueServiceTokenRequest;
+use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use tokio::sync::RwLock;
+use tonic::transport::Channel;
+use tower::{Layer, Service};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A workload's own access token for one audience, fetched with `AuthService.IssueServiceToken`
+/// (the workload authenticates by its certificate; it holds no secret), cached, and renewed
+/// once 80 % of its lifetime has passed, so callers never present an almost-expired token.
+#[derive(Debug)]
+pub struct ServiceTokenSource {
+    client: AuthServiceClient<Channel>,
+    audience: String,
+    scopes: Vec<String>,
+    cached: RwLock<Option<Cached>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    header: HeaderValue,
+    renew_at: Instant,
+}
+
+impl ServiceTokenSource {
+    /// A source of tokens for `audience` with `scopes` (empty: all the registration allows),
+    /// asked of the auth service over `auth_channel` (an mTLS channel to the auth service's mesh
+    /// port).
+    pub fn new(auth_channel: Channel, audience: impl Into<String>, scopes: Vec<String>) -> Arc<Self> {
+        Arc::new(Self {
+            client: AuthServiceClient::new(auth_channel),
+            audience: audience.into(),
+            scopes,
+            cached: RwLock::new(None),
+        })
+    }
+
+    /// The `authorization` header value for the current token, fetching a new token first if
+    /// the cached one is due for renewal.
+    pub async fn authorization(&self) -> Result<HeaderValue, tonic::Status> {
+        if let Some(cached) = self.cached.read().await.as_ref() {
+            if Instant::now() < cached.renew_at {
+                return Ok(cached.header.clone());
+            }
+        }
+        let mut slot = self.cached.write().await;
+        // Someone else may have renewed while we waited for the lock.
+        if let Some(cached) = slot.as_ref() {
+            if Instant::now() < cached.renew_at {
+                return Ok(cached.header.clone());
+            }
+        }
+        let requested_at = Instant::now();
+        let response = self
+            .client
+            .clone()
+            .issue_service_token(IssueServiceTokenRequest {
+                audience: self.audience.clone(),
+                scopes: self.scopes.clone(),
+            })
+            .await?
+            .into_inner();
+        let mut header = HeaderValue::try_from(format!("Bearer {}", response.access_token))
+            .map_err(|_| tonic::Status::internal("auth service returned an unusable token"))?;
+        header.set_sensitive(true);
+        let lifetime = Duration::from_secs(u64::from(response.expires_in));
+        *slot = Some(Cached {
+            header: header.clone(),
+            renew_at: requested_at + lifetime.mul_f64(0.8),
+        });
+        Ok(header)
+    }
+}
+
+/// Wraps a client channel so every request carries the workload's service token.
+#[derive(Debug, Clone)]
+pub struct AttachTokenLayer {
+    source: Arc<ServiceTokenSource>,
+}
+
+impl AttachTokenLayer {
+    /// Attaches tokens from `source`.
+    pub fn new(source: Arc<ServiceTokenSource>) -> Self {
+        Self { source }
+    }
+}
+
+impl<S> Layer<S> for AttachTokenLayer {
+    type Service = AttachToken<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AttachToken {
+            inner,
+            source: self.source.clone(),
+        }
+    }
+}
+
+/// The service [`AttachTokenLayer`] produces.
+#[derive(Debug, Clone)]
+pub struct AttachToken<S> {
+    inner: S,
+    source: Arc<ServiceTokenSource>,
+}
+
+impl<S, B> Service<Request<B>> for AttachToken<S>
+where
+    S: Service<Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    // A boxed error lets a failed token fetch travel as the `Status` it is: tonic's client
+    // downcasts it back.
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let source = self.source.clone();
+        Box::pin(async move {
+            let header = source.authorization().await?;
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, header);
+            inner.call(request).await.map_err(Into::into)
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! Why a call was refused, and the one place that decides which status the caller sees.
+
+/// A refused call. The `Display` text names the reason class only: it never contains the token
+/// or any part of it, so it is safe to return to the caller and to log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` metadata.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// More than one `authorization` entry, a scheme other than `Bearer`, or unreadable bytes.
+    #[error("malformed authorization header: {0}")]
+    MalformedHeader(&'static str),
+    /// The token is not a well-formed JWT of our profile (bad encoding, `alg`, `typ`, `crit`,
+    /// missing or mistyped claims, too large).
+    #[error("invalid token: {0}")]
+    InvalidToken(&'static str),
+    /// The token's `kid` is not in the issuer's key set, even after a refetch.
+    #[error("invalid token: unknown signing key")]
+    UnknownKey,
+    /// The signature does not verify under the key its `kid` names.
+    #[error("invalid token: bad signature")]
+    BadSignature,
+    /// `exp` has passed.
+    #[error("invalid token: expired")]
+    Expired,
+    /// `nbf` is still in the future.
+    #[error("invalid token: not yet valid")]
+    NotYetValid,
+    /// `iss` is not our issuer.
+    #[error("invalid token: wrong issuer")]
+    WrongIssuer,
+    /// `aud` does not name this service.
+    #[error("invalid token: wrong audience")]
+    WrongAudience,
+    /// The method is not in the service's policy table (default deny).
+    #[error("permission denied: method not allowed by policy")]
+    MethodNotInPolicy,
+    /// A scope the method requires is missing from the token.
+    #[error("permission denied: missing scope {0}")]
+    MissingScope(String),
+    /// The caller's certificate identity is not allowed to call this method.
+    #[error("permission denied: caller identity not allowed")]
+    CallerNotAllowed,
+    /// A rule about the token's actor or subject (e.g. `act.sub`) failed.
+    #[error("permission denied: {0}")]
+    Forbidden(&'static str),
+}
+
+impl AuthError {
+    /// Whether the caller failed to prove who it is (as opposed to not being allowed).
+    pub fn is_authentication_failure(&self) -> bool {
+        !matches!(
+            self,
+            Self::MethodNotInPolicy
+                | Self::MissingScope(_)
+                | Self::CallerNotAllowed
+                | Self::Forbidden(_)
+        )
+    }
+
+    /// A short stable label for audit records and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::MalformedHeader(_) => "malformed_header",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::MethodNotInPolicy => "method_not_in_policy",
+            Self::MissingScope(_) => "missing_scope",
+            Self::CallerNotAllowed => "caller_not_allowed",
+            Self::Forbidden(_) => "forbidden",
+        }
+    }
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(error: AuthError) -> Self {
+        if error.is_authentication_failure() {
+            tonic::Status::unauthenticated(error.to_string())
+        } else {
+            tonic::Status::permission_denied(error.to_string())
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The tower layer that authenticates, authorizes and audits every request of a tonic server.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Request, Response};
+use mesh_tls::{PeerIdentity, SpiffeId};
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use crate::error::AuthError;
+use crate::policy::Policy;
+use crate::principal::Principal;
+use crate::verify::{TokenVerifier, VerifiedToken};
+
+/// Puts [`AuthService`] in front of a tonic server's routes.
+///
+/// It must sit *inside* tonic's transport (use `Server::builder().layer(..)`), where the request
+/// still carries the connection's [`PeerIdentity`] and the full method path.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    state: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    verifier: Arc<TokenVerifier>,
+    policy: Policy,
+}
+
+impl AuthLayer {
+    /// A layer enforcing `policy`, verifying tokens with `verifier`.
+    pub fn new(verifier: Arc<TokenVerifier>, policy: Policy) -> Self {
+        Self {
+            state: Arc::new(State { verifier, policy }),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] produces.
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    state: Arc<State>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for AuthService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The clone is not ready; the ready one (self.inner) is taken for this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Box::pin(async move {
+            let method = request.uri().path().to_owned();
+            let peer = request
+                .extensions()
+                .get::<PeerIdentity>()
+                .and_then(|p| p.spiffe_id.clone());
+            let token = take_bearer(request.headers_mut());
+            match state.decide(&method, token, peer.as_ref()).await {
+                Ok(verified) => {
+                    audit_allow(&method, verified.as_deref(), peer.as_ref());
+                    request
+                        .extensions_mut()
+                        .insert(Principal::new(verified, peer));
+                    let response = inner.call(request).await?;
+                    Ok(response.map(Body::new))
+                }
+                Err((error, verified)) => {
+                    audit_deny(&method, &error, verified.as_deref(), peer.as_ref());
+                    Ok(tonic::Status::from(error).into_http())
+                }
+            }
+        })
+    }
+}
+
+type Decision = Result<Option<Arc<VerifiedToken>>, (AuthError, Option<Arc<VerifiedToken>>)>;
+
+impl State {
+    async fn decide(
+        &self,
+        method: &str,
+        token: Result<Option<String>, AuthError>,
+        peer: Option<&SpiffeId>,
+    ) -> Decision {
+        // Default deny, decided before any signature is checked.
+        let rule = self
+            .policy
+            .rule(method)
+            .ok_or((AuthError::MethodNotInPolicy, None))?;
+        if !rule.needs_token() {
+            rule.authorize(None, peer).map_err(|e| (e, None))?;
+            return Ok(None);
+        }
+        let token = token
+            .map_err(|e| (e, None))?
+            .ok_or((AuthError::MissingToken, None))?;
+        let verified = self.verifier.verify(&token).await.map_err(|e| (e, None))?;
+        match rule.authorize(Some(&verified), peer) {
+            Ok(()) => Ok(Some(verified)),
+            Err(error) => Err((error, Some(verified))),
+        }
+    }
+}
+
+/// Removes every `authorization` entry from the request and returns the bearer token, if the
+/// request carried exactly one well-formed `Bearer` entry. Removing it means no handler, log line
+/// or downstream call can see the raw token.
+fn take_bearer(headers: &mut HeaderMap) -> Result<Option<String>, AuthError> {
+    let mut values = match headers.entry(http::header::AUTHORIZATION) {
+        http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1,
+        http::header::Entry::Vacant(_) => return Ok(None),
+    };
+    let first = values
+        .next()
+        .ok_or(AuthError::MalformedHeader("empty"))?;
+    if values.next().is_some() {
+        return Err(AuthError::MalformedHeader("more than one authorization entry"));
+    }
+    let text = first
+        .to_str()
+        .map_err(|_| AuthError::MalformedHeader("not visible ASCII"))?;
+    let (scheme, token) = text
+        .split_once(' ')
+        .ok_or(AuthError::MalformedHeader("expected `Bearer <token>`"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::MalformedHeader("scheme is not Bearer"));
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(' ') {
+        return Err(AuthError::MalformedHeader("expected `Bearer <token>`"));
+    }
+    Ok(Some(token.to_owned()))
+}
+
+fn audit_allow(method: &str, token: Option<&VerifiedToken>, peer: Option<&SpiffeId>) {
+    tracing::info!(
+        target: "audit",
+        decision = "allow",
+        reason = "policy",
+        method,
+        subject = token.map_or("", |t| t.subject.as_str()),
+        client = token.map_or("", |t| t.client_id.as_str()),
+        actor = token.and_then(|t| t.actor.as_deref()).unwrap_or(""),
+        peer = peer.map_or("", SpiffeId::as_str),
+        token_id = token.map_or("", |t| t.token_id.as_str()),
+    );
+}
+
+fn audit_deny(
+    method: &str,
+    error: &AuthError,
+    token: Option<&VerifiedToken>,
+    peer: Option<&SpiffeId>,
+) {
+    tracing::warn!(
+        target: "audit",
+        decision = "deny",
+        reason = error.reason(),
+        detail = %error,
+        method,
+        subject = token.map_or("", |t| t.subject.as_str()),
+        client = token.map_or("", |t| t.client_id.as_str()),
+        actor = token.and_then(|t| t.actor.as_deref()).unwrap_or(""),
+        peer = peer.map_or("", SpiffeId::as_str),
+        token_id = token.map_or("", |t| t.token_id.as_str()),
+    );
+}

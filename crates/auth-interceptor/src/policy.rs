@@ -1,0 +1,159 @@
+//! Per-method authorization: one table per service, keyed by full gRPC method path, default deny.
+
+use std::collections::HashMap;
+
+use mesh_tls::SpiffeId;
+
+use crate::error::AuthError;
+use crate::verify::VerifiedToken;
+
+/// The gRPC health-checking methods; services add them as explicit public rows.
+pub const HEALTH_METHODS: [&str; 2] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+];
+
+/// What a method requires of its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Authentication {
+    /// Nothing beyond the mesh's mTLS handshake (health checks).
+    Public,
+    /// A verified client certificate, no token: the caller's workload identity is the
+    /// credential (e.g. `AuthService.IssueServiceToken`).
+    Certificate,
+    /// A valid bearer token addressed to this service, on top of the certificate.
+    Token,
+}
+
+/// The rule for one method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    authentication: Authentication,
+    scopes: Vec<String>,
+    callers: Option<Vec<SpiffeId>>,
+    actors: Option<Vec<String>>,
+}
+
+impl Rule {
+    /// Anyone who completed the mTLS handshake. Use for health checks only.
+    pub fn public() -> Self {
+        Self::with(Authentication::Public)
+    }
+
+    /// A caller identified by its certificate alone.
+    pub fn certificate() -> Self {
+        Self::with(Authentication::Certificate)
+    }
+
+    /// A caller with a valid token for this service.
+    pub fn token() -> Self {
+        Self::with(Authentication::Token)
+    }
+
+    fn with(authentication: Authentication) -> Self {
+        Self {
+            authentication,
+            scopes: Vec::new(),
+            callers: None,
+            actors: None,
+        }
+    }
+
+    /// Requires `scope` on the token.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scopes.push(scope.into());
+        self
+    }
+
+    /// Allows only callers whose certificate carries one of these SPIFFE IDs.
+    pub fn callers(mut self, callers: impl IntoIterator<Item = SpiffeId>) -> Self {
+        self.callers = Some(callers.into_iter().collect());
+        self
+    }
+
+    /// Allows only exchanged tokens whose `act.sub` is one of these clients.
+    pub fn actors(mut self, actors: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.actors = Some(actors.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether the method needs a bearer token.
+    pub fn needs_token(&self) -> bool {
+        self.authentication == Authentication::Token
+    }
+
+    /// Checks an authenticated caller against the rule.
+    pub fn authorize(
+        &self,
+        token: Option<&VerifiedToken>,
+        peer: Option<&SpiffeId>,
+    ) -> Result<(), AuthError> {
+        if self.authentication == Authentication::Public {
+            return Ok(());
+        }
+        if let Some(callers) = &self.callers {
+            match peer {
+                Some(peer) if callers.contains(peer) => {}
+                _ => return Err(AuthError::CallerNotAllowed),
+            }
+        } else if peer.is_none() {
+            return Err(AuthError::CallerNotAllowed);
+        }
+        if self.authentication == Authentication::Token {
+            let token = token.ok_or(AuthError::MissingToken)?;
+            if let Some(missing) = self
+                .scopes
+                .iter()
+                .find(|scope| !token.scopes.contains(scope))
+            {
+                return Err(AuthError::MissingScope(missing.clone()));
+            }
+            if let Some(actors) = &self.actors {
+                match &token.actor {
+                    Some(actor) if actors.contains(actor) => {}
+                    _ => return Err(AuthError::Forbidden("actor not allowed")),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service's authorization table. A method that has no row is denied.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: HashMap<String, Rule>,
+}
+
+impl Policy {
+    /// An empty table: everything denied.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the row for `method`, a full path such as
+    /// `/mesh.inventory.v1.InventoryService/ListItems`.
+    pub fn allow(mut self, method: impl Into<String>, rule: Rule) -> Self {
+        self.rules.insert(method.into(), rule);
+        self
+    }
+
+    /// Adds the gRPC health-checking methods as public rows.
+    pub fn with_health(self) -> Self {
+        HEALTH_METHODS
+            .iter()
+            .fold(self, |policy, method| policy.allow(*method, Rule::public()))
+    }
+
+    /// The row for `method`.
+    pub fn rule(&self, method: &str) -> Option<&Rule> {
+        self.rules.get(method)
+    }
+
+    /// Every method with a row, sorted (for docs and tests).
+    pub fn methods(&self) -> Vec<&str> {
+        let mut methods: Vec<&str> = self.rules.keys().map(String::as_str).collect();
+        methods.sort_unstable();
+        methods
+    }
+}

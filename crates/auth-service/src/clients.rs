@@ -1,0 +1,140 @@
+//! Registered clients: who may ask for which audiences and scopes, and how they authenticate.
+
+use std::collections::HashMap;
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use mesh_tls::SpiffeId;
+
+use crate::settings::ClientConfig;
+
+/// Why a grant was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantError {
+    /// The client may not get tokens for this audience.
+    Audience,
+    /// A requested scope is not allowed for this client and audience.
+    Scope,
+}
+
+/// A registered client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Its id (also the audience of the service it runs, for workloads).
+    pub client_id: String,
+    /// The bound workload identity, if any.
+    pub spiffe_id: Option<SpiffeId>,
+    secret_hash: Option<String>,
+    grant_types: Vec<String>,
+    audiences: Vec<String>,
+    scopes: Vec<String>,
+}
+
+impl Client {
+    /// Whether the client may use `grant` on the token endpoint.
+    pub fn allows_grant(&self, grant: &str) -> bool {
+        self.grant_types.iter().any(|g| g == grant)
+    }
+
+    /// The scopes to put in a token for `audience`: all the client may have there when
+    /// `requested` is empty, else exactly `requested` if every one is allowed.
+    ///
+    /// A scope `X:…` belongs to audience `X`, so a token never carries scopes for a service
+    /// other than the one it is addressed to.
+    pub fn grant(&self, audience: &str, requested: &[String]) -> Result<Vec<String>, GrantError> {
+        if !self.audiences.iter().any(|a| a == audience) {
+            return Err(GrantError::Audience);
+        }
+        let allowed: Vec<&String> = self
+            .scopes
+            .iter()
+            .filter(|s| s.split(':').next() == Some(audience))
+            .collect();
+        if requested.is_empty() {
+            return Ok(allowed.into_iter().cloned().collect());
+        }
+        if requested.iter().all(|r| allowed.contains(&r)) {
+            let mut granted = requested.to_vec();
+            granted.sort_unstable();
+            granted.dedup();
+            Ok(granted)
+        } else {
+            Err(GrantError::Scope)
+        }
+    }
+}
+
+/// Every registered client, by id and by bound SPIFFE ID.
+#[derive(Debug)]
+pub struct Registry {
+    by_id: HashMap<String, Client>,
+    by_spiffe: HashMap<SpiffeId, String>,
+    /// Checked against when the client id is unknown, so that an unknown client costs the same
+    /// Argon2 work as a wrong secret and cannot be told apart by timing.
+    dummy_hash: String,
+}
+
+impl Registry {
+    /// Builds the registry from the (already checked) config.
+    pub fn new(clients: &[ClientConfig]) -> Self {
+        let mut by_id = HashMap::new();
+        let mut by_spiffe = HashMap::new();
+        for config in clients {
+            let client = Client {
+                client_id: config.client_id.clone(),
+                spiffe_id: config.spiffe(),
+                secret_hash: config.secret_hash.clone(),
+                grant_types: config.grant_types.clone(),
+                audiences: config.audiences.clone(),
+                scopes: config.scopes.clone(),
+            };
+            if let Some(id) = &client.spiffe_id {
+                by_spiffe.insert(id.clone(), client.client_id.clone());
+            }
+            by_id.insert(client.client_id.clone(), client);
+        }
+        Self {
+            by_id,
+            by_spiffe,
+            dummy_hash: hash_secret("not a real secret: timing equaliser").unwrap_or_default(),
+        }
+    }
+
+    /// The client bound to a workload identity.
+    pub fn by_spiffe(&self, id: &SpiffeId) -> Option<&Client> {
+        self.by_spiffe.get(id).and_then(|client_id| self.by_id.get(client_id))
+    }
+
+    /// The client with `client_id`.
+    pub fn get(&self, client_id: &str) -> Option<&Client> {
+        self.by_id.get(client_id)
+    }
+
+    /// Checks a client secret. Unknown clients, clients without a secret and wrong secrets all
+    /// take one Argon2 verification and answer `None`. Call from a blocking thread.
+    pub fn authenticate(&self, client_id: &str, secret: &str) -> Option<&Client> {
+        let client = self.by_id.get(client_id);
+        let hash = client
+            .and_then(|c| c.secret_hash.as_deref())
+            .unwrap_or(&self.dummy_hash);
+        let matches = PasswordHash::new(hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(secret.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        match client {
+            Some(c) if matches && c.secret_hash.is_some() => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Hashes a secret as an Argon2id PHC string (what `meshctl hash-secret` prints).
+pub fn hash_secret(secret: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Ok(Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)?
+        .to_string())
+}

@@ -1,0 +1,180 @@
+//! The mesh side: `mesh.auth.v1.AuthService`, where workloads authenticate by certificate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use auth_interceptor::{AuthError, Principal, TokenVerifier, VerifierConfig};
+use mesh_proto::auth::v1::auth_service_server::AuthService;
+use mesh_proto::auth::v1::{
+    ExchangeTokenRequest, ExchangeTokenResponse, IssueServiceTokenRequest,
+    IssueServiceTokenResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::clients::{Client, GrantError, Registry};
+use crate::issuer::{Issuer, TokenRequest};
+
+/// The gRPC API of the auth service.
+#[derive(Debug)]
+pub struct MeshApi {
+    issuer: Arc<Issuer>,
+    registry: Arc<Registry>,
+    ttl: Duration,
+    exchange_ttl: Duration,
+    /// One local verifier per workload client, with that client's id as audience: a subject
+    /// token may only be exchanged by the service it was issued to.
+    subject_verifiers: HashMap<String, Arc<TokenVerifier>>,
+}
+
+impl MeshApi {
+    /// The API over `issuer` and `registry`.
+    pub fn new(
+        issuer: Arc<Issuer>,
+        registry: Arc<Registry>,
+        ttl: Duration,
+        exchange_ttl: Duration,
+        workload_clients: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let subject_verifiers = workload_clients
+            .into_iter()
+            .map(|client_id| {
+                let config = VerifierConfig::new(issuer.url(), client_id.clone());
+                let verifier = TokenVerifier::with_keys(config, issuer.keys().key_set());
+                (client_id, verifier)
+            })
+            .collect();
+        Self {
+            issuer,
+            registry,
+            ttl,
+            exchange_ttl,
+            subject_verifiers,
+        }
+    }
+
+    /// Re-reads the published keys into the local verifiers (after a rotation).
+    pub fn refresh_keys(&self) {
+        for verifier in self.subject_verifiers.values() {
+            verifier.replace_keys(self.issuer.keys().key_set());
+        }
+    }
+
+    /// The registered client bound to the caller's certificate.
+    fn calling_client<T>(&self, request: &Request<T>) -> Result<&Client, Status> {
+        let peer = request
+            .extensions()
+            .get::<Principal>()
+            .and_then(|p| p.peer().cloned())
+            .ok_or_else(|| Status::unauthenticated("no client certificate identity"))?;
+        self.registry
+            .by_spiffe(&peer)
+            .ok_or_else(|| Status::permission_denied("no client is registered for this workload identity"))
+    }
+}
+
+fn grant_status(error: GrantError) -> Status {
+    match error {
+        GrantError::Audience => Status::permission_denied("the caller may not reach this audience"),
+        GrantError::Scope => {
+            Status::permission_denied("a requested scope is not allowed for the caller and audience")
+        }
+    }
+}
+
+fn expires_in(seconds: u64) -> u32 {
+    u32::try_from(seconds).unwrap_or(u32::MAX)
+}
+
+#[tonic::async_trait]
+impl AuthService for MeshApi {
+    async fn issue_service_token(
+        &self,
+        request: Request<IssueServiceTokenRequest>,
+    ) -> Result<Response<IssueServiceTokenResponse>, Status> {
+        let client = self.calling_client(&request)?;
+        let body = request.get_ref();
+        if body.audience.is_empty() {
+            return Err(Status::invalid_argument("audience: required"));
+        }
+        let scopes = client
+            .grant(&body.audience, &body.scopes)
+            .map_err(grant_status)?;
+        let issued = self
+            .issuer
+            .issue(TokenRequest {
+                subject: &client.client_id,
+                client_id: &client.client_id,
+                audience: &body.audience,
+                scopes,
+                actor: None,
+                lifetime: self.ttl,
+            })
+            .map_err(|_| Status::internal("could not sign the token"))?;
+        tracing::info!(target: "audit", decision = "allow", reason = "service_token", method = "/mesh.auth.v1.AuthService/IssueServiceToken", client = %client.client_id, audience = %body.audience, token_id = %issued.token_id, "token issued");
+        Ok(Response::new(IssueServiceTokenResponse {
+            access_token: issued.access_token,
+            token_type: "Bearer".into(),
+            expires_in: expires_in(issued.expires_in),
+            scopes: issued.scopes,
+        }))
+    }
+
+    async fn exchange_token(
+        &self,
+        request: Request<ExchangeTokenRequest>,
+    ) -> Result<Response<ExchangeTokenResponse>, Status> {
+        let client = self.calling_client(&request)?;
+        let body = request.get_ref();
+        if body.subject_token.is_empty() {
+            return Err(Status::invalid_argument("subject_token: required"));
+        }
+        if body.audience.is_empty() {
+            return Err(Status::invalid_argument("audience: required"));
+        }
+        let verifier = self
+            .subject_verifiers
+            .get(&client.client_id)
+            .ok_or_else(|| Status::permission_denied("the caller may not exchange tokens"))?;
+        let subject = verifier
+            .verify(&body.subject_token)
+            .await
+            .map_err(|e| match e {
+                AuthError::WrongAudience => {
+                    Status::permission_denied("subject token is not addressed to the caller")
+                }
+                other => Status::unauthenticated(format!("subject token: {other}")),
+            })?;
+        if subject.actor.is_some() {
+            return Err(Status::permission_denied(
+                "an exchanged token cannot be exchanged again",
+            ));
+        }
+        let scopes = client
+            .grant(&body.audience, &body.scopes)
+            .map_err(grant_status)?;
+        let remaining = subject.expires_at.saturating_sub(crate::unix_now());
+        let lifetime = self.exchange_ttl.min(Duration::from_secs(remaining));
+        if lifetime.is_zero() {
+            return Err(Status::unauthenticated("subject token: expired"));
+        }
+        let issued = self
+            .issuer
+            .issue(TokenRequest {
+                subject: &subject.subject,
+                client_id: &subject.client_id,
+                audience: &body.audience,
+                scopes,
+                actor: Some(&client.client_id),
+                lifetime,
+            })
+            .map_err(|_| Status::internal("could not sign the token"))?;
+        tracing::info!(target: "audit", decision = "allow", reason = "token_exchange", method = "/mesh.auth.v1.AuthService/ExchangeToken", subject = %subject.subject, actor = %client.client_id, audience = %body.audience, token_id = %issued.token_id, "token exchanged");
+        Ok(Response::new(ExchangeTokenResponse {
+            access_token: issued.access_token,
+            token_type: "Bearer".into(),
+            expires_in: expires_in(issued.expires_in),
+            scopes: issued.scopes,
+        }))
+    }
+}

@@ -1,0 +1,276 @@
+//! The mesh's OAuth2/OIDC issuer and token API.
+//!
+//! Two listeners, one process:
+//! - **public HTTPS** (`MESH_PUBLIC_LISTEN`, default 8443): OIDC discovery, the JWKS, and the
+//!   OAuth2 token endpoint (`client_credentials` with `client_secret_basic` or
+//!   `client_secret_post`). Errors follow RFC 6749 §5.2 exactly.
+//! - **mesh gRPC** (`MESH_LISTEN`, default 50051, mTLS required): `mesh.auth.v1.AuthService`,
+//!   where a workload authenticates by its certificate alone and gets its own token
+//!   (`IssueServiceToken`) or exchanges a user's token (`ExchangeToken`, RFC 8693).
+//!
+//! Tokens are EdDSA JWTs (`typ: at+jwt`) signed with keys kept in SQLite, so they survive
+//! restarts; the JWKS publishes the current and the previous key.
+//!
+//! # Layout
+//! - [`settings`]: flags with env twins, and the `MESH_AUTH_CONFIG` clients file.
+//! - [`clients`]: the client registry, secret checks (Argon2id), scope and audience grants.
+//! - [`keys`]: signing keys in SQLite, rotation, the JWKS.
+//! - [`issuer`]: minting tokens.
+//! - [`http`]: the public OAuth2/OIDC endpoints.
+//! - [`ratelimit`]: the failed-client-authentication limiter.
+//! - [`grpc`]: the mesh API.
+//! - [`Application`]: binds both listeners and runs them until shutdown.
+
+#![forbid(unsafe_code)]
+
+pub mod clients;
+pub mod grpc;
+pub mod http;
+pub mod issuer;
+pub mod keys;
+pub mod ratelimit;
+pub mod settings;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier, VerifierConfig};
+use mesh_proto::auth::v1::auth_service_server::AuthServiceServer;
+use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
+use mesh_tls::Reloadable;
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use tokio::net::TcpListener;
+
+pub use settings::{Args, AuthConfig, Settings};
+
+use crate::clients::Registry;
+use crate::grpc::MeshApi;
+use crate::issuer::Issuer;
+use crate::keys::KeyStore;
+use crate::ratelimit::FailureLimiter;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration: the binary exits 64.
+    #[error("{0}")]
+    Config(String),
+    /// The database could not be opened, migrated or read.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A listener could not be bound or served.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl StartError {
+    /// Whether this is the operator's configuration (exit 64) rather than a runtime failure.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_))
+    }
+}
+
+/// Seconds since the epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The mesh API's policy: health is public; both token methods authenticate the caller by its
+/// certificate, which the handlers then map to a registered client.
+pub fn mesh_policy() -> Policy {
+    Policy::new()
+        .with_health()
+        .allow("/mesh.auth.v1.AuthService/IssueServiceToken", Rule::certificate())
+        .allow("/mesh.auth.v1.AuthService/ExchangeToken", Rule::certificate())
+}
+
+/// A built, bound auth service, ready to run.
+#[derive(Debug)]
+pub struct Application {
+    mesh: TlsListener,
+    public: TlsListener,
+    mesh_addr: SocketAddr,
+    public_addr: SocketAddr,
+    issuer: Arc<Issuer>,
+    api: Arc<MeshApi>,
+    http: http::HttpState,
+    mesh_verifier: Arc<TokenVerifier>,
+    limits: ServerLimits,
+}
+
+impl Application {
+    /// Loads certificates, opens the database, binds both listeners.
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let config_error = |flag: &str| {
+            let flag = flag.to_owned();
+            move |e: mesh_tls::TlsError| StartError::Config(format!("{flag}: {e}"))
+        };
+        let identity = Reloadable::load(settings.tls.clone())
+            .map_err(config_error("--tls-cert/--tls-key"))?;
+        let roots = settings.tls.trust_bundle().map_err(config_error("--tls-ca"))?;
+        let mesh = TlsListener::mesh(bind(settings.listen).await?, identity.clone(), roots)
+            .map_err(config_error("--tls-ca"))?;
+        let public = TlsListener::public(bind(settings.public_listen).await?, identity)
+            .map_err(config_error("--tls-cert"))?;
+        let mesh_addr = mesh.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let public_addr = public.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let issuer_url = match settings.issuer {
+            Some(url) => url,
+            None => format!("https://localhost:{}", public_addr.port()),
+        };
+        settings::check_issuer(&issuer_url)?;
+
+        let pool = open_db(&settings.db).await?;
+        let keys = Arc::new(KeyStore::open(pool).await?);
+        let issuer = Arc::new(Issuer::new(issuer_url, keys.clone()));
+        let config = &settings.config;
+        let registry = Arc::new(Registry::new(&config.clients));
+        let workloads = config
+            .clients
+            .iter()
+            .filter(|c| c.spiffe_id.is_some())
+            .map(|c| c.client_id.clone());
+        let ttl = settings::ttl(config.access_token_ttl_secs);
+        let api = Arc::new(MeshApi::new(
+            issuer.clone(),
+            registry.clone(),
+            ttl,
+            settings::ttl(config.exchanged_token_ttl_secs),
+            workloads,
+        ));
+        let http = http::HttpState {
+            issuer: issuer.clone(),
+            registry,
+            limiter: Arc::new(FailureLimiter::new(
+                config.rate_limit.max_failures,
+                Duration::from_secs(config.rate_limit.window_secs),
+            )),
+            ttl,
+        };
+        let mesh_verifier = TokenVerifier::with_keys(
+            VerifierConfig::new(issuer.url(), "auth"),
+            keys.key_set(),
+        );
+        Ok(Self {
+            mesh,
+            public,
+            mesh_addr,
+            public_addr,
+            issuer,
+            api,
+            http,
+            mesh_verifier,
+            limits: ServerLimits::default(),
+        })
+    }
+
+    /// The mesh gRPC address actually bound.
+    pub fn mesh_addr(&self) -> SocketAddr {
+        self.mesh_addr
+    }
+
+    /// The public HTTPS address actually bound.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    /// The issuer URL tokens carry.
+    pub fn issuer(&self) -> &str {
+        self.issuer.url()
+    }
+
+    /// A handle that rotates the signing key while the service runs.
+    pub fn key_rotator(&self) -> KeyRotator {
+        KeyRotator {
+            keys: self.issuer.keys().clone(),
+            api: self.api.clone(),
+            mesh_verifier: self.mesh_verifier.clone(),
+        }
+    }
+
+    /// Serves both listeners until `shutdown` resolves, then drains them.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(());
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+            let _ = rx.changed().await;
+        };
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<AuthServiceServer<MeshApi>>()
+            .await;
+        let api = AuthServiceServer::from_arc(self.api)
+            .max_decoding_message_size(self.limits.max_message_bytes);
+        let mesh = grpc_server(&self.limits)
+            .layer(AuthLayer::new(self.mesh_verifier, mesh_policy()))
+            .add_service(health_service)
+            .add_service(api)
+            .serve_with_incoming_shutdown(self.mesh.incoming(), stopped(stop_rx.clone()));
+
+        let public = grpc_server(&self.limits)
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(http::router(self.http)))
+            .serve_with_incoming_shutdown(self.public.incoming(), stopped(stop_rx));
+
+        let (mesh, public) = tokio::join!(mesh, public);
+        mesh.map_err(|e| StartError::Io(format!("mesh listener: {e}")))?;
+        public.map_err(|e| StartError::Io(format!("public listener: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Rotates the signing key of a running auth service.
+#[derive(Debug, Clone)]
+pub struct KeyRotator {
+    keys: Arc<KeyStore>,
+    api: Arc<MeshApi>,
+    mesh_verifier: Arc<TokenVerifier>,
+}
+
+impl KeyRotator {
+    /// Retires the current key and signs with a new one from now on; returns the new `kid`.
+    pub async fn rotate(&self) -> Result<String, StartError> {
+        let kid = self.keys.rotate().await?;
+        self.api.refresh_keys();
+        self.mesh_verifier.replace_keys(self.keys.key_set());
+        Ok(kid)
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Io(format!("bind {addr}: {e}")))
+}
+
+/// Opens (creating if needed) and migrates the SQLite file, in WAL mode.
+async fn open_db(path: &Path) -> Result<SqlitePool, StartError> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .map_err(|e| StartError::Config(format!("--db {}: {e}", path.display())))?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .map_err(|e| StartError::Storage(format!("migrate {}: {e}", path.display())))?;
+    Ok(pool)
+}

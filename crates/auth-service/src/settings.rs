@@ -1,0 +1,240 @@
+//! Configuration: the operator-interface flags (with env twins) and the clients file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mesh_tls::{SpiffeId, TlsFiles};
+use serde::Deserialize;
+
+use crate::StartError;
+
+/// Flags of the auth service; each has the env twin DESIGN.md's operator interface names.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "auth-service", version, about = "OAuth2/OIDC issuer of the mesh")]
+pub struct Args {
+    /// Mesh gRPC listen address (mTLS required).
+    #[arg(long, env = "MESH_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// Public HTTPS listen address for the OAuth2/OIDC endpoints.
+    #[arg(long, env = "MESH_PUBLIC_LISTEN", default_value = "0.0.0.0:8443")]
+    pub public_listen: SocketAddr,
+    /// PEM certificate chain of this workload.
+    #[arg(long, env = "MESH_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of this workload.
+    #[arg(long, env = "MESH_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// PEM trust bundle (the mesh CA).
+    #[arg(long, env = "MESH_TLS_CA")]
+    pub tls_ca: PathBuf,
+    /// Issuer URL written into tokens; defaults to https://localhost:<public port>.
+    #[arg(long, env = "MESH_ISSUER")]
+    pub issuer: Option<String>,
+    /// TOML file with the registered clients (see config/auth.example.toml).
+    #[arg(long, env = "MESH_AUTH_CONFIG")]
+    pub auth_config: PathBuf,
+    /// SQLite file for signing keys (created and migrated on start).
+    #[arg(long, env = "MESH_DB")]
+    pub db: PathBuf,
+}
+
+impl Args {
+    /// Reads the clients file and checks the flags that clap cannot.
+    pub fn into_settings(self) -> Result<Settings, StartError> {
+        let clients = AuthConfig::load(&self.auth_config)?;
+        if let Some(issuer) = &self.issuer {
+            check_issuer(issuer)?;
+        }
+        Ok(Settings {
+            listen: self.listen,
+            public_listen: self.public_listen,
+            tls: TlsFiles {
+                cert: self.tls_cert,
+                key: self.tls_key,
+                ca: self.tls_ca,
+            },
+            issuer: self.issuer,
+            config: clients,
+            db: self.db,
+        })
+    }
+}
+
+/// Everything [`crate::Application::build`] needs, already validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Mesh gRPC listen address.
+    pub listen: SocketAddr,
+    /// Public HTTPS listen address.
+    pub public_listen: SocketAddr,
+    /// This workload's TLS files.
+    pub tls: TlsFiles,
+    /// The issuer URL; `None` means `https://localhost:<public port>`.
+    pub issuer: Option<String>,
+    /// Registered clients and token settings.
+    pub config: AuthConfig,
+    /// SQLite file.
+    pub db: PathBuf,
+}
+
+/// The `MESH_AUTH_CONFIG` file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of access tokens, in seconds (default 300).
+    #[serde(default = "default_ttl")]
+    pub access_token_ttl_secs: u64,
+    /// Lifetime cap of exchanged tokens, in seconds (default 60).
+    #[serde(default = "default_exchange_ttl")]
+    pub exchanged_token_ttl_secs: u64,
+    /// Failed client authentications allowed per address and window before answering 429.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// Registered clients.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+fn default_ttl() -> u64 {
+    300
+}
+
+fn default_exchange_ttl() -> u64 {
+    60
+}
+
+/// The failed-authentication limiter's settings.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Failures allowed per window (default 10).
+    pub max_failures: u32,
+    /// Window length in seconds (default 60).
+    pub window_secs: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 10,
+            window_secs: 60,
+        }
+    }
+}
+
+/// One registered OAuth2 client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The client's id; for workloads also the audience of the service it runs.
+    pub client_id: String,
+    /// Argon2id PHC hash of the client secret (`meshctl hash-secret`), for clients that use the
+    /// token endpoint. Workloads authenticate by certificate and have none.
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+    /// The workload identity bound to this client: a caller presenting a certificate with this
+    /// SPIFFE ID on the mesh port *is* this client.
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+    /// Grants the client may use on the token endpoint.
+    #[serde(default)]
+    pub grant_types: Vec<String>,
+    /// Audiences the client may get tokens for.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Scopes the client may get. A scope `X:…` belongs to audience `X`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+impl ClientConfig {
+    /// The bound SPIFFE ID, parsed.
+    pub fn spiffe(&self) -> Option<SpiffeId> {
+        self.spiffe_id.as_deref().and_then(|s| s.parse().ok())
+    }
+}
+
+impl AuthConfig {
+    /// Reads and checks the file.
+    pub fn load(path: &std::path::Path) -> Result<Self, StartError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            StartError::Config(format!("--auth-config {}: {e}", path.display()))
+        })?;
+        Self::parse(&text)
+            .map_err(|e| StartError::Config(format!("--auth-config {}: {e}", path.display())))
+    }
+
+    /// Parses and checks the TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(10..=86_400).contains(&self.access_token_ttl_secs) {
+            return Err("access_token_ttl_secs must be between 10 and 86400".into());
+        }
+        if !(10..=self.access_token_ttl_secs).contains(&self.exchanged_token_ttl_secs) {
+            return Err("exchanged_token_ttl_secs must be between 10 and access_token_ttl_secs".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for client in &self.clients {
+            let id = &client.client_id;
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                return Err(format!("client_id {id:?}: use letters, digits, '-', '_', '.'"));
+            }
+            if !seen.insert(id.clone()) {
+                return Err(format!("client_id {id:?} is registered twice"));
+            }
+            if let Some(raw) = &client.spiffe_id {
+                raw.parse::<SpiffeId>()
+                    .map_err(|e| format!("client {id:?}: {e}"))?;
+            }
+            if let Some(hash) = &client.secret_hash {
+                argon2::PasswordHash::new(hash)
+                    .map_err(|e| format!("client {id:?}: secret_hash is not a PHC string: {e}"))?;
+            }
+            for grant in &client.grant_types {
+                if grant != "client_credentials" {
+                    return Err(format!("client {id:?}: unsupported grant type {grant:?}"));
+                }
+            }
+            if client.grant_types.iter().any(|g| g == "client_credentials")
+                && client.secret_hash.is_none()
+            {
+                return Err(format!("client {id:?}: client_credentials needs a secret_hash"));
+            }
+            for scope in &client.scopes {
+                let owner = scope.split(':').next().unwrap_or_default();
+                if !client.audiences.iter().any(|a| a == owner) {
+                    return Err(format!(
+                        "client {id:?}: scope {scope:?} belongs to audience {owner:?}, which the client may not reach"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An issuer must be an https URL without query or fragment (OIDC Discovery §3).
+pub fn check_issuer(issuer: &str) -> Result<(), StartError> {
+    let ok = issuer.starts_with("https://")
+        && !issuer.contains(['?', '#'])
+        && !issuer.ends_with('/')
+        && issuer.len() > "https://".len();
+    if ok {
+        Ok(())
+    } else {
+        Err(StartError::Config(format!(
+            "--issuer {issuer:?}: must be an https URL without query, fragment or trailing slash"
+        )))
+    }
+}
+
+/// How long tokens live, from the config.
+pub(crate) fn ttl(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}

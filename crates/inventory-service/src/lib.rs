@@ -1,0 +1,193 @@
+//! Business service B: the shop's stock, in SQLite, behind the mesh's auth layer.
+//!
+//! Reads need scope `inventory:read`. Reservations may only be made by the orders service acting
+//! for a user: its certificate, a token addressed to inventory, `act.sub = orders` and scope
+//! `inventory:reserve`, all four. Restocking needs `inventory:admin`.
+//!
+//! # Layout
+//! - [`store`]: SQLite (WAL, migrations): items, idempotent all-or-nothing reservations.
+//! - [`api`]: the gRPC handlers, which parse requests into domain types at the edge.
+//! - [`policy`]: the service's authorization table.
+//! - [`Application`]: flags, start-up and serving.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use auth_interceptor::jwks::JwksSource;
+use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier, VerifierConfig};
+use mesh_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
+use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
+use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+use crate::api::InventoryApi;
+use crate::store::Store;
+
+/// Flags of the inventory service, with the operator interface's env twins.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "inventory-service", version, about = "Stock and reservations of the mesh")]
+pub struct Args {
+    /// Mesh gRPC listen address (mTLS required).
+    #[arg(long, env = "MESH_LISTEN", default_value = "0.0.0.0:50053")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain of this workload.
+    #[arg(long, env = "MESH_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of this workload.
+    #[arg(long, env = "MESH_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// PEM trust bundle (the mesh CA).
+    #[arg(long, env = "MESH_TLS_CA")]
+    pub tls_ca: PathBuf,
+    /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
+    #[arg(long, env = "MESH_ISSUER")]
+    pub issuer: String,
+    /// The audience tokens must carry.
+    #[arg(long, env = "MESH_AUDIENCE", default_value = "inventory")]
+    pub audience: String,
+    /// SQLite file (created and migrated on start).
+    #[arg(long, env = "MESH_DB")]
+    pub db: PathBuf,
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration: the binary exits 64.
+    #[error("{0}")]
+    Config(String),
+    /// Anything else.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StartError {
+    /// Whether this is the operator's configuration (exit 64).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_))
+    }
+}
+
+/// The inventory policy. `orders` is the SPIFFE ID of the orders workload, the only caller that
+/// may reserve and release.
+pub fn policy(orders: SpiffeId) -> Policy {
+    let service = "/mesh.inventory.v1.InventoryService";
+    Policy::new()
+        .with_health()
+        .allow(format!("{service}/ListItems"), Rule::token().scope("inventory:read"))
+        .allow(format!("{service}/GetItem"), Rule::token().scope("inventory:read"))
+        .allow(
+            format!("{service}/Reserve"),
+            Rule::token()
+                .scope("inventory:reserve")
+                .callers([orders.clone()])
+                .actors(["orders"]),
+        )
+        .allow(
+            format!("{service}/Release"),
+            Rule::token()
+                .scope("inventory:reserve")
+                .callers([orders])
+                .actors(["orders"]),
+        )
+        .allow(format!("{service}/Restock"), Rule::token().scope("inventory:admin"))
+}
+
+/// A built, bound inventory service.
+#[derive(Debug)]
+pub struct Application {
+    listener: TlsListener,
+    addr: SocketAddr,
+    verifier: Arc<TokenVerifier>,
+    policy: Policy,
+    store: Store,
+    limits: ServerLimits,
+}
+
+impl Application {
+    /// Loads certificates, discovers the issuer's keys, opens the database, binds the listener.
+    pub async fn build(args: Args) -> Result<Self, StartError> {
+        let files = TlsFiles {
+            cert: args.tls_cert,
+            key: args.tls_key,
+            ca: args.tls_ca,
+        };
+        let identity = Reloadable::load(files.clone())
+            .map_err(|e| StartError::Config(format!("--tls-cert/--tls-key: {e}")))?;
+        let roots = files
+            .trust_bundle()
+            .map_err(|e| StartError::Config(format!("--tls-ca: {e}")))?;
+        let own_id = identity.spiffe_id().ok_or_else(|| {
+            StartError::Config("--tls-cert: the certificate has no SPIFFE ID".into())
+        })?;
+        let orders = SpiffeId::workload(own_id.trust_domain(), "orders")
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let http = JwksSource::https_client(roots.clone())
+            .map_err(|e| StartError::Config(format!("--tls-ca: {e}")))?;
+        let verifier = TokenVerifier::discover(
+            VerifierConfig::new(args.issuer.clone(), args.audience),
+            JwksSource::new(args.issuer.clone(), http),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| StartError::Runtime(format!("--issuer {}: {e}", args.issuer)))?;
+        let store = Store::open(&args.db)
+            .await
+            .map_err(|e| StartError::Config(format!("--db {}: {e}", args.db.display())))?;
+        let tcp = TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| StartError::Runtime(format!("bind {}: {e}", args.listen)))?;
+        let listener = TlsListener::mesh(tcp, identity, roots)
+            .map_err(|e| StartError::Config(format!("--tls-ca: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        Ok(Self {
+            listener,
+            addr,
+            verifier,
+            policy: policy(orders),
+            store,
+            limits: ServerLimits::default(),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The token verifier (tests read its JWKS fetch count).
+    pub fn verifier(&self) -> Arc<TokenVerifier> {
+        self.verifier.clone()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<InventoryServiceServer<InventoryApi>>()
+            .await;
+        let api = InventoryServiceServer::new(InventoryApi::new(self.store))
+            .max_decoding_message_size(self.limits.max_message_bytes);
+        grpc_server(&self.limits)
+            // Authenticate, then authorize against the full method path; deny by default.
+            .layer(AuthLayer::new(self.verifier, self.policy))
+            .add_service(health_service)
+            .add_service(api)
+            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
+            .await
+            .map_err(|e| StartError::Runtime(format!("serve: {e}")))
+    }
+}

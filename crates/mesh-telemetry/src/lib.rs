@@ -1,0 +1,85 @@
+//! What every mesh binary does first: parse its flags the operator-interface way, and start
+//! logging.
+//!
+//! The operator interface (DESIGN.md) promises that every binary takes flags with env-var twins,
+//! prints a clear message and exits 64 (`EX_USAGE`) on bad configuration, and honours `RUST_LOG`
+//! and `MESH_LOG_FORMAT`. Putting that in one place keeps the promise the same everywhere.
+//!
+//! # Layout
+//! - [`parse_args`]: clap parsing with exit code 64 on any usage error.
+//! - [`init`]: the tracing subscriber (`RUST_LOG` filter, JSON or pretty lines).
+//! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM, for graceful shutdown.
+//! - [`EXIT_USAGE`]: the exit code for bad configuration.
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+/// `EX_USAGE` from sysexits.h: the command was used incorrectly (a bad flag, env var or file).
+pub const EXIT_USAGE: i32 = 64;
+
+/// Parses the process's arguments (and their env twins). `--help` and `--version` print and
+/// exit 0; any error prints clap's message, which names the flag, and exits 64.
+pub fn parse_args<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let _ = error.print();
+            std::process::exit(EXIT_USAGE)
+        }
+    }
+}
+
+/// Prints `message` as a configuration error and exits 64.
+pub fn exit_bad_config(message: impl std::fmt::Display) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(EXIT_USAGE)
+}
+
+/// Installs the global tracing subscriber: `RUST_LOG` filtering (default `info`), JSON lines
+/// when `MESH_LOG_FORMAT=json`, pretty lines otherwise. Safe to call more than once (later calls
+/// do nothing), which tests rely on.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("MESH_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = if json {
+        registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .try_init()
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
+    };
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,186 @@
+//! The client side of the mesh: a verifier that pins the server's SPIFFE ID, and channels.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientConfig, WebPkiServerVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::identity::{SpiffeId, spiffe_id_of};
+use crate::material::{Reloadable, TrustBundle};
+use crate::{TlsError, provider};
+
+/// The client config for a mesh hop: TLS 1.3 only, our certificate presented from `identity`,
+/// and the server accepted only if it chains to `roots` *and* carries the SPIFFE ID `expected`.
+///
+/// In the mesh the SPIFFE ID replaces the host name: services are reached by whatever address
+/// the environment gives them (an IP in tests, a compose host name), but must prove they are
+/// the workload we meant to call.
+pub fn mesh_client_config(
+    identity: Arc<Reloadable>,
+    roots: TrustBundle,
+    expected: SpiffeId,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = SpiffeServerVerifier {
+        roots,
+        expected,
+        algorithms: provider().signature_verification_algorithms,
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(identity);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client config for HTTPS to the auth service's public listener (discovery, JWKS, token
+/// endpoint): ordinary WebPKI verification of the host name against `roots`, no client
+/// certificate, HTTP/1.1.
+pub fn https_client_config(roots: TrustBundle) -> Result<ClientConfig, TlsError> {
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Pem {
+            what: "trust bundle",
+            path: String::new(),
+            detail: e.to_string(),
+        })?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_webpki_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Opens mTLS channels to one kind of workload: our certificate, their expected SPIFFE ID.
+#[derive(Debug, Clone)]
+pub struct MeshConnector {
+    config: Arc<ClientConfig>,
+}
+
+impl MeshConnector {
+    /// A connector presenting `identity` and accepting only servers with SPIFFE ID `expected`.
+    pub fn new(
+        identity: Arc<Reloadable>,
+        roots: TrustBundle,
+        expected: SpiffeId,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            config: mesh_client_config(identity, roots, expected)?,
+        })
+    }
+
+    /// A lazily connecting channel to `addr`; see [`channel`].
+    pub fn channel(&self, addr: &str) -> Result<Channel, TlsError> {
+        channel(addr, self.config.clone())
+    }
+}
+
+/// A lazily connecting gRPC channel to `addr` (`host:port`, optionally with an `https://`
+/// prefix) over mutual TLS with `config`. The channel reconnects by itself after the server
+/// comes back, and reuses its connection across calls.
+pub fn channel(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, TlsError> {
+    let authority = addr
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+        .map_err(|_| TlsError::Invalid {
+            what: "address",
+            value: addr.to_owned(),
+        })?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let connector = TlsConnector::from(config);
+    let connect = tower::service_fn(move |uri: Uri| {
+        let connector = connector.clone();
+        async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address has no host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(host)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// Verifies a mesh server: chain to our trust bundle, then the exact SPIFFE ID we expect.
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    roots: TrustBundle,
+    expected: SpiffeId,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        match spiffe_id_of(end_entity) {
+            Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            _ => Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The config allows TLS 1.3 only, so a TLS 1.2 signature is never legitimate here.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

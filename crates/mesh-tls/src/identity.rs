@@ -1,0 +1,139 @@
+//! Workload identities: SPIFFE IDs read from certificates.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::TlsError;
+
+/// A SPIFFE ID, `spiffe://<trust-domain>/<path>`, as found in a certificate's URI SAN.
+///
+/// Cheap to clone: a request carries one per hop.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId(Arc<str>);
+
+impl SpiffeId {
+    /// The ID of a mesh workload: `spiffe://<trust_domain>/sa/<name>`.
+    pub fn workload(trust_domain: &str, name: &str) -> Result<Self, TlsError> {
+        format!("spiffe://{trust_domain}/sa/{name}").parse()
+    }
+
+    /// The whole ID as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The trust domain, e.g. `mesh.local`.
+    pub fn trust_domain(&self) -> &str {
+        let rest = &self.0["spiffe://".len()..];
+        rest.split('/').next().unwrap_or(rest)
+    }
+
+    /// The last path segment, which for mesh workloads (`/sa/<name>`) is the workload's name.
+    pub fn workload_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or("")
+    }
+}
+
+impl FromStr for SpiffeId {
+    type Err = TlsError;
+
+    /// Accepts only the SPIFFE ID grammar: lower-case trust domain of `[a-z0-9.-_]`, a non-empty
+    /// path of segments of `[A-Za-z0-9.-_]`, no query, fragment, port or user info.
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let invalid = || TlsError::Invalid {
+            what: "SPIFFE ID",
+            value: raw.to_owned(),
+        };
+        let rest = raw.strip_prefix("spiffe://").ok_or_else(invalid)?;
+        let (domain, path) = rest.split_once('/').ok_or_else(invalid)?;
+        let domain_ok = !domain.is_empty()
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+        let path_ok = path.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        });
+        if domain_ok && path_ok && raw.len() <= 2048 {
+            Ok(Self(raw.into()))
+        } else {
+            Err(invalid())
+        }
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpiffeId({})", self.0)
+    }
+}
+
+/// Who is on the other end of a mesh connection, as proved by its TLS handshake.
+///
+/// The server side inserts one into every request's extensions (through tonic's
+/// `Connected::connect_info`), computed once per connection, so a layer can authorize the caller
+/// without touching rustls.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    /// The peer's socket address.
+    pub remote_addr: Option<SocketAddr>,
+    /// The SPIFFE ID of the peer's verified client certificate; `None` on listeners that do not
+    /// ask for one (the public HTTPS listener).
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+/// Reads the one SPIFFE ID from a DER certificate's URI SANs.
+///
+/// A certificate with no `spiffe://` URI, or with more than one, has no mesh identity: the
+/// SPIFFE X.509-SVID rules allow exactly one.
+pub fn spiffe_id_of(cert_der: &[u8]) -> Option<SpiffeId> {
+    let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut ids = san.value.general_names.iter().filter_map(|name| match name {
+        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+        _ => None,
+    });
+    let first = ids.next()?;
+    if ids.next().is_some() {
+        return None;
+    }
+    first.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_workload_ids_and_rejects_malformed_ones() {
+        let id: SpiffeId = "spiffe://mesh.local/sa/orders".parse().expect("valid");
+        assert_eq!(id.trust_domain(), "mesh.local");
+        assert_eq!(id.workload_name(), "orders");
+        for bad in [
+            "https://mesh.local/sa/orders",
+            "spiffe://mesh.local",
+            "spiffe://Mesh.Local/sa/x",
+            "spiffe://mesh.local/sa/../x",
+            "spiffe://mesh.local/sa//x",
+            "spiffe://mesh.local:8443/sa/x",
+            "spiffe://mesh.local/sa/x?y=1",
+        ] {
+            assert!(bad.parse::<SpiffeId>().is_err(), "{bad} should be rejected");
+        }
+    }
+}

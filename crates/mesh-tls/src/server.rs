@@ -1,0 +1,291 @@
+//! The server side of the mesh: rustls configs, the TLS accept loop, and a hardened tonic builder.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::identity::{PeerIdentity, spiffe_id_of};
+use crate::material::{Reloadable, TrustBundle};
+use crate::{TlsError, provider};
+
+/// The server config of a mesh listener: TLS 1.3 only, a client certificate chaining to `roots`
+/// required, the own certificate served from `identity` (so it can be reloaded), ALPN `h2`.
+pub fn mesh_server_config(
+    identity: Arc<Reloadable>,
+    roots: TrustBundle,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(identity);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The server config of a public HTTPS listener (the auth service's OAuth2 endpoints): TLS 1.3
+/// only, no client certificate (clients authenticate at the OAuth2 layer), ALPN `h2` and
+/// `http/1.1`.
+pub fn public_server_config(identity: Arc<Reloadable>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(identity);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// How the accept loop treats connections before they are handed to the HTTP/2 server.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptOptions {
+    /// A peer that has not finished its TLS handshake by then is dropped, so idle sockets cannot
+    /// pin server resources.
+    pub handshake_timeout: Duration,
+    /// Handshakes in flight at once; further sockets wait in the kernel's backlog.
+    pub max_pending_handshakes: usize,
+}
+
+impl Default for AcceptOptions {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 256,
+        }
+    }
+}
+
+/// Accepts TCP connections, runs each TLS handshake in its own task under a timeout, and yields
+/// the established streams, ready for `tonic::transport::Server::serve_with_incoming`.
+///
+/// Failed handshakes (plaintext, no client certificate, a foreign CA, a timeout) are logged at
+/// debug level and never reach the server. The loop stops when the returned stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    options: AcceptOptions,
+) -> ReceiverStream<Result<MeshStream, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    let permits = Arc::new(Semaphore::new(options.max_pending_handshakes));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (tcp, remote_addr) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = tcp.set_nodelay(true);
+                let handshake =
+                    tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp)).await;
+                let tls = match handshake {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%remote_addr, %error, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote_addr, "tls handshake timed out");
+                        return;
+                    }
+                };
+                let spiffe_id = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| spiffe_id_of(leaf));
+                let peer = PeerIdentity {
+                    remote_addr: Some(remote_addr),
+                    spiffe_id,
+                };
+                let _ = tx.send(Ok(MeshStream { inner: tls, peer })).await;
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// An established server-side TLS connection and the identity its handshake proved.
+#[derive(Debug)]
+pub struct MeshStream {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: PeerIdentity,
+}
+
+impl MeshStream {
+    /// Who is on the other end.
+    pub fn peer(&self) -> &PeerIdentity {
+        &self.peer
+    }
+}
+
+impl tonic::transport::server::Connected for MeshStream {
+    type ConnectInfo = PeerIdentity;
+
+    fn connect_info(&self) -> PeerIdentity {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for MeshStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MeshStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The HTTP/2 and gRPC limits every mesh server runs with. tonic leaves most of them unset
+/// (unlimited); each one here closes a known resource-exhaustion route.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Streams one connection may have open at once (tonic's default is unlimited).
+    pub max_concurrent_streams: u32,
+    /// Streams a peer may make the server reset before the connection is closed: the mitigation
+    /// for the HTTP/2 reset-flood attacks, which tonic switches off when this is unset.
+    pub max_local_error_reset_streams: usize,
+    /// Reset streams not yet accepted that a peer may queue.
+    pub max_pending_accept_reset_streams: usize,
+    /// Total size of one request's headers, in bytes.
+    pub max_header_list_size: u32,
+    /// Requests in flight per connection; beyond it the server sheds load with UNAVAILABLE
+    /// instead of queueing without bound.
+    pub concurrency_limit_per_connection: usize,
+    /// The longest a request may run on the server.
+    pub request_timeout: Duration,
+    /// The largest request message a service decodes; services pass it to
+    /// `max_decoding_message_size`.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 128,
+            max_local_error_reset_streams: 1024,
+            max_pending_accept_reset_streams: 128,
+            max_header_list_size: 16 * 1024,
+            concurrency_limit_per_connection: 256,
+            request_timeout: Duration::from_secs(30),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A tonic server builder with every limit of `limits` applied and HTTP/1 refused.
+pub fn grpc_server(limits: &ServerLimits) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_local_error_reset_streams(Some(limits.max_local_error_reset_streams))
+        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_reset_streams))
+        .http2_max_header_list_size(limits.max_header_list_size)
+        .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
+        .load_shed(true)
+        .timeout(limits.request_timeout)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+}
+
+/// A bound TCP listener and the TLS config its connections must complete.
+#[derive(Debug)]
+pub struct TlsListener {
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    options: AcceptOptions,
+}
+
+impl TlsListener {
+    /// A mesh listener: client certificates required (see [`mesh_server_config`]).
+    pub fn mesh(
+        listener: TcpListener,
+        identity: Arc<Reloadable>,
+        roots: TrustBundle,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            listener,
+            config: mesh_server_config(identity, roots)?,
+            options: AcceptOptions::default(),
+        })
+    }
+
+    /// A public HTTPS listener: no client certificate (see [`public_server_config`]).
+    pub fn public(listener: TcpListener, identity: Arc<Reloadable>) -> Result<Self, TlsError> {
+        Ok(Self {
+            listener,
+            config: public_server_config(identity)?,
+            options: AcceptOptions::default(),
+        })
+    }
+
+    /// Replaces the accept options.
+    pub fn with_options(mut self, options: AcceptOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The address actually bound (tests bind port 0).
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Starts accepting; see [`incoming`].
+    pub fn incoming(self) -> ReceiverStream<Result<MeshStream, io::Error>> {
+        incoming(self.listener, self.config, self.options)
+    }
+}
