@@ -44,7 +44,13 @@ pub fn exit_bad_config(message: impl std::fmt::Display) -> ! {
 /// when `MESH_LOG_FORMAT=json`, pretty lines otherwise. Safe to call more than once (later calls
 /// do nothing), which tests rely on.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_default("info");
+}
+
+/// Like [`init`], with `default_filter` in force when `RUST_LOG` is not set.
+pub fn init_with_default(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("MESH_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if json {

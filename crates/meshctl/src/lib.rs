@@ -1,1 +1,193 @@
-//! stub
+//! meshctl: the operator and user CLI of Zero-Trust Mesh, and the in-process dev mesh.
+//!
+//! meshctl is a workload too: on the mesh it presents its own certificate
+//! (`spiffe://mesh.local/sa/meshctl`) and carries a token, like any service would.
+//!
+//! # Layout
+//! - [`cli`]: the flags (clap, with env twins).
+//! - [`run`]: dispatches a parsed command; [`CliError`] decides the exit code.
+//! - [`token`]: client credentials against the auth service's token endpoint.
+//! - [`devmesh`]: auth and inventory started in-process on loopback (`demo`, tests).
+//! - [`demo`]: the guided scenario of `meshctl demo`.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod demo;
+pub mod devmesh;
+pub mod token;
+
+use std::io::Read;
+
+use mesh_proto::inventory::v1::ListItemsRequest;
+use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use mesh_tls::certs::{DEFAULT_WORKLOADS, DevCa, validate_workload_name};
+use mesh_tls::client::MeshConnector;
+use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::cli::{Cli, Command, CertsCommand, InventoryCommand, TlsArgs};
+
+/// How a command failed, which decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad flags or configuration: exit 64.
+    #[error("{0}")]
+    Usage(String),
+    /// The command ran and failed (a refused call, an unreachable service): exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Usage(_) => mesh_telemetry::EXIT_USAGE,
+            Self::Failed(_) => 1,
+        }
+    }
+}
+
+fn failed(error: impl std::fmt::Display) -> CliError {
+    CliError::Failed(error.to_string())
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Certs(CertsCommand::Init(args)) => {
+            for name in &args.names {
+                validate_workload_name(name).map_err(|e| CliError::Usage(format!("--name: {e}")))?;
+            }
+            let mut names: Vec<String> = DEFAULT_WORKLOADS.iter().map(|n| (*n).to_owned()).collect();
+            names.extend(args.names.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
+            let ca = DevCa::generate(&args.trust_domain)
+                .map_err(|e| CliError::Usage(format!("--trust-domain: {e}")))?;
+            let written = ca
+                .write_dir(&args.out, &names, args.force)
+                .map_err(|e| CliError::Usage(format!("--out: {e}")))?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Token(args) => {
+            let roots = mesh_tls::material::load_trust_bundle(&args.tls_ca)
+                .map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))?;
+            let http = auth_interceptor::jwks::JwksSource::https_client(roots).map_err(failed)?;
+            let credentials = token::ClientCredentials {
+                client_id: args.client_id,
+                client_secret: args.client_secret,
+            };
+            let response = token::client_credentials(
+                &http,
+                &args.issuer,
+                &credentials,
+                &args.audience,
+                &args.scopes,
+            )
+            .await
+            .map_err(failed)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "access_token": response.access_token,
+                        "token_type": response.token_type,
+                        "expires_in": response.expires_in,
+                        "scope": response.scope,
+                    })
+                );
+            } else {
+                println!("{}", response.access_token);
+            }
+            Ok(())
+        }
+        Command::Inventory(InventoryCommand::List(args)) => {
+            let channel = connect(&args.tls, "inventory", &args.addr)?;
+            let mut request = tonic::Request::new(ListItemsRequest::default());
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", args.token)
+                    .parse()
+                    .map_err(|_| CliError::Usage("--token: not a valid header value".into()))?,
+            );
+            let items = InventoryServiceClient::new(channel)
+                .list_items(request)
+                .await
+                .map_err(|s| failed(format!("{}: {}", s.code(), s.message())))?
+                .into_inner()
+                .items;
+            println!("{:<10} {:>9} {:>10}  NAME", "SKU", "AVAILABLE", "PRICE");
+            for item in items {
+                println!(
+                    "{:<10} {:>9} {:>7}.{:02}  {}",
+                    item.sku,
+                    item.available,
+                    item.price_cents / 100,
+                    item.price_cents % 100,
+                    item.name
+                );
+            }
+            Ok(())
+        }
+        Command::Health(args) => {
+            let channel = connect(&args.tls, &args.workload, &args.addr)?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: args.service.clone(),
+                })
+                .await
+                .map_err(|s| failed(format!("{}: {}", s.code(), s.message())))?
+                .into_inner()
+                .status();
+            println!("{}: {}", args.addr, status.as_str_name());
+            if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
+                Ok(())
+            } else {
+                Err(failed("not serving"))
+            }
+        }
+        Command::HashSecret => {
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_to_string(&mut secret)
+                .map_err(|e| CliError::Usage(format!("stdin: {e}")))?;
+            let secret = secret.trim_end_matches(['\n', '\r']);
+            if secret.len() < 16 {
+                return Err(CliError::Usage(
+                    "stdin: a client secret must be at least 16 characters".into(),
+                ));
+            }
+            let hash = auth_service::clients::hash_secret(secret).map_err(failed)?;
+            println!("{hash}");
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// An mTLS channel to `addr`, presenting meshctl's certificate, expecting workload `workload`.
+fn connect(
+    tls: &TlsArgs,
+    workload: &str,
+    addr: &str,
+) -> Result<tonic::transport::Channel, CliError> {
+    let files = TlsFiles {
+        cert: tls.tls_cert.clone(),
+        key: tls.tls_key.clone(),
+        ca: tls.tls_ca.clone(),
+    };
+    let roots = files
+        .trust_bundle()
+        .map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))?;
+    let identity =
+        Reloadable::load(files).map_err(|e| CliError::Usage(format!("--tls-cert/--tls-key: {e}")))?;
+    let expected = SpiffeId::workload(&tls.trust_domain, workload)
+        .map_err(|e| CliError::Usage(format!("--workload/--trust-domain: {e}")))?;
+    MeshConnector::new(identity, roots, expected)
+        .and_then(|c| c.channel(addr))
+        .map_err(|e| CliError::Usage(format!("--addr: {e}")))
+}

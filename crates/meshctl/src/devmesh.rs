@@ -1,0 +1,158 @@
+//! A whole mesh in this process, on loopback: what `meshctl demo` and the integration tests run.
+//!
+//! It issues fresh certificates from a new dev CA into a directory, writes the shipped example
+//! clients file there, and starts the auth and inventory services on `127.0.0.1:0`, each exactly
+//! as its binary would (same `Application::build`, same flags).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use auth_interceptor::jwks::JwksSource;
+use mesh_tls::certs::{DEFAULT_WORKLOADS, DevCa};
+use mesh_tls::client::MeshConnector;
+use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The clients file shipped in `config/auth.example.toml`, used verbatim by the dev mesh.
+pub const EXAMPLE_AUTH_CONFIG: &str = include_str!("../../../config/auth.example.toml");
+
+/// The demo secret of the `meshctl` client in the example config.
+pub const MESHCTL_DEMO_SECRET: &str = "meshctl-demo-secret";
+
+/// The demo secret of the `stock-admin` client in the example config.
+pub const STOCK_ADMIN_DEMO_SECRET: &str = "stock-admin-demo-secret";
+
+/// The trust domain of the example config.
+pub const TRUST_DOMAIN: &str = "mesh.local";
+
+/// A running in-process mesh.
+#[derive(Debug)]
+pub struct DevMesh {
+    dir: PathBuf,
+    /// The issuer URL (`https://localhost:<port>`).
+    pub issuer: String,
+    /// The auth service's mesh gRPC address.
+    pub auth_addr: std::net::SocketAddr,
+    /// The auth service's public HTTPS address.
+    pub auth_public_addr: std::net::SocketAddr,
+    /// The inventory service's mesh address.
+    pub inventory_addr: std::net::SocketAddr,
+    /// Rotates the auth service's signing key.
+    pub key_rotator: auth_service::KeyRotator,
+    /// The inventory service's token verifier (its JWKS fetch count is observable).
+    pub inventory_verifier: Arc<auth_interceptor::TokenVerifier>,
+    services: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+impl DevMesh {
+    /// Issues certificates into `dir/certs`, then starts auth and inventory on loopback.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let certs = dir.join("certs");
+        let names: Vec<String> = DEFAULT_WORKLOADS.iter().map(|n| (*n).to_owned()).collect();
+        DevCa::generate(TRUST_DOMAIN)?
+            .write_dir(&certs, &names, true)
+            .context("writing dev certificates")?;
+        let config_path = dir.join("auth.toml");
+        std::fs::write(&config_path, EXAMPLE_AUTH_CONFIG)?;
+
+        let auth_settings = auth_service::Args {
+            listen: "127.0.0.1:0".parse()?,
+            public_listen: "127.0.0.1:0".parse()?,
+            tls_cert: certs.join("auth.pem"),
+            tls_key: certs.join("auth.key"),
+            tls_ca: certs.join("ca.pem"),
+            issuer: None,
+            auth_config: config_path,
+            db: dir.join("auth.db"),
+        }
+        .into_settings()?;
+        let auth = auth_service::Application::build(auth_settings).await?;
+        let issuer = auth.issuer().to_owned();
+        let auth_addr = auth.mesh_addr();
+        let auth_public_addr = auth.public_addr();
+        let key_rotator = auth.key_rotator();
+        let mut services = Vec::new();
+        services.push(spawn("auth", |stop| auth.run_until_stopped(stop)));
+
+        let inventory = inventory_service::Application::build(inventory_service::Args {
+            listen: "127.0.0.1:0".parse()?,
+            tls_cert: certs.join("inventory.pem"),
+            tls_key: certs.join("inventory.key"),
+            tls_ca: certs.join("ca.pem"),
+            issuer: issuer.clone(),
+            audience: "inventory".into(),
+            db: dir.join("inventory.db"),
+        })
+        .await?;
+        let inventory_addr = inventory.addr();
+        let inventory_verifier = inventory.verifier();
+        services.push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
+
+        Ok(Self {
+            dir: dir.to_owned(),
+            issuer,
+            auth_addr,
+            auth_public_addr,
+            inventory_addr,
+            key_rotator,
+            inventory_verifier,
+            services,
+        })
+    }
+
+    /// Where certificates, config and databases live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The TLS files of workload `name` (`auth`, `orders`, `inventory`, `meshctl`).
+    pub fn tls_files(&self, name: &str) -> TlsFiles {
+        TlsFiles::in_dir(&self.dir.join("certs"), name)
+    }
+
+    /// A connector presenting `as_workload`'s certificate to a server that must be `to_workload`.
+    pub fn connector(&self, as_workload: &str, to_workload: &str) -> anyhow::Result<MeshConnector> {
+        let files = self.tls_files(as_workload);
+        let roots = files.trust_bundle()?;
+        Ok(MeshConnector::new(
+            Reloadable::load(files)?,
+            roots,
+            SpiffeId::workload(TRUST_DOMAIN, to_workload)?,
+        )?)
+    }
+
+    /// An HTTPS client trusting the mesh CA, for the auth service's public endpoints.
+    pub fn https_client(&self) -> anyhow::Result<reqwest::Client> {
+        let roots = self.tls_files("meshctl").trust_bundle()?;
+        Ok(JwksSource::https_client(roots)?)
+    }
+
+    /// Stops every service and waits for them to drain.
+    pub async fn stop(self) {
+        for (stop, handle) in self.services {
+            let _ = stop.send(());
+            let _ = handle.await;
+        }
+    }
+}
+
+fn spawn<F, Fut, E>(name: &'static str, run: F) -> (oneshot::Sender<()>, JoinHandle<()>)
+where
+    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let stop = Box::pin(async move {
+        let _ = stop_rx.await;
+    });
+    let future = run(stop);
+    let handle = tokio::spawn(async move {
+        if let Err(error) = future.await {
+            tracing::error!(service = name, %error, "service stopped with an error");
+        }
+    });
+    (stop_tx, handle)
+}
