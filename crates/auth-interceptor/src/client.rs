@@ -36,7 +36,11 @@ impl ServiceTokenSource {
     /// A source of tokens for `audience` with `scopes` (empty: all the registration allows),
     /// asked of the auth service over `auth_channel` (an mTLS channel to the auth service's mesh
     /// port).
-    pub fn new(auth_channel: Channel, audience: impl Into<String>, scopes: Vec<String>) -> Arc<Self> {
+    pub fn new(
+        auth_channel: Channel,
+        audience: impl Into<String>,
+        scopes: Vec<String>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             client: AuthServiceClient::new(auth_channel),
             audience: audience.into(),
@@ -48,17 +52,13 @@ impl ServiceTokenSource {
     /// The `authorization` header value for the current token, fetching a new token first if
     /// the cached one is due for renewal.
     pub async fn authorization(&self) -> Result<HeaderValue, tonic::Status> {
-        if let Some(cached) = self.cached.read().await.as_ref() {
-            if Instant::now() < cached.renew_at {
-                return Ok(cached.header.clone());
-            }
+        if let Some(header) = fresh(&*self.cached.read().await) {
+            return Ok(header);
         }
         let mut slot = self.cached.write().await;
         // Someone else may have renewed while we waited for the lock.
-        if let Some(cached) = slot.as_ref() {
-            if Instant::now() < cached.renew_at {
-                return Ok(cached.header.clone());
-            }
+        if let Some(header) = fresh(&slot) {
+            return Ok(header);
         }
         let requested_at = Instant::now();
         let response = self
@@ -80,6 +80,14 @@ impl ServiceTokenSource {
         });
         Ok(header)
     }
+}
+
+/// The cached header, if it is not yet due for renewal.
+fn fresh(cached: &Option<Cached>) -> Option<HeaderValue> {
+    cached
+        .as_ref()
+        .filter(|c| Instant::now() < c.renew_at)
+        .map(|c| c.header.clone())
 }
 
 /// Wraps a client channel so every request carries the workload's service token.

@@ -165,14 +165,13 @@ impl JwksSource {
 
     /// An HTTPS client that trusts exactly the CAs of `roots`, with short timeouts and no
     /// redirects: a key fetch must never wander off to another host.
-    pub fn https_client(
-        roots: mesh_tls::TrustBundle,
-    ) -> Result<reqwest::Client, JwksError> {
+    pub fn https_client(roots: mesh_tls::TrustBundle) -> Result<reqwest::Client, JwksError> {
         let invalid = |detail: String| JwksError::Invalid {
             url: String::new(),
             detail,
         };
-        let tls = mesh_tls::client::https_client_config(roots).map_err(|e| invalid(e.to_string()))?;
+        let tls =
+            mesh_tls::client::https_client_config(roots).map_err(|e| invalid(e.to_string()))?;
         reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .https_only(true)

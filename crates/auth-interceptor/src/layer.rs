@@ -140,11 +140,11 @@ fn take_bearer(headers: &mut HeaderMap) -> Result<Option<String>, AuthError> {
         http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1,
         http::header::Entry::Vacant(_) => return Ok(None),
     };
-    let first = values
-        .next()
-        .ok_or(AuthError::MalformedHeader("empty"))?;
+    let first = values.next().ok_or(AuthError::MalformedHeader("empty"))?;
     if values.next().is_some() {
-        return Err(AuthError::MalformedHeader("more than one authorization entry"));
+        return Err(AuthError::MalformedHeader(
+            "more than one authorization entry",
+        ));
     }
     let text = first
         .to_str()

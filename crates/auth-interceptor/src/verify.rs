@@ -164,7 +164,10 @@ impl TokenVerifier {
                     || typ.eq_ignore_ascii_case("application/at+jwt") => {}
             _ => return Err(AuthError::InvalidToken("typ is not at+jwt")),
         }
-        let kid = header.kid.as_deref().ok_or(AuthError::InvalidToken("no kid"))?;
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or(AuthError::InvalidToken("no kid"))?;
         let key = self.key_for(kid).await.ok_or(AuthError::UnknownKey)?;
         if header.alg != key.algorithm {
             return Err(AuthError::InvalidToken("algorithm does not match the key"));
@@ -311,10 +314,10 @@ impl VerifiedCache {
         if entries.len() >= self.capacity {
             entries.retain(|_, v| now < v.expires_at);
         }
-        if entries.len() >= self.capacity {
-            if let Some(victim) = entries.keys().next().cloned() {
-                entries.remove(&victim);
-            }
+        if entries.len() >= self.capacity
+            && let Some(victim) = entries.keys().next().cloned()
+        {
+            entries.remove(&victim);
         }
         entries.insert(token.into(), verified);
     }

@@ -102,7 +102,9 @@ impl Registry {
 
     /// The client bound to a workload identity.
     pub fn by_spiffe(&self, id: &SpiffeId) -> Option<&Client> {
-        self.by_spiffe.get(id).and_then(|client_id| self.by_id.get(client_id))
+        self.by_spiffe
+            .get(id)
+            .and_then(|client_id| self.by_id.get(client_id))
     }
 
     /// The client with `client_id`.

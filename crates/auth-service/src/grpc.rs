@@ -67,18 +67,18 @@ impl MeshApi {
             .get::<Principal>()
             .and_then(|p| p.peer().cloned())
             .ok_or_else(|| Status::unauthenticated("no client certificate identity"))?;
-        self.registry
-            .by_spiffe(&peer)
-            .ok_or_else(|| Status::permission_denied("no client is registered for this workload identity"))
+        self.registry.by_spiffe(&peer).ok_or_else(|| {
+            Status::permission_denied("no client is registered for this workload identity")
+        })
     }
 }
 
 fn grant_status(error: GrantError) -> Status {
     match error {
         GrantError::Audience => Status::permission_denied("the caller may not reach this audience"),
-        GrantError::Scope => {
-            Status::permission_denied("a requested scope is not allowed for the caller and audience")
-        }
+        GrantError::Scope => Status::permission_denied(
+            "a requested scope is not allowed for the caller and audience",
+        ),
     }
 }
 

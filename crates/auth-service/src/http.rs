@@ -62,7 +62,10 @@ async fn discovery(State(state): State<HttpState>) -> Response {
         "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
     });
     (
-        [(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"))],
+        [(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=300"),
+        )],
         axum::Json(body),
     )
         .into_response()
@@ -70,7 +73,10 @@ async fn discovery(State(state): State<HttpState>) -> Response {
 
 async fn jwks(State(state): State<HttpState>) -> Response {
     (
-        [(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"))],
+        [(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        )],
         axum::Json(state.issuer.keys().jwks()),
     )
         .into_response()
@@ -162,9 +168,10 @@ async fn token_inner(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+            v.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
         });
     if !is_form {
         return Err(OAuthError::bad_request(
@@ -173,9 +180,10 @@ async fn token_inner(
         ));
     }
     let params = parse_form(body)?;
-    let grant_type = params
-        .get("grant_type")
-        .ok_or(OAuthError::bad_request("invalid_request", "grant_type is required"))?;
+    let grant_type = params.get("grant_type").ok_or(OAuthError::bad_request(
+        "invalid_request",
+        "grant_type is required",
+    ))?;
     if grant_type != "client_credentials" {
         return Err(OAuthError::bad_request(
             "unsupported_grant_type",

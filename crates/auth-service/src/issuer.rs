@@ -65,7 +65,10 @@ impl Issuer {
     }
 
     /// Signs a token: `iat` and `nbf` now, `exp` after `lifetime`, a random 128-bit `jti`.
-    pub fn issue(&self, request: TokenRequest<'_>) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
+    pub fn issue(
+        &self,
+        request: TokenRequest<'_>,
+    ) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
         let now = crate::unix_now();
         let lifetime = request.lifetime.as_secs();
         let mut jti = [0u8; 16];
@@ -81,7 +84,9 @@ impl Issuer {
             iat: now,
             nbf: Some(now),
             jti: token_id.clone(),
-            act: request.actor.map(|sub| Actor { sub: sub.to_owned() }),
+            act: request.actor.map(|sub| Actor {
+                sub: sub.to_owned(),
+            }),
         };
         let access_token = self.keys.sign(&claims)?;
         Ok(IssuedToken {

@@ -39,8 +39,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier, VerifierConfig};
 use mesh_proto::auth::v1::auth_service_server::AuthServiceServer;
-use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
 use mesh_tls::Reloadable;
+use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use tokio::net::TcpListener;
@@ -86,8 +86,14 @@ pub(crate) fn unix_now() -> u64 {
 pub fn mesh_policy() -> Policy {
     Policy::new()
         .with_health()
-        .allow("/mesh.auth.v1.AuthService/IssueServiceToken", Rule::certificate())
-        .allow("/mesh.auth.v1.AuthService/ExchangeToken", Rule::certificate())
+        .allow(
+            "/mesh.auth.v1.AuthService/IssueServiceToken",
+            Rule::certificate(),
+        )
+        .allow(
+            "/mesh.auth.v1.AuthService/ExchangeToken",
+            Rule::certificate(),
+        )
 }
 
 /// A built, bound auth service, ready to run.
@@ -111,15 +117,22 @@ impl Application {
             let flag = flag.to_owned();
             move |e: mesh_tls::TlsError| StartError::Config(format!("{flag}: {e}"))
         };
-        let identity = Reloadable::load(settings.tls.clone())
-            .map_err(config_error("--tls-cert/--tls-key"))?;
-        let roots = settings.tls.trust_bundle().map_err(config_error("--tls-ca"))?;
+        let identity =
+            Reloadable::load(settings.tls.clone()).map_err(config_error("--tls-cert/--tls-key"))?;
+        let roots = settings
+            .tls
+            .trust_bundle()
+            .map_err(config_error("--tls-ca"))?;
         let mesh = TlsListener::mesh(bind(settings.listen).await?, identity.clone(), roots)
             .map_err(config_error("--tls-ca"))?;
         let public = TlsListener::public(bind(settings.public_listen).await?, identity)
             .map_err(config_error("--tls-cert"))?;
-        let mesh_addr = mesh.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
-        let public_addr = public.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let mesh_addr = mesh
+            .local_addr()
+            .map_err(|e| StartError::Io(e.to_string()))?;
+        let public_addr = public
+            .local_addr()
+            .map_err(|e| StartError::Io(e.to_string()))?;
         let issuer_url = match settings.issuer {
             Some(url) => url,
             None => format!("https://localhost:{}", public_addr.port()),
@@ -153,10 +166,8 @@ impl Application {
             )),
             ttl,
         };
-        let mesh_verifier = TokenVerifier::with_keys(
-            VerifierConfig::new(issuer.url(), "auth"),
-            keys.key_set(),
-        );
+        let mesh_verifier =
+            TokenVerifier::with_keys(VerifierConfig::new(issuer.url(), "auth"), keys.key_set());
         Ok(Self {
             mesh,
             public,
@@ -209,9 +220,7 @@ impl Application {
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<AuthServiceServer<MeshApi>>()
-            .await;
+        health.set_serving::<AuthServiceServer<MeshApi>>().await;
         let api = AuthServiceServer::from_arc(self.api)
             .max_decoding_message_size(self.limits.max_message_bytes);
         let mesh = grpc_server(&self.limits)

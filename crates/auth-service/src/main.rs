@@ -23,7 +23,10 @@ async fn main() {
         issuer = app.issuer(),
         "auth service listening"
     );
-    if let Err(error) = app.run_until_stopped(mesh_telemetry::shutdown_signal()).await {
+    if let Err(error) = app
+        .run_until_stopped(mesh_telemetry::shutdown_signal())
+        .await
+    {
         eprintln!("error: {error}");
         std::process::exit(1);
     }

@@ -11,7 +11,11 @@ use crate::StartError;
 
 /// Flags of the auth service; each has the env twin DESIGN.md's operator interface names.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "auth-service", version, about = "OAuth2/OIDC issuer of the mesh")]
+#[command(
+    name = "auth-service",
+    version,
+    about = "OAuth2/OIDC issuer of the mesh"
+)]
 pub struct Args {
     /// Mesh gRPC listen address (mTLS required).
     #[arg(long, env = "MESH_LISTEN", default_value = "0.0.0.0:50051")]
@@ -158,9 +162,8 @@ impl ClientConfig {
 impl AuthConfig {
     /// Reads and checks the file.
     pub fn load(path: &std::path::Path) -> Result<Self, StartError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            StartError::Config(format!("--auth-config {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StartError::Config(format!("--auth-config {}: {e}", path.display())))?;
         Self::parse(&text)
             .map_err(|e| StartError::Config(format!("--auth-config {}: {e}", path.display())))
     }
@@ -177,13 +180,21 @@ impl AuthConfig {
             return Err("access_token_ttl_secs must be between 10 and 86400".into());
         }
         if !(10..=self.access_token_ttl_secs).contains(&self.exchanged_token_ttl_secs) {
-            return Err("exchanged_token_ttl_secs must be between 10 and access_token_ttl_secs".into());
+            return Err(
+                "exchanged_token_ttl_secs must be between 10 and access_token_ttl_secs".into(),
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for client in &self.clients {
             let id = &client.client_id;
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                return Err(format!("client_id {id:?}: use letters, digits, '-', '_', '.'"));
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(format!(
+                    "client_id {id:?}: use letters, digits, '-', '_', '.'"
+                ));
             }
             if !seen.insert(id.clone()) {
                 return Err(format!("client_id {id:?} is registered twice"));
@@ -204,7 +215,9 @@ impl AuthConfig {
             if client.grant_types.iter().any(|g| g == "client_credentials")
                 && client.secret_hash.is_none()
             {
-                return Err(format!("client {id:?}: client_credentials needs a secret_hash"));
+                return Err(format!(
+                    "client {id:?}: client_credentials needs a secret_hash"
+                ));
             }
             for scope in &client.scopes {
                 let owner = scope.split(':').next().unwrap_or_default();

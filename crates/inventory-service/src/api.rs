@@ -28,9 +28,9 @@ impl InventoryApi {
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Conflict => Status::already_exists(
-                "reservation_id: already used with other lines",
-            ),
+            StoreError::Conflict => {
+                Status::already_exists("reservation_id: already used with other lines")
+            }
             StoreError::UnknownSku(sku) => Status::not_found(format!("no item {sku}")),
             other => {
                 tracing::error!(error = %other, "inventory store failed");
@@ -137,10 +137,15 @@ impl InventoryService for InventoryApi {
         let quantity = if (1..=1_000_000).contains(&body.quantity) {
             Ok(body.quantity)
         } else {
-            Err(FieldViolation::new("quantity", "must be between 1 and 1000000"))
+            Err(FieldViolation::new(
+                "quantity",
+                "must be between 1 and 1000000",
+            ))
         };
         match (sku, quantity) {
-            (Ok(sku), Ok(quantity)) => Ok(Response::new(item(self.store.restock(&sku, quantity).await?))),
+            (Ok(sku), Ok(quantity)) => Ok(Response::new(item(
+                self.store.restock(&sku, quantity).await?,
+            ))),
             (sku, quantity) => Err(domain::invalid_argument(
                 sku.err().into_iter().chain(quantity.err()).collect(),
             )),

@@ -33,7 +33,11 @@ use crate::store::Store;
 
 /// Flags of the inventory service, with the operator interface's env twins.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "inventory-service", version, about = "Stock and reservations of the mesh")]
+#[command(
+    name = "inventory-service",
+    version,
+    about = "Stock and reservations of the mesh"
+)]
 pub struct Args {
     /// Mesh gRPC listen address (mTLS required).
     #[arg(long, env = "MESH_LISTEN", default_value = "0.0.0.0:50053")]
@@ -82,8 +86,14 @@ pub fn policy(orders: SpiffeId) -> Policy {
     let service = "/mesh.inventory.v1.InventoryService";
     Policy::new()
         .with_health()
-        .allow(format!("{service}/ListItems"), Rule::token().scope("inventory:read"))
-        .allow(format!("{service}/GetItem"), Rule::token().scope("inventory:read"))
+        .allow(
+            format!("{service}/ListItems"),
+            Rule::token().scope("inventory:read"),
+        )
+        .allow(
+            format!("{service}/GetItem"),
+            Rule::token().scope("inventory:read"),
+        )
         .allow(
             format!("{service}/Reserve"),
             Rule::token()
@@ -98,7 +108,10 @@ pub fn policy(orders: SpiffeId) -> Policy {
                 .callers([orders])
                 .actors(["orders"]),
         )
-        .allow(format!("{service}/Restock"), Rule::token().scope("inventory:admin"))
+        .allow(
+            format!("{service}/Restock"),
+            Rule::token().scope("inventory:admin"),
+        )
 }
 
 /// A built, bound inventory service.

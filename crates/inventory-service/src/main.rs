@@ -15,7 +15,10 @@ async fn main() {
         }
     };
     tracing::info!(addr = %app.addr(), "inventory service listening");
-    if let Err(error) = app.run_until_stopped(mesh_telemetry::shutdown_signal()).await {
+    if let Err(error) = app
+        .run_until_stopped(mesh_telemetry::shutdown_signal())
+        .await
+    {
         eprintln!("error: {error}");
         std::process::exit(1);
     }

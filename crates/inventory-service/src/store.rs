@@ -89,10 +89,12 @@ impl Store {
 
     /// One item.
     pub async fn get_item(&self, sku: &Sku) -> Result<Option<ItemRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT sku, name, available, price_cents FROM items WHERE sku = ?")
-            .bind(sku.as_str())
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT sku, name, available, price_cents FROM items WHERE sku = ?")
+                .bind(sku.as_str())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Reserves every line or none, in one write transaction. The same id with the same lines
@@ -217,10 +219,11 @@ async fn find_shortage(
     lines: &[Line],
 ) -> Result<Option<String>, StoreError> {
     for line in lines {
-        let available: Option<i64> = sqlx::query_scalar("SELECT available FROM items WHERE sku = ?")
-            .bind(line.sku.as_str())
-            .fetch_optional(&mut **tx)
-            .await?;
+        let available: Option<i64> =
+            sqlx::query_scalar("SELECT available FROM items WHERE sku = ?")
+                .bind(line.sku.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
         match available {
             None => return Ok(Some(format!("unknown sku {}", line.sku))),
             Some(n) if n < i64::from(line.quantity.get()) => {

@@ -67,9 +67,10 @@ impl Sku {
     /// Parses `raw` as the value of `field`.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldViolation> {
         let ok = (3..=32).contains(&raw.len())
-            && raw.bytes().enumerate().all(|(i, b)| {
-                b.is_ascii_uppercase() || b.is_ascii_digit() || (b == b'-' && i > 0)
-            });
+            && raw
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| b.is_ascii_uppercase() || b.is_ascii_digit() || (b == b'-' && i > 0));
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
@@ -163,10 +164,16 @@ pub fn parse_lines<'a>(
     raw: impl ExactSizeIterator<Item = (&'a str, u32)>,
 ) -> Result<Vec<Line>, Vec<FieldViolation>> {
     if raw.len() == 0 {
-        return Err(vec![FieldViolation::new(field, "at least one line is required")]);
+        return Err(vec![FieldViolation::new(
+            field,
+            "at least one line is required",
+        )]);
     }
     if raw.len() > MAX_LINES {
-        return Err(vec![FieldViolation::new(field, "at most 50 lines are allowed")]);
+        return Err(vec![FieldViolation::new(
+            field,
+            "at most 50 lines are allowed",
+        )]);
     }
     let mut lines = Vec::with_capacity(raw.len());
     let mut violations = Vec::new();
@@ -217,7 +224,10 @@ mod tests {
     fn skus_quantities_and_keys_parse_only_when_valid() {
         assert!(Sku::parse("sku", "SKU-001").is_ok());
         for bad in ["", "ab", "sku-001", "-SKU", "SKU 1", &"A".repeat(33)] {
-            assert_eq!(Sku::parse("sku", bad).map_err(|v| v.field), Err("sku".into()));
+            assert_eq!(
+                Sku::parse("sku", bad).map_err(|v| v.field),
+                Err("sku".into())
+            );
         }
         assert!(Quantity::parse("q", 0).is_err());
         assert!(Quantity::parse("q", 1001).is_err());
@@ -231,6 +241,9 @@ mod tests {
         let raw = [("SKU-001", 1), ("bad", 0), ("SKU-001", 2)];
         let violations = parse_lines("lines", raw.into_iter()).expect_err("invalid");
         let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
-        assert_eq!(fields, ["lines[1].sku", "lines[1].quantity", "lines[2].sku"]);
+        assert_eq!(
+            fields,
+            ["lines[1].sku", "lines[1].quantity", "lines[2].sku"]
+        );
     }
 }

@@ -11,6 +11,8 @@
 //!   violations.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
 
+#![forbid(unsafe_code)]
+
 pub mod domain;
 
 /// `mesh.auth.v1`.

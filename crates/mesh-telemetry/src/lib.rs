@@ -55,7 +55,11 @@ pub fn init_with_default(default_filter: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if json {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     } else {
         registry

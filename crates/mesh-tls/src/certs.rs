@@ -10,8 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -46,7 +46,8 @@ impl DevCa {
         // Validate the domain by building an ID in it.
         SpiffeId::workload(trust_domain, "ca")?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = distinguished_name(&format!("Zero-Trust Mesh dev CA ({trust_domain})"));
+        params.distinguished_name =
+            distinguished_name(&format!("Zero-Trust Mesh dev CA ({trust_domain})"));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let now = OffsetDateTime::now_utc();
@@ -118,16 +119,15 @@ impl DevCa {
             files.push((dir.join(format!("{name}.pem")), issued.cert_pem, 0o644));
             files.push((dir.join(format!("{name}.key")), issued.key_pem, 0o600));
         }
-        if !force {
-            if let Some((existing, _, _)) = files.iter().find(|(path, _, _)| path.exists()) {
-                return Err(TlsError::Io {
-                    path: existing.display().to_string(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        "already exists (pass --force to replace the whole set)",
-                    ),
-                });
-            }
+        let existing = files.iter().find(|(path, _, _)| path.exists());
+        if let (false, Some((existing, _, _))) = (force, existing) {
+            return Err(TlsError::Io {
+                path: existing.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "already exists (pass --force to replace the whole set)",
+                ),
+            });
         }
         for (path, contents, mode) in &files {
             // Remove first so a replaced key file never keeps wider permissions.
@@ -138,8 +138,7 @@ impl DevCa {
                 .mode(*mode)
                 .open(path)
                 .map_err(io_err(path))?;
-            file.write_all(contents.as_bytes())
-                .map_err(io_err(path))?;
+            file.write_all(contents.as_bytes()).map_err(io_err(path))?;
         }
         Ok(files.into_iter().map(|(path, _, _)| path).collect())
     }

@@ -30,16 +30,27 @@ pub fn mesh_client_config(
     roots: TrustBundle,
     expected: SpiffeId,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    spiffe_client_config(roots, expected, Some(identity))
+}
+
+fn spiffe_client_config(
+    roots: TrustBundle,
+    expected: SpiffeId,
+    identity: Option<Arc<Reloadable>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let verifier = SpiffeServerVerifier {
         roots,
         expected,
         algorithms: provider().signature_verification_algorithms,
     };
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(identity);
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match identity {
+        Some(identity) => builder.with_client_cert_resolver(identity),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -78,6 +89,18 @@ impl MeshConnector {
     ) -> Result<Self, TlsError> {
         Ok(Self {
             config: mesh_client_config(identity, roots, expected)?,
+        })
+    }
+
+    /// A connector that verifies the server like [`MeshConnector::new`] but presents no
+    /// certificate of its own. Mesh servers refuse its handshake: it exists for probes and for
+    /// the tests that prove they do.
+    pub fn without_client_certificate(
+        roots: TrustBundle,
+        expected: SpiffeId,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            config: spiffe_client_config(roots, expected, None)?,
         })
     }
 

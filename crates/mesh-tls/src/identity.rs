@@ -104,10 +104,14 @@ pub struct PeerIdentity {
 pub fn spiffe_id_of(cert_der: &[u8]) -> Option<SpiffeId> {
     let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
-    let mut ids = san.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
-        _ => None,
-    });
+    let mut ids = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+            _ => None,
+        });
     let first = ids.next()?;
     if ids.next().is_some() {
         return None;

@@ -100,7 +100,13 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
                 .map(|i| format!("{}×{}", i.sku, i.available))
                 .collect::<Vec<_>>()
                 .join(", ");
-            step(2, "meshctl lists the inventory with that token", "OK", format!("OK: {summary}"), !items.is_empty())
+            step(
+                2,
+                "meshctl lists the inventory with that token",
+                "OK",
+                format!("OK: {summary}"),
+                !items.is_empty(),
+            )
         }
         Err(status) => step(2, "list inventory", "OK", status_text(&status), false),
     });
@@ -153,7 +159,13 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             format!("{} {}", error.status, error.error),
             true,
         ),
-        other => step(5, "wrong secret", "401 invalid_client", format!("{other:?}"), false),
+        other => step(
+            5,
+            "wrong secret",
+            "401 invalid_client",
+            format!("{other:?}"),
+            false,
+        ),
     });
 
     let passed = outcomes.iter().filter(|o| o.ok).count();
@@ -162,8 +174,14 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     if args.keep_running {
         let certs = mesh.dir().join("certs");
         println!("\nThe mesh keeps running. In another shell:");
-        println!("  export MESH_TLS_CERT={}", certs.join("meshctl.pem").display());
-        println!("  export MESH_TLS_KEY={}", certs.join("meshctl.key").display());
+        println!(
+            "  export MESH_TLS_CERT={}",
+            certs.join("meshctl.pem").display()
+        );
+        println!(
+            "  export MESH_TLS_KEY={}",
+            certs.join("meshctl.key").display()
+        );
         println!("  export MESH_TLS_CA={}", certs.join("ca.pem").display());
         println!("  export MESH_ISSUER={}", mesh.issuer);
         println!("  export MESH_INVENTORY_URL={}", mesh.inventory_addr);
@@ -182,11 +200,22 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     }
 }
 
-fn expect_denied(number: usize, title: &str, code: Code, result: Result<(), tonic::Status>) -> Outcome {
+fn expect_denied(
+    number: usize,
+    title: &str,
+    code: Code,
+    result: Result<(), tonic::Status>,
+) -> Outcome {
     let expected = format!("{code:?}");
     match result {
         Ok(()) => step(number, title, &expected, "OK (allowed!)", false),
-        Err(status) => step(number, title, &expected, status_text(&status), status.code() == code),
+        Err(status) => step(
+            number,
+            title,
+            &expected,
+            status_text(&status),
+            status.code() == code,
+        ),
     }
 }
 

@@ -24,6 +24,10 @@ pub const MESHCTL_DEMO_SECRET: &str = "meshctl-demo-secret";
 /// The demo secret of the `stock-admin` client in the example config.
 pub const STOCK_ADMIN_DEMO_SECRET: &str = "stock-admin-demo-secret";
 
+/// A workload whose certificate the mesh CA signed but which no client registration names:
+/// proof that a valid certificate alone grants nothing.
+pub const STRANGER: &str = "stranger";
+
 /// The trust domain of the example config.
 pub const TRUST_DOMAIN: &str = "mesh.local";
 
@@ -50,7 +54,11 @@ impl DevMesh {
     /// Issues certificates into `dir/certs`, then starts auth and inventory on loopback.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         let certs = dir.join("certs");
-        let names: Vec<String> = DEFAULT_WORKLOADS.iter().map(|n| (*n).to_owned()).collect();
+        let names: Vec<String> = DEFAULT_WORKLOADS
+            .iter()
+            .chain([&STRANGER])
+            .map(|n| (*n).to_owned())
+            .collect();
         DevCa::generate(TRUST_DOMAIN)?
             .write_dir(&certs, &names, true)
             .context("writing dev certificates")?;

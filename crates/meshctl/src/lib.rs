@@ -27,7 +27,7 @@ use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::cli::{Cli, Command, CertsCommand, InventoryCommand, TlsArgs};
+use crate::cli::{CertsCommand, Cli, Command, InventoryCommand, TlsArgs};
 
 /// How a command failed, which decides the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +59,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Certs(CertsCommand::Init(args)) => {
             for name in &args.names {
-                validate_workload_name(name).map_err(|e| CliError::Usage(format!("--name: {e}")))?;
+                validate_workload_name(name)
+                    .map_err(|e| CliError::Usage(format!("--name: {e}")))?;
             }
-            let mut names: Vec<String> = DEFAULT_WORKLOADS.iter().map(|n| (*n).to_owned()).collect();
-            names.extend(args.names.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
+            let mut names: Vec<String> =
+                DEFAULT_WORKLOADS.iter().map(|n| (*n).to_owned()).collect();
+            names.extend(
+                args.names
+                    .iter()
+                    .filter(|n| !names.contains(n))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
             let ca = DevCa::generate(&args.trust_domain)
                 .map_err(|e| CliError::Usage(format!("--trust-domain: {e}")))?;
             let written = ca
@@ -183,8 +191,8 @@ fn connect(
     let roots = files
         .trust_bundle()
         .map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))?;
-    let identity =
-        Reloadable::load(files).map_err(|e| CliError::Usage(format!("--tls-cert/--tls-key: {e}")))?;
+    let identity = Reloadable::load(files)
+        .map_err(|e| CliError::Usage(format!("--tls-cert/--tls-key: {e}")))?;
     let expected = SpiffeId::workload(&tls.trust_domain, workload)
         .map_err(|e| CliError::Usage(format!("--workload/--trust-domain: {e}")))?;
     MeshConnector::new(identity, roots, expected)

@@ -1,0 +1,99 @@
+//! The auth-service binary refuses bad configuration with exit code 64 and names the flag.
+
+use std::process::{Command, Output};
+
+fn auth_service(env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_auth-service"));
+    for key in [
+        "MESH_LISTEN",
+        "MESH_PUBLIC_LISTEN",
+        "MESH_TLS_CERT",
+        "MESH_TLS_KEY",
+        "MESH_TLS_CA",
+        "MESH_ISSUER",
+        "MESH_AUTH_CONFIG",
+        "MESH_DB",
+    ] {
+        command.env_remove(key);
+    }
+    command
+        .envs(env.iter().copied())
+        .output()
+        .expect("run auth-service")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn missing_required_settings_exit_64() {
+    let output = auth_service(&[]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        stderr(&output).contains("--tls-cert"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bad_config_files_and_values_exit_64_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    std::fs::write(dir.path().join("bad.toml"), "clients = 3\n").expect("write");
+    std::fs::write(
+        dir.path().join("scope.toml"),
+        "[[clients]]\nclient_id = \"x\"\naudiences = [\"inventory\"]\nscopes = [\"orders:write\"]\n",
+    )
+    .expect("write");
+    let base = [
+        ("MESH_TLS_CERT", path("missing.pem")),
+        ("MESH_TLS_KEY", path("missing.key")),
+        ("MESH_TLS_CA", path("ca.pem")),
+        ("MESH_DB", path("auth.db")),
+    ];
+    let cases = [
+        (path("nope.toml"), None, "--auth-config"),
+        (path("bad.toml"), None, "--auth-config"),
+        (path("scope.toml"), None, "orders:write"),
+        (
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../config/auth.example.toml")
+                .to_string_lossy()
+                .into_owned(),
+            Some("http://plain.example"),
+            "--issuer",
+        ),
+        (
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../config/auth.example.toml")
+                .to_string_lossy()
+                .into_owned(),
+            None,
+            "--tls-cert",
+        ),
+        (path("bad.toml"), Some("not a url"), "--auth-config"),
+    ];
+    for (config, issuer, flag) in cases {
+        let mut env: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.push(("MESH_AUTH_CONFIG", &config));
+        env.push(("MESH_PUBLIC_LISTEN", "127.0.0.1:0"));
+        env.push(("MESH_LISTEN", "127.0.0.1:0"));
+        if let Some(issuer) = issuer {
+            env.push(("MESH_ISSUER", issuer));
+        }
+        let output = auth_service(&env);
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{flag}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(flag),
+            "expected {flag} in: {}",
+            stderr(&output)
+        );
+    }
+}

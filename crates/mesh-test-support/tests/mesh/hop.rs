@@ -1,0 +1,274 @@
+//! The secured hop working: the right certificate and token reach the handler, which sees a
+//! typed `Principal`; anything less is refused with the right status.
+
+use auth_interceptor::{AttachTokenLayer, ServiceTokenSource};
+use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use mesh_proto::auth::v1::{ExchangeTokenRequest, IssueServiceTokenRequest};
+use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use mesh_proto::inventory::v1::{GetItemRequest, ListItemsRequest, ReserveRequest, RestockRequest};
+use mesh_test_support::{TestMesh, bearer};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::capture::Capture;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_token_and_certificate_reach_the_handler_with_the_expected_principal() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let capture = Capture::start(&mesh).await;
+    let token = mesh.meshctl_token().await.expect("token");
+    let mut client = InventoryServiceClient::new(capture.channel(&mesh, "meshctl"));
+
+    client
+        .list_items(bearer(ListItemsRequest::default(), &token))
+        .await
+        .expect("allowed");
+
+    let seen = capture.seen();
+    assert_eq!(seen.len(), 1);
+    let seen = &seen[0];
+    assert_eq!(seen.method, "ListItems");
+    assert_eq!(seen.subject, "meshctl");
+    assert_eq!(seen.client_id, "meshctl");
+    assert_eq!(seen.scopes, ["inventory:read"]);
+    assert_eq!(seen.peer.as_deref(), Some("spiffe://mesh.local/sa/meshctl"));
+    assert!(!seen.token_id.is_empty());
+    assert!(
+        !seen.saw_authorization_header,
+        "the handler must never see the raw token"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_refusals_are_permission_denied_and_never_run_the_handler() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let capture = Capture::start(&mesh).await;
+    let token = mesh.meshctl_token().await.expect("token");
+    let mut client = InventoryServiceClient::new(capture.channel(&mesh, "meshctl"));
+
+    // Valid token, but the scope the method needs is missing.
+    let missing_scope = client
+        .restock(bearer(RestockRequest::default(), &token))
+        .await
+        .expect_err("denied");
+    assert_eq!(missing_scope.code(), Code::PermissionDenied);
+    assert!(
+        missing_scope
+            .message()
+            .contains("missing scope inventory:admin")
+    );
+
+    // Valid token and scope, but the caller's SPIFFE ID is not the one the rule names.
+    let wrong_caller = client
+        .reserve(bearer(ReserveRequest::default(), &token))
+        .await
+        .expect_err("denied");
+    assert_eq!(wrong_caller.code(), Code::PermissionDenied);
+    assert!(wrong_caller.message().contains("caller identity"));
+
+    // A method that has no row in the policy table.
+    let unlisted = client
+        .get_item(bearer(GetItemRequest::default(), &token))
+        .await
+        .expect_err("denied");
+    assert_eq!(unlisted.code(), Code::PermissionDenied);
+    assert!(unlisted.message().contains("not allowed by policy"));
+
+    assert!(
+        capture.seen().is_empty(),
+        "no handler may run: {:?}",
+        capture.seen()
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_token_source_gets_and_attaches_service_tokens() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let source = ServiceTokenSource::new(
+        mesh.auth_channel("orders").expect("auth channel"),
+        "inventory",
+        vec!["inventory:read".into()],
+    );
+    let channel = tower::ServiceBuilder::new()
+        .layer(AttachTokenLayer::new(source.clone()))
+        .service(mesh.inventory_channel("orders").expect("channel"));
+    let mut inventory = InventoryServiceClient::new(channel);
+
+    let first = inventory
+        .list_items(ListItemsRequest::default())
+        .await
+        .expect("orders may read inventory")
+        .into_inner();
+    assert_eq!(first.items.len(), 4);
+    let header = source.authorization().await.expect("cached");
+    inventory
+        .get_item(GetItemRequest {
+            sku: "SKU-001".into(),
+        })
+        .await
+        .expect("second call reuses the cached token");
+    assert_eq!(
+        source.authorization().await.expect("cached"),
+        header,
+        "a fresh token must be reused, not refetched"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_tokens_need_a_registered_workload_and_an_allowed_audience() {
+    let mesh = TestMesh::start().await.expect("mesh");
+
+    // Signed by the mesh CA, registered nowhere.
+    let mut stranger = AuthServiceClient::new(mesh.auth_channel("stranger").expect("channel"));
+    let refused = stranger
+        .issue_service_token(IssueServiceTokenRequest {
+            audience: "inventory".into(),
+            scopes: vec![],
+        })
+        .await
+        .expect_err("unregistered");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // Registered, but not for this audience, or not for this scope.
+    let mut orders = AuthServiceClient::new(mesh.auth_channel("orders").expect("channel"));
+    let audience = orders
+        .issue_service_token(IssueServiceTokenRequest {
+            audience: "auth".into(),
+            scopes: vec![],
+        })
+        .await
+        .expect_err("audience");
+    assert_eq!(audience.code(), Code::PermissionDenied);
+    let scope = orders
+        .issue_service_token(IssueServiceTokenRequest {
+            audience: "inventory".into(),
+            scopes: vec!["inventory:admin".into()],
+        })
+        .await
+        .expect_err("scope");
+    assert_eq!(scope.code(), Code::PermissionDenied);
+
+    // The happy path narrows to what was asked.
+    let granted = orders
+        .issue_service_token(IssueServiceTokenRequest {
+            audience: "inventory".into(),
+            scopes: vec!["inventory:read".into()],
+        })
+        .await
+        .expect("granted")
+        .into_inner();
+    assert_eq!(granted.scopes, ["inventory:read"]);
+    assert_eq!(granted.expires_in, 300);
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanging_a_token_not_addressed_to_the_caller_is_permission_denied() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    // meshctl's token is addressed to inventory, not to orders.
+    let token = mesh.meshctl_token().await.expect("token");
+    let mut orders = AuthServiceClient::new(mesh.auth_channel("orders").expect("channel"));
+    let refused = orders
+        .exchange_token(ExchangeTokenRequest {
+            subject_token: token.clone(),
+            audience: "inventory".into(),
+            scopes: vec![],
+        })
+        .await
+        .expect_err("not addressed to orders");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(!refused.message().contains(&token), "never echo the token");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_serves_reads_and_admin_restocks_and_validates_input() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let read = mesh.meshctl_token().await.expect("token");
+    let admin = mesh.admin_token().await.expect("token");
+    let mut inventory =
+        InventoryServiceClient::new(mesh.inventory_channel("meshctl").expect("channel"));
+
+    let page = inventory
+        .list_items(bearer(
+            ListItemsRequest {
+                page_size: 3,
+                page_token: String::new(),
+            },
+            &read,
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(page.items.len(), 3);
+    assert_eq!(page.next_page_token, "SKU-003");
+    let rest = inventory
+        .list_items(bearer(
+            ListItemsRequest {
+                page_size: 3,
+                page_token: page.next_page_token,
+            },
+            &read,
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(rest.items.len(), 1);
+    assert!(rest.next_page_token.is_empty());
+
+    let denied = inventory
+        .restock(bearer(
+            RestockRequest {
+                sku: "SKU-004".into(),
+                quantity: 5,
+            },
+            &read,
+        ))
+        .await
+        .expect_err("read token cannot restock");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let restocked = inventory
+        .restock(bearer(
+            RestockRequest {
+                sku: "SKU-004".into(),
+                quantity: 5,
+            },
+            &admin,
+        ))
+        .await
+        .expect("admin restocks")
+        .into_inner();
+    assert_eq!(restocked.available, 15);
+
+    let invalid = inventory
+        .get_item(bearer(
+            GetItemRequest {
+                sku: "not a sku".into(),
+            },
+            &read,
+        ))
+        .await
+        .expect_err("invalid");
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    let violations = invalid
+        .get_details_bad_request()
+        .expect("details")
+        .field_violations;
+    assert_eq!(violations.len(), 1);
+    assert_eq!(violations[0].field, "sku");
+
+    let missing = inventory
+        .get_item(bearer(
+            GetItemRequest {
+                sku: "SKU-999".into(),
+            },
+            &read,
+        ))
+        .await
+        .expect_err("missing");
+    assert_eq!(missing.code(), Code::NotFound);
+    mesh.stop().await;
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the secured hop: real certificates, real TLS, real tokens from the real
+//! auth service, servers on 127.0.0.1:0. One test binary; one module per concern.
+
+mod attacks;
+mod capture;
+mod hop;
+mod keys;
+mod tidy;
+mod tls;
+mod token_endpoint;

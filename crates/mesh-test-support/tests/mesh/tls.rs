@@ -1,0 +1,242 @@
+//! Transport identity: no certificate, a foreign CA, plaintext, a silent peer or the wrong
+//! server never reach a handler.
+
+use std::time::Duration;
+
+use mesh_proto::inventory::v1::ListItemsRequest;
+use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use mesh_test_support::{TRUST_DOMAIN, TestMesh, bearer};
+use mesh_tls::certs::DevCa;
+use mesh_tls::client::MeshConnector;
+use mesh_tls::server::{AcceptOptions, TlsListener};
+use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::capture::Capture;
+
+async fn list_with(channel: tonic::transport::Channel, token: &str) -> Result<(), tonic::Status> {
+    InventoryServiceClient::new(channel)
+        .list_items(bearer(ListItemsRequest::default(), token))
+        .await
+        .map(|_| ())
+}
+
+/// In TLS 1.3 the client finishes its side before the server has judged the client
+/// certificate, so the refusal reaches the client as a transport failure of its first request:
+/// the server's fatal alert (UNKNOWN "transport error"), or the closed connection (CANCELLED,
+/// UNAVAILABLE), depending on timing. Never a gRPC answer: no handler ran.
+fn assert_handshake_refused(status: &tonic::Status) {
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+        ),
+        "{status:?}"
+    );
+    assert!(
+        status.metadata().is_empty(),
+        "a server answered: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_certificate_fails_the_handshake_and_no_handler_runs() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let capture = Capture::start(&mesh).await;
+    let token = mesh.meshctl_token().await.expect("token");
+    let roots = mesh
+        .mesh
+        .tls_files("meshctl")
+        .trust_bundle()
+        .expect("roots");
+    let anonymous = MeshConnector::without_client_certificate(
+        roots,
+        SpiffeId::workload(TRUST_DOMAIN, "inventory").expect("id"),
+    )
+    .expect("connector");
+    let channel = anonymous
+        .channel(&capture.addr.to_string())
+        .expect("channel");
+
+    let status = list_with(channel, &token)
+        .await
+        .expect_err("handshake must fail");
+    assert_handshake_refused(&status);
+    assert!(capture.seen().is_empty());
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_from_a_foreign_ca_fails_the_handshake() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let capture = Capture::start(&mesh).await;
+    let token = mesh.meshctl_token().await.expect("token");
+    // Same trust domain, same workload name, different CA.
+    let foreign_dir = tempfile::tempdir().expect("dir");
+    DevCa::generate(TRUST_DOMAIN)
+        .expect("ca")
+        .write_dir(foreign_dir.path(), &["meshctl".to_owned()], false)
+        .expect("write");
+    let foreign = Reloadable::load(TlsFiles::in_dir(foreign_dir.path(), "meshctl")).expect("cert");
+    let real_roots = mesh
+        .mesh
+        .tls_files("meshctl")
+        .trust_bundle()
+        .expect("roots");
+    let connector = MeshConnector::new(
+        foreign,
+        real_roots,
+        SpiffeId::workload(TRUST_DOMAIN, "inventory").expect("id"),
+    )
+    .expect("connector");
+
+    let status = list_with(
+        connector
+            .channel(&capture.addr.to_string())
+            .expect("channel"),
+        &token,
+    )
+    .await
+    .expect_err("handshake must fail");
+    assert_handshake_refused(&status);
+    assert!(capture.seen().is_empty());
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_to_the_mesh_port_is_refused() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let capture = Capture::start(&mesh).await;
+    let token = mesh.meshctl_token().await.expect("token");
+
+    // gRPC over h2c.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", capture.addr))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let status = list_with(channel, &token)
+        .await
+        .expect_err("plaintext refused");
+    assert_ne!(status.code(), tonic::Code::Ok);
+
+    // Plain HTTP/1.1: the server never answers in HTTP.
+    let mut tcp = tokio::net::TcpStream::connect(capture.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "answered plaintext: {answer:?}"
+    );
+
+    assert!(capture.seen().is_empty());
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_refuses_a_server_with_another_spiffe_id() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let token = mesh.meshctl_token().await.expect("token");
+    // The inventory address, but we expect to be talking to orders.
+    let impostor = mesh
+        .mesh
+        .connector("meshctl", "orders")
+        .expect("connector")
+        .channel(&mesh.mesh.inventory_addr.to_string())
+        .expect("channel");
+    let status = list_with(impostor, &token)
+        .await
+        .expect_err("wrong server identity");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let files = mesh.mesh.tls_files("inventory");
+    let roots = files.trust_bundle().expect("roots");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let listener = TlsListener::mesh(tcp, Reloadable::load(files).expect("cert"), roots)
+        .expect("listener")
+        .with_options(AcceptOptions {
+            handshake_timeout: Duration::from_millis(300),
+            max_pending_handshakes: 8,
+        });
+    let addr = listener.local_addr().expect("addr");
+    let _incoming = listener.incoming();
+
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the server must close the connection, not wait forever");
+    assert_eq!(read.expect("read"), 0, "connection closed without data");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_certificate_is_served_to_new_connections_without_restart() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    // A server whose certificate slot we hold, serving grpc.health.v1.
+    let dir = tempfile::tempdir().expect("dir");
+    let certs = mesh.dir().join("certs");
+    let files = TlsFiles {
+        cert: dir.path().join("server.pem"),
+        key: dir.path().join("server.key"),
+        ca: certs.join("ca.pem"),
+    };
+    std::fs::copy(certs.join("inventory.pem"), &files.cert).expect("copy");
+    std::fs::copy(certs.join("inventory.key"), &files.key).expect("copy");
+    let slot = Reloadable::load(files.clone()).expect("slot");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let listener =
+        TlsListener::mesh(tcp, slot.clone(), files.trust_bundle().expect("roots")).expect("tls");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (_health, service) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(listener.incoming()),
+    );
+    let check = |workload: &'static str| {
+        let channel = mesh
+            .mesh
+            .connector("meshctl", workload)
+            .expect("connector")
+            .channel(&addr)
+            .expect("channel");
+        async move {
+            tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .map(|_| ())
+        }
+    };
+    check("inventory")
+        .await
+        .expect("serves the inventory certificate");
+
+    // Renew on disk with another workload's certificate, then reload: new connections see it.
+    std::fs::copy(certs.join("stranger.pem"), &files.cert).expect("copy");
+    std::fs::copy(certs.join("stranger.key"), &files.key).expect("copy");
+    slot.reload().expect("reload");
+    check("stranger").await.expect("serves the new certificate");
+    check("inventory")
+        .await
+        .expect_err("the old identity is gone");
+
+    // A broken file leaves the current certificate in service.
+    std::fs::write(&files.key, "not a key").expect("write");
+    assert!(slot.reload().is_err());
+    check("stranger").await.expect("still serving");
+    mesh.stop().await;
+}
