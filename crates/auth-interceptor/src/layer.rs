@@ -85,12 +85,17 @@ where
                 .get::<PeerIdentity>()
                 .and_then(|p| p.spiffe_id.clone());
             let token = take_bearer(request.headers_mut());
+            let raw: Option<Arc<str>> = token
+                .as_ref()
+                .ok()
+                .and_then(|t| t.as_deref().map(Arc::from));
             match state.decide(&method, token, peer.as_ref()).await {
                 Ok(verified) => {
                     audit_allow(&method, verified.as_deref(), peer.as_ref());
+                    let raw = verified.as_ref().and(raw);
                     request
                         .extensions_mut()
-                        .insert(Principal::new(verified, peer));
+                        .insert(Principal::new(verified, peer, raw));
                     let response = inner.call(request).await?;
                     Ok(response.map(Body::new))
                 }

@@ -20,7 +20,8 @@
 //! - [`policy`]: [`Policy`] and [`Rule`], default deny.
 //! - [`principal`]: [`Principal`], what handlers see instead of a token.
 //! - [`layer`]: [`AuthLayer`], the tower layer that ties it together, and the audit event.
-//! - [`client`]: [`ServiceTokenSource`] and [`AttachTokenLayer`] for outgoing calls.
+//! - [`client`]: [`ServiceTokenSource`] and [`AttachTokenLayer`] for a workload's own calls,
+//!   [`TokenExchanger`] for calls on behalf of the current caller.
 //! - [`error`]: [`AuthError`] and the one mapping to `tonic::Status`.
 
 #![forbid(unsafe_code)]
@@ -35,7 +36,7 @@ pub mod principal;
 pub mod verify;
 
 pub use claims::AccessClaims;
-pub use client::{AttachTokenLayer, ServiceTokenSource};
+pub use client::{AttachTokenLayer, ServiceTokenSource, TokenExchanger};
 pub use error::AuthError;
 pub use jwks::{JwksSource, KeySet};
 pub use layer::AuthLayer;

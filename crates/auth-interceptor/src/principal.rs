@@ -9,15 +9,45 @@ use crate::verify::VerifiedToken;
 /// Who is calling, proved twice: by the token (user or service) and by the certificate
 /// (workload). The auth layer inserts it into the request's extensions; handlers read it with
 /// `request.extensions().get::<Principal>()` and never see the raw token.
-#[derive(Debug, Clone)]
+///
+/// The raw token is kept inside, unreadable, so that the service can *delegate* with it: a
+/// [`crate::TokenExchanger`] may present it to the auth service for a token exchange (RFC 8693),
+/// and nothing else can get at it (its `Debug` output is redacted).
+#[derive(Clone)]
 pub struct Principal {
     token: Option<Arc<VerifiedToken>>,
     peer: Option<SpiffeId>,
+    raw: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("token", &self.token)
+            .field("peer", &self.peer)
+            .field("raw", &self.raw.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Principal {
-    pub(crate) fn new(token: Option<Arc<VerifiedToken>>, peer: Option<SpiffeId>) -> Self {
-        Self { token, peer }
+    pub(crate) fn new(
+        token: Option<Arc<VerifiedToken>>,
+        peer: Option<SpiffeId>,
+        raw: Option<Arc<str>>,
+    ) -> Self {
+        Self { token, peer, raw }
+    }
+
+    /// The raw token, for the token exchanger only.
+    pub(crate) fn raw_token(&self) -> Option<&str> {
+        self.raw.as_deref()
+    }
+
+    /// Whether the token's subject is `subject` (never for an empty one). Object-level checks
+    /// read `principal.is(owner) || principal.has_scope("orders:admin")`.
+    pub fn is(&self, subject: &str) -> bool {
+        self.subject() == subject && !subject.is_empty()
     }
 
     /// The token's subject: the user, or the workload's client id for service tokens. Empty on

@@ -28,9 +28,46 @@ pub struct Client {
     grant_types: Vec<String>,
     audiences: Vec<String>,
     scopes: Vec<String>,
+    redirect_uris: Vec<String>,
 }
 
 impl Client {
+    /// A public client has no secret: it identifies itself by `client_id` and proves possession
+    /// of the login with PKCE instead.
+    pub fn is_public(&self) -> bool {
+        self.secret_hash.is_none()
+    }
+
+    /// Whether `uri` is one of the registered redirect URIs, compared exactly.
+    pub fn allows_redirect(&self, uri: &str) -> bool {
+        self.redirect_uris.iter().any(|r| r == uri)
+    }
+
+    /// The audience a user token is for when the request names none: the first registered.
+    pub fn default_audience(&self) -> Option<&str> {
+        self.audiences.first().map(String::as_str)
+    }
+
+    /// Like [`Client::grant`], further narrowed to what the user's roles allow.
+    pub fn grant_for_user(
+        &self,
+        audience: &str,
+        requested: &[String],
+        user_scopes: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>, GrantError> {
+        let granted = self.grant(audience, requested)?;
+        if requested.is_empty() {
+            Ok(granted
+                .into_iter()
+                .filter(|s| user_scopes.contains(s))
+                .collect())
+        } else if granted.iter().all(|s| user_scopes.contains(s)) {
+            Ok(granted)
+        } else {
+            Err(GrantError::Scope)
+        }
+    }
+
     /// Whether the client may use `grant` on the token endpoint.
     pub fn allows_grant(&self, grant: &str) -> bool {
         self.grant_types.iter().any(|g| g == grant)
@@ -87,6 +124,7 @@ impl Registry {
                 grant_types: config.grant_types.clone(),
                 audiences: config.audiences.clone(),
                 scopes: config.scopes.clone(),
+                redirect_uris: config.redirect_uris.clone(),
             };
             if let Some(id) = &client.spiffe_id {
                 by_spiffe.insert(id.clone(), client.client_id.clone());
@@ -105,6 +143,20 @@ impl Registry {
         self.by_spiffe
             .get(id)
             .and_then(|client_id| self.by_id.get(client_id))
+    }
+
+    /// Every audience some client may get tokens for, and every workload's own audience.
+    pub fn audiences(&self) -> std::collections::BTreeSet<String> {
+        self.by_id
+            .values()
+            .flat_map(|c| c.audiences.iter().cloned())
+            .chain(
+                self.by_id
+                    .values()
+                    .filter(|c| c.spiffe_id.is_some())
+                    .map(|c| c.client_id.clone()),
+            )
+            .collect()
     }
 
     /// The client with `client_id`.

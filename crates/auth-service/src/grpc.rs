@@ -1,10 +1,9 @@
 //! The mesh side: `mesh.auth.v1.AuthService`, where workloads authenticate by certificate.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_interceptor::{AuthError, Principal, TokenVerifier, VerifierConfig};
+use auth_interceptor::{AuthError, Principal};
 use mesh_proto::auth::v1::auth_service_server::AuthService;
 use mesh_proto::auth::v1::{
     ExchangeTokenRequest, ExchangeTokenResponse, IssueServiceTokenRequest,
@@ -14,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::clients::{Client, GrantError, Registry};
 use crate::issuer::{Issuer, TokenRequest};
+use crate::local::LocalVerifiers;
 
 /// The gRPC API of the auth service.
 #[derive(Debug)]
@@ -22,9 +22,9 @@ pub struct MeshApi {
     registry: Arc<Registry>,
     ttl: Duration,
     exchange_ttl: Duration,
-    /// One local verifier per workload client, with that client's id as audience: a subject
-    /// token may only be exchanged by the service it was issued to.
-    subject_verifiers: HashMap<String, Arc<TokenVerifier>>,
+    /// Verifies subject tokens; a subject token may only be exchanged by the service it was
+    /// issued to (its audience is the caller's client id).
+    verifiers: Arc<LocalVerifiers>,
 }
 
 impl MeshApi {
@@ -34,29 +34,14 @@ impl MeshApi {
         registry: Arc<Registry>,
         ttl: Duration,
         exchange_ttl: Duration,
-        workload_clients: impl IntoIterator<Item = String>,
+        verifiers: Arc<LocalVerifiers>,
     ) -> Self {
-        let subject_verifiers = workload_clients
-            .into_iter()
-            .map(|client_id| {
-                let config = VerifierConfig::new(issuer.url(), client_id.clone());
-                let verifier = TokenVerifier::with_keys(config, issuer.keys().key_set());
-                (client_id, verifier)
-            })
-            .collect();
         Self {
             issuer,
             registry,
             ttl,
             exchange_ttl,
-            subject_verifiers,
-        }
-    }
-
-    /// Re-reads the published keys into the local verifiers (after a rotation).
-    pub fn refresh_keys(&self) {
-        for verifier in self.subject_verifiers.values() {
-            verifier.replace_keys(self.issuer.keys().key_set());
+            verifiers,
         }
     }
 
@@ -132,12 +117,9 @@ impl AuthService for MeshApi {
         if body.audience.is_empty() {
             return Err(Status::invalid_argument("audience: required"));
         }
-        let verifier = self
-            .subject_verifiers
-            .get(&client.client_id)
-            .ok_or_else(|| Status::permission_denied("the caller may not exchange tokens"))?;
-        let subject = verifier
-            .verify(&body.subject_token)
+        let subject = self
+            .verifiers
+            .verify_for(&client.client_id, &body.subject_token)
             .await
             .map_err(|e| match e {
                 AuthError::WrongAudience => {

@@ -1,9 +1,10 @@
 //! The mesh's OAuth2/OIDC issuer and token API.
 //!
 //! Two listeners, one process:
-//! - **public HTTPS** (`MESH_PUBLIC_LISTEN`, default 8443): OIDC discovery, the JWKS, and the
-//!   OAuth2 token endpoint (`client_credentials` with `client_secret_basic` or
-//!   `client_secret_post`). Errors follow RFC 6749 §5.2 exactly.
+//! - **public HTTPS** (`MESH_PUBLIC_LISTEN`, default 8443): OIDC discovery, the JWKS, the login
+//!   page of the authorization-code flow (PKCE S256 only), and the OAuth2 token (client
+//!   credentials, authorization code, rotating refresh tokens), revocation and introspection
+//!   endpoints. Errors follow RFC 6749 §5.2 exactly.
 //! - **mesh gRPC** (`MESH_LISTEN`, default 50051, mTLS required): `mesh.auth.v1.AuthService`,
 //!   where a workload authenticates by its certificate alone and gets its own token
 //!   (`IssueServiceToken`) or exchanges a user's token (`ExchangeToken`, RFC 8693).
@@ -14,6 +15,9 @@
 //! # Layout
 //! - [`settings`]: flags with env twins, and the `MESH_AUTH_CONFIG` clients file.
 //! - [`clients`]: the client registry, secret checks (Argon2id), scope and audience grants.
+//! - [`users`]: users, password checks and the scopes their roles grant.
+//! - [`grants`]: authorization codes, refresh-token families and issued access tokens (SQLite).
+//! - [`local`]: the issuer verifying its own tokens (exchange, revocation, introspection).
 //! - [`keys`]: signing keys in SQLite, rotation, the JWKS.
 //! - [`issuer`]: minting tokens.
 //! - [`http`]: the public OAuth2/OIDC endpoints.
@@ -24,12 +28,15 @@
 #![forbid(unsafe_code)]
 
 pub mod clients;
+pub mod grants;
 pub mod grpc;
 pub mod http;
 pub mod issuer;
 pub mod keys;
+pub mod local;
 pub mod ratelimit;
 pub mod settings;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +58,7 @@ use crate::clients::Registry;
 use crate::grpc::MeshApi;
 use crate::issuer::Issuer;
 use crate::keys::KeyStore;
+use crate::local::LocalVerifiers;
 use crate::ratelimit::FailureLimiter;
 
 /// Why the service could not start or stopped with an error.
@@ -106,6 +114,7 @@ pub struct Application {
     issuer: Arc<Issuer>,
     api: Arc<MeshApi>,
     http: http::HttpState,
+    verifiers: Arc<LocalVerifiers>,
     mesh_verifier: Arc<TokenVerifier>,
     limits: ServerLimits,
 }
@@ -140,31 +149,36 @@ impl Application {
         settings::check_issuer(&issuer_url)?;
 
         let pool = open_db(&settings.db).await?;
+        let grants = grants::Grants::new(pool.clone());
         let keys = Arc::new(KeyStore::open(pool).await?);
         let issuer = Arc::new(Issuer::new(issuer_url, keys.clone()));
         let config = &settings.config;
         let registry = Arc::new(Registry::new(&config.clients));
-        let workloads = config
-            .clients
-            .iter()
-            .filter(|c| c.spiffe_id.is_some())
-            .map(|c| c.client_id.clone());
         let ttl = settings::ttl(config.access_token_ttl_secs);
+        let verifiers = Arc::new(LocalVerifiers::new(
+            issuer.url(),
+            keys.clone(),
+            registry.audiences(),
+        ));
         let api = Arc::new(MeshApi::new(
             issuer.clone(),
             registry.clone(),
             ttl,
             settings::ttl(config.exchanged_token_ttl_secs),
-            workloads,
+            verifiers.clone(),
         ));
         let http = http::HttpState {
             issuer: issuer.clone(),
             registry,
+            users: Arc::new(users::Users::new(config)),
+            grants,
+            verifiers: verifiers.clone(),
             limiter: Arc::new(FailureLimiter::new(
                 config.rate_limit.max_failures,
                 Duration::from_secs(config.rate_limit.window_secs),
             )),
             ttl,
+            refresh_ttl: settings::ttl(config.refresh_token_ttl_secs),
         };
         let mesh_verifier =
             TokenVerifier::with_keys(VerifierConfig::new(issuer.url(), "auth"), keys.key_set());
@@ -176,6 +190,7 @@ impl Application {
             issuer,
             api,
             http,
+            verifiers,
             mesh_verifier,
             limits: ServerLimits::default(),
         })
@@ -200,7 +215,7 @@ impl Application {
     pub fn key_rotator(&self) -> KeyRotator {
         KeyRotator {
             keys: self.issuer.keys().clone(),
-            api: self.api.clone(),
+            verifiers: self.verifiers.clone(),
             mesh_verifier: self.mesh_verifier.clone(),
         }
     }
@@ -245,7 +260,7 @@ impl Application {
 #[derive(Debug, Clone)]
 pub struct KeyRotator {
     keys: Arc<KeyStore>,
-    api: Arc<MeshApi>,
+    verifiers: Arc<LocalVerifiers>,
     mesh_verifier: Arc<TokenVerifier>,
 }
 
@@ -253,7 +268,7 @@ impl KeyRotator {
     /// Retires the current key and signs with a new one from now on; returns the new `kid`.
     pub async fn rotate(&self) -> Result<String, StartError> {
         let kid = self.keys.rotate().await?;
-        self.api.refresh_keys();
+        self.verifiers.refresh_keys();
         self.mesh_verifier.replace_keys(self.keys.key_set());
         Ok(kid)
     }

@@ -95,9 +95,36 @@ pub struct AuthConfig {
     /// Failed client authentications allowed per address and window before answering 429.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Lifetime of refresh tokens, in seconds (default 8 hours).
+    #[serde(default = "default_refresh_ttl")]
+    pub refresh_token_ttl_secs: u64,
     /// Registered clients.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// Scopes each role grants its users: a user token carries the scopes its client may have
+    /// for the audience *and* the user's roles grant.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+    /// Users who log in through the authorization-code flow.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+/// One user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name; becomes the token's `sub`.
+    pub username: String,
+    /// Argon2id PHC hash of the password (`meshctl hash-secret`).
+    pub password_hash: String,
+    /// Roles, each a key of `[roles]`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+fn default_refresh_ttl() -> u64 {
+    8 * 3600
 }
 
 fn default_ttl() -> u64 {
@@ -150,6 +177,9 @@ pub struct ClientConfig {
     /// Scopes the client may get. A scope `X:…` belongs to audience `X`.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Redirect URIs for the authorization-code flow, matched exactly.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
 }
 
 impl ClientConfig {
@@ -208,8 +238,23 @@ impl AuthConfig {
                     .map_err(|e| format!("client {id:?}: secret_hash is not a PHC string: {e}"))?;
             }
             for grant in &client.grant_types {
-                if grant != "client_credentials" {
+                if !GRANT_TYPES.contains(&grant.as_str()) {
                     return Err(format!("client {id:?}: unsupported grant type {grant:?}"));
+                }
+            }
+            let code_flow = client.grant_types.iter().any(|g| g == "authorization_code");
+            if code_flow && client.redirect_uris.is_empty() {
+                return Err(format!(
+                    "client {id:?}: authorization_code needs redirect_uris"
+                ));
+            }
+            for uri in &client.redirect_uris {
+                let ok = (uri.starts_with("https://") || uri.starts_with("http://127.0.0.1"))
+                    && !uri.contains('#');
+                if !ok {
+                    return Err(format!(
+                        "client {id:?}: redirect_uri {uri:?} must be https or http://127.0.0.1, without fragment"
+                    ));
                 }
             }
             if client.grant_types.iter().any(|g| g == "client_credentials")
@@ -228,9 +273,35 @@ impl AuthConfig {
                 }
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        for user in &self.users {
+            let name = &user.username;
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(format!(
+                    "username {name:?}: use letters, digits, '-', '_', '.'"
+                ));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(format!("user {name:?} is listed twice"));
+            }
+            argon2::PasswordHash::new(&user.password_hash)
+                .map_err(|e| format!("user {name:?}: password_hash is not a PHC string: {e}"))?;
+            if let Some(role) = user.roles.iter().find(|r| !self.roles.contains_key(*r)) {
+                return Err(format!(
+                    "user {name:?}: role {role:?} is not defined in [roles]"
+                ));
+            }
+        }
         Ok(())
     }
 }
+
+/// The grant types the token endpoint knows.
+pub const GRANT_TYPES: [&str; 3] = ["client_credentials", "authorization_code", "refresh_token"];
 
 /// An issuer must be an https URL without query or fragment (OIDC Discovery §3).
 pub fn check_issuer(issuer: &str) -> Result<(), StartError> {

@@ -1,0 +1,346 @@
+//! Storage of the user grants: authorization codes, refresh-token families, issued access tokens.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
+
+/// A new opaque secret: 256 random bits, base64url.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The stored form of an opaque secret.
+pub fn hash_secret_token(secret: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// What an authorization code was issued for.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CodeGrant {
+    /// The family the code starts.
+    pub family_id: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The redirect URI of the authorization request.
+    pub redirect_uri: String,
+    /// The PKCE S256 challenge.
+    pub code_challenge: String,
+    /// The user who logged in.
+    pub username: String,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// The audience of the access token.
+    pub audience: String,
+    /// Expiry, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// Why a code or refresh token was not redeemed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeemError {
+    /// Not known (or a storage failure; the caller cannot tell and must not).
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// Used before: a replay. The family has been revoked.
+    Reused,
+    /// Its family was revoked.
+    Revoked,
+}
+
+/// A refresh token's family, as found when it is redeemed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Family {
+    /// The family id.
+    pub family_id: String,
+    /// The client.
+    pub client_id: String,
+    /// The user.
+    pub username: String,
+}
+
+/// The grants database.
+#[derive(Debug, Clone)]
+pub struct Grants {
+    pool: SqlitePool,
+}
+
+impl Grants {
+    /// Grants stored in `pool` (already migrated).
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// Stores a new code and its (new) family; returns the code.
+    pub async fn create_code(&self, grant: &CodeGrant) -> Result<String, sqlx::Error> {
+        let code = new_secret();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO token_families (family_id, client_id, username, created_at) \
+             VALUES (?, ?, ?, unixepoch())",
+        )
+        .bind(&grant.family_id)
+        .bind(&grant.client_id)
+        .bind(&grant.username)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO auth_codes (code_hash, family_id, client_id, redirect_uri, code_challenge, \
+             username, scope, audience, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(hash_secret_token(&code))
+        .bind(&grant.family_id)
+        .bind(&grant.client_id)
+        .bind(&grant.redirect_uri)
+        .bind(&grant.code_challenge)
+        .bind(&grant.username)
+        .bind(&grant.scope)
+        .bind(&grant.audience)
+        .bind(grant.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(code)
+    }
+
+    /// Marks a code used and returns its grant. A second presentation is [`RedeemError::Reused`]
+    /// and revokes everything issued from the code.
+    pub async fn redeem_code(&self, code: &str, now: i64) -> Result<CodeGrant, RedeemError> {
+        let result: Result<Result<CodeGrant, RedeemError>, sqlx::Error> = async {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let row: Option<CodeGrantRow> = sqlx::query_as(
+                "SELECT family_id, client_id, redirect_uri, code_challenge, username, scope, \
+                 audience, expires_at, used_at FROM auth_codes WHERE code_hash = ?",
+            )
+            .bind(hash_secret_token(code))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(Err(RedeemError::Unknown));
+            };
+            if row.used_at.is_some() {
+                revoke_family_in(&mut tx, &row.family_id, now).await?;
+                tx.commit().await?;
+                return Ok(Err(RedeemError::Reused));
+            }
+            if row.expires_at <= now {
+                return Ok(Err(RedeemError::Expired));
+            }
+            sqlx::query("UPDATE auth_codes SET used_at = ? WHERE code_hash = ?")
+                .bind(now)
+                .bind(hash_secret_token(code))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Ok(row.into_grant()))
+        }
+        .await;
+        result.unwrap_or_else(|error| {
+            tracing::error!(%error, "redeeming a code failed");
+            Err(RedeemError::Unknown)
+        })
+    }
+
+    /// Stores a new refresh token of `family_id`; returns it.
+    pub async fn issue_refresh(
+        &self,
+        family_id: &str,
+        expires_at: i64,
+    ) -> Result<String, sqlx::Error> {
+        let token = new_secret();
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, created_at, expires_at) \
+             VALUES (?, ?, unixepoch(), ?)",
+        )
+        .bind(hash_secret_token(&token))
+        .bind(family_id)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    /// Uses a refresh token once. Presenting a used one again is [`RedeemError::Reused`]: the
+    /// token was stolen or replayed, and the whole family is revoked.
+    pub async fn rotate_refresh(&self, token: &str, now: i64) -> Result<Family, RedeemError> {
+        let result: Result<Result<Family, RedeemError>, sqlx::Error> = async {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let row: Option<(String, String, String, i64, Option<i64>, Option<i64>)> =
+                sqlx::query_as(
+                    "SELECT f.family_id, f.client_id, f.username, r.expires_at, r.used_at, f.revoked_at \
+                     FROM refresh_tokens r JOIN token_families f ON f.family_id = r.family_id \
+                     WHERE r.token_hash = ?",
+                )
+                .bind(hash_secret_token(token))
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((family_id, client_id, username, expires_at, used_at, revoked_at)) = row
+            else {
+                return Ok(Err(RedeemError::Unknown));
+            };
+            if revoked_at.is_some() {
+                return Ok(Err(RedeemError::Revoked));
+            }
+            if used_at.is_some() {
+                revoke_family_in(&mut tx, &family_id, now).await?;
+                tx.commit().await?;
+                return Ok(Err(RedeemError::Reused));
+            }
+            if expires_at <= now {
+                return Ok(Err(RedeemError::Expired));
+            }
+            sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?")
+                .bind(now)
+                .bind(hash_secret_token(token))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Ok(Family {
+                family_id,
+                client_id,
+                username,
+            }))
+        }
+        .await;
+        result.unwrap_or_else(|error| {
+            tracing::error!(%error, "rotating a refresh token failed");
+            Err(RedeemError::Unknown)
+        })
+    }
+
+    /// Records an issued access token (so a family revocation can find it).
+    pub async fn record_access(
+        &self,
+        jti: &str,
+        family_id: Option<&str>,
+        expires_at: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO access_tokens (jti, family_id, expires_at) VALUES (?, ?, ?)")
+            .bind(jti)
+            .bind(family_id)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The family of a refresh token and whether the token is still usable; for revocation and
+    /// introspection.
+    pub async fn refresh_family(&self, token: &str) -> Result<Option<(Family, bool)>, sqlx::Error> {
+        let row: Option<(String, String, String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT f.family_id, f.client_id, f.username, r.expires_at, r.used_at, f.revoked_at \
+             FROM refresh_tokens r JOIN token_families f ON f.family_id = r.family_id \
+             WHERE r.token_hash = ?",
+        )
+        .bind(hash_secret_token(token))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(family_id, client_id, username, expires_at, used_at, revoked_at)| {
+                let active = used_at.is_none()
+                    && revoked_at.is_none()
+                    && expires_at > crate::unix_now() as i64;
+                (
+                    Family {
+                        family_id,
+                        client_id,
+                        username,
+                    },
+                    active,
+                )
+            },
+        ))
+    }
+
+    /// Revokes a family: its refresh tokens stop working, its access tokens are reported
+    /// inactive by introspection.
+    pub async fn revoke_family(&self, family_id: &str, now: i64) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        revoke_family_in(&mut tx, family_id, now).await?;
+        tx.commit().await
+    }
+
+    /// Revokes one access token by its `jti`.
+    pub async fn revoke_access(
+        &self,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO access_tokens (jti, expires_at, revoked_at) VALUES (?, ?, ?) \
+             ON CONFLICT (jti) DO UPDATE SET revoked_at = excluded.revoked_at",
+        )
+        .bind(jti)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether an access token was revoked.
+    pub async fn access_revoked(&self, jti: &str) -> Result<bool, sqlx::Error> {
+        let revoked: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT revoked_at FROM access_tokens WHERE jti = ?")
+                .bind(jti)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(revoked.flatten().is_some())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CodeGrantRow {
+    family_id: String,
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: String,
+    username: String,
+    scope: String,
+    audience: String,
+    expires_at: i64,
+    used_at: Option<i64>,
+}
+
+impl CodeGrantRow {
+    fn into_grant(self) -> CodeGrant {
+        CodeGrant {
+            family_id: self.family_id,
+            client_id: self.client_id,
+            redirect_uri: self.redirect_uri,
+            code_challenge: self.code_challenge,
+            username: self.username,
+            scope: self.scope,
+            audience: self.audience,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+async fn revoke_family_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    family_id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE token_families SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(family_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE access_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(family_id)
+    .execute(&mut **tx)
+    .await?;
+    tracing::warn!(target: "audit", decision = "revoke", reason = "family", family_id, "token family revoked");
+    Ok(())
+}

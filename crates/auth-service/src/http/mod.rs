@@ -1,0 +1,354 @@
+//! The public HTTPS side: OIDC discovery, the JWKS, the login page and the OAuth2 endpoints.
+//!
+//! Every error answer follows RFC 6749 §5.2: a JSON body with `error` (and a description that
+//! never echoes a credential), 400 or 401, `WWW-Authenticate` on 401, and `Cache-Control:
+//! no-store` on every token-endpoint answer.
+
+mod authorize;
+mod revoke;
+mod token;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use mesh_tls::PeerIdentity;
+use serde_json::json;
+
+use crate::clients::{Client, Registry};
+use crate::grants::Grants;
+use crate::issuer::Issuer;
+use crate::local::LocalVerifiers;
+use crate::ratelimit::FailureLimiter;
+use crate::users::Users;
+
+/// Path of the JWKS document.
+pub const JWKS_PATH: &str = "/oauth2/jwks";
+/// Path of the token endpoint.
+pub const TOKEN_PATH: &str = "/oauth2/token";
+/// Path of the authorization endpoint (the login page).
+pub const AUTHORIZE_PATH: &str = "/oauth2/authorize";
+/// Path of the revocation endpoint (RFC 7009).
+pub const REVOKE_PATH: &str = "/oauth2/revoke";
+/// Path of the introspection endpoint (RFC 7662).
+pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
+
+/// What the HTTP handlers share.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// Signs tokens.
+    pub issuer: Arc<Issuer>,
+    /// Registered clients.
+    pub registry: Arc<Registry>,
+    /// Users.
+    pub users: Arc<Users>,
+    /// Codes, refresh tokens and their families.
+    pub grants: Grants,
+    /// Verifies our own tokens (revocation, introspection).
+    pub verifiers: Arc<LocalVerifiers>,
+    /// Failed client and user authentications per address.
+    pub limiter: Arc<FailureLimiter>,
+    /// Access-token lifetime.
+    pub ttl: Duration,
+    /// Refresh-token lifetime.
+    pub refresh_ttl: Duration,
+}
+
+/// The public router.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route(JWKS_PATH, get(jwks))
+        .route(TOKEN_PATH, post(token::token))
+        .route(AUTHORIZE_PATH, get(authorize::page).post(authorize::login))
+        .route(REVOKE_PATH, post(revoke::revoke))
+        .route(INTROSPECT_PATH, post(revoke::introspect))
+        // OAuth2 requests are a few hundred bytes; refuse anything large before reading it.
+        .layer(DefaultBodyLimit::max(16 * 1024))
+        .with_state(state)
+}
+
+async fn discovery(State(state): State<HttpState>) -> Response {
+    let issuer = state.issuer.url();
+    let body = json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}{JWKS_PATH}"),
+        "token_endpoint": format!("{issuer}{TOKEN_PATH}"),
+        "authorization_endpoint": format!("{issuer}{AUTHORIZE_PATH}"),
+        "revocation_endpoint": format!("{issuer}{REVOKE_PATH}"),
+        "introspection_endpoint": format!("{issuer}{INTROSPECT_PATH}"),
+        "grant_types_supported": crate::settings::GRANT_TYPES,
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+    });
+    (
+        [(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=300"),
+        )],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+async fn jwks(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        )],
+        axum::Json(state.issuer.keys().jwks()),
+    )
+        .into_response()
+}
+
+/// An RFC 6749 §5.2 error response.
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    code: &'static str,
+    description: &'static str,
+    retry_after: Option<u64>,
+}
+
+impl OAuthError {
+    fn bad_request(code: &'static str, description: &'static str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            description,
+            retry_after: None,
+        }
+    }
+
+    fn invalid_request(description: &'static str) -> Self {
+        Self::bad_request("invalid_request", description)
+    }
+
+    fn invalid_grant() -> Self {
+        // One description for every failed grant: which check failed is for the audit log.
+        Self::bad_request(
+            "invalid_grant",
+            "the grant is invalid, expired, revoked or was used",
+        )
+    }
+
+    /// The one answer for every failed client authentication: unknown client, wrong secret and
+    /// no credentials look the same.
+    fn invalid_client() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_client",
+            description: "client authentication failed",
+            retry_after: None,
+        }
+    }
+
+    fn too_many(retry: Duration) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "temporarily_unavailable",
+            description: "too many failed authentications; retry later",
+            retry_after: Some(retry.as_secs().max(1)),
+        }
+    }
+
+    fn server_error() -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "server_error",
+            description: "the request could not be completed",
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut headers = no_store();
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="mesh", charset="UTF-8""#),
+            );
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        let body = json!({ "error": self.code, "error_description": self.description });
+        (self.status, headers, axum::Json(body)).into_response()
+    }
+}
+
+fn no_store() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers
+}
+
+/// The peer's IP, for rate limiting.
+fn peer_ip(peer: Option<Extension<PeerIdentity>>) -> IpAddr {
+    peer.and_then(|Extension(p)| p.remote_addr)
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
+}
+
+/// Whether the request body is declared as a form.
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// Parses a form body or query. Every parameter may appear once (RFC 6749 §3.1, §3.2); an
+/// empty value counts as absent.
+fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut params = HashMap::new();
+    for (key, value) in form_urlencoded::parse(body) {
+        if params.contains_key(key.as_ref()) {
+            return Err(OAuthError::invalid_request("a parameter was repeated"));
+        }
+        if !value.is_empty() {
+            params.insert(key.into_owned(), value.into_owned());
+        }
+    }
+    Ok(params)
+}
+
+/// Reads a form body, refusing other content types.
+fn form_body(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    if !is_form(headers) {
+        return Err(OAuthError::invalid_request(
+            "content type must be application/x-www-form-urlencoded",
+        ));
+    }
+    parse_form(body)
+}
+
+/// How the client identified itself, before it is checked.
+enum Presented {
+    /// `client_secret_basic` or `client_secret_post`.
+    Secret { client_id: String, secret: String },
+    /// A public client: `client_id` only (it proves the login with PKCE).
+    Public { client_id: String },
+    /// Nothing.
+    Nothing,
+}
+
+/// The client's credentials from exactly one of `client_secret_basic` (the `Authorization`
+/// header) or `client_secret_post` (the body); both at once is `invalid_request`.
+fn presented(
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<Presented, OAuthError> {
+    let basic = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => Some(parse_basic(value).ok_or_else(OAuthError::invalid_client)?),
+    };
+    match (basic, params.get("client_secret")) {
+        (Some(_), Some(_)) => Err(OAuthError::invalid_request(
+            "use one client authentication method, not both",
+        )),
+        (Some((client_id, secret)), None) => {
+            if params.get("client_id").is_some_and(|id| *id != client_id) {
+                return Err(OAuthError::invalid_request(
+                    "client_id in the body differs from the Authorization header",
+                ));
+            }
+            Ok(Presented::Secret { client_id, secret })
+        }
+        (None, Some(secret)) => {
+            let client_id = params
+                .get("client_id")
+                .ok_or_else(|| OAuthError::invalid_request("client_secret_post needs client_id"))?;
+            Ok(Presented::Secret {
+                client_id: client_id.clone(),
+                secret: secret.clone(),
+            })
+        }
+        (None, None) => Ok(match params.get("client_id") {
+            Some(client_id) => Presented::Public {
+                client_id: client_id.clone(),
+            },
+            None => Presented::Nothing,
+        }),
+    }
+}
+
+/// Authenticates the client of a token, revocation or introspection request. Failures are
+/// counted per address and limited before any hash is computed.
+async fn authenticate_client(
+    state: &HttpState,
+    addr: IpAddr,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    endpoint: &'static str,
+) -> Result<Client, OAuthError> {
+    let presented = presented(headers, params)?;
+    if let Some(retry) = state.limiter.blocked(addr) {
+        return Err(OAuthError::too_many(retry));
+    }
+    let (client, client_id) = match presented {
+        Presented::Secret { client_id, secret } => {
+            // Argon2 is deliberately slow: keep it off the async workers.
+            let registry = state.registry.clone();
+            let id = client_id.clone();
+            let client =
+                tokio::task::spawn_blocking(move || registry.authenticate(&id, &secret).cloned())
+                    .await
+                    .ok()
+                    .flatten();
+            (client, client_id)
+        }
+        Presented::Public { client_id } => {
+            let client = state
+                .registry
+                .get(&client_id)
+                .filter(|c| c.is_public())
+                .cloned();
+            (client, client_id)
+        }
+        Presented::Nothing => (None, String::new()),
+    };
+    client.ok_or_else(|| {
+        state.limiter.record_failure(addr);
+        tracing::warn!(target: "audit", decision = "deny", reason = "invalid_client", method = endpoint, client = %client_id, "client authentication failed");
+        OAuthError::invalid_client()
+    })
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1).
+fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
+    let text = value.to_str().ok()?;
+    let (scheme, encoded) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let decode = |s: &str| -> Option<String> {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8()
+            .ok()
+            .map(|v| v.into_owned())
+    };
+    let client_id = decode(id)?;
+    (!client_id.is_empty()).then_some(())?;
+    Some((client_id, decode(secret)?))
+}

@@ -1,0 +1,120 @@
+//! `POST /oauth2/revoke` (RFC 7009) and `POST /oauth2/introspect` (RFC 7662).
+
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mesh_tls::PeerIdentity;
+use serde_json::json;
+
+use super::{
+    HttpState, INTROSPECT_PATH, OAuthError, REVOKE_PATH, authenticate_client, form_body, no_store,
+    peer_ip,
+};
+
+/// Revokes a refresh token (and with it its whole family) or an access token, if the token
+/// belongs to the authenticated client. Unknown tokens answer 200 too (RFC 7009 §2.2), so the
+/// endpoint cannot be used to probe for valid tokens.
+pub(super) async fn revoke(
+    State(state): State<HttpState>,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let addr = peer_ip(peer);
+    let result = async {
+        let params = form_body(&headers, &body)?;
+        let client = authenticate_client(&state, addr, &headers, &params, REVOKE_PATH).await?;
+        let token = params
+            .get("token")
+            .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+        let now = crate::unix_now() as i64;
+        let storage = |_| OAuthError::server_error();
+        if let Some((family, _)) = state.grants.refresh_family(token).await.map_err(storage)? {
+            if family.client_id == client.client_id {
+                state.grants.revoke_family(&family.family_id, now).await.map_err(storage)?;
+                tracing::info!(target: "audit", decision = "revoke", reason = "refresh_token", method = REVOKE_PATH, subject = %family.username, client = %client.client_id, "refresh token family revoked");
+            }
+        } else if let Ok((_, verified)) = state.verifiers.verify_any(token).await {
+            if verified.client_id == client.client_id {
+                state
+                    .grants
+                    .revoke_access(&verified.token_id, verified.expires_at as i64, now)
+                    .await
+                    .map_err(storage)?;
+                tracing::info!(target: "audit", decision = "revoke", reason = "access_token", method = REVOKE_PATH, subject = %verified.subject, client = %client.client_id, token_id = %verified.token_id, "access token revoked");
+            }
+        }
+        Ok::<_, OAuthError>((StatusCode::OK, no_store()).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Tells a confidential client whether a token is active, and what it says. Public clients may
+/// not introspect.
+pub(super) async fn introspect(
+    State(state): State<HttpState>,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let addr = peer_ip(peer);
+    let result = async {
+        let params = form_body(&headers, &body)?;
+        let client = authenticate_client(&state, addr, &headers, &params, INTROSPECT_PATH).await?;
+        if client.is_public() {
+            return Err(OAuthError::invalid_client());
+        }
+        let token = params
+            .get("token")
+            .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+        let storage = |_| OAuthError::server_error();
+        let inactive = json!({ "active": false });
+        let body = if let Some((family, active)) =
+            state.grants.refresh_family(token).await.map_err(storage)?
+        {
+            if active {
+                json!({
+                    "active": true,
+                    "token_type": "refresh_token",
+                    "client_id": family.client_id,
+                    "sub": family.username,
+                    "iss": state.issuer.url(),
+                })
+            } else {
+                inactive
+            }
+        } else {
+            match state.verifiers.verify_any(token).await {
+                Ok((audience, verified))
+                    if !state
+                        .grants
+                        .access_revoked(&verified.token_id)
+                        .await
+                        .map_err(storage)? =>
+                {
+                    let mut body = json!({
+                        "active": true,
+                        "token_type": "Bearer",
+                        "scope": verified.scopes.join(" "),
+                        "client_id": verified.client_id,
+                        "sub": verified.subject,
+                        "aud": audience,
+                        "iss": state.issuer.url(),
+                        "exp": verified.expires_at,
+                        "jti": verified.token_id,
+                    });
+                    if let Some(actor) = &verified.actor {
+                        body["act"] = json!({ "sub": actor });
+                    }
+                    body
+                }
+                _ => inactive,
+            }
+        };
+        Ok((StatusCode::OK, no_store(), axum::Json(body)).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}

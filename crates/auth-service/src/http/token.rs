@@ -1,0 +1,268 @@
+//! `POST /oauth2/token`: client credentials, authorization code with PKCE, refresh token.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh_tls::PeerIdentity;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{HttpState, OAuthError, TOKEN_PATH, authenticate_client, form_body, no_store, peer_ip};
+use crate::clients::{Client, GrantError};
+use crate::grants::RedeemError;
+use crate::issuer::{IssuedToken, TokenRequest};
+
+pub(super) async fn token(
+    State(state): State<HttpState>,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let addr = peer_ip(peer);
+    let result = async {
+        let params = form_body(&headers, &body)?;
+        let grant_type = params
+            .get("grant_type")
+            .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?
+            .clone();
+        if !crate::settings::GRANT_TYPES.contains(&grant_type.as_str()) {
+            return Err(OAuthError::bad_request(
+                "unsupported_grant_type",
+                "supported: client_credentials, authorization_code, refresh_token",
+            ));
+        }
+        let client = authenticate_client(&state, addr, &headers, &params, TOKEN_PATH).await?;
+        if !client.allows_grant(&grant_type) {
+            return Err(OAuthError::bad_request(
+                "unauthorized_client",
+                "the client may not use this grant type",
+            ));
+        }
+        match grant_type.as_str() {
+            "client_credentials" => client_credentials(&state, &client, &params).await,
+            "authorization_code" => authorization_code(&state, &client, &params).await,
+            _ => refresh_token(&state, &client, &params).await,
+        }
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn scope_error(error: GrantError) -> OAuthError {
+    match error {
+        GrantError::Audience => OAuthError::bad_request(
+            "invalid_target",
+            "the client may not get tokens for this audience",
+        ),
+        GrantError::Scope => OAuthError::bad_request(
+            "invalid_scope",
+            "a requested scope is not allowed for this client and audience",
+        ),
+    }
+}
+
+fn requested_scopes(params: &HashMap<String, String>) -> Vec<String> {
+    params
+        .get("scope")
+        .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn success(issued: &IssuedToken, refresh_token: Option<String>) -> Response {
+    let mut body = json!({
+        "access_token": issued.access_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scopes.join(" "),
+    });
+    if let Some(refresh) = refresh_token {
+        body["refresh_token"] = json!(refresh);
+    }
+    (StatusCode::OK, no_store(), axum::Json(body)).into_response()
+}
+
+async fn client_credentials(
+    state: &HttpState,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
+    let audience = params
+        .get("audience")
+        .ok_or_else(|| OAuthError::invalid_request("audience is required"))?;
+    let scopes = client
+        .grant(audience, &requested_scopes(params))
+        .map_err(scope_error)?;
+    let issued = state
+        .issuer
+        .issue(TokenRequest {
+            subject: &client.client_id,
+            client_id: &client.client_id,
+            audience,
+            scopes,
+            actor: None,
+            lifetime: state.ttl,
+        })
+        .map_err(|_| OAuthError::server_error())?;
+    tracing::info!(target: "audit", decision = "allow", reason = "client_credentials", method = TOKEN_PATH, client = %client.client_id, audience = %audience, token_id = %issued.token_id, "token issued");
+    // Client credentials never get a refresh token: the client can always ask again.
+    Ok(success(&issued, None))
+}
+
+/// PKCE verifiers are 43 to 128 characters of the unreserved set (RFC 7636 §4.1).
+fn valid_verifier(verifier: &str) -> bool {
+    (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
+async fn authorization_code(
+    state: &HttpState,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
+    let code = params
+        .get("code")
+        .ok_or_else(|| OAuthError::invalid_request("code is required"))?;
+    let redirect_uri = params
+        .get("redirect_uri")
+        .ok_or_else(|| OAuthError::invalid_request("redirect_uri is required"))?;
+    let verifier = params
+        .get("code_verifier")
+        .ok_or_else(|| OAuthError::invalid_request("code_verifier is required"))?;
+    if !valid_verifier(verifier) {
+        return Err(OAuthError::invalid_request("code_verifier is malformed"));
+    }
+    let now = crate::unix_now() as i64;
+    let deny = |reason: &'static str| {
+        tracing::warn!(target: "audit", decision = "deny", reason, method = TOKEN_PATH, client = %client.client_id, "authorization code refused");
+        OAuthError::invalid_grant()
+    };
+    let grant = match state.grants.redeem_code(code, now).await {
+        Ok(grant) => grant,
+        Err(RedeemError::Reused) => return Err(deny("code_reused_family_revoked")),
+        Err(RedeemError::Expired) => return Err(deny("code_expired")),
+        Err(_) => return Err(deny("code_unknown")),
+    };
+    if grant.client_id != client.client_id {
+        return Err(deny("code_of_another_client"));
+    }
+    if grant.redirect_uri != *redirect_uri {
+        return Err(deny("redirect_uri_mismatch"));
+    }
+    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    if aws_lc_rs::constant_time::verify_slices_are_equal(
+        computed.as_bytes(),
+        grant.code_challenge.as_bytes(),
+    )
+    .is_err()
+    {
+        return Err(deny("pkce_verifier_mismatch"));
+    }
+    let scopes: Vec<String> = grant
+        .scope
+        .split_ascii_whitespace()
+        .map(str::to_owned)
+        .collect();
+    issue_user_tokens(
+        state,
+        client,
+        &grant.username,
+        &grant.audience,
+        scopes,
+        &grant.family_id,
+    )
+    .await
+}
+
+async fn refresh_token(
+    state: &HttpState,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
+    let token = params
+        .get("refresh_token")
+        .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
+    let now = crate::unix_now() as i64;
+    let deny = |reason: &'static str| {
+        tracing::warn!(target: "audit", decision = "deny", reason, method = TOKEN_PATH, client = %client.client_id, "refresh token refused");
+        OAuthError::invalid_grant()
+    };
+    let family = match state.grants.rotate_refresh(token, now).await {
+        Ok(family) => family,
+        Err(RedeemError::Reused) => return Err(deny("refresh_reused_family_revoked")),
+        Err(RedeemError::Revoked) => return Err(deny("refresh_family_revoked")),
+        Err(RedeemError::Expired) => return Err(deny("refresh_expired")),
+        Err(RedeemError::Unknown) => return Err(deny("refresh_unknown")),
+    };
+    if family.client_id != client.client_id {
+        // Another client holding this token means it leaked: nothing from the login may live on.
+        let _ = state.grants.revoke_family(&family.family_id, now).await;
+        return Err(deny("refresh_of_another_client"));
+    }
+    let user = state
+        .users
+        .get(&family.username)
+        .ok_or_else(|| deny("user_removed"))?
+        .clone();
+    let audience = match params.get("audience") {
+        Some(audience) => audience.clone(),
+        None => client.default_audience().unwrap_or_default().to_owned(),
+    };
+    let scopes = client
+        .grant_for_user(&audience, &requested_scopes(params), &user.scopes)
+        .map_err(scope_error)?;
+    issue_user_tokens(
+        state,
+        client,
+        &user.username,
+        &audience,
+        scopes,
+        &family.family_id,
+    )
+    .await
+}
+
+/// An access token for the user and the next refresh token of the family.
+async fn issue_user_tokens(
+    state: &HttpState,
+    client: &Client,
+    username: &str,
+    audience: &str,
+    scopes: Vec<String>,
+    family_id: &str,
+) -> Result<Response, OAuthError> {
+    let issued = state
+        .issuer
+        .issue(TokenRequest {
+            subject: username,
+            client_id: &client.client_id,
+            audience,
+            scopes,
+            actor: None,
+            lifetime: state.ttl,
+        })
+        .map_err(|_| OAuthError::server_error())?;
+    let now = crate::unix_now() as i64;
+    state
+        .grants
+        .record_access(
+            &issued.token_id,
+            Some(family_id),
+            now + issued.expires_in as i64,
+        )
+        .await
+        .map_err(|_| OAuthError::server_error())?;
+    let refresh = state
+        .grants
+        .issue_refresh(family_id, now + state.refresh_ttl.as_secs() as i64)
+        .await
+        .map_err(|_| OAuthError::server_error())?;
+    tracing::info!(target: "audit", decision = "allow", reason = "user_token", method = TOKEN_PATH, subject = %username, client = %client.client_id, audience = %audience, token_id = %issued.token_id, "token issued");
+    Ok(success(&issued, Some(refresh)))
+}

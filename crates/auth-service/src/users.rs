@@ -1,0 +1,73 @@
+//! The users who log in through the authorization-code flow, and what their roles grant.
+
+use std::collections::{BTreeSet, HashMap};
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+
+use crate::settings::AuthConfig;
+
+/// A user, as tokens see them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Login name and token `sub`.
+    pub username: String,
+    /// Every scope the user's roles grant.
+    pub scopes: BTreeSet<String>,
+}
+
+/// The user directory from `MESH_AUTH_CONFIG`.
+#[derive(Debug)]
+pub struct Users {
+    by_name: HashMap<String, (String, User)>,
+    /// Checked for unknown usernames so they cost what a wrong password costs.
+    dummy_hash: String,
+}
+
+impl Users {
+    /// The directory of `config` (already checked: every role exists).
+    pub fn new(config: &AuthConfig) -> Self {
+        let by_name = config
+            .users
+            .iter()
+            .map(|u| {
+                let scopes = u
+                    .roles
+                    .iter()
+                    .filter_map(|r| config.roles.get(r))
+                    .flatten()
+                    .cloned()
+                    .collect();
+                let user = User {
+                    username: u.username.clone(),
+                    scopes,
+                };
+                (u.username.clone(), (u.password_hash.clone(), user))
+            })
+            .collect();
+        Self {
+            by_name,
+            dummy_hash: crate::clients::hash_secret("not a real password: timing equaliser")
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The user named `username`.
+    pub fn get(&self, username: &str) -> Option<&User> {
+        self.by_name.get(username).map(|(_, user)| user)
+    }
+
+    /// Checks a password; unknown users and wrong passwords both take one Argon2 verification.
+    /// Call from a blocking thread.
+    pub fn authenticate(&self, username: &str, password: &str) -> Option<User> {
+        let entry = self.by_name.get(username);
+        let hash = entry.map_or(self.dummy_hash.as_str(), |(hash, _)| hash.as_str());
+        let matches = PasswordHash::new(hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        entry.filter(|_| matches).map(|(_, user)| user.clone())
+    }
+}
