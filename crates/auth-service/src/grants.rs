@@ -169,28 +169,22 @@ impl Grants {
     pub async fn rotate_refresh(&self, token: &str, now: i64) -> Result<Family, RedeemError> {
         let result: Result<Result<Family, RedeemError>, sqlx::Error> = async {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let row: Option<(String, String, String, i64, Option<i64>, Option<i64>)> =
-                sqlx::query_as(
-                    "SELECT f.family_id, f.client_id, f.username, r.expires_at, r.used_at, f.revoked_at \
-                     FROM refresh_tokens r JOIN token_families f ON f.family_id = r.family_id \
-                     WHERE r.token_hash = ?",
-                )
+            let row: Option<RefreshRow> = sqlx::query_as(REFRESH_ROW)
                 .bind(hash_secret_token(token))
                 .fetch_optional(&mut *tx)
                 .await?;
-            let Some((family_id, client_id, username, expires_at, used_at, revoked_at)) = row
-            else {
+            let Some(row) = row else {
                 return Ok(Err(RedeemError::Unknown));
             };
-            if revoked_at.is_some() {
+            if row.revoked_at.is_some() {
                 return Ok(Err(RedeemError::Revoked));
             }
-            if used_at.is_some() {
-                revoke_family_in(&mut tx, &family_id, now).await?;
+            if row.used_at.is_some() {
+                revoke_family_in(&mut tx, &row.family_id, now).await?;
                 tx.commit().await?;
                 return Ok(Err(RedeemError::Reused));
             }
-            if expires_at <= now {
+            if row.expires_at <= now {
                 return Ok(Err(RedeemError::Expired));
             }
             sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?")
@@ -199,11 +193,7 @@ impl Grants {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(Ok(Family {
-                family_id,
-                client_id,
-                username,
-            }))
+            Ok(Ok(row.family()))
         }
         .await;
         result.unwrap_or_else(|error| {
@@ -231,29 +221,16 @@ impl Grants {
     /// The family of a refresh token and whether the token is still usable; for revocation and
     /// introspection.
     pub async fn refresh_family(&self, token: &str) -> Result<Option<(Family, bool)>, sqlx::Error> {
-        let row: Option<(String, String, String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT f.family_id, f.client_id, f.username, r.expires_at, r.used_at, f.revoked_at \
-             FROM refresh_tokens r JOIN token_families f ON f.family_id = r.family_id \
-             WHERE r.token_hash = ?",
-        )
-        .bind(hash_secret_token(token))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(
-            |(family_id, client_id, username, expires_at, used_at, revoked_at)| {
-                let active = used_at.is_none()
-                    && revoked_at.is_none()
-                    && expires_at > crate::unix_now() as i64;
-                (
-                    Family {
-                        family_id,
-                        client_id,
-                        username,
-                    },
-                    active,
-                )
-            },
-        ))
+        let row: Option<RefreshRow> = sqlx::query_as(REFRESH_ROW)
+            .bind(hash_secret_token(token))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| {
+            let active = row.used_at.is_none()
+                && row.revoked_at.is_none()
+                && row.expires_at > crate::unix_now() as i64;
+            (row.family(), active)
+        }))
     }
 
     /// Revokes a family: its refresh tokens stop working, its access tokens are reported
@@ -291,6 +268,31 @@ impl Grants {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(revoked.flatten().is_some())
+    }
+}
+
+/// A refresh token joined with its family.
+const REFRESH_ROW: &str = "SELECT f.family_id, f.client_id, f.username, r.expires_at, r.used_at, \
+     f.revoked_at FROM refresh_tokens r JOIN token_families f ON f.family_id = r.family_id \
+     WHERE r.token_hash = ?";
+
+#[derive(sqlx::FromRow)]
+struct RefreshRow {
+    family_id: String,
+    client_id: String,
+    username: String,
+    expires_at: i64,
+    used_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl RefreshRow {
+    fn family(self) -> Family {
+        Family {
+            family_id: self.family_id,
+            client_id: self.client_id,
+            username: self.username,
+        }
     }
 }
 

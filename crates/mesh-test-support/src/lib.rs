@@ -17,7 +17,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use meshctl::devmesh::{DevMesh, MESHCTL_DEMO_SECRET, STOCK_ADMIN_DEMO_SECRET};
-use meshctl::token::{ClientCredentials, client_credentials};
+use meshctl::token::{ClientCredentials, TokenResponse, client_credentials};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
@@ -28,6 +28,7 @@ pub use meshctl::devmesh::TRUST_DOMAIN;
 pub struct TestMesh {
     /// The running services.
     pub mesh: DevMesh,
+
     dir: TempDir,
 }
 
@@ -64,6 +65,38 @@ impl TestMesh {
             .mesh
             .connector(as_workload, "auth")?
             .channel(&self.mesh.auth_addr.to_string())?)
+    }
+
+    /// A channel presenting `as_workload`'s certificate to orders.
+    pub fn orders_channel(&self, as_workload: &str) -> anyhow::Result<Channel> {
+        Ok(self
+            .mesh
+            .connector(as_workload, "orders")?
+            .channel(&self.mesh.orders_addr.to_string())?)
+    }
+
+    /// Logs `user` in with the demo password (`<user>-demo-password`) through the real login
+    /// form and PKCE; the tokens are for `audience`.
+    pub async fn login(&self, user: &str, audience: &str) -> anyhow::Result<TokenResponse> {
+        Ok(meshctl::login::login_with_password(
+            &self.https()?,
+            &self.mesh.issuer,
+            user,
+            &format!("{user}-demo-password"),
+            audience,
+        )
+        .await?)
+    }
+
+    /// `user`'s access token for `audience`.
+    pub async fn user_token(&self, user: &str, audience: &str) -> anyhow::Result<String> {
+        Ok(self.login(user, audience).await?.access_token)
+    }
+
+    /// The auth service's database, for tests that must move time forward (expire a code).
+    pub async fn auth_db(&self) -> anyhow::Result<sqlx::SqlitePool> {
+        let url = format!("sqlite://{}", self.dir().join("auth.db").display());
+        Ok(sqlx::SqlitePool::connect(&url).await?)
     }
 
     /// A token of the `meshctl` client (scope `inventory:read`, audience inventory).

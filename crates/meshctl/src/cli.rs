@@ -21,6 +21,13 @@ pub enum Command {
     Certs(CertsCommand),
     /// Get an access token with client credentials and print it.
     Token(TokenArgs),
+    /// Log in as a user (authorization code + PKCE) and keep the tokens in the session file.
+    Login(LoginArgs),
+    /// Revoke the session's tokens at the issuer and delete the session file.
+    Logout(LogoutArgs),
+    /// Place, read and cancel orders as the logged-in user.
+    #[command(subcommand)]
+    Orders(OrdersCommand),
     /// Call the inventory service.
     #[command(subcommand)]
     Inventory(InventoryCommand),
@@ -99,25 +106,145 @@ pub struct TokenArgs {
     pub json: bool,
 }
 
+/// Where the user's tokens are kept between runs.
+#[derive(Debug, Clone, Args)]
+pub struct SessionArgs {
+    /// Session file (0600); default `$HOME/.config/meshctl/session.json`.
+    #[arg(long, env = "MESH_SESSION_FILE")]
+    pub session_file: Option<PathBuf>,
+    /// Use this access token instead of the session's (e.g. from `meshctl token`).
+    #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// `meshctl login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Issuer URL.
+    #[arg(long, env = "MESH_ISSUER")]
+    pub issuer: String,
+    /// PEM trust bundle that the issuer's certificate chains to.
+    #[arg(long, env = "MESH_TLS_CA")]
+    pub tls_ca: PathBuf,
+    /// Fill in the login form as this user instead of waiting for a browser (scripts, tests).
+    #[arg(long, requires = "password")]
+    pub username: Option<String>,
+    /// The password for `--username` (prefer the env var).
+    #[arg(long, env = "MESH_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// The audience of the first access token.
+    #[arg(long, default_value = "orders")]
+    pub audience: String,
+    /// Session file (0600); default `$HOME/.config/meshctl/session.json`.
+    #[arg(long, env = "MESH_SESSION_FILE")]
+    pub session_file: Option<PathBuf>,
+}
+
+/// `meshctl logout`.
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// PEM trust bundle that the issuer's certificate chains to.
+    #[arg(long, env = "MESH_TLS_CA")]
+    pub tls_ca: PathBuf,
+    /// Session file; default `$HOME/.config/meshctl/session.json`.
+    #[arg(long, env = "MESH_SESSION_FILE")]
+    pub session_file: Option<PathBuf>,
+}
+
+/// `meshctl orders …`.
+#[derive(Debug, Subcommand)]
+pub enum OrdersCommand {
+    /// Place an order.
+    Place {
+        /// A line as `SKU:QUANTITY`; repeat for more lines.
+        #[arg(long = "line", required = true)]
+        lines: Vec<String>,
+        /// Idempotency key (8 to 64 of letters, digits, '-', '_'); a new one when omitted.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Where and as whom.
+        #[command(flatten)]
+        target: OrdersTarget,
+    },
+    /// Show one order.
+    Get {
+        /// The order id.
+        order_id: String,
+        /// Where and as whom.
+        #[command(flatten)]
+        target: OrdersTarget,
+    },
+    /// List orders, newest first.
+    List {
+        /// Orders per page (1 to 100).
+        #[arg(long, default_value_t = 20)]
+        page_size: u32,
+        /// The next-page token printed by a previous list.
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Where and as whom.
+        #[command(flatten)]
+        target: OrdersTarget,
+    },
+    /// Cancel an order and release its stock.
+    Cancel {
+        /// The order id.
+        order_id: String,
+        /// Where and as whom.
+        #[command(flatten)]
+        target: OrdersTarget,
+    },
+}
+
+/// The orders service and the credentials to call it with.
+#[derive(Debug, Args)]
+pub struct OrdersTarget {
+    /// Orders' mesh address (`host:port`).
+    #[arg(long, env = "MESH_ORDERS_URL", default_value = "localhost:50052")]
+    pub addr: String,
+    /// meshctl's certificate.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// The user's tokens.
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
 /// `meshctl inventory …`.
 #[derive(Debug, Subcommand)]
 pub enum InventoryCommand {
     /// List items and their stock.
-    List(InventoryListArgs),
+    List {
+        /// Where and as whom.
+        #[command(flatten)]
+        target: InventoryTarget,
+    },
+    /// Add stock to an item (needs `inventory:admin`).
+    Restock {
+        /// The item's SKU.
+        #[arg(long)]
+        sku: String,
+        /// Units to add.
+        #[arg(long)]
+        quantity: u32,
+        /// Where and as whom.
+        #[command(flatten)]
+        target: InventoryTarget,
+    },
 }
 
-/// `meshctl inventory list`.
+/// The inventory service and the credentials to call it with.
 #[derive(Debug, Args)]
-pub struct InventoryListArgs {
+pub struct InventoryTarget {
     /// Inventory's mesh address (`host:port`).
     #[arg(long, env = "MESH_INVENTORY_URL", default_value = "localhost:50053")]
     pub addr: String,
-    /// Access token for audience `inventory` (e.g. from `meshctl token`).
-    #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
-    pub token: String,
     /// meshctl's certificate.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// The user's tokens.
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
 /// `meshctl health`.

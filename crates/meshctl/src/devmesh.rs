@@ -1,7 +1,7 @@
 //! A whole mesh in this process, on loopback: what `meshctl demo` and the integration tests run.
 //!
 //! It issues fresh certificates from a new dev CA into a directory, writes the shipped example
-//! clients file there, and starts the auth and inventory services on `127.0.0.1:0`, each exactly
+//! clients file there, and starts the auth, inventory and orders services on `127.0.0.1:0`, each exactly
 //! as its binary would (same `Application::build`, same flags).
 
 use std::path::{Path, PathBuf};
@@ -43,11 +43,14 @@ pub struct DevMesh {
     pub auth_public_addr: std::net::SocketAddr,
     /// The inventory service's mesh address.
     pub inventory_addr: std::net::SocketAddr,
+    /// The orders service's mesh address.
+    pub orders_addr: std::net::SocketAddr,
     /// Rotates the auth service's signing key.
     pub key_rotator: auth_service::KeyRotator,
     /// The inventory service's token verifier (its JWKS fetch count is observable).
     pub inventory_verifier: Arc<auth_interceptor::TokenVerifier>,
-    services: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+    inventory_args: inventory_service::Args,
+    services: Vec<(&'static str, oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl DevMesh {
@@ -84,7 +87,7 @@ impl DevMesh {
         let mut services = Vec::new();
         services.push(spawn("auth", |stop| auth.run_until_stopped(stop)));
 
-        let inventory = inventory_service::Application::build(inventory_service::Args {
+        let mut inventory_args = inventory_service::Args {
             listen: "127.0.0.1:0".parse()?,
             tls_cert: certs.join("inventory.pem"),
             tls_key: certs.join("inventory.key"),
@@ -92,11 +95,28 @@ impl DevMesh {
             issuer: issuer.clone(),
             audience: "inventory".into(),
             db: dir.join("inventory.db"),
-        })
-        .await?;
+        };
+        let inventory = inventory_service::Application::build(inventory_args.clone()).await?;
         let inventory_addr = inventory.addr();
+        // A restart must come back on the same address, as a restarted container would.
+        inventory_args.listen = inventory_addr;
         let inventory_verifier = inventory.verifier();
         services.push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
+
+        let orders = orders_service::Application::build(orders_service::Args {
+            listen: "127.0.0.1:0".parse()?,
+            tls_cert: certs.join("orders.pem"),
+            tls_key: certs.join("orders.key"),
+            tls_ca: certs.join("ca.pem"),
+            issuer: issuer.clone(),
+            audience: "orders".into(),
+            db: dir.join("orders.db"),
+            auth_url: auth_addr.to_string(),
+            inventory_url: inventory_addr.to_string(),
+        })
+        .await?;
+        let orders_addr = orders.addr();
+        services.push(spawn("orders", |stop| orders.run_until_stopped(stop)));
 
         Ok(Self {
             dir: dir.to_owned(),
@@ -104,6 +124,8 @@ impl DevMesh {
             auth_addr,
             auth_public_addr,
             inventory_addr,
+            inventory_args,
+            orders_addr,
             key_rotator,
             inventory_verifier,
             services,
@@ -137,16 +159,41 @@ impl DevMesh {
         Ok(JwksSource::https_client(roots)?)
     }
 
+    /// Stops the inventory service (as an outage would), leaving the others running.
+    pub async fn stop_inventory(&mut self) {
+        if let Some(index) = self
+            .services
+            .iter()
+            .position(|(name, _, _)| *name == "inventory")
+        {
+            let (_, stop, handle) = self.services.remove(index);
+            let _ = stop.send(());
+            let _ = handle.await;
+        }
+    }
+
+    /// Starts the inventory service again on its old address, with its old database.
+    pub async fn restart_inventory(&mut self) -> anyhow::Result<()> {
+        let inventory = inventory_service::Application::build(self.inventory_args.clone()).await?;
+        self.inventory_verifier = inventory.verifier();
+        self.services
+            .push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
+        Ok(())
+    }
+
     /// Stops every service and waits for them to drain.
     pub async fn stop(self) {
-        for (stop, handle) in self.services {
+        for (_, stop, handle) in self.services {
             let _ = stop.send(());
             let _ = handle.await;
         }
     }
 }
 
-fn spawn<F, Fut, E>(name: &'static str, run: F) -> (oneshot::Sender<()>, JoinHandle<()>)
+fn spawn<F, Fut, E>(
+    name: &'static str,
+    run: F,
+) -> (&'static str, oneshot::Sender<()>, JoinHandle<()>)
 where
     F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
@@ -162,5 +209,5 @@ where
             tracing::error!(service = name, %error, "service stopped with an error");
         }
     });
-    (stop_tx, handle)
+    (name, stop_tx, handle)
 }

@@ -7,27 +7,29 @@
 //! - [`cli`]: the flags (clap, with env twins).
 //! - [`run`]: dispatches a parsed command; [`CliError`] decides the exit code.
 //! - [`token`]: client credentials against the auth service's token endpoint.
+//! - [`login`]: authorization code + PKCE, refresh, revocation, the 0600 session file.
+//! - [`calls`]: login, logout, orders and inventory commands.
 //! - [`devmesh`]: auth and inventory started in-process on loopback (`demo`, tests).
 //! - [`demo`]: the guided scenario of `meshctl demo`.
 
 #![forbid(unsafe_code)]
 
+pub mod calls;
 pub mod cli;
 pub mod demo;
 pub mod devmesh;
+pub mod login;
 pub mod token;
 
 use std::io::Read;
 
-use mesh_proto::inventory::v1::ListItemsRequest;
-use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_tls::certs::{DEFAULT_WORKLOADS, DevCa, validate_workload_name};
 use mesh_tls::client::MeshConnector;
 use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::cli::{CertsCommand, Cli, Command, InventoryCommand, TlsArgs};
+use crate::cli::{CertsCommand, Cli, Command, TlsArgs};
 
 /// How a command failed, which decides the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +52,7 @@ impl CliError {
     }
 }
 
-fn failed(error: impl std::fmt::Display) -> CliError {
+pub(crate) fn failed(error: impl std::fmt::Display) -> CliError {
     CliError::Failed(error.to_string())
 }
 
@@ -113,34 +115,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Inventory(InventoryCommand::List(args)) => {
-            let channel = connect(&args.tls, "inventory", &args.addr)?;
-            let mut request = tonic::Request::new(ListItemsRequest::default());
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {}", args.token)
-                    .parse()
-                    .map_err(|_| CliError::Usage("--token: not a valid header value".into()))?,
-            );
-            let items = InventoryServiceClient::new(channel)
-                .list_items(request)
-                .await
-                .map_err(|s| failed(format!("{}: {}", s.code(), s.message())))?
-                .into_inner()
-                .items;
-            println!("{:<10} {:>9} {:>10}  NAME", "SKU", "AVAILABLE", "PRICE");
-            for item in items {
-                println!(
-                    "{:<10} {:>9} {:>7}.{:02}  {}",
-                    item.sku,
-                    item.available,
-                    item.price_cents / 100,
-                    item.price_cents % 100,
-                    item.name
-                );
-            }
-            Ok(())
-        }
+        Command::Login(args) => calls::login(args).await,
+        Command::Logout(args) => calls::logout(args).await,
+        Command::Orders(command) => calls::orders(command).await,
+        Command::Inventory(command) => calls::inventory(command).await,
         Command::Health(args) => {
             let channel = connect(&args.tls, &args.workload, &args.addr)?;
             let status = HealthClient::new(channel)
@@ -178,7 +156,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 /// An mTLS channel to `addr`, presenting meshctl's certificate, expecting workload `workload`.
-fn connect(
+pub(crate) fn connect(
     tls: &TlsArgs,
     workload: &str,
     addr: &str,

@@ -35,15 +35,15 @@ pub(super) async fn revoke(
                 state.grants.revoke_family(&family.family_id, now).await.map_err(storage)?;
                 tracing::info!(target: "audit", decision = "revoke", reason = "refresh_token", method = REVOKE_PATH, subject = %family.username, client = %client.client_id, "refresh token family revoked");
             }
-        } else if let Ok((_, verified)) = state.verifiers.verify_any(token).await {
-            if verified.client_id == client.client_id {
-                state
-                    .grants
-                    .revoke_access(&verified.token_id, verified.expires_at as i64, now)
-                    .await
-                    .map_err(storage)?;
-                tracing::info!(target: "audit", decision = "revoke", reason = "access_token", method = REVOKE_PATH, subject = %verified.subject, client = %client.client_id, token_id = %verified.token_id, "access token revoked");
-            }
+        } else if let Ok((_, verified)) = state.verifiers.verify_any(token).await
+            && verified.client_id == client.client_id
+        {
+            state
+                .grants
+                .revoke_access(&verified.token_id, verified.expires_at as i64, now)
+                .await
+                .map_err(storage)?;
+            tracing::info!(target: "audit", decision = "revoke", reason = "access_token", method = REVOKE_PATH, subject = %verified.subject, client = %client.client_id, token_id = %verified.token_id, "access token revoked");
         }
         Ok::<_, OAuthError>((StatusCode::OK, no_store()).into_response())
     }

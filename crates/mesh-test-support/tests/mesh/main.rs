@@ -3,8 +3,11 @@
 
 mod attacks;
 mod capture;
+mod flow;
 mod hop;
 mod keys;
 mod tidy;
 mod tls;
 mod token_endpoint;
+mod user_grants;
+mod validation;

@@ -1,0 +1,347 @@
+//! `mesh.orders.v1.OrdersService`: orders placed and cancelled on behalf of the calling user.
+
+use std::time::Duration;
+
+use auth_interceptor::{Principal, TokenExchanger};
+use mesh_proto::domain::{self, FieldViolation, RequestKey};
+use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use mesh_proto::inventory::v1::{ReleaseRequest, ReservationLine, ReserveRequest};
+use mesh_proto::orders::v1::orders_service_server::OrdersService;
+use mesh_proto::orders::v1::{
+    CancelOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderLine,
+    OrderState, PlaceOrderRequest,
+};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+use crate::store::{Store, StoreError, StoredOrder};
+
+/// The scope that lets a user read and cancel every order, not just their own.
+pub const ADMIN_SCOPE: &str = "orders:admin";
+
+/// The longest orders waits for inventory, whatever budget the caller gave.
+const INVENTORY_BUDGET: Duration = Duration::from_secs(5);
+
+/// The gRPC API: a store, and the way to inventory on the caller's behalf.
+#[derive(Debug, Clone)]
+pub struct OrdersApi {
+    store: Store,
+    exchanger: TokenExchanger,
+    inventory: Channel,
+}
+
+impl OrdersApi {
+    /// The API over `store`, reaching inventory over `inventory` with tokens from `exchanger`.
+    pub fn new(store: Store, exchanger: TokenExchanger, inventory: Channel) -> Self {
+        Self {
+            store,
+            exchanger,
+            inventory,
+        }
+    }
+
+    /// Reserves the order's stock in inventory as the caller, and records the outcome. Leaves
+    /// the order PENDING when inventory cannot be reached, so a retry can finish it.
+    async fn reserve(
+        &self,
+        principal: &Principal,
+        order: StoredOrder,
+        budget: Duration,
+    ) -> Result<StoredOrder, Status> {
+        let authorization = self.delegate(principal).await?;
+        let mut request = Request::new(ReserveRequest {
+            reservation_id: order.reservation_id(),
+            lines: order
+                .lines
+                .iter()
+                .map(|l| ReservationLine {
+                    sku: l.sku.to_string(),
+                    quantity: l.quantity.get(),
+                })
+                .collect(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", authorization);
+        request.set_timeout(budget);
+        let outcome = InventoryServiceClient::new(self.inventory.clone())
+            .reserve(request)
+            .await
+            .map_err(|s| dependency_failure("inventory", &s))?
+            .into_inner();
+        let (state, reason) = if outcome.reserved {
+            (OrderState::Confirmed, String::new())
+        } else {
+            (OrderState::Rejected, outcome.reason)
+        };
+        tracing::info!(order_id = %order.order_id, state = state.as_str_name(), "reservation settled");
+        let settled = self
+            .store
+            .transition(&order.order_id, &[OrderState::Pending], state, &reason)
+            .await?
+            .ok_or_else(|| Status::internal("order vanished"))?;
+        if settled.state == OrderState::Cancelled && outcome.reserved {
+            // Cancelled while the reservation was in flight: give the stock back.
+            self.release(principal, &settled, budget).await?;
+        }
+        Ok(settled)
+    }
+
+    /// Returns the order's reserved stock (a no-op in inventory when nothing is reserved).
+    async fn release(
+        &self,
+        principal: &Principal,
+        order: &StoredOrder,
+        budget: Duration,
+    ) -> Result<(), Status> {
+        let mut request = Request::new(ReleaseRequest {
+            reservation_id: order.reservation_id(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", self.delegate(principal).await?);
+        request.set_timeout(budget);
+        InventoryServiceClient::new(self.inventory.clone())
+            .release(request)
+            .await
+            .map_err(|s| dependency_failure("inventory", &s))?;
+        Ok(())
+    }
+
+    /// A token for inventory on behalf of the caller (RFC 8693 exchange, actor = orders).
+    async fn delegate(
+        &self,
+        principal: &Principal,
+    ) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, Status> {
+        let header = self
+            .exchanger
+            .exchange(principal, "inventory", &["inventory:reserve"])
+            .await
+            .map_err(|s| dependency_failure("auth", &s))?;
+        tonic::metadata::MetadataValue::try_from(header.as_bytes())
+            .map_err(|_| Status::internal("unusable exchanged token"))
+    }
+
+    /// The order if the caller may see it; NOT_FOUND otherwise, so ids cannot be probed.
+    async fn visible(&self, principal: &Principal, order_id: &str) -> Result<StoredOrder, Status> {
+        let not_found = || Status::not_found(format!("no order {order_id}"));
+        if order_id.is_empty() || order_id.len() > 64 {
+            return Err(FieldViolation::new("order_id", "must be 1 to 64 characters").into());
+        }
+        let order = self.store.get(order_id).await?.ok_or_else(not_found)?;
+        if principal.is(&order.owner) || principal.has_scope(ADMIN_SCOPE) {
+            Ok(order)
+        } else {
+            Err(not_found())
+        }
+    }
+}
+
+/// How a failed call to a dependency is reported: honestly, as the dependency's unavailability
+/// when it could not be reached, as an internal error when it refused us.
+fn dependency_failure(dependency: &str, status: &Status) -> Status {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            Status::unavailable(format!(
+                "{dependency} is unavailable; retry with the same idempotency key"
+            ))
+        }
+        Code::InvalidArgument | Code::AlreadyExists => {
+            Status::invalid_argument(format!("{dependency}: {}", status.message()))
+        }
+        _ => {
+            tracing::error!(dependency, code = ?status.code(), message = status.message(), "dependency refused the call");
+            Status::internal(format!("{dependency} refused the call"))
+        }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::KeyReused => Status::already_exists(
+                "idempotency_key: already used for an order with other lines",
+            ),
+            other => {
+                tracing::error!(error = %other, "orders store failed");
+                Status::internal("storage failure")
+            }
+        }
+    }
+}
+
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .filter(|p| !p.subject().is_empty())
+        .ok_or_else(|| Status::unauthenticated("no authenticated user"))
+}
+
+fn to_proto(order: StoredOrder) -> Order {
+    Order {
+        order_id: order.order_id,
+        owner: order.owner,
+        lines: order
+            .lines
+            .into_iter()
+            .map(|l| OrderLine {
+                sku: l.sku.to_string(),
+                quantity: l.quantity.get(),
+            })
+            .collect(),
+        state: order.state as i32,
+        reason: order.reason,
+        created_at: order.created_at,
+    }
+}
+
+/// The time the caller still allows (its `grpc-timeout`), capped at our own budget: tonic does
+/// not pass deadlines on by itself.
+fn budget<T>(request: &Request<T>) -> Duration {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(INVENTORY_BUDGET, |d| d.min(INVENTORY_BUDGET))
+}
+
+/// `grpc-timeout` is up to 8 digits and a unit: H, M, S, m (milli), u (micro), n (nano).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl OrdersService for OrdersApi {
+    async fn place_order(
+        &self,
+        request: Request<PlaceOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let principal = principal(&request)?;
+        let budget = budget(&request);
+        let body = request.into_inner();
+        let key = RequestKey::parse("idempotency_key", &body.idempotency_key);
+        let lines = domain::parse_lines(
+            "lines",
+            body.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
+        );
+        let (key, lines) = match (key, lines) {
+            (Ok(key), Ok(lines)) => (key, lines),
+            (key, lines) => {
+                let mut violations: Vec<FieldViolation> = key.err().into_iter().collect();
+                violations.extend(lines.err().unwrap_or_default());
+                return Err(domain::invalid_argument(violations));
+            }
+        };
+        let order = self
+            .store
+            .create_or_get(principal.subject(), &key, &lines)
+            .await?;
+        // A retry of an order that already settled returns it as it is: one reservation.
+        let order = if order.state == OrderState::Pending {
+            self.reserve(&principal, order, budget).await?
+        } else {
+            order
+        };
+        Ok(Response::new(to_proto(order)))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let principal = principal(&request)?;
+        let order = self
+            .visible(&principal, &request.get_ref().order_id)
+            .await?;
+        Ok(Response::new(to_proto(order)))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        let principal = principal(&request)?;
+        let body = request.get_ref();
+        let limit = domain::parse_page_size("page_size", body.page_size, 20, 100)?;
+        let before = match body.page_token.as_str() {
+            "" => None,
+            token => Some(token.parse::<i64>().map_err(|_| {
+                FieldViolation::new("page_token", "not a token from a previous response")
+            })?),
+        };
+        let owner = (!principal.has_scope(ADMIN_SCOPE)).then(|| principal.subject());
+        let orders = self.store.list(owner, before, limit).await?;
+        let next_page_token = match orders.last() {
+            Some(last) if orders.len() == limit as usize => last.seq.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListOrdersResponse {
+            orders: orders.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<CancelOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let principal = principal(&request)?;
+        let budget = budget(&request);
+        let order = self
+            .visible(&principal, &request.get_ref().order_id)
+            .await?;
+        match order.state {
+            OrderState::Cancelled => return Ok(Response::new(to_proto(order))),
+            OrderState::Rejected => {
+                return Err(Status::failed_precondition(
+                    "a rejected order holds no stock to cancel",
+                ));
+            }
+            _ => {}
+        }
+        self.release(&principal, &order, budget).await?;
+        let order = self
+            .store
+            .transition(
+                &order.order_id,
+                &[OrderState::Pending, OrderState::Confirmed],
+                OrderState::Cancelled,
+                "",
+            )
+            .await?
+            .ok_or_else(|| Status::internal("order vanished"))?;
+        tracing::info!(order_id = %order.order_id, by = principal.subject(), "order cancelled");
+        Ok(Response::new(to_proto(order)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_by_unit_and_refuse_garbage() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "m", "123456789S", "5x", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Business service A: orders placed on behalf of users, with stock reserved in inventory.
+//!
+//! `PlaceOrder` stores the order (PENDING) under the caller's idempotency key, exchanges the
+//! caller's token for an inventory token that names orders as actor (RFC 8693), reserves the
+//! stock with a reservation id derived from the order, and records CONFIRMED or REJECTED. A retry
+//! with the same key returns the same order and reserves once, also after a half-finished first
+//! attempt. Customers see only their own orders (others answer NOT_FOUND); `orders:admin` sees
+//! all. When inventory is down, placing answers UNAVAILABLE and reads keep working.
+//!
+//! # Layout
+//! - [`store`]: SQLite (WAL, migrations): orders, their lines and states.
+//! - [`api`]: the gRPC handlers, parsing at the edge and acting for the caller.
+//! - [`policy`]: the service's authorization table.
+//! - [`Application`]: flags, start-up and serving.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use auth_interceptor::jwks::JwksSource;
+use auth_interceptor::{AuthLayer, Policy, Rule, TokenExchanger, TokenVerifier, VerifierConfig};
+use mesh_proto::orders::v1::orders_service_server::OrdersServiceServer;
+use mesh_tls::client::MeshConnector;
+use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
+use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
+use tokio::net::TcpListener;
+
+use crate::api::OrdersApi;
+use crate::store::Store;
+
+/// Flags of the orders service, with the operator interface's env twins.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "orders-service",
+    version,
+    about = "Orders of the mesh, placed on behalf of users"
+)]
+pub struct Args {
+    /// Mesh gRPC listen address (mTLS required).
+    #[arg(long, env = "MESH_LISTEN", default_value = "0.0.0.0:50052")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain of this workload.
+    #[arg(long, env = "MESH_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of this workload.
+    #[arg(long, env = "MESH_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// PEM trust bundle (the mesh CA).
+    #[arg(long, env = "MESH_TLS_CA")]
+    pub tls_ca: PathBuf,
+    /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
+    #[arg(long, env = "MESH_ISSUER")]
+    pub issuer: String,
+    /// The audience tokens must carry.
+    #[arg(long, env = "MESH_AUDIENCE", default_value = "orders")]
+    pub audience: String,
+    /// SQLite file (created and migrated on start).
+    #[arg(long, env = "MESH_DB")]
+    pub db: PathBuf,
+    /// The auth service's mesh address (for token exchange).
+    #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
+    pub auth_url: String,
+    /// The inventory service's mesh address.
+    #[arg(long, env = "MESH_INVENTORY_URL", default_value = "localhost:50053")]
+    pub inventory_url: String,
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration: the binary exits 64.
+    #[error("{0}")]
+    Config(String),
+    /// Anything else.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StartError {
+    /// Whether this is the operator's configuration (exit 64).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_))
+    }
+}
+
+/// The orders policy: reading needs `orders:read`, placing and cancelling `orders:write`;
+/// which orders a caller may touch is decided per object in the handlers.
+pub fn policy() -> Policy {
+    let service = "/mesh.orders.v1.OrdersService";
+    Policy::new()
+        .with_health()
+        .allow(
+            format!("{service}/PlaceOrder"),
+            Rule::token().scope("orders:write"),
+        )
+        .allow(
+            format!("{service}/CancelOrder"),
+            Rule::token().scope("orders:write"),
+        )
+        .allow(
+            format!("{service}/GetOrder"),
+            Rule::token().scope("orders:read"),
+        )
+        .allow(
+            format!("{service}/ListOrders"),
+            Rule::token().scope("orders:read"),
+        )
+}
+
+/// A built, bound orders service.
+#[derive(Debug)]
+pub struct Application {
+    listener: TlsListener,
+    addr: SocketAddr,
+    verifier: Arc<TokenVerifier>,
+    api: OrdersApi,
+    limits: ServerLimits,
+}
+
+impl Application {
+    /// Loads certificates, discovers the issuer's keys, opens the database, binds the listener.
+    /// Dependencies are connected lazily, so orders starts (and serves reads) without them.
+    pub async fn build(args: Args) -> Result<Self, StartError> {
+        let config = |flag: &str| {
+            let flag = flag.to_owned();
+            move |e: mesh_tls::TlsError| StartError::Config(format!("{flag}: {e}"))
+        };
+        let files = TlsFiles {
+            cert: args.tls_cert,
+            key: args.tls_key,
+            ca: args.tls_ca,
+        };
+        let identity = Reloadable::load(files.clone()).map_err(config("--tls-cert/--tls-key"))?;
+        let roots = files.trust_bundle().map_err(config("--tls-ca"))?;
+        let own_id = identity.spiffe_id().ok_or_else(|| {
+            StartError::Config("--tls-cert: the certificate has no SPIFFE ID".into())
+        })?;
+        let peer = |name: &str| {
+            SpiffeId::workload(own_id.trust_domain(), name)
+                .and_then(|id| MeshConnector::new(identity.clone(), roots.clone(), id))
+        };
+        let auth = peer("auth")
+            .and_then(|c| c.channel(&args.auth_url))
+            .map_err(config("--auth-url"))?;
+        let inventory = peer("inventory")
+            .and_then(|c| c.channel(&args.inventory_url))
+            .map_err(config("--inventory-url"))?;
+        let http = JwksSource::https_client(roots.clone())
+            .map_err(|e| StartError::Config(format!("--tls-ca: {e}")))?;
+        let verifier = TokenVerifier::discover(
+            VerifierConfig::new(args.issuer.clone(), args.audience),
+            JwksSource::new(args.issuer.clone(), http),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| StartError::Runtime(format!("--issuer {}: {e}", args.issuer)))?;
+        let store = Store::open(&args.db)
+            .await
+            .map_err(|e| StartError::Config(format!("--db {}: {e}", args.db.display())))?;
+        let tcp = TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| StartError::Runtime(format!("bind {}: {e}", args.listen)))?;
+        let listener = TlsListener::mesh(tcp, identity, roots).map_err(config("--tls-ca"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        Ok(Self {
+            listener,
+            addr,
+            verifier,
+            api: OrdersApi::new(store, TokenExchanger::new(auth), inventory),
+            limits: ServerLimits::default(),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<OrdersServiceServer<OrdersApi>>().await;
+        let api = OrdersServiceServer::new(self.api)
+            .max_decoding_message_size(self.limits.max_message_bytes);
+        grpc_server(&self.limits)
+            // Authenticate, then authorize against the full method path; deny by default.
+            .layer(AuthLayer::new(self.verifier, policy()))
+            .add_service(health_service)
+            .add_service(api)
+            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
+            .await
+            .map_err(|e| StartError::Runtime(format!("serve: {e}")))
+    }
+}

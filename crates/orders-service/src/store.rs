@@ -1,0 +1,232 @@
+//! Orders in SQLite (WAL, migrations): created once per idempotency key, moved from PENDING to
+//! their outcome exactly once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh_proto::domain::{Line, Quantity, RequestKey, Sku};
+use mesh_proto::orders::v1::OrderState;
+use rand::RngCore;
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The idempotency key was used before with other lines.
+    #[error("idempotency key already used with other lines")]
+    KeyReused,
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migrate: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A stored order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOrder {
+    /// Server-assigned id.
+    pub order_id: String,
+    /// The user who placed it.
+    pub owner: String,
+    /// Its lines, sorted by SKU.
+    pub lines: Vec<Line>,
+    /// Where it is.
+    pub state: OrderState,
+    /// Why it was rejected.
+    pub reason: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Position for pagination (newest first).
+    pub seq: i64,
+}
+
+impl StoredOrder {
+    /// The reservation id used in inventory: derived from the order, so every retry reuses it.
+    pub fn reservation_id(&self) -> String {
+        format!("res_{}", self.order_id)
+    }
+}
+
+/// The orders database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    seq: i64,
+    order_id: String,
+    owner: String,
+    state: i32,
+    reason: String,
+    created_at: String,
+}
+
+const SELECT: &str = "SELECT rowid AS seq, order_id, owner, state, reason, created_at FROM orders";
+
+impl Store {
+    /// Opens (creating if needed) and migrates the SQLite file.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The order of `owner` under `key`: the existing one if the key was used before with the
+    /// same lines, a new PENDING one if it was not.
+    pub async fn create_or_get(
+        &self,
+        owner: &str,
+        key: &RequestKey,
+        lines: &[Line],
+    ) -> Result<StoredOrder, StoreError> {
+        let lines_key = lines_key(lines);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let existing: Option<(String, String)> = sqlx::query_as(
+            "SELECT order_id, lines_key FROM orders WHERE owner = ? AND idempotency_key = ?",
+        )
+        .bind(owner)
+        .bind(key.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let order_id = match existing {
+            Some((order_id, stored)) if stored == lines_key => order_id,
+            Some(_) => return Err(StoreError::KeyReused),
+            None => {
+                let mut id = [0u8; 16];
+                rand::rng().fill_bytes(&mut id);
+                let order_id = URL_SAFE_NO_PAD.encode(id);
+                sqlx::query(
+                    "INSERT INTO orders (order_id, owner, idempotency_key, lines_key, state, created_at) \
+                     VALUES (?, ?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+                )
+                .bind(&order_id)
+                .bind(owner)
+                .bind(key.as_str())
+                .bind(&lines_key)
+                .bind(OrderState::Pending as i32)
+                .execute(&mut *tx)
+                .await?;
+                for line in lines {
+                    sqlx::query(
+                        "INSERT INTO order_lines (order_id, sku, quantity) VALUES (?, ?, ?)",
+                    )
+                    .bind(&order_id)
+                    .bind(line.sku.as_str())
+                    .bind(i64::from(line.quantity.get()))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                order_id
+            }
+        };
+        tx.commit().await?;
+        self.get(&order_id)
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Moves an order from `from` to `to` (with `reason`); returns the order as it now is. Only
+    /// one caller wins a transition; the others see the winner's result.
+    pub async fn transition(
+        &self,
+        order_id: &str,
+        from: &[OrderState],
+        to: OrderState,
+        reason: &str,
+    ) -> Result<Option<StoredOrder>, StoreError> {
+        for state in from {
+            sqlx::query("UPDATE orders SET state = ?, reason = ? WHERE order_id = ? AND state = ?")
+                .bind(to as i32)
+                .bind(reason)
+                .bind(order_id)
+                .bind(*state as i32)
+                .execute(&self.pool)
+                .await?;
+        }
+        self.get(order_id).await
+    }
+
+    /// One order.
+    pub async fn get(&self, order_id: &str) -> Result<Option<StoredOrder>, StoreError> {
+        let row: Option<OrderRow> = sqlx::query_as(&format!("{SELECT} WHERE order_id = ?"))
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.with_lines(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Orders newest first, of `owner` (or everyone's when `None`), before position `before`.
+    pub async fn list(
+        &self,
+        owner: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+            "{SELECT} WHERE (?1 IS NULL OR owner = ?1) AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3"
+        ))
+        .bind(owner)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in rows {
+            orders.push(self.with_lines(row).await?);
+        }
+        Ok(orders)
+    }
+
+    async fn with_lines(&self, row: OrderRow) -> Result<StoredOrder, StoreError> {
+        let lines: Vec<(String, i64)> =
+            sqlx::query_as("SELECT sku, quantity FROM order_lines WHERE order_id = ? ORDER BY sku")
+                .bind(&row.order_id)
+                .fetch_all(&self.pool)
+                .await?;
+        let lines = lines
+            .into_iter()
+            .filter_map(|(sku, quantity)| {
+                Some(Line {
+                    sku: Sku::parse("sku", &sku).ok()?,
+                    quantity: Quantity::parse("quantity", u32::try_from(quantity).ok()?).ok()?,
+                })
+            })
+            .collect();
+        Ok(StoredOrder {
+            order_id: row.order_id,
+            owner: row.owner,
+            lines,
+            state: OrderState::try_from(row.state).unwrap_or(OrderState::Unspecified),
+            reason: row.reason,
+            created_at: row.created_at,
+            seq: row.seq,
+        })
+    }
+}
+
+fn lines_key(lines: &[Line]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("{}:{}", l.sku, l.quantity.get()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
