@@ -3,25 +3,26 @@
 use std::fmt::Display;
 
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
-use mesh_proto::inventory::v1::{ListItemsRequest, RestockRequest};
+use mesh_proto::inventory::v1::{GetItemRequest, ReservationLine, ReserveRequest};
+use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
+use mesh_proto::orders::v1::{
+    CancelOrderRequest, GetOrderRequest, Order, OrderLine, OrderState, PlaceOrderRequest,
+};
 use tonic::Code;
+use tonic::transport::Channel;
 
 use crate::cli::DemoArgs;
 use crate::devmesh::{DevMesh, MESHCTL_DEMO_SECRET};
-use crate::token::{ClientCredentials, client_credentials};
+use crate::login::login_with_password;
 use crate::{CliError, failed};
 
-/// One step's verdict.
-struct Outcome {
-    ok: bool,
-}
-
-fn step(number: usize, title: &str, expected: &str, got: impl Display, ok: bool) -> Outcome {
+/// Prints one step and whether it did what it should.
+fn step(outcomes: &mut Vec<bool>, title: &str, expected: &str, got: impl Display, ok: bool) {
     let mark = if ok { "ok  " } else { "FAIL" };
-    println!("[{mark}] {number}. {title}");
+    println!("[{mark}] {}. {title}", outcomes.len() + 1);
     println!("         expected: {expected}");
     println!("         got:      {got}");
-    Outcome { ok }
+    outcomes.push(ok);
 }
 
 fn with_token<T>(message: T, token: &str) -> Result<tonic::Request<T>, CliError> {
@@ -31,6 +32,103 @@ fn with_token<T>(message: T, token: &str) -> Result<tonic::Request<T>, CliError>
         format!("Bearer {token}").parse().map_err(failed)?,
     );
     Ok(request)
+}
+
+fn describe(result: &Result<Order, tonic::Status>) -> String {
+    match result {
+        Ok(order) => format!(
+            "{} order {} of {}",
+            order
+                .state()
+                .as_str_name()
+                .trim_start_matches("ORDER_STATE_"),
+            order.order_id,
+            order.owner
+        ),
+        Err(status) => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+struct Demo {
+    mesh: DevMesh,
+    http: reqwest::Client,
+    orders: OrdersServiceClient<Channel>,
+    inventory: InventoryServiceClient<Channel>,
+    outcomes: Vec<bool>,
+}
+
+impl Demo {
+    async fn login(&mut self, user: &str, audience: &str) -> Result<String, CliError> {
+        let password = format!("{user}-demo-password");
+        match login_with_password(&self.http, &self.mesh.issuer, user, &password, audience).await {
+            Ok(tokens) => {
+                step(
+                    &mut self.outcomes,
+                    &format!(
+                        "{user} logs in (authorization code + PKCE S256, audience {audience})"
+                    ),
+                    "tokens",
+                    format!(
+                        "a {}-second token with scope {:?}, and a refresh token",
+                        tokens.expires_in, tokens.scope
+                    ),
+                    tokens.refresh_token.is_some(),
+                );
+                Ok(tokens.access_token)
+            }
+            Err(error) => {
+                step(
+                    &mut self.outcomes,
+                    &format!("{user} logs in"),
+                    "tokens",
+                    &error,
+                    false,
+                );
+                Err(failed(error))
+            }
+        }
+    }
+
+    async fn place(
+        &mut self,
+        token: &str,
+        key: &str,
+        sku: &str,
+        quantity: u32,
+    ) -> Result<Option<Order>, CliError> {
+        let request = PlaceOrderRequest {
+            idempotency_key: key.into(),
+            lines: vec![OrderLine {
+                sku: sku.into(),
+                quantity,
+            }],
+        };
+        let result = self
+            .orders
+            .place_order(with_token(request, token)?)
+            .await
+            .map(|r| r.into_inner());
+        let ok = matches!(&result, Ok(o) if o.state() == OrderState::Confirmed);
+        step(
+            &mut self.outcomes,
+            &format!(
+                "alice orders {quantity} × {sku}: orders exchanges her token (RFC 8693) and reserves in inventory"
+            ),
+            "CONFIRMED",
+            describe(&result),
+            ok,
+        );
+        Ok(result.ok())
+    }
+
+    async fn available(&mut self, token: &str, sku: &str) -> Result<u32, CliError> {
+        let item = self
+            .inventory
+            .get_item(with_token(GetItemRequest { sku: sku.into() }, token)?)
+            .await
+            .map_err(|s| failed(s.message().to_owned()))?;
+        Ok(item.into_inner().available)
+    }
 }
 
 /// Runs the scenario; fails (exit 1) if any step did not behave as expected.
@@ -43,136 +141,34 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         "  auth       mesh {}  public {}",
         mesh.auth_addr, mesh.issuer
     );
+    println!("  orders     mesh {}", mesh.orders_addr);
     println!("  inventory  mesh {}", mesh.inventory_addr);
     println!("  (audit events, target `audit`, are printed on stderr as they happen)\n");
 
-    let http = mesh.https_client().map_err(failed)?;
-    let mut outcomes = Vec::new();
-
-    // 1. A token from the auth service, with client credentials over HTTPS.
-    let token = client_credentials(
-        &http,
-        &mesh.issuer,
-        &ClientCredentials {
-            client_id: "meshctl".into(),
-            client_secret: MESHCTL_DEMO_SECRET.into(),
-        },
-        "inventory",
-        &[],
-    )
-    .await;
-    let token = match token {
-        Ok(response) => {
-            outcomes.push(step(
-                1,
-                "meshctl asks the auth service for a token (client credentials, audience inventory)",
-                "a token",
-                format!(
-                    "a {}-second EdDSA token with scope {:?}",
-                    response.expires_in, response.scope
-                ),
-                true,
-            ));
-            response.access_token
-        }
-        Err(error) => {
-            step(1, "token", "a token", &error, false);
-            mesh.stop().await;
-            return Err(failed("the demo could not get a token"));
-        }
-    };
-
-    let channel = mesh
+    let orders = mesh
+        .connector("meshctl", "orders")
+        .and_then(|c| Ok(c.channel(&mesh.orders_addr.to_string())?))
+        .map_err(failed)?;
+    let inventory = mesh
         .connector("meshctl", "inventory")
         .and_then(|c| Ok(c.channel(&mesh.inventory_addr.to_string())?))
         .map_err(failed)?;
-    let mut inventory = InventoryServiceClient::new(channel);
-
-    // 2. Allowed: the right certificate and a token with inventory:read.
-    let listed = inventory
-        .list_items(with_token(ListItemsRequest::default(), &token)?)
-        .await;
-    outcomes.push(match listed {
-        Ok(response) => {
-            let items = response.into_inner().items;
-            let summary = items
-                .iter()
-                .map(|i| format!("{}×{}", i.sku, i.available))
-                .collect::<Vec<_>>()
-                .join(", ");
-            step(
-                2,
-                "meshctl lists the inventory with that token",
-                "OK",
-                format!("OK: {summary}"),
-                !items.is_empty(),
-            )
-        }
-        Err(status) => step(2, "list inventory", "OK", status_text(&status), false),
-    });
-
-    // 3. Denied: the token lacks the admin scope.
-    let restock = inventory
-        .restock(with_token(
-            RestockRequest {
-                sku: "SKU-004".into(),
-                quantity: 5,
-            },
-            &token,
-        )?)
-        .await;
-    outcomes.push(expect_denied(
-        3,
-        "meshctl tries to restock with the same token (needs inventory:admin)",
-        Code::PermissionDenied,
-        restock.map(|_| ()),
-    ));
-
-    // 4. Denied: no token at all, though the certificate is good.
-    let anonymous = inventory
-        .list_items(tonic::Request::new(ListItemsRequest::default()))
-        .await;
-    outcomes.push(expect_denied(
-        4,
-        "a call with a valid certificate but no token",
-        Code::Unauthenticated,
-        anonymous.map(|_| ()),
-    ));
-
-    // 5. Denied: a token for another audience.
-    let wrong_secret = client_credentials(
-        &http,
-        &mesh.issuer,
-        &ClientCredentials {
-            client_id: "meshctl".into(),
-            client_secret: "a wrong secret for meshctl".into(),
-        },
-        "inventory",
-        &[],
-    )
-    .await;
-    outcomes.push(match wrong_secret {
-        Err(error) if error.status == 401 && error.error == "invalid_client" => step(
-            5,
-            "a token request with a wrong client secret",
-            "401 invalid_client",
-            format!("{} {}", error.status, error.error),
-            true,
-        ),
-        other => step(
-            5,
-            "wrong secret",
-            "401 invalid_client",
-            format!("{other:?}"),
-            false,
-        ),
-    });
-
-    let passed = outcomes.iter().filter(|o| o.ok).count();
-    println!("\n{passed}/{} steps behaved as expected.", outcomes.len());
+    let mut demo = Demo {
+        http: mesh.https_client().map_err(failed)?,
+        mesh,
+        orders: OrdersServiceClient::new(orders),
+        inventory: InventoryServiceClient::new(inventory),
+        outcomes: Vec::new(),
+    };
+    let result = scenario(&mut demo).await;
+    let passed = demo.outcomes.iter().filter(|ok| **ok).count();
+    println!(
+        "\n{passed}/{} steps behaved as expected.",
+        demo.outcomes.len()
+    );
 
     if args.keep_running {
-        let certs = mesh.dir().join("certs");
+        let certs = demo.mesh.dir().join("certs");
         println!("\nThe mesh keeps running. In another shell:");
         println!(
             "  export MESH_TLS_CERT={}",
@@ -183,42 +179,112 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             certs.join("meshctl.key").display()
         );
         println!("  export MESH_TLS_CA={}", certs.join("ca.pem").display());
-        println!("  export MESH_ISSUER={}", mesh.issuer);
-        println!("  export MESH_INVENTORY_URL={}", mesh.inventory_addr);
+        println!("  export MESH_ISSUER={}", demo.mesh.issuer);
+        println!("  export MESH_ORDERS_URL={}", demo.mesh.orders_addr);
+        println!("  export MESH_INVENTORY_URL={}", demo.mesh.inventory_addr);
+        println!("  meshctl login --username alice --password alice-demo-password");
+        println!("  meshctl orders place --line SKU-001:1 && meshctl orders list");
         println!(
-            "  export MESH_TOKEN=$(MESH_CLIENT_SECRET={MESHCTL_DEMO_SECRET} meshctl token --client-id meshctl)"
+            "  (service token: MESH_CLIENT_SECRET={MESHCTL_DEMO_SECRET} meshctl token --client-id meshctl)"
         );
-        println!("  meshctl inventory list");
         println!("Press Ctrl-C to stop.");
         mesh_telemetry::shutdown_signal().await;
     }
-    mesh.stop().await;
-    if passed == outcomes.len() {
+    demo.mesh.stop().await;
+    result?;
+    if passed == demo.outcomes.len() {
         Ok(())
     } else {
         Err(failed("some demo steps did not behave as expected"))
     }
 }
 
-fn expect_denied(
-    number: usize,
-    title: &str,
-    code: Code,
-    result: Result<(), tonic::Status>,
-) -> Outcome {
-    let expected = format!("{code:?}");
-    match result {
-        Ok(()) => step(number, title, &expected, "OK (allowed!)", false),
-        Err(status) => step(
-            number,
-            title,
-            &expected,
-            status_text(&status),
-            status.code() == code,
-        ),
-    }
-}
+async fn scenario(demo: &mut Demo) -> Result<(), CliError> {
+    let alice = demo.login("alice", "orders").await?;
+    let alice_inventory = login_with_password(
+        &demo.http,
+        &demo.mesh.issuer,
+        "alice",
+        "alice-demo-password",
+        "inventory",
+    )
+    .await
+    .map_err(failed)?
+    .access_token;
+    let before = demo.available(&alice_inventory, "SKU-001").await?;
+    let first = demo.place(&alice, "demo-order-0001", "SKU-001", 2).await?;
+    demo.place(&alice, "demo-order-0002", "SKU-003", 1).await?;
 
-fn status_text(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let bob = demo.login("bob", "orders").await?;
+    if let Some(first) = &first {
+        let peek = demo
+            .orders
+            .get_order(with_token(
+                GetOrderRequest {
+                    order_id: first.order_id.clone(),
+                },
+                &bob,
+            )?)
+            .await
+            .map(|r| r.into_inner());
+        let ok = matches!(&peek, Err(s) if s.code() == Code::NotFound);
+        step(
+            &mut demo.outcomes,
+            "bob asks for alice's order",
+            "NotFound (ids cannot be probed)",
+            describe(&peek),
+            ok,
+        );
+    }
+
+    // meshctl's own certificate, alice's own inventory token: not the orders workload, no actor.
+    let direct = demo
+        .inventory
+        .reserve(with_token(
+            ReserveRequest {
+                reservation_id: "demo-direct-0001".into(),
+                lines: vec![ReservationLine {
+                    sku: "SKU-001".into(),
+                    quantity: 1,
+                }],
+            },
+            &alice_inventory,
+        )?)
+        .await;
+    let got = match &direct {
+        Ok(_) => "OK (allowed!)".to_owned(),
+        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+    };
+    let ok = matches!(&direct, Err(s) if s.code() == Code::PermissionDenied);
+    step(
+        &mut demo.outcomes,
+        "meshctl calls inventory.Reserve directly with alice's token",
+        "PermissionDenied",
+        got,
+        ok,
+    );
+
+    if let Some(first) = first {
+        let cancelled = demo
+            .orders
+            .cancel_order(with_token(
+                CancelOrderRequest {
+                    order_id: first.order_id,
+                },
+                &alice,
+            )?)
+            .await
+            .map(|r| r.into_inner());
+        let after = demo.available(&alice_inventory, "SKU-001").await?;
+        let ok =
+            matches!(&cancelled, Ok(o) if o.state() == OrderState::Cancelled) && after == before;
+        step(
+            &mut demo.outcomes,
+            "alice cancels her first order; inventory releases the reservation",
+            &format!("CANCELLED, SKU-001 back to {before}"),
+            format!("{}, SKU-001 at {after}", describe(&cancelled)),
+            ok,
+        );
+    }
+    Ok(())
 }
