@@ -106,6 +106,22 @@ impl TokenVerifier {
         Ok(verifier)
     }
 
+    /// [`TokenVerifier::discover`] with the defaults for `issuer` and `audience`, fetching over
+    /// HTTPS that trusts `roots` (the mesh CA), and retrying for up to 30 s at start.
+    pub async fn for_issuer(
+        issuer: &str,
+        audience: &str,
+        roots: mesh_tls::TrustBundle,
+    ) -> Result<Arc<Self>, JwksError> {
+        let http = JwksSource::https_client(roots)?;
+        Self::discover(
+            VerifierConfig::new(issuer, audience),
+            JwksSource::new(issuer, http),
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     /// A verifier over a fixed key set (the issuer itself, benches). Keys change only through
     /// [`TokenVerifier::replace_keys`].
     pub fn with_keys(config: VerifierConfig, keys: KeySet) -> Arc<Self> {

@@ -60,7 +60,7 @@ impl KeyStore {
         }
         let keys = Self::load(&pool)
             .await?
-            .ok_or_else(|| StartError::Storage("no signing key after generating one".into()))?;
+            .ok_or_else(|| StartError::Runtime("no signing key after generating one".into()))?;
         Ok(Self {
             pool,
             keys: RwLock::new(keys),
@@ -79,7 +79,7 @@ impl KeyStore {
         insert_new_key(&self.pool).await?;
         let keys = Self::load(&self.pool)
             .await?
-            .ok_or_else(|| StartError::Storage("no signing key after rotation".into()))?;
+            .ok_or_else(|| StartError::Runtime("no signing key after rotation".into()))?;
         let kid = keys.signing.kid.clone();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
         Ok(kid)
@@ -156,7 +156,7 @@ impl KeyStore {
         .map_err(storage)?;
         // Fail at start, not at first sign, if the stored key is damaged.
         Ed25519KeyPair::from_pkcs8(&pkcs8)
-            .map_err(|e| StartError::Storage(format!("signing key {kid}: {e}")))?;
+            .map_err(|e| StartError::Runtime(format!("signing key {kid}: {e}")))?;
         let mut published = vec![PublicKey {
             kid: kid.clone(),
             x,
@@ -174,9 +174,9 @@ impl KeyStore {
 
 async fn insert_new_key(pool: &SqlitePool) -> Result<(), StartError> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-        .map_err(|_| StartError::Storage("could not generate an Ed25519 key".into()))?;
+        .map_err(|_| StartError::Runtime("could not generate an Ed25519 key".into()))?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-        .map_err(|e| StartError::Storage(format!("generated key rejected: {e}")))?;
+        .map_err(|e| StartError::Runtime(format!("generated key rejected: {e}")))?;
     let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
     let kid = thumbprint(&x);
     sqlx::query(
@@ -200,5 +200,5 @@ fn thumbprint(x: &str) -> String {
 }
 
 fn storage(error: sqlx::Error) -> StartError {
-    StartError::Storage(error.to_string())
+    StartError::Runtime(error.to_string())
 }

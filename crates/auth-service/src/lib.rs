@@ -61,26 +61,7 @@ use crate::keys::KeyStore;
 use crate::local::LocalVerifiers;
 use crate::ratelimit::FailureLimiter;
 
-/// Why the service could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Bad configuration: the binary exits 64.
-    #[error("{0}")]
-    Config(String),
-    /// The database could not be opened, migrated or read.
-    #[error("storage: {0}")]
-    Storage(String),
-    /// A listener could not be bound or served.
-    #[error("{0}")]
-    Io(String),
-}
-
-impl StartError {
-    /// Whether this is the operator's configuration (exit 64) rather than a runtime failure.
-    pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_))
-    }
-}
+pub use mesh_telemetry::StartError;
 
 /// Seconds since the epoch.
 pub(crate) fn unix_now() -> u64 {
@@ -138,10 +119,10 @@ impl Application {
             .map_err(config_error("--tls-cert"))?;
         let mesh_addr = mesh
             .local_addr()
-            .map_err(|e| StartError::Io(e.to_string()))?;
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
         let public_addr = public
             .local_addr()
-            .map_err(|e| StartError::Io(e.to_string()))?;
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
         let issuer_url = match settings.issuer {
             Some(url) => url,
             None => format!("https://localhost:{}", public_addr.port()),
@@ -250,8 +231,8 @@ impl Application {
             .serve_with_incoming_shutdown(self.public.incoming(), stopped(stop_rx));
 
         let (mesh, public) = tokio::join!(mesh, public);
-        mesh.map_err(|e| StartError::Io(format!("mesh listener: {e}")))?;
-        public.map_err(|e| StartError::Io(format!("public listener: {e}")))?;
+        mesh.map_err(|e| StartError::Runtime(format!("mesh listener: {e}")))?;
+        public.map_err(|e| StartError::Runtime(format!("public listener: {e}")))?;
         Ok(())
     }
 }
@@ -277,7 +258,7 @@ impl KeyRotator {
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| StartError::Io(format!("bind {addr}: {e}")))
+        .map_err(|e| StartError::Runtime(format!("bind {addr}: {e}")))
 }
 
 /// Opens (creating if needed) and migrates the SQLite file, in WAL mode.
@@ -295,6 +276,6 @@ async fn open_db(path: &Path) -> Result<SqlitePool, StartError> {
     sqlx::migrate!("./migrations")
         .run(&pool)
         .await
-        .map_err(|e| StartError::Storage(format!("migrate {}: {e}", path.display())))?;
+        .map_err(|e| StartError::Runtime(format!("migrate {}: {e}", path.display())))?;
     Ok(pool)
 }

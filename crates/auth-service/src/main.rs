@@ -1,6 +1,7 @@
 //! The auth service binary: flags and env, logging, then [`auth_service::Application`].
 
 use auth_service::{Application, Args};
+use mesh_telemetry::exit_on_start_error;
 
 #[tokio::main]
 async fn main() {
@@ -8,15 +9,10 @@ async fn main() {
     mesh_telemetry::init();
     let settings = args
         .into_settings()
-        .unwrap_or_else(|e| mesh_telemetry::exit_bad_config(e));
-    let app = match Application::build(settings).await {
-        Ok(app) => app,
-        Err(error) if error.is_config() => mesh_telemetry::exit_bad_config(error),
-        Err(error) => {
-            eprintln!("error: {error}");
-            std::process::exit(1);
-        }
-    };
+        .unwrap_or_else(|e| exit_on_start_error(e));
+    let app = Application::build(settings)
+        .await
+        .unwrap_or_else(|e| exit_on_start_error(e));
     tracing::info!(
         mesh = %app.mesh_addr(),
         public = %app.public_addr(),
@@ -27,7 +23,6 @@ async fn main() {
         .run_until_stopped(mesh_telemetry::shutdown_signal())
         .await
     {
-        eprintln!("error: {error}");
-        std::process::exit(1);
+        exit_on_start_error(error);
     }
 }

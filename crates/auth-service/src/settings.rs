@@ -23,15 +23,9 @@ pub struct Args {
     /// Public HTTPS listen address for the OAuth2/OIDC endpoints.
     #[arg(long, env = "MESH_PUBLIC_LISTEN", default_value = "0.0.0.0:8443")]
     pub public_listen: SocketAddr,
-    /// PEM certificate chain of this workload.
-    #[arg(long, env = "MESH_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// PEM private key of this workload.
-    #[arg(long, env = "MESH_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// PEM trust bundle (the mesh CA).
-    #[arg(long, env = "MESH_TLS_CA")]
-    pub tls_ca: PathBuf,
+    /// This workload's certificate, key and trust bundle.
+    #[command(flatten)]
+    pub tls: mesh_telemetry::TlsFlags,
     /// Issuer URL written into tokens; defaults to https://localhost:<public port>.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: Option<String>,
@@ -53,11 +47,7 @@ impl Args {
         Ok(Settings {
             listen: self.listen,
             public_listen: self.public_listen,
-            tls: TlsFiles {
-                cert: self.tls_cert,
-                key: self.tls_key,
-                ca: self.tls_ca,
-            },
+            tls: self.tls.files(),
             issuer: self.issuer,
             config: clients,
             db: self.db,

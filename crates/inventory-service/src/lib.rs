@@ -18,13 +18,12 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use auth_interceptor::jwks::JwksSource;
-use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier, VerifierConfig};
+use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier};
 use mesh_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
+use mesh_telemetry::{StartError, TlsFlags, Workload};
+use mesh_tls::SpiffeId;
 use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
-use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -42,15 +41,9 @@ pub struct Args {
     /// Mesh gRPC listen address (mTLS required).
     #[arg(long, env = "MESH_LISTEN", default_value = "0.0.0.0:50053")]
     pub listen: SocketAddr,
-    /// PEM certificate chain of this workload.
-    #[arg(long, env = "MESH_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// PEM private key of this workload.
-    #[arg(long, env = "MESH_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// PEM trust bundle (the mesh CA).
-    #[arg(long, env = "MESH_TLS_CA")]
-    pub tls_ca: PathBuf,
+    /// This workload's certificate, key and trust bundle.
+    #[command(flatten)]
+    pub tls: TlsFlags,
     /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: String,
@@ -60,24 +53,6 @@ pub struct Args {
     /// SQLite file (created and migrated on start).
     #[arg(long, env = "MESH_DB")]
     pub db: PathBuf,
-}
-
-/// Why the service could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Bad configuration: the binary exits 64.
-    #[error("{0}")]
-    Config(String),
-    /// Anything else.
-    #[error("{0}")]
-    Runtime(String),
-}
-
-impl StartError {
-    /// Whether this is the operator's configuration (exit 64).
-    pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_))
-    }
 }
 
 /// The inventory policy. `orders` is the SPIFFE ID of the orders workload, the only caller that
@@ -128,30 +103,16 @@ pub struct Application {
 impl Application {
     /// Loads certificates, discovers the issuer's keys, opens the database, binds the listener.
     pub async fn build(args: Args) -> Result<Self, StartError> {
-        let files = TlsFiles {
-            cert: args.tls_cert,
-            key: args.tls_key,
-            ca: args.tls_ca,
-        };
-        let identity = Reloadable::load(files.clone())
-            .map_err(|e| StartError::Config(format!("--tls-cert/--tls-key: {e}")))?;
-        let roots = files
-            .trust_bundle()
-            .map_err(|e| StartError::Config(format!("--tls-ca: {e}")))?;
-        let own_id = identity.spiffe_id().ok_or_else(|| {
-            StartError::Config("--tls-cert: the certificate has no SPIFFE ID".into())
-        })?;
-        let orders = SpiffeId::workload(own_id.trust_domain(), "orders")
+        let Workload {
+            identity,
+            roots,
+            spiffe_id,
+        } = args.tls.load()?;
+        let orders = SpiffeId::workload(spiffe_id.trust_domain(), "orders")
             .map_err(|e| StartError::Config(e.to_string()))?;
-        let http = JwksSource::https_client(roots.clone())
-            .map_err(|e| StartError::Config(format!("--tls-ca: {e}")))?;
-        let verifier = TokenVerifier::discover(
-            VerifierConfig::new(args.issuer.clone(), args.audience),
-            JwksSource::new(args.issuer.clone(), http),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|e| StartError::Runtime(format!("--issuer {}: {e}", args.issuer)))?;
+        let verifier = TokenVerifier::for_issuer(&args.issuer, &args.audience, roots.clone())
+            .await
+            .map_err(|e| StartError::Runtime(format!("--issuer {}: {e}", args.issuer)))?;
         let store = Store::open(&args.db)
             .await
             .map_err(|e| StartError::Config(format!("--db {}: {e}", args.db.display())))?;

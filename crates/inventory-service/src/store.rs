@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mesh_proto::domain::{Line, Sku};
+use mesh_proto::domain::{Line, Sku, lines_key};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
@@ -237,13 +237,4 @@ async fn find_shortage(
         }
     }
     Ok(None)
-}
-
-/// A canonical text of the (sorted) lines, to recognise a replay.
-fn lines_key(lines: &[Line]) -> String {
-    lines
-        .iter()
-        .map(|l| format!("{}:{}", l.sku, l.quantity.get()))
-        .collect::<Vec<_>>()
-        .join(",")
 }

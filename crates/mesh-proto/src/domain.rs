@@ -202,6 +202,15 @@ pub fn parse_lines<'a>(
     }
 }
 
+/// A canonical text of sorted lines (`SKU-001:2,SKU-003:1`), to recognise a replayed request.
+pub fn lines_key(lines: &[Line]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("{}:{}", l.sku, l.quantity.get()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A page size: 0 means `default`, else 1 to `max`.
 pub fn parse_page_size(
     field: &str,

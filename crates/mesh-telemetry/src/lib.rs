@@ -10,10 +10,16 @@
 //! - [`init`]: the tracing subscriber (`RUST_LOG` filter, JSON or pretty lines).
 //! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM, for graceful shutdown.
 //! - [`EXIT_USAGE`]: the exit code for bad configuration.
+//! - [`TlsFlags`], [`StartError`], [`exit_on_start_error`]: the flags and start-up failures every
+//!   mesh service shares.
 
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mesh_tls::{Reloadable, SpiffeId, TlsFiles, TrustBundle};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -92,4 +98,85 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// The TLS flags of every mesh workload (`MESH_TLS_CERT`, `MESH_TLS_KEY`, `MESH_TLS_CA`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsFlags {
+    /// PEM certificate chain of this workload.
+    #[arg(long, env = "MESH_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of this workload.
+    #[arg(long, env = "MESH_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// PEM trust bundle (the mesh CA).
+    #[arg(long, env = "MESH_TLS_CA")]
+    pub tls_ca: PathBuf,
+}
+
+/// A workload's loaded TLS identity.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Its own certificate, reloadable.
+    pub identity: Arc<Reloadable>,
+    /// The mesh CA.
+    pub roots: TrustBundle,
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+}
+
+impl TlsFlags {
+    /// The flags as files.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+        }
+    }
+
+    /// Loads the certificate, key and trust bundle; a configuration error names the flag.
+    pub fn load(&self) -> Result<Workload, StartError> {
+        let files = self.files();
+        let identity = Reloadable::load(files.clone())
+            .map_err(|e| StartError::Config(format!("--tls-cert/--tls-key: {e}")))?;
+        let roots = files
+            .trust_bundle()
+            .map_err(|e| StartError::Config(format!("--tls-ca: {e}")))?;
+        let spiffe_id = identity.spiffe_id().ok_or_else(|| {
+            StartError::Config("--tls-cert: the certificate has no SPIFFE ID".into())
+        })?;
+        Ok(Workload {
+            identity,
+            roots,
+            spiffe_id,
+        })
+    }
+}
+
+/// Why a service could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration (a flag, an env var, a file): the binary exits 64.
+    #[error("{0}")]
+    Config(String),
+    /// A runtime failure (a port in use, an unreachable issuer): the binary exits 1.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StartError {
+    /// Whether this is the operator's configuration (exit 64).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_))
+    }
+}
+
+/// Prints a start-up error and exits: 64 for configuration, 1 otherwise.
+pub fn exit_on_start_error(error: StartError) -> ! {
+    if error.is_config() {
+        exit_bad_config(error)
+    }
+    eprintln!("error: {error}");
+    std::process::exit(1)
 }

@@ -71,9 +71,7 @@ impl DevMesh {
         let auth_settings = auth_service::Args {
             listen: "127.0.0.1:0".parse()?,
             public_listen: "127.0.0.1:0".parse()?,
-            tls_cert: certs.join("auth.pem"),
-            tls_key: certs.join("auth.key"),
-            tls_ca: certs.join("ca.pem"),
+            tls: tls_flags(&certs, "auth"),
             issuer: None,
             auth_config: config_path,
             db: dir.join("auth.db"),
@@ -89,9 +87,7 @@ impl DevMesh {
 
         let mut inventory_args = inventory_service::Args {
             listen: "127.0.0.1:0".parse()?,
-            tls_cert: certs.join("inventory.pem"),
-            tls_key: certs.join("inventory.key"),
-            tls_ca: certs.join("ca.pem"),
+            tls: tls_flags(&certs, "inventory"),
             issuer: issuer.clone(),
             audience: "inventory".into(),
             db: dir.join("inventory.db"),
@@ -105,9 +101,7 @@ impl DevMesh {
 
         let orders = orders_service::Application::build(orders_service::Args {
             listen: "127.0.0.1:0".parse()?,
-            tls_cert: certs.join("orders.pem"),
-            tls_key: certs.join("orders.key"),
-            tls_ca: certs.join("ca.pem"),
+            tls: tls_flags(&certs, "orders"),
             issuer: issuer.clone(),
             audience: "orders".into(),
             db: dir.join("orders.db"),
@@ -187,6 +181,14 @@ impl DevMesh {
             let _ = stop.send(());
             let _ = handle.await;
         }
+    }
+}
+
+fn tls_flags(certs: &Path, name: &str) -> mesh_telemetry::TlsFlags {
+    mesh_telemetry::TlsFlags {
+        tls_cert: certs.join(format!("{name}.pem")),
+        tls_key: certs.join(format!("{name}.key")),
+        tls_ca: certs.join("ca.pem"),
     }
 }
 

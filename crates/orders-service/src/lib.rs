@@ -22,14 +22,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use auth_interceptor::jwks::JwksSource;
-use auth_interceptor::{AuthLayer, Policy, Rule, TokenExchanger, TokenVerifier, VerifierConfig};
+use auth_interceptor::{AuthLayer, Policy, Rule, TokenExchanger, TokenVerifier};
 use mesh_proto::orders::v1::orders_service_server::OrdersServiceServer;
+use mesh_telemetry::{StartError, TlsFlags, Workload};
+use mesh_tls::SpiffeId;
 use mesh_tls::client::MeshConnector;
 use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
-use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
 use tokio::net::TcpListener;
 
 use crate::api::OrdersApi;
@@ -46,15 +45,9 @@ pub struct Args {
     /// Mesh gRPC listen address (mTLS required).
     #[arg(long, env = "MESH_LISTEN", default_value = "0.0.0.0:50052")]
     pub listen: SocketAddr,
-    /// PEM certificate chain of this workload.
-    #[arg(long, env = "MESH_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// PEM private key of this workload.
-    #[arg(long, env = "MESH_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// PEM trust bundle (the mesh CA).
-    #[arg(long, env = "MESH_TLS_CA")]
-    pub tls_ca: PathBuf,
+    /// This workload's certificate, key and trust bundle.
+    #[command(flatten)]
+    pub tls: TlsFlags,
     /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: String,
@@ -70,24 +63,6 @@ pub struct Args {
     /// The inventory service's mesh address.
     #[arg(long, env = "MESH_INVENTORY_URL", default_value = "localhost:50053")]
     pub inventory_url: String,
-}
-
-/// Why the service could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Bad configuration: the binary exits 64.
-    #[error("{0}")]
-    Config(String),
-    /// Anything else.
-    #[error("{0}")]
-    Runtime(String),
-}
-
-impl StartError {
-    /// Whether this is the operator's configuration (exit 64).
-    pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_))
-    }
 }
 
 /// The orders policy: reading needs `orders:read`, placing and cancelling `orders:write`;
@@ -132,18 +107,13 @@ impl Application {
             let flag = flag.to_owned();
             move |e: mesh_tls::TlsError| StartError::Config(format!("{flag}: {e}"))
         };
-        let files = TlsFiles {
-            cert: args.tls_cert,
-            key: args.tls_key,
-            ca: args.tls_ca,
-        };
-        let identity = Reloadable::load(files.clone()).map_err(config("--tls-cert/--tls-key"))?;
-        let roots = files.trust_bundle().map_err(config("--tls-ca"))?;
-        let own_id = identity.spiffe_id().ok_or_else(|| {
-            StartError::Config("--tls-cert: the certificate has no SPIFFE ID".into())
-        })?;
+        let Workload {
+            identity,
+            roots,
+            spiffe_id,
+        } = args.tls.load()?;
         let peer = |name: &str| {
-            SpiffeId::workload(own_id.trust_domain(), name)
+            SpiffeId::workload(spiffe_id.trust_domain(), name)
                 .and_then(|id| MeshConnector::new(identity.clone(), roots.clone(), id))
         };
         let auth = peer("auth")
@@ -152,15 +122,9 @@ impl Application {
         let inventory = peer("inventory")
             .and_then(|c| c.channel(&args.inventory_url))
             .map_err(config("--inventory-url"))?;
-        let http = JwksSource::https_client(roots.clone())
-            .map_err(|e| StartError::Config(format!("--tls-ca: {e}")))?;
-        let verifier = TokenVerifier::discover(
-            VerifierConfig::new(args.issuer.clone(), args.audience),
-            JwksSource::new(args.issuer.clone(), http),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|e| StartError::Runtime(format!("--issuer {}: {e}", args.issuer)))?;
+        let verifier = TokenVerifier::for_issuer(&args.issuer, &args.audience, roots.clone())
+            .await
+            .map_err(|e| StartError::Runtime(format!("--issuer {}: {e}", args.issuer)))?;
         let store = Store::open(&args.db)
             .await
             .map_err(|e| StartError::Config(format!("--db {}: {e}", args.db.display())))?;

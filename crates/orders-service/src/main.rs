@@ -1,25 +1,20 @@
 //! The orders service binary: flags and env, logging, then [`orders_service::Application`].
 
+use mesh_telemetry::exit_on_start_error;
 use orders_service::{Application, Args};
 
 #[tokio::main]
 async fn main() {
     let args: Args = mesh_telemetry::parse_args();
     mesh_telemetry::init();
-    let app = match Application::build(args).await {
-        Ok(app) => app,
-        Err(error) if error.is_config() => mesh_telemetry::exit_bad_config(error),
-        Err(error) => {
-            eprintln!("error: {error}");
-            std::process::exit(1);
-        }
-    };
+    let app = Application::build(args)
+        .await
+        .unwrap_or_else(|e| exit_on_start_error(e));
     tracing::info!(addr = %app.addr(), "orders service listening");
     if let Err(error) = app
         .run_until_stopped(mesh_telemetry::shutdown_signal())
         .await
     {
-        eprintln!("error: {error}");
-        std::process::exit(1);
+        exit_on_start_error(error);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mesh_proto::domain::{Line, Quantity, RequestKey, Sku};
+use mesh_proto::domain::{Line, Quantity, RequestKey, Sku, lines_key};
 use mesh_proto::orders::v1::OrderState;
 use rand::RngCore;
 use sqlx::SqlitePool;
@@ -221,12 +221,4 @@ impl Store {
             seq: row.seq,
         })
     }
-}
-
-fn lines_key(lines: &[Line]) -> String {
-    lines
-        .iter()
-        .map(|l| format!("{}:{}", l.sku, l.quantity.get()))
-        .collect::<Vec<_>>()
-        .join(",")
 }
