@@ -13,6 +13,9 @@ pub const HEALTH_METHODS: [&str; 2] = [
     "/grpc.health.v1.Health/Watch",
 ];
 
+/// The gRPC reflection method; services add it as an explicit certificate-only row.
+pub const REFLECTION_METHOD: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+
 /// What a method requires of its caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Authentication {
@@ -143,6 +146,12 @@ impl Policy {
         HEALTH_METHODS
             .iter()
             .fold(self, |policy, method| policy.allow(*method, Rule::public()))
+    }
+
+    /// Adds gRPC reflection as a row for mesh workloads only (certificate required, no token):
+    /// the schema is no secret inside the mesh, but it is nobody else's business.
+    pub fn with_reflection(self) -> Self {
+        self.allow(REFLECTION_METHOD, Rule::certificate())
     }
 
     /// The row for `method`.

@@ -338,3 +338,40 @@ impl VerifiedCache {
         entries.insert(token.into(), verified);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(expires_at: u64) -> Arc<VerifiedToken> {
+        Arc::new(VerifiedToken {
+            subject: "alice".into(),
+            client_id: "meshctl-cli".into(),
+            scopes: vec![],
+            token_id: "jti".into(),
+            actor: None,
+            expires_at,
+        })
+    }
+
+    #[test]
+    fn the_cache_is_bounded_keyed_by_the_whole_token_and_honours_exp() {
+        let cache = VerifiedCache::new(3);
+        for i in 0..10 {
+            cache.insert(&format!("token-{i}"), token(1_000), 500);
+            assert!(cache.entries.read().expect("lock").len() <= 3);
+        }
+        cache.insert("a.b.c", token(1_000), 500);
+        assert!(cache.get("a.b.c", 999).is_some());
+        assert!(cache.get("a.b.c", 1_000).is_none(), "not at or after exp");
+        assert!(
+            cache.get("a.b.", 999).is_none(),
+            "a prefix is another token"
+        );
+        // Expired entries make room first.
+        cache.insert("old", token(10), 5);
+        cache.insert("new", token(2_000), 1_500);
+        assert!(cache.get("new", 1_500).is_some());
+        assert!(VerifiedCache::new(0).get("x", 0).is_none());
+    }
+}

@@ -75,6 +75,7 @@ pub(crate) fn unix_now() -> u64 {
 pub fn mesh_policy() -> Policy {
     Policy::new()
         .with_health()
+        .with_reflection()
         .allow(
             "/mesh.auth.v1.AuthService/IssueServiceToken",
             Rule::certificate(),
@@ -216,12 +217,15 @@ impl Application {
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = mesh_proto::reflection("mesh.auth.v1.AuthService")
+            .map_err(|e| StartError::Runtime(format!("reflection: {e}")))?;
         health.set_serving::<AuthServiceServer<MeshApi>>().await;
         let api = AuthServiceServer::from_arc(self.api)
             .max_decoding_message_size(self.limits.max_message_bytes);
         let mesh = grpc_server(&self.limits)
             .layer(AuthLayer::new(self.mesh_verifier, mesh_policy()))
             .add_service(health_service)
+            .add_service(reflection)
             .add_service(api)
             .serve_with_incoming_shutdown(self.mesh.incoming(), stopped(stop_rx.clone()));
 

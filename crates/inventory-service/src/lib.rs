@@ -61,6 +61,7 @@ pub fn policy(orders: SpiffeId) -> Policy {
     let service = "/mesh.inventory.v1.InventoryService";
     Policy::new()
         .with_health()
+        .with_reflection()
         .allow(
             format!("{service}/ListItems"),
             Rule::token().scope("inventory:read"),
@@ -150,6 +151,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = mesh_proto::reflection("mesh.inventory.v1.InventoryService")
+            .map_err(|e| StartError::Runtime(format!("reflection: {e}")))?;
         health
             .set_serving::<InventoryServiceServer<InventoryApi>>()
             .await;
@@ -159,6 +162,7 @@ impl Application {
             // Authenticate, then authorize against the full method path; deny by default.
             .layer(AuthLayer::new(self.verifier, self.policy))
             .add_service(health_service)
+            .add_service(reflection)
             .add_service(api)
             .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
             .await

@@ -9,7 +9,8 @@
 //! - [`orders::v1`]: `mesh.orders.v1.OrdersService`, orders placed on behalf of users.
 //! - [`domain`]: parsed domain types (`Sku`, `Quantity`, …) and `INVALID_ARGUMENT` with field
 //!   violations.
-//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
+//! - [`FILE_DESCRIPTOR_SET`], [`reflection`]: the encoded descriptors, and a gRPC reflection
+//!   service that describes one of our services.
 
 #![forbid(unsafe_code)]
 
@@ -44,3 +45,19 @@ pub mod orders {
 
 /// The encoded `FileDescriptorSet` of every mesh API, as served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mesh_descriptor");
+
+/// The gRPC reflection service (v1) describing `service` only (e.g.
+/// `mesh.orders.v1.OrdersService`), so a server never advertises APIs it does not serve.
+pub fn reflection(
+    service: &str,
+) -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::Error,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .with_service_name(service)
+        .build_v1()
+}

@@ -71,6 +71,7 @@ pub fn policy() -> Policy {
     let service = "/mesh.orders.v1.OrdersService";
     Policy::new()
         .with_health()
+        .with_reflection()
         .allow(
             format!("{service}/PlaceOrder"),
             Rule::token().scope("orders:write"),
@@ -155,6 +156,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = mesh_proto::reflection("mesh.orders.v1.OrdersService")
+            .map_err(|e| StartError::Runtime(format!("reflection: {e}")))?;
         health.set_serving::<OrdersServiceServer<OrdersApi>>().await;
         let api = OrdersServiceServer::new(self.api)
             .max_decoding_message_size(self.limits.max_message_bytes);
@@ -162,6 +165,7 @@ impl Application {
             // Authenticate, then authorize against the full method path; deny by default.
             .layer(AuthLayer::new(self.verifier, policy()))
             .add_service(health_service)
+            .add_service(reflection)
             .add_service(api)
             .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
             .await

@@ -272,3 +272,35 @@ async fn inventory_serves_reads_and_admin_restocks_and_validates_input() {
     assert_eq!(missing.code(), Code::NotFound);
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_is_an_explicit_row_for_mesh_workloads_and_lists_only_the_served_api() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let mesh = TestMesh::start().await.expect("mesh");
+    // A certificate is enough (no token): reflection is for workloads of the mesh.
+    let mut client = ServerReflectionClient::new(mesh.orders_channel("meshctl").expect("channel"));
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .expect("reflection allowed")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected answer {answer:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["mesh.orders.v1.OrdersService"]);
+    mesh.stop().await;
+}
