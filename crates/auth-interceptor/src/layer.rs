@@ -10,6 +10,7 @@ use mesh_tls::{PeerIdentity, SpiffeId};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use crate::audit::AuditLog;
 use crate::error::AuthError;
 use crate::policy::Policy;
 use crate::principal::Principal;
@@ -28,13 +29,31 @@ pub struct AuthLayer {
 struct State {
     verifier: Arc<TokenVerifier>,
     policy: Policy,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl AuthLayer {
     /// A layer enforcing `policy`, verifying tokens with `verifier`.
     pub fn new(verifier: Arc<TokenVerifier>, policy: Policy) -> Self {
         Self {
-            state: Arc::new(State { verifier, policy }),
+            state: Arc::new(State {
+                verifier,
+                policy,
+                audit: None,
+            }),
+        }
+    }
+
+    /// Also appends every decision to the HMAC-chained `log`. A decision whose record cannot be
+    /// written is not carried out: the call fails with UNAVAILABLE (fail closed).
+    pub fn with_audit(self, log: Option<Arc<AuditLog>>) -> Self {
+        let state = &self.state;
+        Self {
+            state: Arc::new(State {
+                verifier: state.verifier.clone(),
+                policy: state.policy.clone(),
+                audit: log,
+            }),
         }
     }
 }
@@ -89,7 +108,11 @@ where
                 .as_ref()
                 .ok()
                 .and_then(|t| t.as_deref().map(Arc::from));
-            match state.decide(&method, token, peer.as_ref()).await {
+            let decision = state.decide(&method, token, peer.as_ref()).await;
+            if let Err(status) = state.record(&method, &decision, peer.as_ref()) {
+                return Ok(status.into_http());
+            }
+            match decision {
                 Ok(verified) => {
                     audit_allow(&method, verified.as_deref(), peer.as_ref());
                     let raw = verified.as_ref().and(raw);
@@ -111,6 +134,36 @@ where
 type Decision = Result<Option<Arc<VerifiedToken>>, (AuthError, Option<Arc<VerifiedToken>>)>;
 
 impl State {
+    /// Appends the decision to the audit log, if there is one.
+    fn record(
+        &self,
+        method: &str,
+        decision: &Decision,
+        peer: Option<&SpiffeId>,
+    ) -> Result<(), tonic::Status> {
+        let Some(log) = &self.audit else {
+            return Ok(());
+        };
+        let (verdict, reason, token) = match decision {
+            Ok(token) => ("allow", "policy", token.as_deref()),
+            Err((error, token)) => ("deny", error.reason(), token.as_deref()),
+        };
+        log.append(&crate::audit::Decision {
+            decision: verdict,
+            reason,
+            method,
+            subject: token.map_or("", |t| t.subject.as_str()),
+            actor: token.and_then(|t| t.actor.as_deref()).unwrap_or(""),
+            client: token.map_or("", |t| t.client_id.as_str()),
+            peer: peer.map_or("", SpiffeId::as_str),
+            trace_id: "",
+        })
+        .map_err(|error| {
+            tracing::error!(%error, "audit record not written; refusing the call");
+            tonic::Status::unavailable("audit log unavailable")
+        })
+    }
+
     async fn decide(
         &self,
         method: &str,

@@ -14,6 +14,7 @@
 //! 5. removes the raw token from the request and inserts a typed [`Principal`] for the handler.
 //!
 //! # Layout
+//! - [`audit`]: the HMAC-chained audit log file and its verification.
 //! - [`claims`]: the access-token claims shared by issuer and verifiers.
 //! - [`jwks`]: OIDC discovery and the JWKS key set, refreshed in the background.
 //! - [`verify`]: [`TokenVerifier`], the checks above plus the verified-token cache.
@@ -26,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod claims;
 pub mod client;
 pub mod error;

@@ -98,6 +98,7 @@ pub struct Application {
     http: http::HttpState,
     verifiers: Arc<LocalVerifiers>,
     mesh_verifier: Arc<TokenVerifier>,
+    audit: Option<Arc<auth_interceptor::audit::AuditLog>>,
     limits: ServerLimits,
 }
 
@@ -174,6 +175,7 @@ impl Application {
             http,
             verifiers,
             mesh_verifier,
+            audit: settings.audit.open("auth")?,
             limits: ServerLimits::default(),
         })
     }
@@ -223,7 +225,7 @@ impl Application {
         let api = AuthServiceServer::from_arc(self.api)
             .max_decoding_message_size(self.limits.max_message_bytes);
         let mesh = grpc_server(&self.limits)
-            .layer(AuthLayer::new(self.mesh_verifier, mesh_policy()))
+            .layer(AuthLayer::new(self.mesh_verifier, mesh_policy()).with_audit(self.audit))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api)

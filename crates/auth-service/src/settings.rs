@@ -26,6 +26,9 @@ pub struct Args {
     /// This workload's certificate, key and trust bundle.
     #[command(flatten)]
     pub tls: mesh_telemetry::TlsFlags,
+    /// The HMAC-chained audit log of mesh-API decisions.
+    #[command(flatten)]
+    pub audit: mesh_telemetry::AuditFlags,
     /// Issuer URL written into tokens; defaults to https://localhost:<public port>.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: Option<String>,
@@ -48,6 +51,7 @@ impl Args {
             listen: self.listen,
             public_listen: self.public_listen,
             tls: self.tls.files(),
+            audit: self.audit,
             issuer: self.issuer,
             config: clients,
             db: self.db,
@@ -64,6 +68,8 @@ pub struct Settings {
     pub public_listen: SocketAddr,
     /// This workload's TLS files.
     pub tls: TlsFiles,
+    /// The audit log flags.
+    pub audit: mesh_telemetry::AuditFlags,
     /// The issuer URL; `None` means `https://localhost:<public port>`.
     pub issuer: Option<String>,
     /// Registered clients and token settings.

@@ -19,9 +19,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use auth_interceptor::audit::AuditLog;
 use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier};
 use mesh_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use mesh_telemetry::{StartError, TlsFlags, Workload};
+use mesh_telemetry::{AuditFlags, StartError, TlsFlags, Workload};
 use mesh_tls::SpiffeId;
 use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub struct Args {
     /// This workload's certificate, key and trust bundle.
     #[command(flatten)]
     pub tls: TlsFlags,
+    /// The HMAC-chained audit log.
+    #[command(flatten)]
+    pub audit: AuditFlags,
     /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: String,
@@ -96,6 +100,7 @@ pub struct Application {
     listener: TlsListener,
     addr: SocketAddr,
     verifier: Arc<TokenVerifier>,
+    audit: Option<Arc<AuditLog>>,
     policy: Policy,
     store: Store,
     limits: ServerLimits,
@@ -125,10 +130,12 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Runtime(e.to_string()))?;
+        let audit = args.audit.open("inventory")?;
         Ok(Self {
             listener,
             addr,
             verifier,
+            audit,
             policy: policy(orders),
             store,
             limits: ServerLimits::default(),
@@ -160,7 +167,7 @@ impl Application {
             .max_decoding_message_size(self.limits.max_message_bytes);
         grpc_server(&self.limits)
             // Authenticate, then authorize against the full method path; deny by default.
-            .layer(AuthLayer::new(self.verifier, self.policy))
+            .layer(AuthLayer::new(self.verifier, self.policy).with_audit(self.audit))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api)

@@ -10,8 +10,8 @@
 //! - [`init`]: the tracing subscriber (`RUST_LOG` filter, JSON or pretty lines).
 //! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM, for graceful shutdown.
 //! - [`EXIT_USAGE`]: the exit code for bad configuration.
-//! - [`TlsFlags`], [`StartError`], [`exit_on_start_error`]: the flags and start-up failures every
-//!   mesh service shares.
+//! - [`TlsFlags`], [`AuditFlags`], [`StartError`], [`exit_on_start_error`]: the flags and
+//!   start-up failures every mesh service shares.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +19,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use auth_interceptor::audit::AuditLog;
 use mesh_tls::{Reloadable, SpiffeId, TlsFiles, TrustBundle};
 
 use tracing_subscriber::EnvFilter;
@@ -112,6 +113,30 @@ pub struct TlsFlags {
     /// PEM trust bundle (the mesh CA).
     #[arg(long, env = "MESH_TLS_CA")]
     pub tls_ca: PathBuf,
+}
+
+/// Where a service appends its audit records (`MESH_AUDIT_LOG`) and the HMAC key file that
+/// chains them (`MESH_AUDIT_KEY_FILE`). Both or neither.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuditFlags {
+    /// JSON-lines audit log, HMAC-chained; created if missing, verified before appending.
+    #[arg(long, env = "MESH_AUDIT_LOG", requires = "audit_key_file")]
+    pub audit_log: Option<PathBuf>,
+    /// File holding the audit HMAC key (at least 32 bytes). Never logged.
+    #[arg(long, env = "MESH_AUDIT_KEY_FILE", requires = "audit_log")]
+    pub audit_key_file: Option<PathBuf>,
+}
+
+impl AuditFlags {
+    /// Opens the log for `service`, if one is configured.
+    pub fn open(&self, service: &str) -> Result<Option<Arc<AuditLog>>, StartError> {
+        match (&self.audit_log, &self.audit_key_file) {
+            (Some(log), Some(key)) => AuditLog::open(service, log, key)
+                .map(|log| Some(Arc::new(log)))
+                .map_err(|e| StartError::Config(format!("--audit-log/--audit-key-file: {e}"))),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// A workload's loaded TLS identity.

@@ -35,6 +35,9 @@ pub enum Command {
     Health(HealthArgs),
     /// Hash a client secret read from standard input, for the auth config's `secret_hash`.
     HashSecret,
+    /// The HMAC-chained audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Start a whole mesh in this process and walk through allowed and denied calls.
     Demo(DemoArgs),
 }
@@ -262,6 +265,20 @@ pub struct HealthArgs {
     /// meshctl's certificate.
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// `meshctl audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check a log's chain; exit 0 and print OK, or name the first altered, removed, reordered
+    /// or truncated record and exit 1.
+    Verify {
+        /// The JSON-lines audit log.
+        file: PathBuf,
+        /// The file holding the HMAC key.
+        #[arg(long, env = "MESH_AUDIT_KEY_FILE")]
+        key_file: PathBuf,
+    },
 }
 
 /// `meshctl demo`.

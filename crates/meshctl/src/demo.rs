@@ -161,6 +161,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         outcomes: Vec::new(),
     };
     let result = scenario(&mut demo).await;
+    audit_report(&mut demo);
     let passed = demo.outcomes.iter().filter(|ok| **ok).count();
     println!(
         "\n{passed}/{} steps behaved as expected.",
@@ -196,6 +197,39 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         Ok(())
     } else {
         Err(failed("some demo steps did not behave as expected"))
+    }
+}
+
+/// Prints every service's audit records, then verifies each chain.
+fn audit_report(demo: &mut Demo) {
+    use auth_interceptor::audit::{AuditRecord, verify};
+    println!("\nAudit records (HMAC-chained, one file per service):");
+    for service in ["auth", "orders", "inventory"] {
+        let path = demo.mesh.audit.log(service);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for record in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<AuditRecord>(l).ok())
+        {
+            let method = record.method.rsplit('/').next().unwrap_or_default();
+            let peer = record.peer.rsplit('/').next().unwrap_or_default();
+            let who = match (record.subject.as_str(), record.actor.as_str()) {
+                ("", _) => "-".to_owned(),
+                (subject, "") => subject.to_owned(),
+                (subject, actor) => format!("{subject} via {actor}"),
+            };
+            println!(
+                "  {:<9} #{:<3} {:<5} {:<20} {:<18} cert={:<9} {}",
+                record.service, record.seq, record.decision, method, who, peer, record.reason
+            );
+        }
+        let verdict = verify(&path, &demo.mesh.audit.key);
+        let ok = verdict.is_ok();
+        match verdict {
+            Ok(count) => println!("  audit verify {service}: OK ({count} records)"),
+            Err(error) => println!("  audit verify {service}: FAILED: {error}"),
+        }
+        demo.outcomes.push(ok);
     }
 }
 

@@ -50,6 +50,8 @@ pub struct DevMesh {
     /// The inventory service's token verifier (its JWKS fetch count is observable).
     pub inventory_verifier: Arc<auth_interceptor::TokenVerifier>,
     inventory_args: inventory_service::Args,
+    /// The audit logs and their key.
+    pub audit: AuditFiles,
     services: Vec<(&'static str, oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -65,6 +67,7 @@ impl DevMesh {
         DevCa::generate(TRUST_DOMAIN)?
             .write_dir(&certs, &names, true)
             .context("writing dev certificates")?;
+        let audit = AuditFiles::create(dir)?;
         let config_path = dir.join("auth.toml");
         std::fs::write(&config_path, EXAMPLE_AUTH_CONFIG)?;
 
@@ -72,6 +75,7 @@ impl DevMesh {
             listen: "127.0.0.1:0".parse()?,
             public_listen: "127.0.0.1:0".parse()?,
             tls: tls_flags(&certs, "auth"),
+            audit: audit.flags("auth"),
             issuer: None,
             auth_config: config_path,
             db: dir.join("auth.db"),
@@ -88,6 +92,7 @@ impl DevMesh {
         let mut inventory_args = inventory_service::Args {
             listen: "127.0.0.1:0".parse()?,
             tls: tls_flags(&certs, "inventory"),
+            audit: audit.flags("inventory"),
             issuer: issuer.clone(),
             audience: "inventory".into(),
             db: dir.join("inventory.db"),
@@ -102,6 +107,7 @@ impl DevMesh {
         let orders = orders_service::Application::build(orders_service::Args {
             listen: "127.0.0.1:0".parse()?,
             tls: tls_flags(&certs, "orders"),
+            audit: audit.flags("orders"),
             issuer: issuer.clone(),
             audience: "orders".into(),
             db: dir.join("orders.db"),
@@ -119,6 +125,7 @@ impl DevMesh {
             auth_public_addr,
             inventory_addr,
             inventory_args,
+            audit,
             orders_addr,
             key_rotator,
             inventory_verifier,
@@ -180,6 +187,51 @@ impl DevMesh {
         for (_, stop, handle) in self.services {
             let _ = stop.send(());
             let _ = handle.await;
+        }
+    }
+}
+
+/// Where the dev mesh's services write their audit logs, and the key that chains them.
+#[derive(Debug, Clone)]
+pub struct AuditFiles {
+    /// The HMAC key file (random, 0600).
+    pub key: PathBuf,
+    dir: PathBuf,
+}
+
+impl AuditFiles {
+    fn create(dir: &Path) -> anyhow::Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let audit_dir = dir.join("audit");
+        std::fs::create_dir_all(&audit_dir)?;
+        let key = audit_dir.join("audit.key");
+        if !key.exists() {
+            let mut bytes = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key)?
+                .write_all(text.as_bytes())?;
+        }
+        Ok(Self {
+            key,
+            dir: audit_dir,
+        })
+    }
+
+    /// The audit log of `service`.
+    pub fn log(&self, service: &str) -> PathBuf {
+        self.dir.join(format!("{service}.jsonl"))
+    }
+
+    fn flags(&self, service: &str) -> mesh_telemetry::AuditFlags {
+        mesh_telemetry::AuditFlags {
+            audit_log: Some(self.log(service)),
+            audit_key_file: Some(self.key.clone()),
         }
     }
 }

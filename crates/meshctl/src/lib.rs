@@ -29,7 +29,7 @@ use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::cli::{CertsCommand, Cli, Command, TlsArgs};
+use crate::cli::{AuditCommand, CertsCommand, Cli, Command, TlsArgs};
 
 /// How a command failed, which decides the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +150,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let hash = auth_service::clients::hash_secret(secret).map_err(failed)?;
             println!("{hash}");
             Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { file, key_file }) => {
+            use auth_interceptor::audit::{VerifyError, verify};
+            match verify(&file, &key_file) {
+                Ok(count) => {
+                    println!("audit verify: OK ({count} records)");
+                    Ok(())
+                }
+                Err(VerifyError::Open(error)) => Err(CliError::Usage(error.to_string())),
+                Err(VerifyError::Chain(problem)) => {
+                    println!("audit verify: FAILED: {problem}");
+                    Err(failed(format!("{}: {problem}", file.display())))
+                }
+            }
         }
         Command::Demo(args) => demo::run(args).await,
     }

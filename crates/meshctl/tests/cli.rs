@@ -233,3 +233,41 @@ async fn a_user_logs_in_orders_cancels_and_logs_out_with_the_cli() {
     assert!(stderr(&output).contains("meshctl login"));
     mesh.stop().await;
 }
+
+#[test]
+fn audit_verify_says_ok_or_names_the_first_broken_record() {
+    use auth_interceptor::audit::{AuditLog, Decision};
+    let dir = tempfile::tempdir().expect("dir");
+    let key = dir.path().join("audit.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("key");
+    let log_path = dir.path().join("inventory.jsonl");
+    let log = AuditLog::open("inventory", &log_path, &key).expect("open");
+    for reason in ["policy", "missing_scope", "policy"] {
+        log.append(&Decision {
+            decision: "allow",
+            reason,
+            method: "/x/Y",
+            ..Decision::default()
+        })
+        .expect("append");
+    }
+    let file = log_path.to_str().expect("utf8");
+    let key_arg = key.to_str().expect("utf8");
+
+    let ok = meshctl(&["audit", "verify", file, "--key-file", key_arg]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("audit verify: OK (3 records)"));
+
+    let text = std::fs::read_to_string(&log_path).expect("read");
+    std::fs::write(&log_path, text.replacen("missing_scope", "policy", 1)).expect("tamper");
+    let broken = meshctl(&["audit", "verify", file, "--key-file", key_arg]);
+    assert_eq!(broken.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&broken.stdout);
+    assert!(
+        out.contains("FAILED") && out.contains("line 2") && out.contains("altered"),
+        "{out}"
+    );
+
+    let no_key = meshctl(&["audit", "verify", file, "--key-file", "/nonexistent/key"]);
+    assert_eq!(no_key.status.code(), Some(64));
+}

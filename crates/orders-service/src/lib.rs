@@ -23,9 +23,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use auth_interceptor::audit::AuditLog;
 use auth_interceptor::{AuthLayer, Policy, Rule, TokenExchanger, TokenVerifier};
 use mesh_proto::orders::v1::orders_service_server::OrdersServiceServer;
-use mesh_telemetry::{StartError, TlsFlags, Workload};
+use mesh_telemetry::{AuditFlags, StartError, TlsFlags, Workload};
 use mesh_tls::SpiffeId;
 use mesh_tls::client::MeshConnector;
 use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
@@ -48,6 +49,9 @@ pub struct Args {
     /// This workload's certificate, key and trust bundle.
     #[command(flatten)]
     pub tls: TlsFlags,
+    /// The HMAC-chained audit log.
+    #[command(flatten)]
+    pub audit: AuditFlags,
     /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: String,
@@ -96,6 +100,7 @@ pub struct Application {
     listener: TlsListener,
     addr: SocketAddr,
     verifier: Arc<TokenVerifier>,
+    audit: Option<Arc<AuditLog>>,
     api: OrdersApi,
     limits: ServerLimits,
 }
@@ -136,10 +141,12 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Runtime(e.to_string()))?;
+        let audit = args.audit.open("orders")?;
         Ok(Self {
             listener,
             addr,
             verifier,
+            audit,
             api: OrdersApi::new(store, TokenExchanger::new(auth), inventory),
             limits: ServerLimits::default(),
         })
@@ -163,7 +170,7 @@ impl Application {
             .max_decoding_message_size(self.limits.max_message_bytes);
         grpc_server(&self.limits)
             // Authenticate, then authorize against the full method path; deny by default.
-            .layer(AuthLayer::new(self.verifier, policy()))
+            .layer(AuthLayer::new(self.verifier, policy()).with_audit(self.audit))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api)

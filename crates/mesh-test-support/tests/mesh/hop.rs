@@ -304,3 +304,65 @@ async fn reflection_is_an_explicit_row_for_mesh_workloads_and_lists_only_the_ser
     assert_eq!(names, ["mesh.orders.v1.OrdersService"]);
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_appended_to_the_service_audit_chain() {
+    use auth_interceptor::audit::{AuditRecord, verify};
+    let mesh = TestMesh::start().await.expect("mesh");
+    let token = mesh.meshctl_token().await.expect("token");
+    let mut inventory =
+        InventoryServiceClient::new(mesh.inventory_channel("meshctl").expect("channel"));
+    inventory
+        .list_items(bearer(ListItemsRequest::default(), &token))
+        .await
+        .expect("allowed");
+    inventory
+        .restock(bearer(
+            RestockRequest {
+                sku: "SKU-001".into(),
+                quantity: 1,
+            },
+            &token,
+        ))
+        .await
+        .expect_err("denied");
+
+    let path = mesh.mesh.audit.log("inventory");
+    let records: Vec<AuditRecord> = std::fs::read_to_string(&path)
+        .expect("audit log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(
+        (
+            records[0].decision.as_str(),
+            records[0].method.as_str(),
+            records[0].subject.as_str()
+        ),
+        (
+            "allow",
+            "/mesh.inventory.v1.InventoryService/ListItems",
+            "meshctl"
+        )
+    );
+    assert_eq!(
+        (
+            records[1].decision.as_str(),
+            records[1].reason.as_str(),
+            records[1].peer.as_str()
+        ),
+        ("deny", "missing_scope", "spiffe://mesh.local/sa/meshctl")
+    );
+    assert!(
+        !std::fs::read_to_string(&path)
+            .expect("log")
+            .contains(&token),
+        "never the token"
+    );
+    assert_eq!(
+        verify(&path, &mesh.mesh.audit.key).expect("chain verifies"),
+        2
+    );
+    mesh.stop().await;
+}
