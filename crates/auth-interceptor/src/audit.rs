@@ -235,11 +235,14 @@ impl AuditLog {
                 last_mac: String::new(),
                 mac: head_mac(&key, 0, ""),
             };
-            std::fs::write(head_path(path), serde_json::to_vec(&head).unwrap_or_default())
-                .map_err(|source| AuditError::Io {
-                    path: head_path(path).display().to_string(),
-                    source,
-                })?;
+            std::fs::write(
+                head_path(path),
+                serde_json::to_vec(&head).unwrap_or_default(),
+            )
+            .map_err(|source| AuditError::Io {
+                path: head_path(path).display().to_string(),
+                source,
+            })?;
             (0, String::new())
         };
         let file = OpenOptions::new()
@@ -429,7 +432,10 @@ mod tests {
         std::fs::write(&log, "").expect("empty");
         assert!(matches!(
             verify(&log, &key),
-            Err(VerifyError::Chain(ChainProblem::Truncated { found: 0, expected: 2 }))
+            Err(VerifyError::Chain(ChainProblem::Truncated {
+                found: 0,
+                expected: 2
+            }))
         ));
     }
 
