@@ -12,6 +12,7 @@ use mesh_proto::auth::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::clients::{Client, GrantError, Registry};
+use crate::grants::Grants;
 use crate::issuer::{Issuer, TokenRequest};
 use crate::local::LocalVerifiers;
 
@@ -25,6 +26,8 @@ pub struct MeshApi {
     /// Verifies subject tokens; a subject token may only be exchanged by the service it was
     /// issued to (its audience is the caller's client id).
     verifiers: Arc<LocalVerifiers>,
+    /// Revocations: a revoked subject token is not exchanged, even before its `exp`.
+    grants: Grants,
 }
 
 impl MeshApi {
@@ -35,6 +38,7 @@ impl MeshApi {
         ttl: Duration,
         exchange_ttl: Duration,
         verifiers: Arc<LocalVerifiers>,
+        grants: Grants,
     ) -> Self {
         Self {
             issuer,
@@ -42,6 +46,7 @@ impl MeshApi {
             ttl,
             exchange_ttl,
             verifiers,
+            grants,
         }
     }
 
@@ -127,6 +132,14 @@ impl AuthService for MeshApi {
                 }
                 other => Status::unauthenticated(format!("subject token: {other}")),
             })?;
+        let revoked = self
+            .grants
+            .access_revoked(&subject.token_id)
+            .await
+            .map_err(|_| Status::unavailable("revocation state unavailable"))?;
+        if revoked {
+            return Err(Status::unauthenticated("subject token: revoked"));
+        }
         if subject.actor.is_some() {
             return Err(Status::permission_denied(
                 "an exchanged token cannot be exchanged again",

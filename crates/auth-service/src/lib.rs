@@ -149,6 +149,7 @@ impl Application {
             ttl,
             settings::ttl(config.exchanged_token_ttl_secs),
             verifiers.clone(),
+            grants.clone(),
         ));
         let http = http::HttpState {
             issuer: issuer.clone(),

@@ -3,6 +3,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use mesh_proto::auth::v1::ExchangeTokenRequest;
+use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_test_support::TestMesh;
 use meshctl::login::{self, CLIENT_ID, Pkce, REDIRECT_URI};
 use serde_json::Value;
@@ -227,8 +229,17 @@ async fn a_reused_code_is_invalid_grant_and_revokes_what_it_issued() {
         (400, Some("invalid_grant"))
     );
 
-    // Everything the code bought is revoked.
+    // Everything the code bought is revoked, and orders can no longer act with it.
     assert_eq!(introspect(&mesh, access).await["active"], false);
+    let exchange = AuthServiceClient::new(mesh.auth_channel("orders").expect("channel"))
+        .exchange_token(ExchangeTokenRequest {
+            subject_token: access.to_owned(),
+            audience: "inventory".into(),
+            scopes: vec![],
+        })
+        .await
+        .expect_err("a revoked token is not exchanged");
+    assert_eq!(exchange.code(), tonic::Code::Unauthenticated);
     assert_eq!(introspect(&mesh, refresh).await["active"], false);
     let (status, body) = use_refresh(&mesh, refresh).await;
     assert_eq!(
