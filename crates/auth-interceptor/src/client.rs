@@ -84,20 +84,42 @@ impl ServiceTokenSource {
     }
 }
 
+/// A boxed, cloneable, shareable gRPC transport: a mesh `Channel`, possibly wrapped in layers
+/// (tracing, tokens). Clients built on it have one type whatever the layers are.
+///
+/// The error stays the channel's concrete error type: a boxed `dyn Error` here trips the
+/// compiler's higher-ranked lifetime checks inside async handlers.
+pub type Transport = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    tonic::transport::Error,
+>;
+
+/// A bare channel as a [`Transport`].
+pub fn transport(channel: Channel) -> Transport {
+    Transport::new(channel)
+}
+
 /// Acts for the caller of the current request: exchanges the token it presented (kept inside its
 /// [`Principal`]) for a token addressed to a downstream service, with the calling service
 /// recorded as actor (RFC 8693). The exchanged token is short-lived and never cached across
 /// requests.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TokenExchanger {
-    client: AuthServiceClient<Channel>,
+    client: AuthServiceClient<Transport>,
+}
+
+impl std::fmt::Debug for TokenExchanger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenExchanger").finish_non_exhaustive()
+    }
 }
 
 impl TokenExchanger {
-    /// An exchanger asking the auth service over `auth_channel` (mTLS, our certificate).
-    pub fn new(auth_channel: Channel) -> Self {
+    /// An exchanger asking the auth service over `auth` (mTLS with our certificate).
+    pub fn new(auth: Transport) -> Self {
         Self {
-            client: AuthServiceClient::new(auth_channel),
+            client: AuthServiceClient::new(auth),
         }
     }
 

@@ -141,12 +141,35 @@ impl State {
         decision: &Decision,
         peer: Option<&SpiffeId>,
     ) -> Result<(), tonic::Status> {
-        let Some(log) = &self.audit else {
-            return Ok(());
-        };
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::TraceContextExt as _;
         let (verdict, reason, token) = match decision {
             Ok(token) => ("allow", "policy", token.as_deref()),
             Err((error, token)) => ("deny", error.reason(), token.as_deref()),
+        };
+        // The decision is also an event on the server span, and the audit record carries the
+        // trace id, so a trace and the audit log point at each other.
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let trace_id = if span.span_context().is_valid() {
+            span.span_context().trace_id().to_string()
+        } else {
+            String::new()
+        };
+        span.add_event(
+            "audit",
+            vec![
+                KeyValue::new("decision", verdict),
+                KeyValue::new("reason", reason),
+                KeyValue::new(
+                    "subject",
+                    token.map_or(String::new(), |t| t.subject.clone()),
+                ),
+                KeyValue::new("peer", peer.map_or(String::new(), |p| p.to_string())),
+            ],
+        );
+        let Some(log) = &self.audit else {
+            return Ok(());
         };
         log.append(&crate::audit::Decision {
             decision: verdict,
@@ -156,7 +179,7 @@ impl State {
             actor: token.and_then(|t| t.actor.as_deref()).unwrap_or(""),
             client: token.map_or("", |t| t.client_id.as_str()),
             peer: peer.map_or("", SpiffeId::as_str),
-            trace_id: "",
+            trace_id: &trace_id,
         })
         .map_err(|error| {
             tracing::error!(%error, "audit record not written; refusing the call");

@@ -99,6 +99,7 @@ pub struct Application {
     verifiers: Arc<LocalVerifiers>,
     mesh_verifier: Arc<TokenVerifier>,
     audit: Option<Arc<auth_interceptor::audit::AuditLog>>,
+    telemetry: mesh_telemetry::trace::Telemetry,
     limits: ServerLimits,
 }
 
@@ -177,6 +178,7 @@ impl Application {
             verifiers,
             mesh_verifier,
             audit: settings.audit.open("auth")?,
+            telemetry: mesh_telemetry::trace::Telemetry::new(&settings.telemetry, "auth")?,
             limits: ServerLimits::default(),
         })
     }
@@ -194,6 +196,11 @@ impl Application {
     /// The issuer URL tokens carry.
     pub fn issuer(&self) -> &str {
         self.issuer.url()
+    }
+
+    /// The service's tracer.
+    pub fn telemetry(&self) -> mesh_telemetry::trace::Telemetry {
+        self.telemetry.clone()
     }
 
     /// A handle that rotates the signing key while the service runs.
@@ -226,6 +233,8 @@ impl Application {
         let api = AuthServiceServer::from_arc(self.api)
             .max_decoding_message_size(self.limits.max_message_bytes);
         let mesh = grpc_server(&self.limits)
+            // Continue the caller's trace first, so every decision below belongs to it.
+            .layer(self.telemetry.server_layer())
             .layer(AuthLayer::new(self.mesh_verifier, mesh_policy()).with_audit(self.audit))
             .add_service(health_service)
             .add_service(reflection)

@@ -29,6 +29,9 @@ pub struct Args {
     /// The HMAC-chained audit log of mesh-API decisions.
     #[command(flatten)]
     pub audit: mesh_telemetry::AuditFlags,
+    /// OpenTelemetry export.
+    #[command(flatten)]
+    pub telemetry: mesh_telemetry::trace::TelemetryFlags,
     /// Issuer URL written into tokens; defaults to https://localhost:<public port>.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: Option<String>,
@@ -52,6 +55,7 @@ impl Args {
             public_listen: self.public_listen,
             tls: self.tls.files(),
             audit: self.audit,
+            telemetry: self.telemetry,
             issuer: self.issuer,
             config: clients,
             db: self.db,
@@ -70,6 +74,8 @@ pub struct Settings {
     pub tls: TlsFiles,
     /// The audit log flags.
     pub audit: mesh_telemetry::AuditFlags,
+    /// OpenTelemetry export.
+    pub telemetry: mesh_telemetry::trace::TelemetryFlags,
     /// The issuer URL; `None` means `https://localhost:<public port>`.
     pub issuer: Option<String>,
     /// Registered clients and token settings.

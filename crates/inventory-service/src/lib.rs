@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use auth_interceptor::audit::AuditLog;
 use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier};
 use mesh_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
+use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
 use mesh_telemetry::{AuditFlags, StartError, TlsFlags, Workload};
 use mesh_tls::SpiffeId;
 use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
@@ -48,6 +49,9 @@ pub struct Args {
     /// The HMAC-chained audit log.
     #[command(flatten)]
     pub audit: AuditFlags,
+    /// OpenTelemetry export.
+    #[command(flatten)]
+    pub telemetry: TelemetryFlags,
     /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: String,
@@ -101,6 +105,7 @@ pub struct Application {
     addr: SocketAddr,
     verifier: Arc<TokenVerifier>,
     audit: Option<Arc<AuditLog>>,
+    telemetry: Telemetry,
     policy: Policy,
     store: Store,
     limits: ServerLimits,
@@ -131,15 +136,22 @@ impl Application {
             .local_addr()
             .map_err(|e| StartError::Runtime(e.to_string()))?;
         let audit = args.audit.open("inventory")?;
+        let telemetry = Telemetry::new(&args.telemetry, "inventory")?;
         Ok(Self {
             listener,
             addr,
             verifier,
             audit,
+            telemetry,
             policy: policy(orders),
             store,
             limits: ServerLimits::default(),
         })
+    }
+
+    /// The service's tracer (the demo flushes it before drawing traces).
+    pub fn telemetry(&self) -> Telemetry {
+        self.telemetry.clone()
     }
 
     /// The address actually bound.
@@ -166,6 +178,8 @@ impl Application {
         let api = InventoryServiceServer::new(InventoryApi::new(self.store))
             .max_decoding_message_size(self.limits.max_message_bytes);
         grpc_server(&self.limits)
+            // Continue the caller's trace first, so every decision below belongs to it.
+            .layer(self.telemetry.server_layer())
             // Authenticate, then authorize against the full method path; deny by default.
             .layer(AuthLayer::new(self.verifier, self.policy).with_audit(self.audit))
             .add_service(health_service)

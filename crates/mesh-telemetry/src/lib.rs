@@ -10,10 +10,15 @@
 //! - [`init`]: the tracing subscriber (`RUST_LOG` filter, JSON or pretty lines).
 //! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM, for graceful shutdown.
 //! - [`EXIT_USAGE`]: the exit code for bad configuration.
+//! - [`trace`]: OpenTelemetry tracers per service and the W3C-propagating gRPC layers.
+//! - [`sink`]: an OTLP/gRPC receiver (official proto types) that keeps spans and draws waterfalls.
 //! - [`TlsFlags`], [`AuditFlags`], [`StartError`], [`exit_on_start_error`]: the flags and
 //!   start-up failures every mesh service shares.
 
 #![forbid(unsafe_code)]
+
+pub mod sink;
+pub mod trace;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

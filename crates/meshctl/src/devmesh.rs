@@ -9,9 +9,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use auth_interceptor::jwks::JwksSource;
+use mesh_telemetry::sink::TraceSink;
+use mesh_telemetry::trace::{Telemetry, TelemetryFlags, traced};
 use mesh_tls::certs::{DEFAULT_WORKLOADS, DevCa};
 use mesh_tls::client::MeshConnector;
 use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -52,6 +55,12 @@ pub struct DevMesh {
     inventory_args: inventory_service::Args,
     /// The audit logs and their key.
     pub audit: AuditFiles,
+    /// meshctl's own tracer, for client spans of calls made from this process.
+    pub client_telemetry: Telemetry,
+    /// The in-process OTLP receiver every service exports to.
+    pub sink: TraceSink,
+    tracers: Vec<Telemetry>,
+    sink_service: Option<SinkTask>,
     services: Vec<(&'static str, oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -71,11 +80,24 @@ impl DevMesh {
         let config_path = dir.join("auth.toml");
         std::fs::write(&config_path, EXAMPLE_AUTH_CONFIG)?;
 
+        // Every service exports its spans to an OTLP receiver in this process.
+        let sink = TraceSink::new();
+        let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let otlp = format!("http://{}", sink_listener.local_addr()?);
+        let (sink_stop, sink_stopped) = oneshot::channel::<()>();
+        let sink_task = tokio::spawn(sink.clone().serve(sink_listener, async {
+            let _ = sink_stopped.await;
+        }));
+        let telemetry_flags = TelemetryFlags {
+            otlp_endpoint: Some(otlp.clone()),
+            service_name: None,
+        };
         let auth_settings = auth_service::Args {
             listen: "127.0.0.1:0".parse()?,
             public_listen: "127.0.0.1:0".parse()?,
             tls: tls_flags(&certs, "auth"),
             audit: audit.flags("auth"),
+            telemetry: telemetry_flags.clone(),
             issuer: None,
             auth_config: config_path,
             db: dir.join("auth.db"),
@@ -86,6 +108,7 @@ impl DevMesh {
         let auth_addr = auth.mesh_addr();
         let auth_public_addr = auth.public_addr();
         let key_rotator = auth.key_rotator();
+        let mut tracers = vec![auth.telemetry()];
         let mut services = Vec::new();
         services.push(spawn("auth", |stop| auth.run_until_stopped(stop)));
 
@@ -93,6 +116,7 @@ impl DevMesh {
             listen: "127.0.0.1:0".parse()?,
             tls: tls_flags(&certs, "inventory"),
             audit: audit.flags("inventory"),
+            telemetry: telemetry_flags.clone(),
             issuer: issuer.clone(),
             audience: "inventory".into(),
             db: dir.join("inventory.db"),
@@ -102,12 +126,14 @@ impl DevMesh {
         // A restart must come back on the same address, as a restarted container would.
         inventory_args.listen = inventory_addr;
         let inventory_verifier = inventory.verifier();
+        tracers.push(inventory.telemetry());
         services.push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
 
         let orders = orders_service::Application::build(orders_service::Args {
             listen: "127.0.0.1:0".parse()?,
             tls: tls_flags(&certs, "orders"),
             audit: audit.flags("orders"),
+            telemetry: telemetry_flags.clone(),
             issuer: issuer.clone(),
             audience: "orders".into(),
             db: dir.join("orders.db"),
@@ -116,6 +142,7 @@ impl DevMesh {
         })
         .await?;
         let orders_addr = orders.addr();
+        tracers.push(orders.telemetry());
         services.push(spawn("orders", |stop| orders.run_until_stopped(stop)));
 
         Ok(Self {
@@ -126,6 +153,16 @@ impl DevMesh {
             inventory_addr,
             inventory_args,
             audit,
+            client_telemetry: Telemetry::new(
+                &TelemetryFlags {
+                    otlp_endpoint: Some(otlp),
+                    service_name: Some("meshctl".into()),
+                },
+                "meshctl",
+            )?,
+            sink,
+            tracers,
+            sink_service: Some((sink_stop, sink_task)),
             orders_addr,
             key_rotator,
             inventory_verifier,
@@ -160,6 +197,33 @@ impl DevMesh {
         Ok(JwksSource::https_client(roots)?)
     }
 
+    /// A channel presenting `as_workload`'s certificate to `to_workload` at `addr`, with client
+    /// spans from meshctl's tracer.
+    pub fn traced_channel(
+        &self,
+        as_workload: &str,
+        to_workload: &str,
+        addr: &str,
+    ) -> anyhow::Result<auth_interceptor::client::Transport> {
+        let channel = self.connector(as_workload, to_workload)?.channel(addr)?;
+        Ok(traced(channel, &self.client_telemetry.client_layer(addr)))
+    }
+
+    /// Stops the OTLP receiver, as a collector outage would.
+    pub async fn stop_trace_sink(&mut self) {
+        if let Some((stop, task)) = self.sink_service.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+
+    /// Exports every service's queued spans to the sink.
+    pub async fn flush_traces(&self) {
+        for tracer in self.tracers.iter().chain([&self.client_telemetry]) {
+            tracer.flush(Duration::from_secs(2)).await;
+        }
+    }
+
     /// Stops the inventory service (as an outage would), leaving the others running.
     pub async fn stop_inventory(&mut self) {
         if let Some(index) = self
@@ -188,8 +252,21 @@ impl DevMesh {
             let _ = stop.send(());
             let _ = handle.await;
         }
+        for tracer in self.tracers.iter().chain([&self.client_telemetry]) {
+            tracer.shutdown(Duration::from_secs(2)).await;
+        }
+        if let Some((stop, task)) = self.sink_service {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
     }
 }
+
+/// The running OTLP receiver: its stop signal and task.
+type SinkTask = (
+    oneshot::Sender<()>,
+    JoinHandle<Result<(), tonic::transport::Error>>,
+);
 
 /// Where the dev mesh's services write their audit logs, and the key that chains them.
 #[derive(Debug, Clone)]

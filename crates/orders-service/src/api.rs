@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use auth_interceptor::client::Transport;
 use auth_interceptor::{Principal, TokenExchanger};
 use mesh_proto::domain::{self, FieldViolation, RequestKey};
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -11,7 +12,6 @@ use mesh_proto::orders::v1::{
     CancelOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderLine,
     OrderState, PlaceOrderRequest,
 };
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::store::{Store, StoreError, StoredOrder};
@@ -27,12 +27,12 @@ const INVENTORY_BUDGET: Duration = Duration::from_secs(5);
 pub struct OrdersApi {
     store: Store,
     exchanger: TokenExchanger,
-    inventory: Channel,
+    inventory: Transport,
 }
 
 impl OrdersApi {
     /// The API over `store`, reaching inventory over `inventory` with tokens from `exchanger`.
-    pub fn new(store: Store, exchanger: TokenExchanger, inventory: Channel) -> Self {
+    pub fn new(store: Store, exchanger: TokenExchanger, inventory: Transport) -> Self {
         Self {
             store,
             exchanger,

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use auth_interceptor::audit::AuditLog;
 use auth_interceptor::{AuthLayer, Policy, Rule, TokenExchanger, TokenVerifier};
 use mesh_proto::orders::v1::orders_service_server::OrdersServiceServer;
+use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
 use mesh_telemetry::{AuditFlags, StartError, TlsFlags, Workload};
 use mesh_tls::SpiffeId;
 use mesh_tls::client::MeshConnector;
@@ -52,6 +53,9 @@ pub struct Args {
     /// The HMAC-chained audit log.
     #[command(flatten)]
     pub audit: AuditFlags,
+    /// OpenTelemetry export.
+    #[command(flatten)]
+    pub telemetry: TelemetryFlags,
     /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: String,
@@ -101,6 +105,7 @@ pub struct Application {
     addr: SocketAddr,
     verifier: Arc<TokenVerifier>,
     audit: Option<Arc<AuditLog>>,
+    telemetry: Telemetry,
     api: OrdersApi,
     limits: ServerLimits,
 }
@@ -142,14 +147,24 @@ impl Application {
             .local_addr()
             .map_err(|e| StartError::Runtime(e.to_string()))?;
         let audit = args.audit.open("orders")?;
+        let telemetry = Telemetry::new(&args.telemetry, "orders")?;
+        let auth = mesh_telemetry::trace::traced(auth, &telemetry.client_layer(&args.auth_url));
+        let inventory =
+            mesh_telemetry::trace::traced(inventory, &telemetry.client_layer(&args.inventory_url));
         Ok(Self {
             listener,
             addr,
             verifier,
             audit,
+            telemetry,
             api: OrdersApi::new(store, TokenExchanger::new(auth), inventory),
             limits: ServerLimits::default(),
         })
+    }
+
+    /// The service's tracer (the demo flushes it before drawing traces).
+    pub fn telemetry(&self) -> Telemetry {
+        self.telemetry.clone()
     }
 
     /// The address actually bound.
@@ -169,6 +184,8 @@ impl Application {
         let api = OrdersServiceServer::new(self.api)
             .max_decoding_message_size(self.limits.max_message_bytes);
         grpc_server(&self.limits)
+            // Continue the caller's trace first, so every decision below belongs to it.
+            .layer(self.telemetry.server_layer())
             // Authenticate, then authorize against the full method path; deny by default.
             .layer(AuthLayer::new(self.verifier, policy()).with_audit(self.audit))
             .add_service(health_service)

@@ -9,5 +9,6 @@ mod keys;
 mod tidy;
 mod tls;
 mod token_endpoint;
+mod traces;
 mod user_grants;
 mod validation;
