@@ -217,15 +217,14 @@ impl TraceSink {
                 ),
                 _ => "ok".to_owned(),
             };
+            let name = format!("{:indent$}{}", "", span.name, indent = depth * 2);
             let _ = writeln!(
                 out,
-                "  {:indent$}{:<10} {:<44} {:<6} |{bar}| {:>7.2} ms  {status}",
-                "",
+                "  {:<10} {:<58} {:<8} |{bar}| {:>7.2} ms  {status}",
                 span.service,
-                span.name,
+                name,
                 kind,
                 (span.end_ns - span.start_ns) as f64 / 1e6,
-                indent = depth * 2,
             );
             let children: Vec<usize> = spans
                 .iter()

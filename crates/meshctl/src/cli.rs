@@ -40,6 +40,12 @@ pub enum Command {
     Audit(AuditCommand),
     /// Start a whole mesh in this process and walk through allowed and denied calls.
     Demo(DemoArgs),
+    /// Receive OTLP/gRPC traces and draw each one as a waterfall (a collector for the terminal).
+    TraceSink {
+        /// Where to listen for OTLP/gRPC (plaintext, like a collector's 4317).
+        #[arg(long, env = "MESH_TRACE_SINK_LISTEN", default_value = "127.0.0.1:4317")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// `meshctl certs …`.

@@ -8,8 +8,12 @@ use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_proto::orders::v1::{
     CancelOrderRequest, GetOrderRequest, Order, OrderLine, OrderState, PlaceOrderRequest,
 };
+use std::future::Future;
+use std::time::Duration;
+
+use auth_interceptor::client::Transport;
+use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::cli::DemoArgs;
 use crate::devmesh::{DevMesh, MESHCTL_DEMO_SECRET};
@@ -52,12 +56,36 @@ fn describe(result: &Result<Order, tonic::Status>) -> String {
 struct Demo {
     mesh: DevMesh,
     http: reqwest::Client,
-    orders: OrdersServiceClient<Channel>,
-    inventory: InventoryServiceClient<Channel>,
+    orders: OrdersServiceClient<Transport>,
+    inventory: InventoryServiceClient<Transport>,
     outcomes: Vec<bool>,
 }
 
 impl Demo {
+    /// Runs `work` as the root of a new trace named `title`; returns its result and trace id.
+    async fn traced<T>(&self, title: &str, work: impl Future<Output = T>) -> (T, String) {
+        let cx = self.mesh.client_telemetry.start_root(title);
+        let trace_id = cx.span().span_context().trace_id().to_string();
+        let result = work.with_context(cx.clone()).await;
+        cx.span().end();
+        (result, trace_id)
+    }
+
+    /// Exports every service's spans and draws the trace.
+    async fn draw(&self, trace_id: &str) {
+        self.mesh.flush_traces().await;
+        let sink = &self.mesh.sink;
+        sink.wait_for(Duration::from_secs(2), |spans| {
+            spans
+                .iter()
+                .any(|s| s.trace_id == trace_id && s.parent_span_id.is_empty())
+        })
+        .await;
+        for line in sink.waterfall(trace_id).lines() {
+            println!("         {line}");
+        }
+    }
+
     async fn login(&mut self, user: &str, audience: &str) -> Result<String, CliError> {
         let password = format!("{user}-demo-password");
         match login_with_password(&self.http, &self.mesh.issuer, user, &password, audience).await {
@@ -103,11 +131,14 @@ impl Demo {
                 quantity,
             }],
         };
-        let result = self
-            .orders
-            .place_order(with_token(request, token)?)
-            .await
-            .map(|r| r.into_inner());
+        let mut orders = self.orders.clone();
+        let request = with_token(request, token)?;
+        let (result, trace_id) = self
+            .traced("meshctl: place order", async move {
+                orders.place_order(request).await
+            })
+            .await;
+        let result = result.map(|r| r.into_inner());
         let ok = matches!(&result, Ok(o) if o.state() == OrderState::Confirmed);
         step(
             &mut self.outcomes,
@@ -118,6 +149,7 @@ impl Demo {
             describe(&result),
             ok,
         );
+        self.draw(&trace_id).await;
         Ok(result.ok())
     }
 
@@ -143,15 +175,14 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     );
     println!("  orders     mesh {}", mesh.orders_addr);
     println!("  inventory  mesh {}", mesh.inventory_addr);
+    println!("  traces     OTLP receiver in this process; each step's trace is drawn below it");
     println!("  (audit events, target `audit`, are printed on stderr as they happen)\n");
 
     let orders = mesh
-        .connector("meshctl", "orders")
-        .and_then(|c| Ok(c.channel(&mesh.orders_addr.to_string())?))
+        .traced_channel("meshctl", "orders", &mesh.orders_addr.to_string())
         .map_err(failed)?;
     let inventory = mesh
-        .connector("meshctl", "inventory")
-        .and_then(|c| Ok(c.channel(&mesh.inventory_addr.to_string())?))
+        .traced_channel("meshctl", "inventory", &mesh.inventory_addr.to_string())
         .map_err(failed)?;
     let mut demo = Demo {
         http: mesh.https_client().map_err(failed)?,
@@ -251,16 +282,19 @@ async fn scenario(demo: &mut Demo) -> Result<(), CliError> {
 
     let bob = demo.login("bob", "orders").await?;
     if let Some(first) = &first {
-        let peek = demo
-            .orders
-            .get_order(with_token(
-                GetOrderRequest {
-                    order_id: first.order_id.clone(),
-                },
-                &bob,
-            )?)
-            .await
-            .map(|r| r.into_inner());
+        let mut orders = demo.orders.clone();
+        let request = with_token(
+            GetOrderRequest {
+                order_id: first.order_id.clone(),
+            },
+            &bob,
+        )?;
+        let (peek, peek_trace) = demo
+            .traced("meshctl: bob reads alice's order", async move {
+                orders.get_order(request).await
+            })
+            .await;
+        let peek = peek.map(|r| r.into_inner());
         let ok = matches!(&peek, Err(s) if s.code() == Code::NotFound);
         step(
             &mut demo.outcomes,
@@ -269,21 +303,25 @@ async fn scenario(demo: &mut Demo) -> Result<(), CliError> {
             describe(&peek),
             ok,
         );
+        demo.draw(&peek_trace).await;
     }
 
     // meshctl's own certificate, alice's own inventory token: not the orders workload, no actor.
-    let direct = demo
-        .inventory
-        .reserve(with_token(
-            ReserveRequest {
-                reservation_id: "demo-direct-0001".into(),
-                lines: vec![ReservationLine {
-                    sku: "SKU-001".into(),
-                    quantity: 1,
-                }],
-            },
-            &alice_inventory,
-        )?)
+    let mut inventory = demo.inventory.clone();
+    let request = with_token(
+        ReserveRequest {
+            reservation_id: "demo-direct-0001".into(),
+            lines: vec![ReservationLine {
+                sku: "SKU-001".into(),
+                quantity: 1,
+            }],
+        },
+        &alice_inventory,
+    )?;
+    let (direct, direct_trace) = demo
+        .traced("meshctl: reserve directly", async move {
+            inventory.reserve(request).await
+        })
         .await;
     let got = match &direct {
         Ok(_) => "OK (allowed!)".to_owned(),
@@ -297,18 +335,22 @@ async fn scenario(demo: &mut Demo) -> Result<(), CliError> {
         got,
         ok,
     );
+    demo.draw(&direct_trace).await;
 
     if let Some(first) = first {
-        let cancelled = demo
-            .orders
-            .cancel_order(with_token(
-                CancelOrderRequest {
-                    order_id: first.order_id,
-                },
-                &alice,
-            )?)
-            .await
-            .map(|r| r.into_inner());
+        let mut orders = demo.orders.clone();
+        let request = with_token(
+            CancelOrderRequest {
+                order_id: first.order_id,
+            },
+            &alice,
+        )?;
+        let (cancelled, cancel_trace) = demo
+            .traced("meshctl: cancel order", async move {
+                orders.cancel_order(request).await
+            })
+            .await;
+        let cancelled = cancelled.map(|r| r.into_inner());
         let after = demo.available(&alice_inventory, "SKU-001").await?;
         let ok =
             matches!(&cancelled, Ok(o) if o.state() == OrderState::Cancelled) && after == before;
@@ -319,6 +361,7 @@ async fn scenario(demo: &mut Demo) -> Result<(), CliError> {
             format!("{}, SKU-001 at {after}", describe(&cancelled)),
             ok,
         );
+        demo.draw(&cancel_trace).await;
     }
     Ok(())
 }
