@@ -243,10 +243,13 @@ impl Application {
 
         let public = grpc_server(&self.limits)
             .accept_http1(true)
+            .layer(self.telemetry.http_server_layer())
             .add_routes(tonic::service::Routes::from(http::router(self.http)))
             .serve_with_incoming_shutdown(self.public.incoming(), stopped(stop_rx));
 
         let (mesh, public) = tokio::join!(mesh, public);
+        // Flush what is queued; an unreachable collector cannot hold shutdown up.
+        self.telemetry.shutdown(Duration::from_secs(3)).await;
         mesh.map_err(|e| StartError::Runtime(format!("mesh listener: {e}")))?;
         public.map_err(|e| StartError::Runtime(format!("public listener: {e}")))?;
         Ok(())

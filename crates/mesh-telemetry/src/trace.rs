@@ -101,6 +101,16 @@ impl Telemetry {
     pub fn server_layer(&self) -> ServerTraceLayer {
         ServerTraceLayer {
             tracer: self.tracer.clone(),
+            http: false,
+        }
+    }
+
+    /// The same for plain HTTP endpoints (the auth service's OAuth2 side): spans named
+    /// `METHOD /path` with the HTTP semantic-convention attributes, error on 5xx.
+    pub fn http_server_layer(&self) -> ServerTraceLayer {
+        ServerTraceLayer {
+            tracer: self.tracer.clone(),
+            http: true,
         }
     }
 
@@ -224,6 +234,7 @@ pub fn traced(
 #[derive(Debug, Clone)]
 pub struct ServerTraceLayer {
     tracer: SdkTracer,
+    http: bool,
 }
 
 impl<S> Layer<S> for ServerTraceLayer {
@@ -233,6 +244,7 @@ impl<S> Layer<S> for ServerTraceLayer {
         ServerTrace {
             inner,
             tracer: self.tracer.clone(),
+            http: self.http,
         }
     }
 }
@@ -242,6 +254,7 @@ impl<S> Layer<S> for ServerTraceLayer {
 pub struct ServerTrace<S> {
     inner: S,
     tracer: SdkTracer,
+    http: bool,
 }
 
 impl<S, B, R> Service<Request<B>> for ServerTrace<S>
@@ -264,26 +277,41 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // A malformed or oversized traceparent/baggage is ignored: the request starts a trace.
         let parent = propagator().extract(&HeaderExtractor(request.headers()));
-        let (service, method) = rpc_names(request.uri().path());
-        let mut attributes = vec![
-            KeyValue::new("rpc.system", "grpc"),
-            KeyValue::new("rpc.service", service.clone()),
-            KeyValue::new("rpc.method", method.clone()),
-        ];
+        let (name, mut attributes) = if self.http {
+            let path = request.uri().path().to_owned();
+            (
+                format!("{} {path}", request.method()),
+                vec![
+                    KeyValue::new("http.request.method", request.method().to_string()),
+                    KeyValue::new("url.path", path),
+                ],
+            )
+        } else {
+            let (service, method) = rpc_names(request.uri().path());
+            (
+                format!("{service}/{method}"),
+                vec![
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", service),
+                    KeyValue::new("rpc.method", method),
+                ],
+            )
+        };
         if let Some(host) = request.uri().host() {
             attributes.push(KeyValue::new("server.address", host.to_owned()));
         }
         let span = self
             .tracer
-            .span_builder(format!("{service}/{method}"))
+            .span_builder(name.clone())
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
         let cx = parent.with_span(span);
         let span_context = cx.span().span_context().clone();
+        let http = self.http;
         let log_span = tracing::info_span!(
             "rpc",
-            rpc = %format!("{service}/{method}"),
+            rpc = %name,
             trace_id = %span_context.trace_id(),
             span_id = %span_context.span_id(),
         );
@@ -294,6 +322,18 @@ where
                 .instrument(log_span)
                 .await;
             match &result {
+                Ok(response) if http => {
+                    let status = response.status();
+                    let span = cx.span();
+                    span.set_attribute(KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(status.as_u16()),
+                    ));
+                    if status.is_server_error() {
+                        span.set_status(Status::error(status.to_string()));
+                    }
+                    span.end();
+                }
                 Ok(response) => {
                     let (code, message) = grpc_status(response.headers());
                     finish(&cx, code, message);

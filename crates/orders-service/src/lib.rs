@@ -183,7 +183,8 @@ impl Application {
         health.set_serving::<OrdersServiceServer<OrdersApi>>().await;
         let api = OrdersServiceServer::new(self.api)
             .max_decoding_message_size(self.limits.max_message_bytes);
-        grpc_server(&self.limits)
+        let telemetry = self.telemetry.clone();
+        let served = grpc_server(&self.limits)
             // Continue the caller's trace first, so every decision below belongs to it.
             .layer(self.telemetry.server_layer())
             // Authenticate, then authorize against the full method path; deny by default.
@@ -193,6 +194,9 @@ impl Application {
             .add_service(api)
             .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
             .await
-            .map_err(|e| StartError::Runtime(format!("serve: {e}")))
+            .map_err(|e| StartError::Runtime(format!("serve: {e}")));
+        // Flush what is queued; an unreachable collector cannot hold shutdown up.
+        telemetry.shutdown(std::time::Duration::from_secs(3)).await;
+        served
     }
 }

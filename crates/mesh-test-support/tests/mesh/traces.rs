@@ -337,3 +337,36 @@ async fn with_the_collector_down_requests_succeed_and_shutdown_finishes_in_its_g
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_services_http_endpoints_get_server_spans() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    mesh.meshctl_token().await.expect("token");
+    mesh.mesh.flush_traces().await;
+    let sink = &mesh.mesh.sink;
+    let found = sink
+        .wait_for(Duration::from_secs(5), |spans| {
+            spans
+                .iter()
+                .any(|s| s.service == "auth" && s.name == "POST /oauth2/token")
+        })
+        .await;
+    assert!(found, "{:#?}", sink.spans());
+    let span = sink
+        .spans()
+        .into_iter()
+        .find(|s| s.name == "POST /oauth2/token")
+        .expect("span");
+    assert_eq!(span.kind, SERVER);
+    assert_eq!(
+        span.attributes
+            .get("http.response.status_code")
+            .map(String::as_str),
+        Some("200")
+    );
+    assert_eq!(
+        span.attributes.get("url.path").map(String::as_str),
+        Some("/oauth2/token")
+    );
+    mesh.stop().await;
+}
