@@ -166,20 +166,29 @@ impl JwksSource {
     /// An HTTPS client that trusts exactly the CAs of `roots`, with short timeouts and no
     /// redirects: a key fetch must never wander off to another host.
     pub fn https_client(roots: mesh_tls::TrustBundle) -> Result<reqwest::Client, JwksError> {
-        let invalid = |detail: String| JwksError::Invalid {
+        Self::https_client_builder(roots)?
+            .build()
+            .map_err(|e| JwksError::Invalid {
+                url: String::new(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// The builder behind [`JwksSource::https_client`], for callers that add to it (meshctl
+    /// pins the issuer's address with `resolve`).
+    pub fn https_client_builder(
+        roots: mesh_tls::TrustBundle,
+    ) -> Result<reqwest::ClientBuilder, JwksError> {
+        let tls = mesh_tls::client::https_client_config(roots).map_err(|e| JwksError::Invalid {
             url: String::new(),
-            detail,
-        };
-        let tls =
-            mesh_tls::client::https_client_config(roots).map_err(|e| invalid(e.to_string()))?;
-        reqwest::Client::builder()
+            detail: e.to_string(),
+        })?;
+        Ok(reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .https_only(true)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| invalid(e.to_string()))
+            .timeout(Duration::from_secs(5)))
     }
 
     /// The issuer this source trusts.

@@ -155,6 +155,25 @@ impl TraceSink {
         spans
     }
 
+    /// The services that sent spans of one trace, in the order their first span started.
+    pub fn services(&self, trace_id: &str) -> Vec<String> {
+        let mut services: Vec<String> = Vec::new();
+        for span in self.trace(trace_id) {
+            if !services.contains(&span.service) {
+                services.push(span.service);
+            }
+        }
+        services
+    }
+
+    /// Drops the spans of one trace (a long-running sink forgets what it has shown).
+    pub fn forget(&self, trace_id: &str) {
+        self.spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| s.trace_id != trace_id);
+    }
+
     /// Waits until `done` holds for the received spans, or `timeout` passes.
     pub async fn wait_for(
         &self,

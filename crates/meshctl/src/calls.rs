@@ -16,10 +16,26 @@ use crate::cli::{InventoryCommand, LoginArgs, LogoutArgs, OrdersCommand, Session
 use crate::login::{self, Session};
 use crate::{CliError, connect, failed};
 
-fn https(tls_ca: &std::path::Path) -> Result<reqwest::Client, CliError> {
+/// An HTTPS client for `issuer`, trusting `tls_ca`; with `issuer_ip`, the issuer's host name
+/// is pinned to that address.
+pub(crate) fn https(
+    tls_ca: &std::path::Path,
+    issuer: &str,
+    issuer_ip: Option<std::net::IpAddr>,
+) -> Result<reqwest::Client, CliError> {
     let roots = mesh_tls::material::load_trust_bundle(tls_ca)
         .map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))?;
-    auth_interceptor::jwks::JwksSource::https_client(roots).map_err(failed)
+    let mut builder =
+        auth_interceptor::jwks::JwksSource::https_client_builder(roots).map_err(failed)?;
+    if let Some(ip) = issuer_ip {
+        let host = reqwest::Url::parse(issuer)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+            .ok_or_else(|| CliError::Usage(format!("--issuer {issuer:?}: not an https URL")))?;
+        // reqwest takes the port from the URL; the one given here is ignored.
+        builder = builder.resolve(&host, std::net::SocketAddr::new(ip, 0));
+    }
+    builder.build().map_err(failed)
 }
 
 fn session_path(path: &Option<PathBuf>) -> PathBuf {
@@ -28,7 +44,7 @@ fn session_path(path: &Option<PathBuf>) -> PathBuf {
 
 /// `meshctl login`.
 pub async fn login(args: LoginArgs) -> Result<(), CliError> {
-    let http = https(&args.tls_ca)?;
+    let http = https(&args.reach.tls_ca, &args.issuer, args.reach.issuer_ip)?;
     let response = match (&args.username, &args.password) {
         (Some(username), Some(password)) => {
             login::login_with_password(&http, &args.issuer, username, password, &args.audience)
@@ -93,7 +109,7 @@ async fn browser_login(
 pub async fn logout(args: LogoutArgs) -> Result<(), CliError> {
     let path = session_path(&args.session_file);
     let session = Session::load(&path).map_err(CliError::Usage)?;
-    let http = https(&args.tls_ca)?;
+    let http = https(&args.reach.tls_ca, &session.issuer, args.reach.issuer_ip)?;
     login::revoke(&http, &session.issuer, &session.refresh_token)
         .await
         .map_err(failed)?;
@@ -113,7 +129,7 @@ async fn token_for(
     }
     let path = session_path(&session.session_file);
     let mut stored = Session::load(&path).map_err(CliError::Usage)?;
-    let http = https(&tls.tls_ca)?;
+    let http = https(&tls.tls_ca, &stored.issuer, session.issuer_ip)?;
     let token = stored.access_token(&http, audience).await.map_err(failed)?;
     stored.save(&path).map_err(failed)?;
     Ok(token)

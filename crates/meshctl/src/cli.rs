@@ -40,6 +40,9 @@ pub enum Command {
     Audit(AuditCommand),
     /// Start a whole mesh in this process and walk through allowed and denied calls.
     Demo(DemoArgs),
+    /// Keep a running mesh busy as several users (orders placed, read, cancelled, and refused
+    /// attempts), each action its own trace.
+    Loadgen(LoadgenArgs),
     /// Receive OTLP/gRPC traces and draw each one as a waterfall (a collector for the terminal).
     TraceSink {
         /// Where to listen for OTLP/gRPC (plaintext, like a collector's 4317).
@@ -68,8 +71,12 @@ pub struct CertsInitArgs {
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
     pub trust_domain: String,
     /// Replace existing files.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "if_missing")]
     pub force: bool,
+    /// Keep a complete existing set and exit 0 (a one-shot init container that runs on every
+    /// start); an incomplete set is an error.
+    #[arg(long)]
+    pub if_missing: bool,
 }
 
 /// The workload certificate meshctl presents on the mesh.
@@ -89,15 +96,29 @@ pub struct TlsArgs {
     pub trust_domain: String,
 }
 
+/// How meshctl reaches the issuer's HTTPS endpoints.
+#[derive(Debug, Clone, Args)]
+pub struct IssuerArgs {
+    /// PEM trust bundle that the issuer's certificate chains to.
+    #[arg(long, env = "MESH_TLS_CA")]
+    pub tls_ca: PathBuf,
+    /// Connect to this IP for the issuer's host name instead of resolving it (like curl's
+    /// `--resolve`): the URL, the TLS name check and the `iss` claim stay the issuer's. For a
+    /// compose stack seen from the host: the issuer is `https://auth:8443`, auth is published
+    /// on 127.0.0.1:8443.
+    #[arg(long, env = "MESH_ISSUER_IP")]
+    pub issuer_ip: Option<std::net::IpAddr>,
+}
+
 /// `meshctl token`.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
     /// Issuer URL; the token endpoint is `<issuer>/oauth2/token`.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: String,
-    /// PEM trust bundle that the issuer's certificate chains to.
-    #[arg(long, env = "MESH_TLS_CA")]
-    pub tls_ca: PathBuf,
+    /// How to reach it.
+    #[command(flatten)]
+    pub reach: IssuerArgs,
     /// The OAuth2 client id.
     #[arg(long, env = "MESH_CLIENT_ID")]
     pub client_id: String,
@@ -124,6 +145,9 @@ pub struct SessionArgs {
     /// Use this access token instead of the session's (e.g. from `meshctl token`).
     #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Reach the session's issuer at this IP (see `meshctl login --help`).
+    #[arg(long, env = "MESH_ISSUER_IP")]
+    pub issuer_ip: Option<std::net::IpAddr>,
 }
 
 /// `meshctl login`.
@@ -132,9 +156,9 @@ pub struct LoginArgs {
     /// Issuer URL.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: String,
-    /// PEM trust bundle that the issuer's certificate chains to.
-    #[arg(long, env = "MESH_TLS_CA")]
-    pub tls_ca: PathBuf,
+    /// How to reach it.
+    #[command(flatten)]
+    pub reach: IssuerArgs,
     /// Fill in the login form as this user instead of waiting for a browser (scripts, tests).
     #[arg(long, requires = "password")]
     pub username: Option<String>,
@@ -152,9 +176,9 @@ pub struct LoginArgs {
 /// `meshctl logout`.
 #[derive(Debug, Args)]
 pub struct LogoutArgs {
-    /// PEM trust bundle that the issuer's certificate chains to.
-    #[arg(long, env = "MESH_TLS_CA")]
-    pub tls_ca: PathBuf,
+    /// How to reach the session's issuer.
+    #[command(flatten)]
+    pub reach: IssuerArgs,
     /// Session file; default `$HOME/.config/meshctl/session.json`.
     #[arg(long, env = "MESH_SESSION_FILE")]
     pub session_file: Option<PathBuf>,
@@ -293,4 +317,46 @@ pub struct DemoArgs {
     /// Leave the mesh running after the scenario and print how to reach it.
     #[arg(long)]
     pub keep_running: bool,
+}
+
+/// `meshctl loadgen`.
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// A user as `NAME:PASSWORD`; repeat, or comma-separate in the env var (prefer it: flags
+    /// show up in process lists). Customers: reading another user's order must be refused.
+    #[arg(
+        long = "user",
+        env = "MESH_LOADGEN_USERS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        required = true
+    )]
+    pub users: Vec<String>,
+    /// Actions per second, across all users, one at a time.
+    #[arg(long, env = "MESH_LOADGEN_RATE", default_value_t = 2.0)]
+    pub rate: f64,
+    /// Stop after this many seconds (default: until SIGTERM or Ctrl-C).
+    #[arg(long, env = "MESH_LOADGEN_DURATION")]
+    pub duration: Option<u64>,
+    /// Open orders a user keeps; beyond that the oldest is cancelled, so stock stays put.
+    #[arg(long, default_value_t = 3)]
+    pub max_open: usize,
+    /// Issuer URL (users log in there).
+    #[arg(long, env = "MESH_ISSUER")]
+    pub issuer: String,
+    /// Reach the issuer at this IP (see `meshctl login --help`).
+    #[arg(long, env = "MESH_ISSUER_IP")]
+    pub issuer_ip: Option<std::net::IpAddr>,
+    /// Orders' mesh address.
+    #[arg(long, env = "MESH_ORDERS_URL", default_value = "localhost:50052")]
+    pub orders_addr: String,
+    /// Inventory's mesh address (for the direct call that must be refused).
+    #[arg(long, env = "MESH_INVENTORY_URL", default_value = "localhost:50053")]
+    pub inventory_addr: String,
+    /// meshctl's certificate.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Where loadgen's own spans go (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[command(flatten)]
+    pub telemetry: mesh_telemetry::trace::TelemetryFlags,
 }

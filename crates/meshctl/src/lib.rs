@@ -11,6 +11,7 @@
 //! - [`calls`]: login, logout, orders and inventory commands.
 //! - [`devmesh`]: auth and inventory started in-process on loopback (`demo`, tests).
 //! - [`demo`]: the guided scenario of `meshctl demo`.
+//! - [`loadgen`]: steady load as several users, for a trace UI (`docker compose up`).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod calls;
 pub mod cli;
 pub mod demo;
 pub mod devmesh;
+pub mod loadgen;
 pub mod login;
 pub mod token;
 
@@ -73,6 +75,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     .cloned()
                     .collect::<Vec<_>>(),
             );
+            if args.if_missing && complete_set(&args.out, &names)? {
+                println!(
+                    "kept the certificates in {} (pass --force to replace them)",
+                    args.out.display()
+                );
+                return Ok(());
+            }
             let ca = DevCa::generate(&args.trust_domain)
                 .map_err(|e| CliError::Usage(format!("--trust-domain: {e}")))?;
             let written = ca
@@ -84,9 +93,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Token(args) => {
-            let roots = mesh_tls::material::load_trust_bundle(&args.tls_ca)
-                .map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))?;
-            let http = auth_interceptor::jwks::JwksSource::https_client(roots).map_err(failed)?;
+            let http = calls::https(&args.reach.tls_ca, &args.issuer, args.reach.issuer_ip)?;
             let credentials = token::ClientCredentials {
                 client_id: args.client_id,
                 client_secret: args.client_secret,
@@ -166,7 +173,30 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Loadgen(args) => loadgen::run(args).await,
         Command::TraceSink { listen } => trace_sink(listen).await,
+    }
+}
+
+/// Whether `dir` already holds the whole set for `names`: `Ok(true)` when every file is there,
+/// `Ok(false)` when none is, and a usage error naming the first missing file otherwise (a
+/// partial set cannot be completed: the CA's key is never written).
+fn complete_set(dir: &std::path::Path, names: &[String]) -> Result<bool, CliError> {
+    let files: Vec<std::path::PathBuf> = std::iter::once(dir.join("ca.pem"))
+        .chain(
+            names
+                .iter()
+                .flat_map(|n| [dir.join(format!("{n}.pem")), dir.join(format!("{n}.key"))]),
+        )
+        .collect();
+    let missing: Vec<_> = files.iter().filter(|path| !path.exists()).collect();
+    match missing.first() {
+        None => Ok(true),
+        Some(_) if missing.len() == files.len() => Ok(false),
+        Some(first) => Err(CliError::Usage(format!(
+            "--out: {} is missing from an existing set (pass --force to replace the whole set)",
+            first.display()
+        ))),
     }
 }
 
@@ -193,7 +223,14 @@ async fn trace_sink(listen: std::net::SocketAddr) -> Result<(), CliError> {
         }
         for (trace_id, count) in &counts {
             if seen.get(trace_id) == Some(count) && drawn.insert(trace_id.clone()) {
+                let services = sink.services(trace_id);
                 println!("{}", sink.waterfall(trace_id));
+                println!(
+                    "trace {trace_id}: {count} spans across {} services: {}\n",
+                    services.len(),
+                    services.join(", ")
+                );
+                sink.forget(trace_id);
             }
         }
         seen = counts;

@@ -69,6 +69,38 @@ fn certs_init_refuses_to_overwrite_without_force() {
 }
 
 #[test]
+fn certs_init_if_missing_keeps_a_complete_set_and_refuses_a_partial_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().to_str().expect("utf8");
+    let first = meshctl(&["certs", "init", "--out", out, "--if-missing"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let before = std::fs::read(dir.path().join("ca.pem")).expect("ca");
+
+    let second = meshctl(&["certs", "init", "--out", out, "--if-missing"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(String::from_utf8_lossy(&second.stdout).contains("kept"));
+    assert_eq!(
+        std::fs::read(dir.path().join("ca.pem")).expect("ca"),
+        before,
+        "a second start reuses the set"
+    );
+
+    std::fs::remove_file(dir.path().join("orders.key")).expect("remove");
+    let partial = meshctl(&["certs", "init", "--out", out, "--if-missing"]);
+    assert_eq!(partial.status.code(), Some(64));
+    assert!(
+        stderr(&partial).contains("orders.key"),
+        "{}",
+        stderr(&partial)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("ca.pem")).expect("ca"),
+        before,
+        "nothing replaced"
+    );
+}
+
+#[test]
 fn bad_flags_exit_64_naming_the_flag() {
     let missing = meshctl(&["certs", "init"]);
     assert_eq!(missing.status.code(), Some(64));
@@ -270,4 +302,120 @@ fn audit_verify_says_ok_or_names_the_first_broken_record() {
 
     let no_key = meshctl(&["audit", "verify", file, "--key-file", "/nonexistent/key"]);
     assert_eq!(no_key.status.code(), Some(64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_ip_reaches_an_issuer_whose_host_name_only_resolves_elsewhere() {
+    // As from the host against the compose stack: the issuer is `https://auth:<port>` (a name
+    // only the compose network resolves) and auth is reachable on loopback.
+    let dir = tempfile::tempdir().expect("dir");
+    let mesh = meshctl::devmesh::DevMesh::start(dir.path())
+        .await
+        .expect("mesh");
+    let port = mesh
+        .issuer
+        .rsplit(':')
+        .next()
+        .expect("issuer port")
+        .to_owned();
+    let issuer = format!("https://auth:{port}");
+    let session = dir.path().join("session.json");
+    let login = |ip: &str| {
+        let certs = mesh.dir().join("certs");
+        Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .args(["login", "--username", "alice", "--password"])
+            .arg("alice-demo-password")
+            .env("MESH_ISSUER", &issuer)
+            .env("MESH_ISSUER_IP", ip)
+            .env("MESH_TLS_CA", certs.join("ca.pem"))
+            .env("MESH_SESSION_FILE", &session)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run meshctl")
+    };
+
+    let elsewhere = login("127.0.0.2");
+    assert_eq!(elsewhere.status.code(), Some(1), "{}", stderr(&elsewhere));
+    assert!(!session.exists());
+
+    let pinned = login("127.0.0.1");
+    assert!(pinned.status.success(), "{}", stderr(&pinned));
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&session).expect("session")).expect("json");
+    assert_eq!(
+        stored["issuer"],
+        issuer.as_str(),
+        "the issuer's name is kept"
+    );
+
+    let bad = login("auth");
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(stderr(&bad).contains("--issuer-ip"), "{}", stderr(&bad));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_places_reads_cancels_and_is_refused_where_it_must_be() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mesh = meshctl::devmesh::DevMesh::start(dir.path())
+        .await
+        .expect("mesh");
+    let certs = mesh.dir().join("certs");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meshctl"));
+    command
+        .args([
+            "loadgen",
+            "--rate",
+            "25",
+            "--duration",
+            "4",
+            "--max-open",
+            "2",
+        ])
+        .env(
+            "MESH_LOADGEN_USERS",
+            "alice:alice-demo-password,bob:bob-demo-password",
+        )
+        .env("MESH_ISSUER", &mesh.issuer)
+        .env("MESH_TLS_CA", certs.join("ca.pem"))
+        .env("MESH_TLS_CERT", certs.join("meshctl.pem"))
+        .env("MESH_TLS_KEY", certs.join("meshctl.key"))
+        .env("MESH_ORDERS_URL", mesh.orders_addr.to_string())
+        .env("MESH_INVENTORY_URL", mesh.inventory_addr.to_string())
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("RUST_LOG");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", stderr(&output));
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("loadgen summary:"))
+        .expect("a summary line");
+    assert!(summary.contains(" 0 unexpected"), "{stdout}");
+    assert!(summary.ends_with("; 0 pending"), "{summary}");
+    for seen in ["CONFIRMED", "CANCELLED"] {
+        assert!(stdout.contains(seen), "{seen} never happened:\n{stdout}");
+    }
+    assert!(
+        !summary.contains(" 0 refused as expected"),
+        "refused attempts are part of the load: {summary}"
+    );
+
+    let bad = meshctl(&[
+        "loadgen",
+        "--user",
+        "alice",
+        "--issuer",
+        "https://x",
+        "--tls-cert",
+        "c",
+        "--tls-key",
+        "k",
+        "--tls-ca",
+        "a",
+    ]);
+    assert_eq!(bad.status.code(), Some(64), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("--user"), "{}", stderr(&bad));
 }
