@@ -10,6 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -198,6 +199,10 @@ pub struct AuditLog {
 
 struct Writer {
     file: File,
+    /// The head file, kept open: rewritten in place after every record (one positioned write
+    /// instead of open + truncate + write + close).
+    head: File,
+    head_len: u64,
     key: hmac::Key,
     next_seq: u64,
     last_mac: String,
@@ -250,12 +255,24 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(io)?;
+        let head_io = |source| AuditError::Io {
+            path: head_path(path).display().to_string(),
+            source,
+        };
+        let head = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(head_path(path))
+            .map_err(head_io)?;
+        let head_len = head.metadata().map_err(head_io)?.len();
         Ok(Self {
             service: service.to_owned(),
             path: path.to_owned(),
             head_path: head_path(path),
             state: Mutex::new(Writer {
                 file,
+                head,
+                head_len,
                 key,
                 next_seq,
                 last_mac,
@@ -307,11 +324,13 @@ impl AuditLog {
             path: self.head_path.display().to_string(),
             source,
         };
-        std::fs::write(
-            &self.head_path,
-            serde_json::to_vec(&head).unwrap_or_default(),
-        )
-        .map_err(head_io)?;
+        let bytes = serde_json::to_vec(&head).unwrap_or_default();
+        writer.head.write_all_at(&bytes, 0).map_err(head_io)?;
+        // The head only grows (the count gains digits); cut it only if it ever shrinks.
+        if (bytes.len() as u64) < writer.head_len {
+            writer.head.set_len(bytes.len() as u64).map_err(head_io)?;
+        }
+        writer.head_len = bytes.len() as u64;
         writer.next_seq += 1;
         writer.last_mac = record.mac;
         Ok(())

@@ -1,0 +1,22 @@
+//! mesh-bench: what each security and observability layer of Zero-Trust Mesh costs, measured
+//! against plain tonic in the same run, on the machine at hand.
+//!
+//! # Layout
+//! - [`material`]: certificates, the token signing key and the audit key a run shares.
+//! - [`server`]: the benchmark server in six configurations (`mesh-bench serve`, a child process).
+//! - [`load`]: closed-loop and open-loop (fixed-rate, no coordinated omission) load, hdrhistogram.
+//! - [`procstat`]: a process's CPU time and RSS from /proc.
+//! - [`micro`]: the layer-by-layer scenario; [`place_order`]: the real PlaceOrder path with
+//!   per-hop latency from traces; [`memory`]: idle RSS per service and per mTLS connection.
+//! - [`report`]: the markdown report.
+
+#![forbid(unsafe_code)]
+
+pub mod load;
+pub mod material;
+pub mod memory;
+pub mod micro;
+pub mod place_order;
+pub mod procstat;
+pub mod report;
+pub mod server;

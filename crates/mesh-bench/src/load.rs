@@ -1,0 +1,125 @@
+//! The load generator: N connections, C concurrent streams spread over them, either closed-loop
+//! (each stream sends its next call when the last one answers: maximum throughput) or open-loop
+//! at a fixed rate (call i is due at start + i/rate and its latency counts from then, so a slow
+//! answer cannot hide the calls queued behind it: no coordinated omission). Warm-up calls are
+//! made and discarded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// How to drive the load.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Connections (one tonic channel each).
+    pub connections: usize,
+    /// Calls in flight at once, spread over the connections.
+    pub streams: usize,
+    /// Discarded warm-up.
+    pub warmup: Duration,
+    /// Measured time.
+    pub duration: Duration,
+    /// `None`: closed loop; `Some(r)`: open loop at r calls per second.
+    pub rate: Option<f64>,
+}
+
+/// What a run measured (warm-up excluded).
+#[derive(Debug)]
+pub struct Measured {
+    /// Calls answered OK.
+    pub ok: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Measured wall time.
+    pub elapsed: Duration,
+    /// Latency in microseconds (from the due time in open loop).
+    pub latency: Histogram<u64>,
+}
+
+impl Measured {
+    /// Answered calls per second.
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A latency quantile in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1e3
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s, 3 significant digits: constant bounds, valid by construction.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Drives `shape` over `channels` (one per connection), each call carrying `token`.
+pub async fn drive(channels: &[Channel], token: &str, shape: Shape) -> anyhow::Result<Measured> {
+    anyhow::ensure!(!channels.is_empty(), "no connections");
+    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let start = Instant::now();
+    let measure_from = start + shape.warmup;
+    let end = measure_from + shape.duration;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::with_capacity(shape.streams);
+    for worker in 0..shape.streams {
+        let mut client = HealthClient::new(channels[worker % channels.len()].clone());
+        let header = header.clone();
+        let next = next.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            loop {
+                let due = match shape.rate {
+                    None => Instant::now(),
+                    Some(rate) => {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let due = start + Duration::from_secs_f64(index as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                };
+                if due >= end {
+                    break;
+                }
+                let mut request = tonic::Request::new(HealthCheckRequest::default());
+                request
+                    .metadata_mut()
+                    .insert("authorization", header.clone());
+                let answered = client.check(request).await;
+                if due < measure_from {
+                    continue;
+                }
+                match answered {
+                    Ok(_) => {
+                        ok += 1;
+                        let micros = due.elapsed().as_micros().max(1) as u64;
+                        let _ = latency.record(micros.min(60_000_000));
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (ok, errors, latency)
+        }));
+    }
+    let mut measured = Measured {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency: histogram(),
+    };
+    for worker in workers {
+        let (ok, errors, latency) = worker.await?;
+        measured.ok += ok;
+        measured.errors += errors;
+        measured.latency.add(&latency)?;
+    }
+    // Calls are counted by when they were due, so the window is exactly `duration`.
+    measured.elapsed = shape.duration;
+    Ok(measured)
+}

@@ -1,0 +1,196 @@
+//! The layer-by-layer scenario: every server configuration in its own process, measured in one
+//! run with the same load, reported as ratios to plain h2c tonic.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use mesh_telemetry::sink::TraceSink;
+use mesh_tls::client::MeshConnector;
+use mesh_tls::{Reloadable, SpiffeId};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::load::{Measured, Shape, drive};
+use crate::material::{Material, SERVER};
+use crate::procstat;
+use crate::server::Config;
+
+/// One configuration's figures.
+#[derive(Debug)]
+pub struct Row {
+    /// Which configuration.
+    pub config: Config,
+    /// Closed loop: maximum throughput.
+    pub closed: Measured,
+    /// Open loop at the fixed rate.
+    pub open: Measured,
+    /// Server CPU microseconds per call in the closed-loop run.
+    pub cpu_us_per_call: f64,
+    /// Server RSS after the runs, bytes.
+    pub rss: u64,
+}
+
+/// A running `mesh-bench serve` child; killed when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `mesh-bench serve --config CONFIG` and waits for its `READY <addr>` line.
+    pub fn start(
+        config: Config,
+        material: &Material,
+        otlp: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["serve", "--config", &config.arg(), "--dir"])
+            .arg(material.dir())
+            .stdout(Stdio::piped())
+            .stdin(Stdio::piped());
+        if let Some(otlp) = otlp {
+            command.args(["--otlp", &format!("http://{otlp}")]);
+        }
+        let mut child = command.spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .strip_prefix("READY ")
+            .ok_or_else(|| anyhow::anyhow!("server said {line:?}"))?
+            .trim()
+            .parse()?;
+        Ok(Self { child, addr })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `connections` separate connections to the server of `config`.
+pub async fn connect(
+    config: Config,
+    material: &Material,
+    addr: SocketAddr,
+    connections: usize,
+) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel = if config.tls() {
+            let files = material.client_files();
+            let roots = files.trust_bundle()?;
+            MeshConnector::new(
+                Reloadable::load(files)?,
+                roots,
+                SpiffeId::workload("mesh.local", SERVER)?,
+            )?
+            .channel(&addr.to_string())?
+        } else {
+            Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?
+        };
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Measures every configuration with the same `closed` and `open` shapes.
+pub async fn run(
+    material: &Material,
+    configs: &[Config],
+    closed: Shape,
+    open: Shape,
+) -> anyhow::Result<(Vec<Row>, u64)> {
+    // The collector for configurations 5 and 6: counts spans and drops them.
+    let sink = TraceSink::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let otlp = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sink.clone().serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let spans = Arc::new(AtomicU64::new(0));
+    let counter = {
+        let (sink, spans) = (sink.clone(), spans.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                spans.fetch_add(sink.drain() as u64, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let token = material.token("bench-user")?;
+    let mut rows = Vec::new();
+    for &config in configs {
+        let server = ServerProcess::start(config, material, Some(otlp))?;
+        let channels = connect(config, material, server.addr, closed.connections).await?;
+        // Warm up (connections, handshakes, caches, allocator), then measure.
+        drive(
+            &channels,
+            &token,
+            Shape {
+                duration: closed.warmup,
+                warmup: Duration::ZERO,
+                ..closed
+            },
+        )
+        .await?;
+        let cpu_before = procstat::cpu_seconds(server.pid())?;
+        let closed_run = drive(
+            &channels,
+            &token,
+            Shape {
+                warmup: Duration::ZERO,
+                ..closed
+            },
+        )
+        .await?;
+        let cpu = procstat::cpu_seconds(server.pid())? - cpu_before;
+        let open_channels = connect(config, material, server.addr, open.connections).await?;
+        let open_run = drive(&open_channels, &token, open).await?;
+        let rss = procstat::rss_bytes(server.pid())?;
+        eprintln!(
+            "  {:<36} {:>9.0} calls/s  p50 {:.3} ms  p99 {:.3} ms  | fixed rate p50 {:.3} ms  p99 {:.3} ms  ({} errors)",
+            config.label(),
+            closed_run.throughput(),
+            closed_run.quantile_ms(0.5),
+            closed_run.quantile_ms(0.99),
+            open_run.quantile_ms(0.5),
+            open_run.quantile_ms(0.99),
+            closed_run.errors + open_run.errors,
+        );
+        rows.push(Row {
+            config,
+            cpu_us_per_call: cpu * 1e6 / closed_run.ok.max(1) as f64,
+            closed: closed_run,
+            open: open_run,
+            rss,
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    spans.fetch_add(sink.drain() as u64, Ordering::Relaxed);
+    counter.abort();
+    let _ = stop.send(());
+    let _ = server.await;
+    Ok((rows, spans.load(Ordering::Relaxed)))
+}

@@ -1,0 +1,110 @@
+//! The markdown report `scripts/bench.sh` writes and docs/benchmarks.md quotes.
+
+use std::fmt::Write as _;
+
+use crate::memory::Idle;
+use crate::micro::Row;
+use crate::place_order::Hop;
+
+/// Everything one run measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// How the run was driven, for the header.
+    pub setup: String,
+    /// The layer-by-layer rows, baseline first.
+    pub rows: Vec<Row>,
+    /// Fixed rate of the open-loop runs.
+    pub rate: f64,
+    /// Spans the receiver got during configurations 5 and 6.
+    pub spans: u64,
+    /// The PlaceOrder scenario.
+    pub hops: Vec<Hop>,
+    /// Its fixed rate.
+    pub place_rate: f64,
+    /// Idle RSS per service.
+    pub idle: Vec<Idle>,
+    /// (connections, RSS before, RSS after, bytes per connection).
+    pub per_connection: Option<(usize, u64, u64, f64)>,
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+impl Report {
+    /// The report as markdown.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "Setup: {}\n", self.setup);
+        if let Some(base) = self.rows.first() {
+            let _ = writeln!(
+                out,
+                "| configuration | calls/s (closed loop) | × plain | p50 / p99 ms (closed) | p50 / p99 ms at {:.0}/s | added p50 / p99 ms | server CPU µs/call | server RSS |",
+                self.rate
+            );
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+            for row in &self.rows {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {:.2}× | {:.3} / {:.3} | {:.3} / {:.3} | {:+.3} / {:+.3} | {:.1} | {} |",
+                    row.config.label(),
+                    row.closed.throughput(),
+                    row.closed.throughput() / base.closed.throughput().max(1e-9),
+                    row.closed.quantile_ms(0.5),
+                    row.closed.quantile_ms(0.99),
+                    row.open.quantile_ms(0.5),
+                    row.open.quantile_ms(0.99),
+                    row.open.quantile_ms(0.5) - base.open.quantile_ms(0.5),
+                    row.open.quantile_ms(0.99) - base.open.quantile_ms(0.99),
+                    row.cpu_us_per_call,
+                    mb(row.rss),
+                );
+            }
+            let errors: u64 = self
+                .rows
+                .iter()
+                .map(|r| r.closed.errors + r.open.errors)
+                .sum();
+            let _ = writeln!(
+                out,
+                "\nFailed calls: {errors}. Spans received by the OTLP receiver (configurations 5 and 6): {}.\n",
+                self.spans
+            );
+        }
+        if !self.hops.is_empty() {
+            let _ = writeln!(
+                out,
+                "PlaceOrder at {:.0}/s (meshctl → orders → auth ExchangeToken → inventory Reserve → SQLite):\n",
+                self.place_rate
+            );
+            let _ = writeln!(
+                out,
+                "| hop | samples | p50 ms | p99 ms |\n|---|---:|---:|---:|"
+            );
+            for hop in &self.hops {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.3} | {:.3} |",
+                    hop.name, hop.count, hop.p50, hop.p99
+                );
+            }
+            out.push('\n');
+        }
+        if !self.idle.is_empty() || self.per_connection.is_some() {
+            let _ = writeln!(out, "| memory | RSS |\n|---|---:|");
+            for idle in &self.idle {
+                let _ = writeln!(out, "| {} idle | {} |", idle.service, mb(idle.rss));
+            }
+            if let Some((count, before, after, per)) = self.per_connection {
+                let _ = writeln!(
+                    out,
+                    "| full-stack server, {count} idle mTLS connections | {} → {} = {:.1} KB per connection |",
+                    mb(before),
+                    mb(after),
+                    per / 1e3
+                );
+            }
+        }
+        out
+    }
+}

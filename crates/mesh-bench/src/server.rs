@@ -1,0 +1,163 @@
+//! The benchmark server: `grpc.health.v1.Health/Check`, a small unary RPC, served in six
+//! configurations, each adding one layer to the one before. It runs as its own process
+//! (`mesh-bench serve`), so its CPU time and memory can be read from /proc apart from the load
+//! generator's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use auth_interceptor::audit::AuditLog;
+use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier, VerifierConfig};
+use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
+use mesh_tls::Reloadable;
+use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
+use tokio::net::TcpListener;
+
+use crate::material::{AUDIENCE, ISSUER, Material, SCOPE};
+
+/// The method every configuration serves.
+pub const METHOD: &str = "/grpc.health.v1.Health/Check";
+
+/// One server configuration; each includes everything of the ones before it (except `Plain`,
+/// which is the baseline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Config {
+    /// Plain h2c tonic, default settings, no layers: the baseline.
+    Plain,
+    /// + mutual TLS 1.3 (rustls, aws-lc-rs) and the HTTP/2 limits the services set.
+    Mtls,
+    /// + the auth layer verifying the JWT on every call (verified-token cache off) and the policy.
+    JwtNoCache,
+    /// + the verified-token cache.
+    Jwt,
+    /// + OpenTelemetry server spans, 100 % sampled, batch-exported over OTLP/gRPC.
+    Otel,
+    /// + the HMAC-chained audit log: the stack exactly as the services run it.
+    Full,
+}
+
+impl Config {
+    /// Every configuration, in order.
+    pub const ALL: [Config; 6] = [
+        Config::Plain,
+        Config::Mtls,
+        Config::JwtNoCache,
+        Config::Jwt,
+        Config::Otel,
+        Config::Full,
+    ];
+
+    /// A short label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Config::Plain => "1. plain h2c tonic",
+            Config::Mtls => "2. + mTLS",
+            Config::JwtNoCache => "3. + JWT verify, cache off",
+            Config::Jwt => "4. + verified-token cache",
+            Config::Otel => "5. + OpenTelemetry (100 %, batch)",
+            Config::Full => "6. full stack (+ audit log)",
+        }
+    }
+
+    /// Whether clients speak mTLS to it.
+    pub fn tls(self) -> bool {
+        self != Config::Plain
+    }
+
+    /// The value clap knows it by.
+    pub fn arg(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Serves `config` on `listen` until `shutdown`, announcing the bound address through `ready`.
+pub async fn serve(
+    config: Config,
+    material: &Material,
+    listen: SocketAddr,
+    otlp_endpoint: Option<String>,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let tcp = TcpListener::bind(listen).await?;
+    let addr = tcp.local_addr()?;
+
+    if config == Config::Plain {
+        ready(addr);
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(tcp),
+                shutdown,
+            )
+            .await?;
+        return Ok(());
+    }
+
+    let files = material.server_files();
+    let roots = files.trust_bundle()?;
+    let listener = TlsListener::mesh(tcp, Reloadable::load(files)?, roots)?;
+    let limits = ServerLimits::default();
+    let mut server = grpc_server(&limits);
+    if config == Config::Mtls {
+        ready(addr);
+        server
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(listener.incoming(), shutdown)
+            .await?;
+        return Ok(());
+    }
+
+    let mut verifier_config = VerifierConfig::new(ISSUER, AUDIENCE);
+    if config == Config::JwtNoCache {
+        verifier_config.cache_capacity = 0;
+    }
+    let verifier: Arc<TokenVerifier> =
+        TokenVerifier::with_keys(verifier_config, material.key_set()?);
+    let policy = Policy::new().allow(METHOD, Rule::token().scope(SCOPE));
+    let audit = match config {
+        Config::Full => Some(Arc::new(AuditLog::open(
+            "bench",
+            &material.dir().join("audit.log"),
+            &material.audit_key(),
+        )?)),
+        _ => None,
+    };
+    let auth = AuthLayer::new(verifier, policy).with_audit(audit);
+    let telemetry = match config {
+        Config::Otel | Config::Full => Some(Telemetry::new(
+            &TelemetryFlags {
+                otlp_endpoint,
+                service_name: Some("bench".into()),
+            },
+            "bench",
+        )?),
+        _ => None,
+    };
+    ready(addr);
+    match &telemetry {
+        Some(telemetry) => {
+            server
+                .layer(telemetry.server_layer())
+                .layer(auth)
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(listener.incoming(), shutdown)
+                .await?;
+            telemetry.shutdown(std::time::Duration::from_secs(3)).await;
+        }
+        None => {
+            server
+                .layer(auth)
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(listener.incoming(), shutdown)
+                .await?;
+        }
+    }
+    Ok(())
+}

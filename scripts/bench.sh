@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Measures what each layer of Zero-Trust Mesh costs against plain tonic, on this machine, and
+# writes the markdown report to target/bench/report.md (docs/benchmarks.md quotes one):
+#   - mesh-bench run: the six server configurations (closed loop + fixed rate), the PlaceOrder
+#     path with per-hop latency from traces, idle RSS per service, RSS per mTLS connection;
+#   - cargo bench -p mesh-bench: criterion benches (token verification per algorithm and cached,
+#     policy lookup, audit append, service-token issuance over mTLS).
+# Release build. Options are passed to `mesh-bench run` (see `mesh-bench run --help`).
+#   scripts/bench.sh                 # the full run (about 4 minutes on 2 cores)
+#   scripts/bench.sh --smoke         # only shows that everything builds and runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=target/bench
+mkdir -p "$out"
+cargo build --release --locked -p mesh-bench -p auth-service -p orders-service -p inventory-service
+target/release/mesh-bench run --out "$out/report.md" "$@"
+if [[ " $* " == *" --smoke "* ]]; then
+    cargo bench --locked -p mesh-bench --bench layers -- --test
+else
+    cargo bench --locked -p mesh-bench --bench layers 2>&1 | tee "$out/criterion.txt" |
+        grep -E '^[a-zA-Z].*|time:' || true
+    {
+        printf '\n| criterion bench | time (low / estimate / high) |\n|---|---|\n'
+        awk '/time:/ { line = $0
+                       if (line ~ /^[a-zA-Z]/) { name = line; sub(/ *time:.*/, "", name) }
+                       sub(/^.*time: *\[/, "", line); sub(/\].*$/, "", line); split(line, v, " ")
+                       printf "| %s | %s %s / %s %s / %s %s |\n", name, v[1], v[2], v[3], v[4], v[5], v[6]; next }
+             /^[a-zA-Z]/ { name = $0 }' \
+            "$out/criterion.txt"
+    } >> "$out/report.md"
+fi
+echo "report: $out/report.md"
