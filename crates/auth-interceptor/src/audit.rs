@@ -145,22 +145,112 @@ pub enum ChainProblem {
     BadHead,
 }
 
-/// Reads a key file (at least 32 bytes; a trailing newline is not part of the key).
+/// How to make a key file the readers accept; every key error repeats it.
+pub const KEY_FILE_HELP: &str = "a key file is hex text of at least 32 bytes (64 hex digits); make one with \
+     `meshctl audit keygen --out FILE` (or `openssl rand -hex 32 > FILE`)";
+
+/// Reads an audit key file.
+///
+/// The format is hex text: at least [`MIN_KEY_BYTES`] bytes written as hex digits, surrounding
+/// white space ignored. Text survives editors, `echo`, secrets managers and trimming; raw random
+/// bytes do not (a raw key whose last byte happened to be `\n` used to be trimmed and refused).
+///
+/// Raw binary keys written before the format existed keep working, byte for byte as they were
+/// read then, so existing chains still verify: a file that is not hex text is a legacy key, its
+/// trailing line breaks dropped as before when at least 32 bytes remain, taken whole otherwise.
+/// A warning says how to move to a hex key (together with a new log).
 pub fn read_key(path: &Path) -> Result<hmac::Key, AuditError> {
-    let key_error = |detail: String| AuditError::Key {
+    let bytes = std::fs::read(path).map_err(|e| AuditError::Key {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let key = parse_key(&bytes).map_err(|detail| AuditError::Key {
         path: path.display().to_string(),
         detail,
+    })?;
+    if let KeyBytes::Legacy(_) = key {
+        tracing::warn!(path = %path.display(), "audit key file holds raw bytes, read as a legacy key; {KEY_FILE_HELP}");
+    }
+    Ok(hmac::Key::new(hmac::HMAC_SHA256, key.bytes()))
+}
+
+/// A key file's contents, decoded.
+#[derive(Debug, PartialEq, Eq)]
+enum KeyBytes {
+    /// Hex text, decoded.
+    Hex(Vec<u8>),
+    /// Raw bytes from before the hex format.
+    Legacy(Vec<u8>),
+}
+
+impl KeyBytes {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Hex(bytes) | Self::Legacy(bytes) => bytes,
+        }
+    }
+}
+
+fn parse_key(file: &[u8]) -> Result<KeyBytes, String> {
+    let text = file.trim_ascii();
+    let is_hex_text = !text.is_empty() && text.iter().all(u8::is_ascii_hexdigit);
+    if is_hex_text {
+        let decoded =
+            decode_hex(text).ok_or_else(|| format!("odd number of hex digits; {KEY_FILE_HELP}"))?;
+        if decoded.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "holds {} bytes of hex, at least {MIN_KEY_BYTES} are needed; {KEY_FILE_HELP}",
+                decoded.len()
+            ));
+        }
+        return Ok(KeyBytes::Hex(decoded));
+    }
+    let mut trimmed = file;
+    while let [rest @ .., b'\n' | b'\r'] = trimmed {
+        trimmed = rest;
+    }
+    if trimmed.len() >= MIN_KEY_BYTES {
+        Ok(KeyBytes::Legacy(trimmed.to_vec()))
+    } else if file.len() >= MIN_KEY_BYTES {
+        // A raw key whose last bytes happen to be line breaks: they are part of the key.
+        Ok(KeyBytes::Legacy(file.to_vec()))
+    } else {
+        Err(format!("too short; {KEY_FILE_HELP}"))
+    }
+}
+
+fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    text.chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+/// Writes a new random key (32 bytes from the system's CSPRNG) as hex text to `path`, mode
+/// 0600, refusing to replace an existing file: a replaced key orphans the chain it signed.
+pub fn write_new_key(path: &Path) -> Result<(), AuditError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |source| AuditError::Io {
+        path: path.display().to_string(),
+        source,
     };
-    let mut bytes = std::fs::read(path).map_err(|e| key_error(e.to_string()))?;
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    if bytes.len() < MIN_KEY_BYTES {
-        return Err(key_error(format!(
-            "must hold at least {MIN_KEY_BYTES} bytes"
-        )));
-    }
-    Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
+    let mut key = [0u8; MIN_KEY_BYTES];
+    aws_lc_rs::rand::fill(&mut key).map_err(|_| AuditError::Key {
+        path: path.display().to_string(),
+        detail: "the system random generator failed".into(),
+    })?;
+    let mut text = hex(&key);
+    text.push('\n');
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(io)
 }
 
 fn mac(key: &hmac::Key, record: &AuditRecord) -> String {
@@ -410,10 +500,77 @@ fn verify_with(path: &Path, key: &hmac::Key) -> Result<(u64, String), ChainProbl
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_written_key_is_hex_text_that_reads_back_as_32_bytes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.key");
+        write_new_key(&path).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.trim_end().len(), 64);
+        assert!(text.trim_end().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(matches!(parse_key(text.as_bytes()), Ok(KeyBytes::Hex(k)) if k.len() == 32));
+        assert!(
+            write_new_key(&path).is_err(),
+            "an existing key is never replaced"
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_raw_key_ending_in_a_newline_byte_is_read_whole_and_opens_a_log() {
+        // 32 random-looking bytes whose last one is 0x0a: what `head -c 32 /dev/urandom` gives
+        // about once in 128 keys, once trimmed and refused as too short.
+        let mut raw: Vec<u8> = (0..31u8)
+            .map(|i| i.wrapping_mul(37).wrapping_add(0x80))
+            .collect();
+        raw.push(b'\n');
+        assert_eq!(parse_key(&raw), Ok(KeyBytes::Legacy(raw.clone())));
+        let dir = tempfile::tempdir().expect("dir");
+        let key = dir.path().join("audit.key");
+        std::fs::write(&key, &raw).expect("key");
+        let log = AuditLog::open("orders", &dir.path().join("audit.jsonl"), &key).expect("opens");
+        log.append(&Decision {
+            decision: "allow",
+            reason: "policy",
+            ..Decision::default()
+        })
+        .expect("append");
+    }
+
+    #[test]
+    fn a_legacy_key_reads_as_it_always_did_so_old_chains_verify() {
+        // Accepted before as "40 bytes, trailing newline dropped": still exactly those bytes.
+        let mut file = vec![0xEEu8; 40];
+        file.push(b'\n');
+        assert_eq!(parse_key(&file), Ok(KeyBytes::Legacy(vec![0xEE; 40])));
+    }
+
+    #[test]
+    fn short_or_malformed_keys_are_refused_with_how_to_make_one() {
+        for bad in [
+            &b"0123456789abcdef0123456789abcdef"[..],
+            b"abc",
+            b"",
+            b"\n\n",
+            &[0x01; 20],
+        ] {
+            let error = parse_key(bad).expect_err("refused");
+            assert!(error.contains("meshctl audit keygen"), "{error}");
+        }
+        let odd = "a".repeat(65);
+        assert!(
+            parse_key(odd.as_bytes())
+                .expect_err("odd")
+                .contains("odd number")
+        );
+    }
+
     fn setup(records: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().expect("dir");
         let key = dir.path().join("audit.key");
-        std::fs::write(&key, "k".repeat(40)).expect("key");
+        write_new_key(&key).expect("key");
         let log_path = dir.path().join("audit.jsonl");
         let log = AuditLog::open("inventory", &log_path, &key).expect("open");
         for i in 0..records {

@@ -41,6 +41,13 @@ pub enum AuthError {
     /// The caller's certificate identity is not allowed to call this method.
     #[error("permission denied: caller identity not allowed")]
     CallerNotAllowed,
+    /// The caller's certificate is from another SPIFFE trust domain.
+    #[error("permission denied: caller is outside the trust domain")]
+    ForeignTrustDomain,
+    /// The policy allowed the call and the handler refused it, for the reason it labelled
+    /// (see [`refused`]). Only ever recorded; the caller already has the handler's status.
+    #[error("permission denied: refused by the handler ({0})")]
+    Handler(String),
     /// A rule about the token's actor or subject (e.g. `act.sub`) failed.
     #[error("permission denied: {0}")]
     Forbidden(&'static str),
@@ -54,12 +61,14 @@ impl AuthError {
             Self::MethodNotInPolicy
                 | Self::MissingScope(_)
                 | Self::CallerNotAllowed
+                | Self::ForeignTrustDomain
+                | Self::Handler(_)
                 | Self::Forbidden(_)
         )
     }
 
     /// A short stable label for audit records and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &str {
         match self {
             Self::MissingToken => "missing_token",
             Self::MalformedHeader(_) => "malformed_header",
@@ -73,9 +82,30 @@ impl AuthError {
             Self::MethodNotInPolicy => "method_not_in_policy",
             Self::MissingScope(_) => "missing_scope",
             Self::CallerNotAllowed => "caller_not_allowed",
+            Self::ForeignTrustDomain => "foreign_trust_domain",
             Self::Forbidden(_) => "forbidden",
+            Self::Handler(reason) => reason,
         }
     }
+}
+
+/// The response metadata key by which a handler tells [`crate::AuthLayer`] that it refused the
+/// call, and why. The layer removes it before the response leaves the server.
+pub const DENY_REASON_KEY: &str = "mesh-deny-reason";
+
+/// Marks `status` as a refusal decided in a handler (a workload with no registration, a token
+/// the issuer refused, an object the caller may not see), with a short stable `reason` label.
+///
+/// The layer that allowed the call then appends a `deny` record with that reason to the same
+/// audit chain, so every refusal ends as a deny record wherever it was decided. The caller sees
+/// `status` unchanged (the marker is removed): a NOT_FOUND that hides another user's order stays
+/// indistinguishable from a missing one.
+pub fn refused(mut status: tonic::Status, reason: &'static str) -> tonic::Status {
+    status.metadata_mut().insert(
+        DENY_REASON_KEY,
+        tonic::metadata::MetadataValue::from_static(reason),
+    );
+    status
 }
 
 impl From<AuthError> for tonic::Status {

@@ -116,10 +116,21 @@ where
                 Ok(verified) => {
                     audit_allow(&method, verified.as_deref(), peer.as_ref());
                     let raw = verified.as_ref().and(raw);
-                    request
-                        .extensions_mut()
-                        .insert(Principal::new(verified, peer, raw));
-                    let response = inner.call(request).await?;
+                    request.extensions_mut().insert(Principal::new(
+                        verified.clone(),
+                        peer.clone(),
+                        raw,
+                    ));
+                    let mut response = inner.call(request).await?;
+                    if let Some(reason) = handler_refusal(response.headers_mut()) {
+                        // The policy allowed the call and the handler refused it: the chain
+                        // must end with that refusal, not with the allow.
+                        audit_deny_in_handler(&method, &reason, verified.as_deref(), peer.as_ref());
+                        let refusal = Err((AuthError::Handler(reason), verified.clone()));
+                        if let Err(status) = state.record(&method, &refusal, peer.as_ref()) {
+                            return Ok(status.into_http());
+                        }
+                    }
                     Ok(response.map(Body::new))
                 }
                 Err((error, verified)) => {
@@ -160,7 +171,7 @@ impl State {
             "audit",
             vec![
                 KeyValue::new("decision", verdict),
-                KeyValue::new("reason", reason),
+                KeyValue::new("reason", reason.to_owned()),
                 KeyValue::new(
                     "subject",
                     token.map_or(String::new(), |t| t.subject.clone()),
@@ -198,6 +209,7 @@ impl State {
             .policy
             .rule(method)
             .ok_or((AuthError::MethodNotInPolicy, None))?;
+        self.policy.admits(rule, peer).map_err(|e| (e, None))?;
         if !rule.needs_token() {
             rule.authorize(None, peer).map_err(|e| (e, None))?;
             return Ok(None);
@@ -211,6 +223,25 @@ impl State {
             Err(error) => Err((error, Some(verified))),
         }
     }
+}
+
+/// The refusal a handler marked with [`crate::error::refused`] (the marker is removed here, so
+/// it never reaches the caller), or a generic one for a PERMISSION_DENIED or UNAUTHENTICATED
+/// answer that carries no marker.
+fn handler_refusal(headers: &mut HeaderMap) -> Option<String> {
+    if let Some(reason) = headers.remove(crate::error::DENY_REASON_KEY) {
+        return Some(reason.to_str().unwrap_or("handler_refused").to_owned());
+    }
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32);
+    matches!(
+        code,
+        Some(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated)
+    )
+    .then(|| "handler_refused".to_owned())
 }
 
 /// Removes every `authorization` entry from the request and returns the bearer token, if the
@@ -254,6 +285,26 @@ fn audit_allow(method: &str, token: Option<&VerifiedToken>, peer: Option<&Spiffe
         actor = token.and_then(|t| t.actor.as_deref()).unwrap_or(""),
         peer = peer.map_or("", SpiffeId::as_str),
         token_id = token.map_or("", |t| t.token_id.as_str()),
+    );
+}
+
+fn audit_deny_in_handler(
+    method: &str,
+    reason: &str,
+    token: Option<&VerifiedToken>,
+    peer: Option<&SpiffeId>,
+) {
+    tracing::warn!(
+        target: "audit",
+        decision = "deny",
+        reason,
+        method,
+        subject = token.map_or("", |t| t.subject.as_str()),
+        client = token.map_or("", |t| t.client_id.as_str()),
+        actor = token.and_then(|t| t.actor.as_deref()).unwrap_or(""),
+        peer = peer.map_or("", SpiffeId::as_str),
+        token_id = token.map_or("", |t| t.token_id.as_str()),
+        "refused by the handler"
     );
 }
 

@@ -80,6 +80,12 @@ impl Rule {
         self
     }
 
+    /// Whether anyone who completed the handshake may call (health checks), whatever their
+    /// trust domain.
+    pub fn is_public(&self) -> bool {
+        self.authentication == Authentication::Public
+    }
+
     /// Whether the method needs a bearer token.
     pub fn needs_token(&self) -> bool {
         self.authentication == Authentication::Token
@@ -123,15 +129,39 @@ impl Rule {
 }
 
 /// A service's authorization table. A method that has no row is denied.
-#[derive(Debug, Clone, Default)]
+///
+/// The table belongs to one SPIFFE trust domain: a certificate from any other domain is refused
+/// on every row but the public ones, even when it chains to a CA in the trust bundle (a bundle
+/// may carry a federated domain's CA; its workloads are not ours).
+#[derive(Debug, Clone)]
 pub struct Policy {
+    trust_domain: String,
     rules: HashMap<String, Rule>,
 }
 
 impl Policy {
-    /// An empty table: everything denied.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty table for the workloads of `trust_domain` (e.g. `mesh.local`): everything denied.
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        Self {
+            trust_domain: trust_domain.into(),
+            rules: HashMap::new(),
+        }
+    }
+
+    /// The trust domain whose workloads the table admits.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Refuses a caller from outside the trust domain on every non-public row. Checked before
+    /// any token is looked at: a foreign workload buys no signature checks.
+    pub fn admits(&self, rule: &Rule, peer: Option<&SpiffeId>) -> Result<(), AuthError> {
+        match peer {
+            _ if rule.is_public() => Ok(()),
+            Some(peer) if peer.trust_domain() == self.trust_domain => Ok(()),
+            Some(_) => Err(AuthError::ForeignTrustDomain),
+            None => Err(AuthError::CallerNotAllowed),
+        }
     }
 
     /// Adds (or replaces) the row for `method`, a full path such as

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use auth_interceptor::error::refused;
 use auth_interceptor::{AuthError, Principal};
 use mesh_proto::auth::v1::auth_service_server::AuthService;
 use mesh_proto::auth::v1::{
@@ -56,18 +57,32 @@ impl MeshApi {
             .extensions()
             .get::<Principal>()
             .and_then(|p| p.peer().cloned())
-            .ok_or_else(|| Status::unauthenticated("no client certificate identity"))?;
+            .ok_or_else(|| {
+                refused(
+                    Status::unauthenticated("no client certificate identity"),
+                    "no_peer_identity",
+                )
+            })?;
         self.registry.by_spiffe(&peer).ok_or_else(|| {
-            Status::permission_denied("no client is registered for this workload identity")
+            refused(
+                Status::permission_denied("no client is registered for this workload identity"),
+                "unregistered_workload",
+            )
         })
     }
 }
 
 fn grant_status(error: GrantError) -> Status {
     match error {
-        GrantError::Audience => Status::permission_denied("the caller may not reach this audience"),
-        GrantError::Scope => Status::permission_denied(
-            "a requested scope is not allowed for the caller and audience",
+        GrantError::Audience => refused(
+            Status::permission_denied("the caller may not reach this audience"),
+            "audience_not_allowed",
+        ),
+        GrantError::Scope => refused(
+            Status::permission_denied(
+                "a requested scope is not allowed for the caller and audience",
+            ),
+            "scope_not_allowed",
         ),
     }
 }
@@ -127,10 +142,14 @@ impl AuthService for MeshApi {
             .verify_for(&client.client_id, &body.subject_token)
             .await
             .map_err(|e| match e {
-                AuthError::WrongAudience => {
-                    Status::permission_denied("subject token is not addressed to the caller")
-                }
-                other => Status::unauthenticated(format!("subject token: {other}")),
+                AuthError::WrongAudience => refused(
+                    Status::permission_denied("subject token is not addressed to the caller"),
+                    "subject_token_not_for_caller",
+                ),
+                other => refused(
+                    Status::unauthenticated(format!("subject token: {other}")),
+                    "subject_token_invalid",
+                ),
             })?;
         let revoked = self
             .grants
@@ -138,11 +157,15 @@ impl AuthService for MeshApi {
             .await
             .map_err(|_| Status::unavailable("revocation state unavailable"))?;
         if revoked {
-            return Err(Status::unauthenticated("subject token: revoked"));
+            return Err(refused(
+                Status::unauthenticated("subject token: revoked"),
+                "subject_token_revoked",
+            ));
         }
         if subject.actor.is_some() {
-            return Err(Status::permission_denied(
-                "an exchanged token cannot be exchanged again",
+            return Err(refused(
+                Status::permission_denied("an exchanged token cannot be exchanged again"),
+                "subject_token_already_exchanged",
             ));
         }
         let scopes = client
@@ -151,7 +174,10 @@ impl AuthService for MeshApi {
         let remaining = subject.expires_at.saturating_sub(crate::unix_now());
         let lifetime = self.exchange_ttl.min(Duration::from_secs(remaining));
         if lifetime.is_zero() {
-            return Err(Status::unauthenticated("subject token: expired"));
+            return Err(refused(
+                Status::unauthenticated("subject token: expired"),
+                "subject_token_expired",
+            ));
         }
         let issued = self
             .issuer

@@ -70,10 +70,11 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The mesh API's policy: health is public; both token methods authenticate the caller by its
-/// certificate, which the handlers then map to a registered client.
-pub fn mesh_policy() -> Policy {
-    Policy::new()
+/// The mesh API's policy for the workloads of `trust_domain`: health is public; both token
+/// methods authenticate the caller by its certificate, which the handlers then map to a
+/// registered client.
+pub fn mesh_policy(trust_domain: &str) -> Policy {
+    Policy::new(trust_domain)
         .with_health()
         .with_reflection()
         .allow(
@@ -101,6 +102,7 @@ pub struct Application {
     audit: Option<Arc<auth_interceptor::audit::AuditLog>>,
     telemetry: mesh_telemetry::trace::Telemetry,
     limits: ServerLimits,
+    trust_domain: String,
 }
 
 impl Application {
@@ -116,6 +118,21 @@ impl Application {
             .tls
             .trust_bundle()
             .map_err(config_error("--tls-ca"))?;
+        match identity.spiffe_id() {
+            Some(id) if id.trust_domain() == settings.trust_domain => {}
+            Some(id) => {
+                return Err(StartError::Config(format!(
+                    "--tls-cert: the certificate's SPIFFE ID {id} is outside the trust domain {} \
+                     (--trust-domain / MESH_TRUST_DOMAIN)",
+                    settings.trust_domain
+                )));
+            }
+            None => {
+                return Err(StartError::Config(
+                    "--tls-cert: the certificate has no SPIFFE ID".into(),
+                ));
+            }
+        }
         let mesh = TlsListener::mesh(bind(settings.listen).await?, identity.clone(), roots)
             .map_err(config_error("--tls-ca"))?;
         let public = TlsListener::public(bind(settings.public_listen).await?, identity)
@@ -180,6 +197,7 @@ impl Application {
             audit: settings.audit.open("auth")?,
             telemetry: mesh_telemetry::trace::Telemetry::new(&settings.telemetry, "auth")?,
             limits: ServerLimits::default(),
+            trust_domain: settings.trust_domain.clone(),
         })
     }
 
@@ -235,7 +253,10 @@ impl Application {
         let mesh = grpc_server(&self.limits)
             // Continue the caller's trace first, so every decision below belongs to it.
             .layer(self.telemetry.server_layer())
-            .layer(AuthLayer::new(self.mesh_verifier, mesh_policy()).with_audit(self.audit))
+            .layer(
+                AuthLayer::new(self.mesh_verifier, mesh_policy(&self.trust_domain))
+                    .with_audit(self.audit),
+            )
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api)

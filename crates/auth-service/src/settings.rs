@@ -54,6 +54,7 @@ impl Args {
             listen: self.listen,
             public_listen: self.public_listen,
             tls: self.tls.files(),
+            trust_domain: self.tls.trust_domain,
             audit: self.audit,
             telemetry: self.telemetry,
             issuer: self.issuer,
@@ -72,6 +73,8 @@ pub struct Settings {
     pub public_listen: SocketAddr,
     /// This workload's TLS files.
     pub tls: TlsFiles,
+    /// The SPIFFE trust domain of the mesh (`--trust-domain`).
+    pub trust_domain: String,
     /// The audit log flags.
     pub audit: mesh_telemetry::AuditFlags,
     /// OpenTelemetry export.

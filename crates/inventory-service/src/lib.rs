@@ -63,11 +63,11 @@ pub struct Args {
     pub db: PathBuf,
 }
 
-/// The inventory policy. `orders` is the SPIFFE ID of the orders workload, the only caller that
-/// may reserve and release.
-pub fn policy(orders: SpiffeId) -> Policy {
+/// The inventory policy for the workloads of `trust_domain`. `orders` is the SPIFFE ID of the
+/// orders workload, the only caller that may reserve and release.
+pub fn policy(trust_domain: &str, orders: SpiffeId) -> Policy {
     let service = "/mesh.inventory.v1.InventoryService";
-    Policy::new()
+    Policy::new(trust_domain)
         .with_health()
         .with_reflection()
         .allow(
@@ -119,8 +119,10 @@ impl Application {
             roots,
             spiffe_id,
         } = args.tls.load()?;
-        let orders = SpiffeId::workload(spiffe_id.trust_domain(), "orders")
+        let trust_domain = spiffe_id.trust_domain();
+        let orders = SpiffeId::workload(trust_domain, "orders")
             .map_err(|e| StartError::Config(e.to_string()))?;
+        let policy = policy(trust_domain, orders);
         let verifier = TokenVerifier::for_issuer(&args.issuer, &args.audience, roots.clone())
             .await
             .map_err(|e| StartError::Runtime(format!("--issuer {}: {e}", args.issuer)))?;
@@ -143,7 +145,7 @@ impl Application {
             verifier,
             audit,
             telemetry,
-            policy: policy(orders),
+            policy,
             store,
             limits: ServerLimits::default(),
         })

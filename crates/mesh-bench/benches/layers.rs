@@ -105,7 +105,7 @@ fn verification(c: &mut Criterion) {
 }
 
 fn policy(c: &mut Criterion) {
-    let mut policy = Policy::new().with_health().with_reflection();
+    let mut policy = Policy::new("mesh.local").with_health().with_reflection();
     for i in 0..20 {
         policy = policy.allow(
             format!("/mesh.bench.v1.Bench/Method{i}"),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use auth_interceptor::claims::Audience;
 use auth_interceptor::{AccessClaims, KeySet};
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,6 +20,9 @@ pub const ISSUER: &str = "https://issuer.bench.invalid";
 pub const AUDIENCE: &str = "bench";
 /// The scope the benchmark RPC requires.
 pub const SCOPE: &str = "bench:read";
+/// The trust domain of the benchmark's certificates and policy.
+pub const TRUST_DOMAIN: &str = "mesh.local";
+
 /// The server's workload name (SPIFFE ID `spiffe://mesh.local/sa/bench-server`).
 pub const SERVER: &str = "bench-server";
 /// The client's workload name.
@@ -35,7 +38,7 @@ pub struct Material {
 impl Material {
     /// Writes fresh material into `dir`.
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
-        DevCa::generate("mesh.local")?.write_dir(
+        DevCa::generate(TRUST_DOMAIN)?.write_dir(
             dir,
             &[SERVER.to_owned(), CLIENT.to_owned()],
             true,
@@ -43,11 +46,7 @@ impl Material {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map_err(|_| anyhow::anyhow!("generating the signing key"))?;
         std::fs::write(dir.join("signing.pk8"), pkcs8.as_ref())?;
-        let mut audit_key = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut audit_key)
-            .map_err(|_| anyhow::anyhow!("generating the audit key"))?;
-        std::fs::write(dir.join("audit.key"), audit_key)?;
+        auth_interceptor::audit::write_new_key(&dir.join("audit.key"))?;
         Ok(Self::open(dir))
     }
 

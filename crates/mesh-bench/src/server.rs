@@ -120,7 +120,8 @@ pub async fn serve(
     }
     let verifier: Arc<TokenVerifier> =
         TokenVerifier::with_keys(verifier_config, material.key_set()?);
-    let policy = Policy::new().allow(METHOD, Rule::token().scope(SCOPE));
+    let policy =
+        Policy::new(crate::material::TRUST_DOMAIN).allow(METHOD, Rule::token().scope(SCOPE));
     let audit = match config {
         Config::Full => Some(Arc::new(AuditLog::open(
             "bench",

@@ -46,18 +46,102 @@ pub mod orders {
 /// The encoded `FileDescriptorSet` of every mesh API, as served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mesh_descriptor");
 
+/// Why a reflection service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ReflectionError {
+    /// The embedded descriptors do not decode (a build problem, not an operator one).
+    #[error("embedded descriptors: {0}")]
+    Descriptors(#[from] prost::DecodeError),
+    /// No embedded file defines the service.
+    #[error("no descriptor defines service {0}")]
+    UnknownService(String),
+    /// tonic-reflection refused the descriptors.
+    #[error(transparent)]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
 /// The gRPC reflection service (v1) describing `service` only (e.g.
 /// `mesh.orders.v1.OrdersService`), so a server never advertises APIs it does not serve.
+///
+/// tonic-reflection filters only `list_services` by service name; `file_containing_symbol` and
+/// `file_by_filename` answer from every file registered. So only the file that defines
+/// `service` and the files it imports are registered: every reflection method then describes
+/// this server's API and nothing else.
 pub fn reflection(
     service: &str,
 ) -> Result<
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
-    tonic_reflection::server::Error,
+    ReflectionError,
 > {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+    let served = descriptors_of(service)?;
+    Ok(tonic_reflection::server::Builder::configure()
+        .register_file_descriptor_set(served)
         .with_service_name(service)
-        .build_v1()
+        .build_v1()?)
+}
+
+/// The file that defines `service` (a full name such as `mesh.orders.v1.OrdersService`) and,
+/// transitively, the files it imports, out of [`FILE_DESCRIPTOR_SET`].
+pub fn descriptors_of(service: &str) -> Result<prost_types::FileDescriptorSet, ReflectionError> {
+    use prost::Message as _;
+    let all = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)?;
+    let defines = |file: &prost_types::FileDescriptorProto| {
+        file.service
+            .iter()
+            .any(|s| format!("{}.{}", file.package(), s.name()) == service)
+    };
+    let root = all
+        .file
+        .iter()
+        .find(|f| defines(f))
+        .ok_or_else(|| ReflectionError::UnknownService(service.to_owned()))?;
+    let mut wanted = vec![root.name().to_owned()];
+    let mut kept = Vec::new();
+    while let Some(name) = wanted.pop() {
+        if kept
+            .iter()
+            .any(|f: &prost_types::FileDescriptorProto| f.name() == name)
+        {
+            continue;
+        }
+        if let Some(file) = all.file.iter().find(|f| f.name() == name) {
+            wanted.extend(file.dependency.iter().cloned());
+            kept.push(file.clone());
+        }
+    }
+    Ok(prost_types::FileDescriptorSet { file: kept })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_service_is_described_by_its_own_file_only() {
+        for (service, file) in [
+            ("mesh.auth.v1.AuthService", "mesh/auth/v1/auth.proto"),
+            (
+                "mesh.orders.v1.OrdersService",
+                "mesh/orders/v1/orders.proto",
+            ),
+            (
+                "mesh.inventory.v1.InventoryService",
+                "mesh/inventory/v1/inventory.proto",
+            ),
+        ] {
+            let set = descriptors_of(service).expect("described");
+            let names: Vec<&str> = set.file.iter().map(|f| f.name()).collect();
+            assert_eq!(names, [file], "{service}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_service_is_refused() {
+        assert!(matches!(
+            descriptors_of("mesh.orders.v1.Nope"),
+            Err(ReflectionError::UnknownService(_))
+        ));
+    }
 }

@@ -118,6 +118,10 @@ pub struct TlsFlags {
     /// PEM trust bundle (the mesh CA).
     #[arg(long, env = "MESH_TLS_CA")]
     pub tls_ca: PathBuf,
+    /// The SPIFFE trust domain: this workload's own certificate must be in it, and callers from
+    /// any other domain get PERMISSION_DENIED on everything but health checks.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
+    pub trust_domain: String,
 }
 
 /// Where a service appends its audit records (`MESH_AUDIT_LOG`) and the HMAC key file that
@@ -151,8 +155,15 @@ pub struct Workload {
     pub identity: Arc<Reloadable>,
     /// The mesh CA.
     pub roots: TrustBundle,
-    /// Its SPIFFE ID.
+    /// Its SPIFFE ID, in the trust domain of `--trust-domain`.
     pub spiffe_id: SpiffeId,
+}
+
+impl Workload {
+    /// The trust domain the workload and its callers belong to.
+    pub fn trust_domain(&self) -> &str {
+        self.spiffe_id.trust_domain()
+    }
 }
 
 impl TlsFlags {
@@ -176,6 +187,13 @@ impl TlsFlags {
         let spiffe_id = identity.spiffe_id().ok_or_else(|| {
             StartError::Config("--tls-cert: the certificate has no SPIFFE ID".into())
         })?;
+        if spiffe_id.trust_domain() != self.trust_domain {
+            return Err(StartError::Config(format!(
+                "--tls-cert: the certificate's SPIFFE ID {spiffe_id} is outside the trust \
+                 domain {} (--trust-domain / MESH_TRUST_DOMAIN)",
+                self.trust_domain
+            )));
+        }
         Ok(Workload {
             identity,
             roots,

@@ -70,7 +70,13 @@ impl DevCa {
     /// Issues a 90-day certificate for workload `name`: URI SAN `spiffe://<domain>/sa/<name>`,
     /// DNS SANs `<name>` and `localhost`, IP SAN 127.0.0.1, usable as TLS server and client.
     pub fn issue(&self, name: &str) -> Result<IssuedCert, TlsError> {
-        let spiffe_id = SpiffeId::workload(&self.trust_domain, name)?;
+        self.issue_for(SpiffeId::workload(&self.trust_domain, name)?, name)
+    }
+
+    /// Issues a certificate like [`DevCa::issue`] but for any SPIFFE ID, also one outside the
+    /// CA's trust domain: what a federated or compromised CA in the bundle could sign, and what
+    /// the tests use to prove that policy, not the chain, decides who is in the mesh.
+    pub fn issue_for(&self, spiffe_id: SpiffeId, name: &str) -> Result<IssuedCert, TlsError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = distinguished_name(name);
         params.subject_alt_names = vec![
@@ -96,6 +102,30 @@ impl DevCa {
             key_pem: key.serialize_pem(),
             spiffe_id,
         })
+    }
+
+    /// Writes `issued` as `<stem>.pem`/`<stem>.key` into `dir` (key 0600), replacing any files
+    /// of that name.
+    pub fn write_issued(dir: &Path, stem: &str, issued: &IssuedCert) -> Result<(), TlsError> {
+        for (path, contents, mode) in [
+            (dir.join(format!("{stem}.pem")), &issued.cert_pem, 0o644),
+            (dir.join(format!("{stem}.key")), &issued.key_pem, 0o600),
+        ] {
+            let io_err = |source| TlsError::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            // Removed first, as in `write_dir`, so a replaced key never keeps wider permissions.
+            let _ = std::fs::remove_file(&path);
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+                .and_then(|mut file| file.write_all(contents.as_bytes()))
+                .map_err(io_err)?;
+        }
+        Ok(())
     }
 
     /// Writes `ca.pem` and `<name>.pem`/`<name>.key` for every name into `dir`, keys 0600.

@@ -309,6 +309,13 @@ pub enum AuditCommand {
         #[arg(long, env = "MESH_AUDIT_KEY_FILE")]
         key_file: PathBuf,
     },
+    /// Write a new audit HMAC key: 32 random bytes as hex text, mode 0600. Refuses to replace
+    /// an existing file (exit 64): a new key cannot verify the chain the old one signed.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `meshctl demo`.

@@ -31,6 +31,14 @@ pub const STOCK_ADMIN_DEMO_SECRET: &str = "stock-admin-demo-secret";
 /// proof that a valid certificate alone grants nothing.
 pub const STRANGER: &str = "stranger";
 
+/// A workload whose certificate the mesh CA signed for another trust domain
+/// (`spiffe://evil.example/sa/orders`): it chains to the trust bundle, and must still get
+/// nowhere but health checks.
+pub const FOREIGN_ORDERS: &str = "foreign-orders";
+
+/// The trust domain of [`FOREIGN_ORDERS`].
+pub const FOREIGN_TRUST_DOMAIN: &str = "evil.example";
+
 /// The trust domain of the example config.
 pub const TRUST_DOMAIN: &str = "mesh.local";
 
@@ -73,9 +81,14 @@ impl DevMesh {
             .chain([&STRANGER])
             .map(|n| (*n).to_owned())
             .collect();
-        DevCa::generate(TRUST_DOMAIN)?
-            .write_dir(&certs, &names, true)
+        let ca = DevCa::generate(TRUST_DOMAIN)?;
+        ca.write_dir(&certs, &names, true)
             .context("writing dev certificates")?;
+        let foreign = ca.issue_for(
+            SpiffeId::workload(FOREIGN_TRUST_DOMAIN, "orders")?,
+            "orders",
+        )?;
+        DevCa::write_issued(&certs, FOREIGN_ORDERS, &foreign)?;
         let audit = AuditFiles::create(dir)?;
         let config_path = dir.join("auth.toml");
         std::fs::write(&config_path, EXAMPLE_AUTH_CONFIG)?;
@@ -278,21 +291,11 @@ pub struct AuditFiles {
 
 impl AuditFiles {
     fn create(dir: &Path) -> anyhow::Result<Self> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let audit_dir = dir.join("audit");
         std::fs::create_dir_all(&audit_dir)?;
         let key = audit_dir.join("audit.key");
         if !key.exists() {
-            let mut bytes = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&key)?
-                .write_all(text.as_bytes())?;
+            auth_interceptor::audit::write_new_key(&key)?;
         }
         Ok(Self {
             key,
@@ -318,6 +321,7 @@ fn tls_flags(certs: &Path, name: &str) -> mesh_telemetry::TlsFlags {
         tls_cert: certs.join(format!("{name}.pem")),
         tls_key: certs.join(format!("{name}.key")),
         tls_ca: certs.join("ca.pem"),
+        trust_domain: TRUST_DOMAIN.into(),
     }
 }
 

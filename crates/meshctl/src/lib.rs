@@ -172,6 +172,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 }
             }
         }
+        Command::Audit(AuditCommand::Keygen { out }) => {
+            auth_interceptor::audit::write_new_key(&out)
+                .map_err(|e| CliError::Usage(format!("--out: {e}")))?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
         Command::Demo(args) => demo::run(args).await,
         Command::Loadgen(args) => loadgen::run(args).await,
         Command::TraceSink { listen } => trace_sink(listen).await,

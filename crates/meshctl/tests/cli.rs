@@ -271,7 +271,7 @@ fn audit_verify_says_ok_or_names_the_first_broken_record() {
     use auth_interceptor::audit::{AuditLog, Decision};
     let dir = tempfile::tempdir().expect("dir");
     let key = dir.path().join("audit.key");
-    std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("key");
+    auth_interceptor::audit::write_new_key(&key).expect("key");
     let log_path = dir.path().join("inventory.jsonl");
     let log = AuditLog::open("inventory", &log_path, &key).expect("open");
     for reason in ["policy", "missing_scope", "policy"] {

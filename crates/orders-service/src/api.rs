@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use auth_interceptor::client::Transport;
+use auth_interceptor::error::refused;
 use auth_interceptor::{Principal, TokenExchanger};
 use mesh_proto::domain::{self, FieldViolation, RequestKey};
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -12,6 +13,7 @@ use mesh_proto::orders::v1::{
     CancelOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderLine,
     OrderState, PlaceOrderRequest,
 };
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 use crate::store::{Store, StoreError, StoredOrder};
@@ -40,15 +42,15 @@ impl OrdersApi {
         }
     }
 
-    /// Reserves the order's stock in inventory as the caller, and records the outcome. Leaves
-    /// the order PENDING when inventory cannot be reached, so a retry can finish it.
+    /// Reserves the order's stock in inventory as the caller (`authorization`, from
+    /// [`OrdersApi::delegate`]), and records the outcome. Leaves the order PENDING when inventory
+    /// cannot be reached, so a retry can finish it.
     async fn reserve(
         &self,
-        principal: &Principal,
+        authorization: &MetadataValue<Ascii>,
         order: StoredOrder,
         budget: Duration,
     ) -> Result<StoredOrder, Status> {
-        let authorization = self.delegate(principal).await?;
         let mut request = Request::new(ReserveRequest {
             reservation_id: order.reservation_id(),
             lines: order
@@ -62,7 +64,7 @@ impl OrdersApi {
         });
         request
             .metadata_mut()
-            .insert("authorization", authorization);
+            .insert("authorization", authorization.clone());
         request.set_timeout(budget);
         let outcome = InventoryServiceClient::new(self.inventory.clone())
             .reserve(request)
@@ -82,7 +84,7 @@ impl OrdersApi {
             .ok_or_else(|| Status::internal("order vanished"))?;
         if settled.state == OrderState::Cancelled && outcome.reserved {
             // Cancelled while the reservation was in flight: give the stock back.
-            self.release(principal, &settled, budget).await?;
+            self.release(authorization, &settled, budget).await?;
         }
         Ok(settled)
     }
@@ -90,7 +92,7 @@ impl OrdersApi {
     /// Returns the order's reserved stock (a no-op in inventory when nothing is reserved).
     async fn release(
         &self,
-        principal: &Principal,
+        authorization: &MetadataValue<Ascii>,
         order: &StoredOrder,
         budget: Duration,
     ) -> Result<(), Status> {
@@ -99,7 +101,7 @@ impl OrdersApi {
         });
         request
             .metadata_mut()
-            .insert("authorization", self.delegate(principal).await?);
+            .insert("authorization", authorization.clone());
         request.set_timeout(budget);
         InventoryServiceClient::new(self.inventory.clone())
             .release(request)
@@ -109,15 +111,28 @@ impl OrdersApi {
     }
 
     /// A token for inventory on behalf of the caller (RFC 8693 exchange, actor = orders).
-    async fn delegate(
-        &self,
-        principal: &Principal,
-    ) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, Status> {
+    ///
+    /// Asked before anything is stored or reserved: the issuer is the one who knows whether the
+    /// caller's token was revoked (or has expired since the edge checked it), and its refusal is
+    /// the caller's UNAUTHENTICATED, not our internal error.
+    async fn delegate(&self, principal: &Principal) -> Result<MetadataValue<Ascii>, Status> {
         let header = self
             .exchanger
             .exchange(principal, "inventory", &["inventory:reserve"])
             .await
-            .map_err(|s| dependency_failure("auth", &s))?;
+            .map_err(|status| {
+                if status.code() == Code::Unauthenticated {
+                    tracing::warn!(subject = principal.subject(), reason = status.message(), "the issuer refused to act for the caller");
+                    refused(
+                        Status::unauthenticated(
+                            "the issuer no longer accepts this token (revoked or expired); log in again",
+                        ),
+                        "subject_token_refused",
+                    )
+                } else {
+                    dependency_failure("auth", &status)
+                }
+            })?;
         tonic::metadata::MetadataValue::try_from(header.as_bytes())
             .map_err(|_| Status::internal("unusable exchanged token"))
     }
@@ -132,7 +147,8 @@ impl OrdersApi {
         if principal.is(&order.owner) || principal.has_scope(ADMIN_SCOPE) {
             Ok(order)
         } else {
-            Err(not_found())
+            // Refused, and audited as such; the caller cannot tell it from a missing order.
+            Err(refused(not_found(), "not_owner"))
         }
     }
 }
@@ -176,7 +192,7 @@ fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
         .get::<Principal>()
         .cloned()
         .filter(|p| !p.subject().is_empty())
-        .ok_or_else(|| Status::unauthenticated("no authenticated user"))
+        .ok_or_else(|| refused(Status::unauthenticated("no authenticated user"), "no_user"))
 }
 
 fn to_proto(order: StoredOrder) -> Order {
@@ -248,13 +264,15 @@ impl OrdersService for OrdersApi {
                 return Err(domain::invalid_argument(violations));
             }
         };
+        // Act for the caller before storing anything: a token the issuer refuses leaves no order.
+        let authorization = self.delegate(&principal).await?;
         let order = self
             .store
             .create_or_get(principal.subject(), &key, &lines)
             .await?;
         // A retry of an order that already settled returns it as it is: one reservation.
         let order = if order.state == OrderState::Pending {
-            self.reserve(&principal, order, budget).await?
+            self.reserve(&authorization, order, budget).await?
         } else {
             order
         };
@@ -315,7 +333,8 @@ impl OrdersService for OrdersApi {
             }
             _ => {}
         }
-        self.release(&principal, &order, budget).await?;
+        let authorization = self.delegate(&principal).await?;
+        self.release(&authorization, &order, budget).await?;
         let order = self
             .store
             .transition(

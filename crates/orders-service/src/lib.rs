@@ -73,11 +73,12 @@ pub struct Args {
     pub inventory_url: String,
 }
 
-/// The orders policy: reading needs `orders:read`, placing and cancelling `orders:write`;
-/// which orders a caller may touch is decided per object in the handlers.
-pub fn policy() -> Policy {
+/// The orders policy for the workloads of `trust_domain`: reading needs `orders:read`, placing
+/// and cancelling `orders:write`; which orders a caller may touch is decided per object in the
+/// handlers.
+pub fn policy(trust_domain: &str) -> Policy {
     let service = "/mesh.orders.v1.OrdersService";
-    Policy::new()
+    Policy::new(trust_domain)
         .with_health()
         .with_reflection()
         .allow(
@@ -107,6 +108,7 @@ pub struct Application {
     audit: Option<Arc<AuditLog>>,
     telemetry: Telemetry,
     api: OrdersApi,
+    policy: Policy,
     limits: ServerLimits,
 }
 
@@ -118,11 +120,13 @@ impl Application {
             let flag = flag.to_owned();
             move |e: mesh_tls::TlsError| StartError::Config(format!("{flag}: {e}"))
         };
+        let workload = args.tls.load()?;
+        let policy = policy(workload.trust_domain());
         let Workload {
             identity,
             roots,
             spiffe_id,
-        } = args.tls.load()?;
+        } = workload;
         let peer = |name: &str| {
             SpiffeId::workload(spiffe_id.trust_domain(), name)
                 .and_then(|id| MeshConnector::new(identity.clone(), roots.clone(), id))
@@ -158,6 +162,7 @@ impl Application {
             audit,
             telemetry,
             api: OrdersApi::new(store, TokenExchanger::new(auth), inventory),
+            policy,
             limits: ServerLimits::default(),
         })
     }
@@ -188,7 +193,7 @@ impl Application {
             // Continue the caller's trace first, so every decision below belongs to it.
             .layer(self.telemetry.server_layer())
             // Authenticate, then authorize against the full method path; deny by default.
-            .layer(AuthLayer::new(self.verifier, policy()).with_audit(self.audit))
+            .layer(AuthLayer::new(self.verifier, self.policy).with_audit(self.audit))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api)

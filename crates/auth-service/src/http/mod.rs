@@ -76,6 +76,9 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// The issuer's metadata. It advertises only what is served: no ID tokens are issued, so none of
+/// the OIDC ID-token fields (`id_token_signing_alg_values_supported`, `subject_types_supported`)
+/// appear; a client that needs them must not be led to believe it will get them.
 async fn discovery(State(state): State<HttpState>) -> Response {
     let issuer = state.issuer.url();
     let body = json!({
@@ -89,8 +92,6 @@ async fn discovery(State(state): State<HttpState>) -> Response {
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["EdDSA"],
     });
     (
         [(

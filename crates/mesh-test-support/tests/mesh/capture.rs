@@ -103,7 +103,7 @@ impl InventoryService for Recorder {
 pub(crate) fn policy() -> Policy {
     let orders = SpiffeId::workload(TRUST_DOMAIN, "orders").expect("spiffe id");
     let service = "/mesh.inventory.v1.InventoryService";
-    Policy::new()
+    Policy::new(TRUST_DOMAIN)
         .with_health()
         .allow(
             format!("{service}/ListItems"),

@@ -305,6 +305,98 @@ async fn reflection_is_an_explicit_row_for_mesh_workloads_and_lists_only_the_ser
     mesh.stop().await;
 }
 
+/// One reflection request on `channel`, answered with the first response, or the status that
+/// ended the stream instead.
+async fn reflect(
+    channel: tonic::transport::Channel,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> Result<tonic_reflection::pb::v1::server_reflection_response::MessageResponse, tonic::Status> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    Ok(ServerReflectionClient::new(channel)
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .expect("reflection allowed")
+        .into_inner()
+        .message()
+        .await?
+        .expect("one message")
+        .message_response
+        .expect("a response"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_describes_no_symbol_or_file_of_another_service() {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest::{
+        FileByFilename, FileContainingSymbol,
+    };
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let mesh = TestMesh::start().await.expect("mesh");
+    let servers = [
+        (
+            "orders",
+            mesh.orders_channel("meshctl").expect("channel"),
+            "mesh.orders.v1.OrdersService",
+            "mesh/orders/v1/orders.proto",
+        ),
+        (
+            "auth",
+            mesh.auth_channel("meshctl").expect("channel"),
+            "mesh.auth.v1.AuthService",
+            "mesh/auth/v1/auth.proto",
+        ),
+        (
+            "inventory",
+            mesh.inventory_channel("meshctl").expect("channel"),
+            "mesh.inventory.v1.InventoryService",
+            "mesh/inventory/v1/inventory.proto",
+        ),
+    ];
+    for (server, channel, own_service, own_file) in &servers {
+        // Its own API is described, by symbol and by file name...
+        for request in [
+            FileContainingSymbol((*own_service).to_owned()),
+            FileByFilename((*own_file).to_owned()),
+        ] {
+            match reflect(channel.clone(), request).await {
+                Ok(MessageResponse::FileDescriptorResponse(files)) => {
+                    assert_eq!(files.file_descriptor_proto.len(), 1, "{server}")
+                }
+                other => panic!("{server}: its own API not described: {other:?}"),
+            }
+        }
+        // ...and every other service's is not, by either route.
+        for (_, _, other_service, other_file) in servers.iter().filter(|s| s.0 != *server) {
+            for request in [
+                FileContainingSymbol((*other_service).to_owned()),
+                FileByFilename((*other_file).to_owned()),
+            ] {
+                // tonic-reflection ends the stream with NOT_FOUND; an error message in the
+                // stream would do as well.
+                match reflect(channel.clone(), request.clone()).await {
+                    Err(status) => {
+                        assert_eq!(status.code(), Code::NotFound, "{server}: {request:?}")
+                    }
+                    Ok(MessageResponse::ErrorResponse(error)) => {
+                        assert_eq!(
+                            error.error_code,
+                            Code::NotFound as i32,
+                            "{server}: {request:?}"
+                        )
+                    }
+                    other => panic!("{server} describes {request:?}: {other:?}"),
+                }
+            }
+        }
+    }
+    mesh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_is_appended_to_the_service_audit_chain() {
     use auth_interceptor::audit::{AuditRecord, verify};

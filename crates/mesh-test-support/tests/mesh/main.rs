@@ -6,6 +6,7 @@ mod capture;
 mod flow;
 mod hop;
 mod keys;
+mod refusals;
 mod tidy;
 mod tls;
 mod token_endpoint;

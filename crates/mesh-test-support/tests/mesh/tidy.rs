@@ -91,3 +91,163 @@ fn every_library_forbids_unsafe_code() {
         );
     }
 }
+
+/// The shell files CI runs: `.ci/run`, `scripts/*.sh`, `docker/mesh-init`.
+fn shell_files() -> Vec<PathBuf> {
+    let root = crates_dir().join("..");
+    let mut files = vec![root.join(".ci/run"), root.join("docker/mesh-init")];
+    for entry in std::fs::read_dir(root.join("scripts"))
+        .expect("scripts")
+        .flatten()
+    {
+        if entry.path().extension().is_some_and(|e| e == "sh") {
+            files.push(entry.path());
+        }
+    }
+    files
+}
+
+/// The reader after a `|` when it stops reading before its input ends (`grep -q`, `head`,
+/// `sed …q`, `awk … exit`), which kills the writer with SIGPIPE.
+fn early_exiting_reader(segment: &str) -> bool {
+    let words: Vec<&str> = segment.split_whitespace().collect();
+    match words.first().copied() {
+        Some("grep") => words
+            .iter()
+            .skip(1)
+            .take_while(|w| w.starts_with('-'))
+            .any(|w| {
+                !w.starts_with("--") && w.contains('q') || *w == "--quiet" || *w == "--silent"
+            }),
+        Some("head") => true,
+        Some("sed") => words
+            .iter()
+            .any(|w| w.trim_matches(['\'', '"']).ends_with('q')),
+        Some("awk") => segment.contains("exit"),
+        _ => false,
+    }
+}
+
+#[test]
+fn no_script_pipes_into_a_reader_that_exits_early() {
+    // Under `set -o pipefail`, `producer | grep -q x` fails with status 141 whenever the
+    // producer writes more than the pipe buffer after the match: a check that passes on small
+    // output and flakes on large output. Capture first, or let the reader read everything.
+    let mut offenders = Vec::new();
+    for file in shell_files() {
+        let text = std::fs::read_to_string(&file).expect("read script");
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split(" #").next().unwrap_or(line);
+            if code.trim_start().starts_with('#') {
+                continue;
+            }
+            let pipes = code.replace("||", "\u{0}");
+            for segment in pipes.split('|').skip(1) {
+                let segment = segment.split('\u{0}').next().unwrap_or(segment);
+                if early_exiting_reader(segment) {
+                    offenders.push(format!(
+                        "{}:{}: {}",
+                        file.display(),
+                        number + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "early-exiting readers after a pipe:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn the_pipe_rule_catches_what_it_is_meant_to() {
+    for bad in [
+        " grep -q x",
+        " grep -Eq x",
+        " head -3",
+        " sed 5q",
+        " awk '/x/ { exit }'",
+    ] {
+        assert!(early_exiting_reader(bad), "{bad}");
+    }
+    for good in [
+        " grep -E x",
+        " grep -c x",
+        " tail -3",
+        " sed -n 1,3p",
+        " awk '{ print }'",
+    ] {
+        assert!(!early_exiting_reader(good), "{good}");
+    }
+}
+
+/// `name version → feature sets` as `cargo tree` prints them (one set per build kind).
+fn feature_sets(args: &[&str]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "--prefix",
+            "none",
+            "-f",
+            "{p} {f}",
+        ])
+        .args(args)
+        .current_dir(crates_dir().join(".."))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut sets = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let line = line.trim_end_matches(" (*)");
+        let mut words = line.split(' ');
+        let (Some(name), Some(version)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let features = line
+            .rsplit(' ')
+            .next()
+            .filter(|f| !f.starts_with('('))
+            .unwrap_or("");
+        let entry = sets.entry(format!("{name} {version}")).or_default();
+        if !entry.iter().any(|f| f == features) {
+            entry.push(features.to_owned());
+            entry.sort();
+        }
+    }
+    sets
+}
+
+#[test]
+fn demo_and_test_builds_share_one_feature_set() {
+    // The README's first command builds `-p meshctl`, the second `--workspace` with every
+    // dev-dependency. A crate both need, built with other features, is compiled twice (and so
+    // is everything above it). crates/workspace-hack pins the difference away; this says what
+    // to add there when a new dependency brings features back apart.
+    let demo = feature_sets(&["-p", "meshctl", "-e", "normal,build"]);
+    let tests = feature_sets(&["--workspace"]);
+    let drift: Vec<String> = demo
+        .iter()
+        .filter(|(package, features)| tests.get(*package) != Some(features))
+        .map(|(package, features)| {
+            format!(
+                "{package}: demo {features:?}, tests {:?}",
+                tests.get(package)
+            )
+        })
+        .collect();
+    assert!(
+        drift.is_empty(),
+        "add these to crates/workspace-hack:\n{}",
+        drift.join("\n")
+    );
+}

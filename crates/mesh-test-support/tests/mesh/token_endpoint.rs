@@ -155,6 +155,7 @@ async fn client_secret_post_works_and_the_issued_token_verifies_with_the_jwks() 
         .await
         .expect("json");
     assert_eq!(discovery["issuer"], mesh.mesh.issuer.as_str());
+    assert_discovery_advertises_only_what_is_served(&http, &discovery).await;
     let jwks: JwkSet = http
         .get(discovery["jwks_uri"].as_str().expect("jwks_uri"))
         .send()
@@ -219,4 +220,33 @@ async fn repeated_failed_client_authentication_is_rate_limited() {
     let right = post(&mesh, Some(("meshctl", MESHCTL_DEMO_SECRET)), GRANT).await;
     assert_eq!(right.status, 429);
     mesh.stop().await;
+}
+
+/// No ID-token metadata (none are issued), and every endpoint the document names answers.
+async fn assert_discovery_advertises_only_what_is_served(
+    http: &reqwest::Client,
+    discovery: &Value,
+) {
+    let fields = discovery.as_object().expect("an object");
+    for field in [
+        "id_token_signing_alg_values_supported",
+        "subject_types_supported",
+        "userinfo_endpoint",
+    ] {
+        assert!(
+            !fields.contains_key(field),
+            "advertises {field}, which is not served"
+        );
+    }
+    for (field, url) in fields
+        .iter()
+        .filter(|(k, _)| k.ends_with("_endpoint") || *k == "jwks_uri")
+    {
+        let url = url.as_str().expect("a URL");
+        let status = http.get(url).send().await.expect(url).status();
+        assert!(
+            status != reqwest::StatusCode::NOT_FOUND,
+            "{field} {url} is not served ({status})"
+        );
+    }
 }
