@@ -419,3 +419,55 @@ async fn loadgen_places_reads_cancels_and_is_refused_where_it_must_be() {
     assert_eq!(bad.status.code(), Some(64), "{}", stderr(&bad));
     assert!(stderr(&bad).contains("--user"), "{}", stderr(&bad));
 }
+
+#[test]
+fn audit_keygen_writes_a_hex_key_once_and_a_verify_with_it_works() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key = dir.path().join("audit.key");
+    let key_arg = key.to_str().expect("utf8");
+    let written = meshctl(&["audit", "keygen", "--out", key_arg]);
+    assert!(written.status.success(), "{}", stderr(&written));
+    let text = std::fs::read_to_string(&key).expect("key");
+    assert_eq!(text.trim_end().len(), 64, "32 bytes as hex: {text:?}");
+
+    // Never replaced: a new key would orphan the chain the old one signed.
+    let again = meshctl(&["audit", "keygen", "--out", key_arg]);
+    assert_eq!(again.status.code(), Some(64));
+    assert!(stderr(&again).contains("--out"), "{}", stderr(&again));
+    assert_eq!(std::fs::read_to_string(&key).expect("key"), text);
+
+    // The key opens a log whose chain verifies with it.
+    use auth_interceptor::audit::{AuditLog, Decision};
+    let log_path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open("orders", &log_path, &key).expect("open");
+    log.append(&Decision {
+        decision: "deny",
+        reason: "policy",
+        ..Decision::default()
+    })
+    .expect("append");
+    let ok = meshctl(&[
+        "audit",
+        "verify",
+        log_path.to_str().expect("utf8"),
+        "--key-file",
+        key_arg,
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    // A key too short to be safe is refused with how to make a good one.
+    std::fs::write(&key, "abcd\n").expect("short");
+    let short = meshctl(&[
+        "audit",
+        "verify",
+        log_path.to_str().expect("utf8"),
+        "--key-file",
+        key_arg,
+    ]);
+    assert_eq!(short.status.code(), Some(64));
+    assert!(
+        stderr(&short).contains("meshctl audit keygen"),
+        "{}",
+        stderr(&short)
+    );
+}
