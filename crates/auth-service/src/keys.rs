@@ -14,7 +14,33 @@ use sqlx::SqlitePool;
 
 use auth_interceptor::{ACCESS_TOKEN_TYP, AccessClaims, KeySet};
 
-use crate::StartError;
+/// Why the key store could not load, generate or rotate a key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The `signing_keys` table could not be read or written.
+    #[error("signing keys in the database: {0}")]
+    Storage(#[from] sqlx::Error),
+    /// The system random generator or the key parser failed while making a key.
+    #[error("generating a signing key: {0}")]
+    Generate(String),
+    /// A stored key does not parse: the database is damaged.
+    #[error("signing key {kid} is damaged: {detail}")]
+    Damaged {
+        /// The key's id.
+        kid: String,
+        /// What the parser said.
+        detail: String,
+    },
+    /// No current key after writing one (a concurrent writer retired it).
+    #[error("no current signing key after {0}")]
+    Missing(&'static str),
+}
+
+impl From<KeyError> for crate::StartError {
+    fn from(error: KeyError) -> Self {
+        crate::StartError::runtime("signing keys", error)
+    }
+}
 
 /// A key that signs: its id and the jsonwebtoken key built once from its PKCS#8 bytes.
 struct SigningKey {
@@ -54,13 +80,13 @@ impl std::fmt::Debug for KeyStore {
 
 impl KeyStore {
     /// Loads the keys, generating the first one on an empty database.
-    pub async fn open(pool: SqlitePool) -> Result<Self, StartError> {
+    pub async fn open(pool: SqlitePool) -> Result<Self, KeyError> {
         if Self::load(&pool).await?.is_none() {
             insert_new_key(&pool).await?;
         }
         let keys = Self::load(&pool)
             .await?
-            .ok_or_else(|| StartError::Runtime("no signing key after generating one".into()))?;
+            .ok_or(KeyError::Missing("generating one"))?;
         Ok(Self {
             pool,
             keys: RwLock::new(keys),
@@ -69,17 +95,16 @@ impl KeyStore {
 
     /// Retires the current key and starts signing with a new one. The retired key stays in the
     /// JWKS until the next rotation, so tokens it signed keep verifying until they expire.
-    pub async fn rotate(&self) -> Result<String, StartError> {
+    pub async fn rotate(&self) -> Result<String, KeyError> {
         let now = crate::unix_now();
         sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
             .bind(now as i64)
             .execute(&self.pool)
-            .await
-            .map_err(storage)?;
+            .await?;
         insert_new_key(&self.pool).await?;
         let keys = Self::load(&self.pool)
             .await?
-            .ok_or_else(|| StartError::Runtime("no signing key after rotation".into()))?;
+            .ok_or(KeyError::Missing("rotation"))?;
         let kid = keys.signing.kid.clone();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
         Ok(kid)
@@ -136,14 +161,13 @@ impl KeyStore {
             .unwrap_or_default()
     }
 
-    async fn load(pool: &SqlitePool) -> Result<Option<Keys>, StartError> {
+    async fn load(pool: &SqlitePool) -> Result<Option<Keys>, KeyError> {
         let current: Option<(String, Vec<u8>, String)> = sqlx::query_as(
             "SELECT kid, pkcs8, public_x FROM signing_keys WHERE retired_at IS NULL \
              ORDER BY created_at DESC, rowid DESC LIMIT 1",
         )
         .fetch_optional(pool)
-        .await
-        .map_err(storage)?;
+        .await?;
         let Some((kid, pkcs8, x)) = current else {
             return Ok(None);
         };
@@ -152,11 +176,12 @@ impl KeyStore {
              ORDER BY retired_at DESC, rowid DESC LIMIT 1",
         )
         .fetch_optional(pool)
-        .await
-        .map_err(storage)?;
+        .await?;
         // Fail at start, not at first sign, if the stored key is damaged.
-        Ed25519KeyPair::from_pkcs8(&pkcs8)
-            .map_err(|e| StartError::Runtime(format!("signing key {kid}: {e}")))?;
+        Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| KeyError::Damaged {
+            kid: kid.clone(),
+            detail: e.to_string(),
+        })?;
         let mut published = vec![PublicKey {
             kid: kid.clone(),
             x,
@@ -172,11 +197,11 @@ impl KeyStore {
     }
 }
 
-async fn insert_new_key(pool: &SqlitePool) -> Result<(), StartError> {
+async fn insert_new_key(pool: &SqlitePool) -> Result<(), KeyError> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-        .map_err(|_| StartError::Runtime("could not generate an Ed25519 key".into()))?;
+        .map_err(|_| KeyError::Generate("the system random generator failed".into()))?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-        .map_err(|e| StartError::Runtime(format!("generated key rejected: {e}")))?;
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
     let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
     let kid = thumbprint(&x);
     sqlx::query(
@@ -188,8 +213,7 @@ async fn insert_new_key(pool: &SqlitePool) -> Result<(), StartError> {
     .bind(&x)
     .bind(crate::unix_now() as i64)
     .execute(pool)
-    .await
-    .map_err(storage)?;
+    .await?;
     Ok(())
 }
 
@@ -197,8 +221,4 @@ async fn insert_new_key(pool: &SqlitePool) -> Result<(), StartError> {
 fn thumbprint(x: &str) -> String {
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
-}
-
-fn storage(error: sqlx::Error) -> StartError {
-    StartError::Runtime(error.to_string())
 }

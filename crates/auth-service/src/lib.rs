@@ -26,6 +26,7 @@
 //! - [`Application`]: binds both listeners and runs them until shutdown.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod clients;
 pub mod grants;
@@ -40,18 +41,16 @@ pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier, VerifierConfig};
+use auth_interceptor::{Policy, Rule, TokenVerifier, VerifierConfig};
 use mesh_proto::auth::v1::auth_service_server::AuthServiceServer;
-use mesh_tls::Reloadable;
-use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use tokio::net::TcpListener;
+use mesh_service::runtime::bind;
+use mesh_service::{MeshServer, Runtime, ServiceBinary};
+use mesh_tls::server::{TlsListener, grpc_server};
 
+pub use mesh_service::StartError;
 pub use settings::{Args, AuthConfig, Settings};
 
 use crate::clients::Registry;
@@ -60,8 +59,6 @@ use crate::issuer::Issuer;
 use crate::keys::KeyStore;
 use crate::local::LocalVerifiers;
 use crate::ratelimit::FailureLimiter;
-
-pub use mesh_telemetry::StartError;
 
 /// Seconds since the epoch.
 pub(crate) fn unix_now() -> u64 {
@@ -90,66 +87,35 @@ pub fn mesh_policy(trust_domain: &str) -> Policy {
 /// A built, bound auth service, ready to run.
 #[derive(Debug)]
 pub struct Application {
-    mesh: TlsListener,
+    server: MeshServer,
     public: TlsListener,
-    mesh_addr: SocketAddr,
     public_addr: SocketAddr,
     issuer: Arc<Issuer>,
     api: Arc<MeshApi>,
     http: http::HttpState,
     verifiers: Arc<LocalVerifiers>,
     mesh_verifier: Arc<TokenVerifier>,
-    audit: Option<Arc<auth_interceptor::audit::AuditLog>>,
-    telemetry: mesh_telemetry::trace::Telemetry,
-    limits: ServerLimits,
-    trust_domain: String,
 }
 
 impl Application {
     /// Loads certificates, opens the database, binds both listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let config_error = |flag: &str| {
-            let flag = flag.to_owned();
-            move |e: mesh_tls::TlsError| StartError::Config(format!("{flag}: {e}"))
-        };
-        let identity =
-            Reloadable::load(settings.tls.clone()).map_err(config_error("--tls-cert/--tls-key"))?;
-        let roots = settings
-            .tls
-            .trust_bundle()
-            .map_err(config_error("--tls-ca"))?;
-        match identity.spiffe_id() {
-            Some(id) if id.trust_domain() == settings.trust_domain => {}
-            Some(id) => {
-                return Err(StartError::Config(format!(
-                    "--tls-cert: the certificate's SPIFFE ID {id} is outside the trust domain {} \
-                     (--trust-domain / MESH_TRUST_DOMAIN)",
-                    settings.trust_domain
-                )));
-            }
-            None => {
-                return Err(StartError::Config(
-                    "--tls-cert: the certificate has no SPIFFE ID".into(),
-                ));
-            }
-        }
-        let mesh = TlsListener::mesh(bind(settings.listen).await?, identity.clone(), roots)
-            .map_err(config_error("--tls-ca"))?;
-        let public = TlsListener::public(bind(settings.public_listen).await?, identity)
-            .map_err(config_error("--tls-cert"))?;
-        let mesh_addr = mesh
-            .local_addr()
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        let workload = settings.tls.load()?;
+        let public = TlsListener::public(
+            bind(settings.public_listen).await?,
+            workload.identity.clone(),
+        )
+        .map_err(|e| StartError::config("--tls-cert", e))?;
         let public_addr = public
             .local_addr()
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
+            .map_err(|e| StartError::runtime("public listener address", e))?;
         let issuer_url = match settings.issuer {
             Some(url) => url,
             None => format!("https://localhost:{}", public_addr.port()),
         };
         settings::check_issuer(&issuer_url)?;
 
-        let pool = open_db(&settings.db).await?;
+        let pool = mesh_service::open_sqlite(&settings.db, &MIGRATIONS).await?;
         let grants = grants::Grants::new(pool.clone());
         let keys = Arc::new(KeyStore::open(pool).await?);
         let issuer = Arc::new(Issuer::new(issuer_url, keys.clone()));
@@ -182,28 +148,35 @@ impl Application {
             ttl,
             refresh_ttl: settings::ttl(config.refresh_token_ttl_secs),
         };
+        // The mesh side verifies tokens for audience `auth` with the issuer's own keys: no
+        // discovery round trip to itself.
         let mesh_verifier =
             TokenVerifier::with_keys(VerifierConfig::new(issuer.url(), "auth"), keys.key_set());
+        let runtime = Runtime::with_verifier(
+            "auth",
+            settings.listen,
+            workload,
+            mesh_verifier.clone(),
+            &settings.audit,
+            &settings.telemetry,
+        )
+        .await?;
+        let policy = mesh_policy(runtime.trust_domain());
         Ok(Self {
-            mesh,
+            server: runtime.into_server(policy),
             public,
-            mesh_addr,
             public_addr,
             issuer,
             api,
             http,
             verifiers,
             mesh_verifier,
-            audit: settings.audit.open("auth")?,
-            telemetry: mesh_telemetry::trace::Telemetry::new(&settings.telemetry, "auth")?,
-            limits: ServerLimits::default(),
-            trust_domain: settings.trust_domain.clone(),
         })
     }
 
     /// The mesh gRPC address actually bound.
     pub fn mesh_addr(&self) -> SocketAddr {
-        self.mesh_addr
+        self.server.addr()
     }
 
     /// The public HTTPS address actually bound.
@@ -218,7 +191,7 @@ impl Application {
 
     /// The service's tracer.
     pub fn telemetry(&self) -> mesh_telemetry::trace::Telemetry {
-        self.telemetry.clone()
+        self.server.telemetry().clone()
     }
 
     /// A handle that rotates the signing key while the service runs.
@@ -244,36 +217,47 @@ impl Application {
             let _ = rx.changed().await;
         };
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = mesh_proto::reflection("mesh.auth.v1.AuthService")
-            .map_err(|e| StartError::Runtime(format!("reflection: {e}")))?;
-        health.set_serving::<AuthServiceServer<MeshApi>>().await;
+        let telemetry = self.server.telemetry().clone();
         let api = AuthServiceServer::from_arc(self.api)
-            .max_decoding_message_size(self.limits.max_message_bytes);
-        let mesh = grpc_server(&self.limits)
-            // Continue the caller's trace first, so every decision below belongs to it.
-            .layer(self.telemetry.server_layer())
-            .layer(
-                AuthLayer::new(self.mesh_verifier, mesh_policy(&self.trust_domain))
-                    .with_audit(self.audit),
-            )
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(api)
-            .serve_with_incoming_shutdown(self.mesh.incoming(), stopped(stop_rx.clone()));
-
-        let public = grpc_server(&self.limits)
+            .max_decoding_message_size(self.server.limits().max_message_bytes);
+        let limits = *self.server.limits();
+        let mesh = self.server.serving(api, stopped(stop_rx.clone()));
+        let public = grpc_server(&limits)
             .accept_http1(true)
-            .layer(self.telemetry.http_server_layer())
+            .layer(telemetry.http_server_layer())
             .add_routes(tonic::service::Routes::from(http::router(self.http)))
             .serve_with_incoming_shutdown(self.public.incoming(), stopped(stop_rx));
 
         let (mesh, public) = tokio::join!(mesh, public);
         // Flush what is queued; an unreachable collector cannot hold shutdown up.
-        self.telemetry.shutdown(Duration::from_secs(3)).await;
-        mesh.map_err(|e| StartError::Runtime(format!("mesh listener: {e}")))?;
-        public.map_err(|e| StartError::Runtime(format!("public listener: {e}")))?;
+        telemetry.shutdown(Duration::from_secs(3)).await;
+        mesh?;
+        public.map_err(|e| StartError::runtime(format!("serve {}", self.public_addr), e))?;
         Ok(())
+    }
+}
+
+impl ServiceBinary for Application {
+    type Args = Args;
+
+    async fn build(args: Args) -> Result<Self, StartError> {
+        Self::build(args.into_settings()?).await
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "auth service listening: mesh {}, public {}, issuer {}",
+            self.mesh_addr(),
+            self.public_addr,
+            self.issuer()
+        )
+    }
+
+    async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        Self::run_until_stopped(self, shutdown).await
     }
 }
 
@@ -287,7 +271,7 @@ pub struct KeyRotator {
 
 impl KeyRotator {
     /// Retires the current key and signs with a new one from now on; returns the new `kid`.
-    pub async fn rotate(&self) -> Result<String, StartError> {
+    pub async fn rotate(&self) -> Result<String, keys::KeyError> {
         let kid = self.keys.rotate().await?;
         self.verifiers.refresh_keys();
         self.mesh_verifier.replace_keys(self.keys.key_set());
@@ -295,27 +279,5 @@ impl KeyRotator {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| StartError::Runtime(format!("bind {addr}: {e}")))
-}
-
-/// Opens (creating if needed) and migrates the SQLite file, in WAL mode.
-async fn open_db(path: &Path) -> Result<SqlitePool, StartError> {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .map_err(|e| StartError::Config(format!("--db {}: {e}", path.display())))?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .map_err(|e| StartError::Runtime(format!("migrate {}: {e}", path.display())))?;
-    Ok(pool)
-}
+/// The auth service's schema, applied in order when it opens its database.
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mesh_tls::{SpiffeId, TlsFiles};
+use mesh_tls::SpiffeId;
 use serde::Deserialize;
 
 use crate::StartError;
@@ -25,10 +25,10 @@ pub struct Args {
     pub public_listen: SocketAddr,
     /// This workload's certificate, key and trust bundle.
     #[command(flatten)]
-    pub tls: mesh_telemetry::TlsFlags,
+    pub tls: mesh_service::TlsFlags,
     /// The HMAC-chained audit log of mesh-API decisions.
     #[command(flatten)]
-    pub audit: mesh_telemetry::AuditFlags,
+    pub audit: mesh_service::AuditFlags,
     /// OpenTelemetry export.
     #[command(flatten)]
     pub telemetry: mesh_telemetry::trace::TelemetryFlags,
@@ -53,8 +53,7 @@ impl Args {
         Ok(Settings {
             listen: self.listen,
             public_listen: self.public_listen,
-            tls: self.tls.files(),
-            trust_domain: self.tls.trust_domain,
+            tls: self.tls,
             audit: self.audit,
             telemetry: self.telemetry,
             issuer: self.issuer,
@@ -71,12 +70,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Public HTTPS listen address.
     pub public_listen: SocketAddr,
-    /// This workload's TLS files.
-    pub tls: TlsFiles,
-    /// The SPIFFE trust domain of the mesh (`--trust-domain`).
-    pub trust_domain: String,
+    /// This workload's TLS files and trust domain.
+    pub tls: mesh_service::TlsFlags,
     /// The audit log flags.
-    pub audit: mesh_telemetry::AuditFlags,
+    pub audit: mesh_service::AuditFlags,
     /// OpenTelemetry export.
     pub telemetry: mesh_telemetry::trace::TelemetryFlags,
     /// The issuer URL; `None` means `https://localhost:<public port>`.
@@ -198,9 +195,9 @@ impl AuthConfig {
     /// Reads and checks the file.
     pub fn load(path: &std::path::Path) -> Result<Self, StartError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| StartError::Config(format!("--auth-config {}: {e}", path.display())))?;
+            .map_err(|e| StartError::config("--auth-config", format!("{}: {e}", path.display())))?;
         Self::parse(&text)
-            .map_err(|e| StartError::Config(format!("--auth-config {}: {e}", path.display())))
+            .map_err(|e| StartError::config("--auth-config", format!("{}: {e}", path.display())))
     }
 
     /// Parses and checks the TOML text.
@@ -317,9 +314,10 @@ pub fn check_issuer(issuer: &str) -> Result<(), StartError> {
     if ok {
         Ok(())
     } else {
-        Err(StartError::Config(format!(
-            "--issuer {issuer:?}: must be an https URL without query, fragment or trailing slash"
-        )))
+        Err(StartError::config(
+            "--issuer",
+            format!("{issuer:?} must be an https URL without query, fragment or trailing slash"),
+        ))
     }
 }
 

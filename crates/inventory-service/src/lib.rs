@@ -11,23 +11,20 @@
 //! - [`Application`]: flags, start-up and serving.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-
-use auth_interceptor::audit::AuditLog;
-use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier};
-use mesh_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
-use mesh_telemetry::{AuditFlags, StartError, TlsFlags, Workload};
-use mesh_tls::SpiffeId;
-use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
 use std::sync::Arc;
-use tokio::net::TcpListener;
+
+use auth_interceptor::{Policy, Rule, TokenVerifier};
+use mesh_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
+use mesh_service::{MeshServer, Runtime, ServiceBinary, ServiceFlags, StartError};
+use mesh_telemetry::trace::Telemetry;
+use mesh_tls::SpiffeId;
 
 use crate::api::InventoryApi;
 use crate::store::Store;
@@ -43,24 +40,12 @@ pub struct Args {
     /// Mesh gRPC listen address (mTLS required).
     #[arg(long, env = "MESH_LISTEN", default_value = "0.0.0.0:50053")]
     pub listen: SocketAddr,
-    /// This workload's certificate, key and trust bundle.
-    #[command(flatten)]
-    pub tls: TlsFlags,
-    /// The HMAC-chained audit log.
-    #[command(flatten)]
-    pub audit: AuditFlags,
-    /// OpenTelemetry export.
-    #[command(flatten)]
-    pub telemetry: TelemetryFlags,
-    /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
-    #[arg(long, env = "MESH_ISSUER")]
-    pub issuer: String,
     /// The audience tokens must carry.
     #[arg(long, env = "MESH_AUDIENCE", default_value = "inventory")]
     pub audience: String,
-    /// SQLite file (created and migrated on start).
-    #[arg(long, env = "MESH_DB")]
-    pub db: PathBuf,
+    /// What every mesh service is given: identity, audit log, tracing, issuer, database.
+    #[command(flatten)]
+    pub mesh: ServiceFlags,
 }
 
 /// The inventory policy for the workloads of `trust_domain`. `orders` is the SPIFFE ID of the
@@ -98,67 +83,37 @@ pub fn policy(trust_domain: &str, orders: SpiffeId) -> Policy {
         )
 }
 
-/// A built, bound inventory service.
+/// A built, bound inventory service: its state and the shared server around it.
 #[derive(Debug)]
 pub struct Application {
-    listener: TlsListener,
-    addr: SocketAddr,
+    server: MeshServer,
     verifier: Arc<TokenVerifier>,
-    audit: Option<Arc<AuditLog>>,
-    telemetry: Telemetry,
-    policy: Policy,
-    store: Store,
-    limits: ServerLimits,
+    api: InventoryApi,
 }
 
 impl Application {
     /// Loads certificates, discovers the issuer's keys, opens the database, binds the listener.
     pub async fn build(args: Args) -> Result<Self, StartError> {
-        let Workload {
-            identity,
-            roots,
-            spiffe_id,
-        } = args.tls.load()?;
-        let trust_domain = spiffe_id.trust_domain();
-        let orders = SpiffeId::workload(trust_domain, "orders")
-            .map_err(|e| StartError::Config(e.to_string()))?;
-        let policy = policy(trust_domain, orders);
-        let verifier = TokenVerifier::for_issuer(&args.issuer, &args.audience, roots.clone())
-            .await
-            .map_err(|e| StartError::Runtime(format!("--issuer {}: {e}", args.issuer)))?;
-        let store = Store::open(&args.db)
-            .await
-            .map_err(|e| StartError::Config(format!("--db {}: {e}", args.db.display())))?;
-        let tcp = TcpListener::bind(args.listen)
-            .await
-            .map_err(|e| StartError::Runtime(format!("bind {}: {e}", args.listen)))?;
-        let listener = TlsListener::mesh(tcp, identity, roots)
-            .map_err(|e| StartError::Config(format!("--tls-ca: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
-        let audit = args.audit.open("inventory")?;
-        let telemetry = Telemetry::new(&args.telemetry, "inventory")?;
+        let runtime = Runtime::start("inventory", args.listen, &args.mesh, &args.audience).await?;
+        let orders = SpiffeId::workload(runtime.trust_domain(), "orders")
+            .map_err(|e| StartError::config("--trust-domain", e))?;
+        let store = Store::new(mesh_service::open_sqlite(&args.mesh.db, &store::MIGRATIONS).await?);
+        let policy = policy(runtime.trust_domain(), orders);
         Ok(Self {
-            listener,
-            addr,
-            verifier,
-            audit,
-            telemetry,
-            policy,
-            store,
-            limits: ServerLimits::default(),
+            verifier: runtime.verifier().clone(),
+            api: InventoryApi::new(store),
+            server: runtime.into_server(policy),
         })
     }
 
     /// The service's tracer (the demo flushes it before drawing traces).
     pub fn telemetry(&self) -> Telemetry {
-        self.telemetry.clone()
+        self.server.telemetry().clone()
     }
 
     /// The address actually bound.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// The token verifier (tests read its JWKS fetch count).
@@ -171,28 +126,27 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = mesh_proto::reflection("mesh.inventory.v1.InventoryService")
-            .map_err(|e| StartError::Runtime(format!("reflection: {e}")))?;
-        health
-            .set_serving::<InventoryServiceServer<InventoryApi>>()
-            .await;
-        let api = InventoryServiceServer::new(InventoryApi::new(self.store))
-            .max_decoding_message_size(self.limits.max_message_bytes);
-        let telemetry = self.telemetry.clone();
-        let served = grpc_server(&self.limits)
-            // Continue the caller's trace first, so every decision below belongs to it.
-            .layer(self.telemetry.server_layer())
-            // Authenticate, then authorize against the full method path; deny by default.
-            .layer(AuthLayer::new(self.verifier, self.policy).with_audit(self.audit))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(api)
-            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
-            .await
-            .map_err(|e| StartError::Runtime(format!("serve: {e}")));
-        // Flush what is queued; an unreachable collector cannot hold shutdown up.
-        telemetry.shutdown(std::time::Duration::from_secs(3)).await;
-        served
+        let api = InventoryServiceServer::new(self.api)
+            .max_decoding_message_size(self.server.limits().max_message_bytes);
+        self.server.serve(api, shutdown).await
+    }
+}
+
+impl ServiceBinary for Application {
+    type Args = Args;
+
+    async fn build(args: Args) -> Result<Self, StartError> {
+        Self::build(args).await
+    }
+
+    fn describe(&self) -> String {
+        format!("inventory service listening on {}", self.addr())
+    }
+
+    async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        Self::run_until_stopped(self, shutdown).await
     }
 }

@@ -1,20 +1,7 @@
-//! The inventory service binary: flags and env, logging, then [`inventory_service::Application`].
-
-use inventory_service::{Application, Args};
-use mesh_telemetry::exit_on_start_error;
+//! The inventory service binary: everything is [`mesh_service::run_binary`] over
+//! [`inventory_service::Application`].
 
 #[tokio::main]
 async fn main() {
-    let args: Args = mesh_telemetry::parse_args();
-    mesh_telemetry::init();
-    let app = Application::build(args)
-        .await
-        .unwrap_or_else(|e| exit_on_start_error(e));
-    tracing::info!(addr = %app.addr(), "inventory service listening");
-    if let Err(error) = app
-        .run_until_stopped(mesh_telemetry::shutdown_signal())
-        .await
-    {
-        exit_on_start_error(error);
-    }
+    mesh_service::run_binary::<inventory_service::Application>().await;
 }

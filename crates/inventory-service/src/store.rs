@@ -1,12 +1,11 @@
 //! Stock in SQLite: reads, all-or-nothing reservations that are idempotent on their id, releases
 //! and restocks.
 
-use std::path::Path;
-use std::time::Duration;
-
 use mesh_proto::domain::{Line, Sku, lines_key};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Sqlite, SqlitePool, Transaction};
+
+/// The schema, applied in order when the service opens its database.
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +19,6 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    /// Migrations failed.
-    #[error("migrate: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 /// An item row.
@@ -56,20 +52,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the SQLite file, in WAL mode.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+    /// The store over `pool`, opened and migrated with [`MIGRATIONS`] by
+    /// `mesh_service::open_sqlite`.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
     }
 
     /// Items in SKU order after `after`, at most `limit`.

@@ -147,7 +147,7 @@ fn issuance(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("dir");
     let (mesh, client) = rt.block_on(async {
-        let mesh = meshctl::devmesh::DevMesh::start(dir.path())
+        let mesh = mesh_dev::devmesh::DevMesh::start(dir.path())
             .await
             .expect("mesh");
         let channel = mesh

@@ -76,7 +76,7 @@ struct RunArgs {
 }
 
 fn main() {
-    let cli: Cli = mesh_telemetry::parse_args();
+    let cli: Cli = mesh_service::parse_args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,7 +119,7 @@ async fn serve(
     let shutdown = async move {
         tokio::select! {
             () = stdin_closed => {}
-            () = mesh_telemetry::shutdown_signal() => {}
+            () = mesh_service::shutdown_signal() => {}
         }
     };
     server::serve(

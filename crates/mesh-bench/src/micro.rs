@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use mesh_telemetry::sink::TraceSink;
+use mesh_dev::sink::TraceSink;
 use mesh_tls::client::MeshConnector;
 use mesh_tls::{Reloadable, SpiffeId};
 use tonic::transport::{Channel, Endpoint};

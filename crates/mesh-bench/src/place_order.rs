@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use mesh_dev::devmesh::DevMesh;
 use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_proto::orders::v1::{OrderLine, PlaceOrderRequest};
-use meshctl::devmesh::DevMesh;
 
 /// One hop's latency quantiles in milliseconds.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ pub async fn run(rate: f64, duration: Duration, warmup: Duration) -> anyhow::Res
     let dir = tempfile::tempdir()?;
     let mesh = DevMesh::start(dir.path()).await?;
     let http = mesh.https_client()?;
-    let login = meshctl::login::login_with_password(
+    let login = mesh_dev::oauth::login_with_password(
         &http,
         &mesh.issuer,
         "alice",

@@ -29,7 +29,18 @@ use opentelemetry_sdk::trace::{
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
-use crate::StartError;
+/// A tracer that could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter refused the endpoint.
+    #[error("OTLP endpoint {endpoint}: {source}")]
+    Exporter {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// Why the exporter refused it.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
 
 /// The OTLP exporter and service name, from the OpenTelemetry environment variables.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -55,7 +66,7 @@ pub struct Telemetry {
 impl Telemetry {
     /// A tracer for `flags.service_name` (or `default_service`), exporting to
     /// `flags.otlp_endpoint` when set. Must be called inside a Tokio runtime.
-    pub fn new(flags: &TelemetryFlags, default_service: &str) -> Result<Self, StartError> {
+    pub fn new(flags: &TelemetryFlags, default_service: &str) -> Result<Self, TelemetryError> {
         let service = flags
             .service_name
             .clone()
@@ -72,7 +83,10 @@ impl Telemetry {
                 .with_endpoint(endpoint.clone())
                 .with_timeout(Duration::from_secs(3))
                 .build()
-                .map_err(|e| StartError::Config(format!("--otlp-endpoint {endpoint}: {e}")))?;
+                .map_err(|source| TelemetryError::Exporter {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
             let config = BatchConfigBuilder::default()
                 .with_max_queue_size(2048)
                 .with_scheduled_delay(Duration::from_millis(200))
@@ -221,14 +235,6 @@ fn finish(cx: &Context, code: i64, message: Option<String>) {
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-/// A mesh channel with the client trace layer, as a [`auth_interceptor::client::Transport`].
-pub fn traced(
-    channel: tonic::transport::Channel,
-    layer: &ClientTraceLayer,
-) -> auth_interceptor::client::Transport {
-    auth_interceptor::client::Transport::new(layer.layer(channel))
-}
 
 /// See [`Telemetry::server_layer`].
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 //! with `TEST_LOG=1`.
 //!
 //! # Layout
-//! - [`TestMesh`]: a [`meshctl::devmesh::DevMesh`] in a temp dir, with helpers for clients.
+//! - [`TestMesh`]: a [`mesh_dev::devmesh::DevMesh`] in a temp dir, with helpers for clients.
 //! - [`forge`]: hand-made JWTs (any header, any claims), signed with the issuer's real key,
 //!   a foreign key, HMAC over the public key, or nothing.
 
@@ -16,12 +16,12 @@ pub mod forge;
 use std::path::Path;
 
 use anyhow::Context;
-use meshctl::devmesh::{DevMesh, MESHCTL_DEMO_SECRET, STOCK_ADMIN_DEMO_SECRET};
-use meshctl::token::{ClientCredentials, TokenResponse, client_credentials};
+use mesh_dev::devmesh::{DevMesh, MESHCTL_DEMO_SECRET, STOCK_ADMIN_DEMO_SECRET};
+use mesh_dev::oauth::{ClientCredentials, TokenResponse, client_credentials};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
-pub use meshctl::devmesh::TRUST_DOMAIN;
+pub use mesh_dev::devmesh::TRUST_DOMAIN;
 
 /// A running mesh in a temporary directory that lives as long as the value.
 #[derive(Debug)]
@@ -78,7 +78,7 @@ impl TestMesh {
     /// Logs `user` in with the demo password (`<user>-demo-password`) through the real login
     /// form and PKCE; the tokens are for `audience`.
     pub async fn login(&self, user: &str, audience: &str) -> anyhow::Result<TokenResponse> {
-        Ok(meshctl::login::login_with_password(
+        Ok(mesh_dev::oauth::login_with_password(
             &self.https()?,
             &self.mesh.issuer,
             user,

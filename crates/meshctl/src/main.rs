@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() {
-    let cli: meshctl::cli::Cli = mesh_telemetry::parse_args();
+    let cli: meshctl::cli::Cli = mesh_service::parse_args();
     if std::env::var_os("RUST_LOG").is_some() {
         mesh_telemetry::init();
     }

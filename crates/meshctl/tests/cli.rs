@@ -140,7 +140,7 @@ fn the_demo_runs_every_step_as_expected_and_exits_0() {
 
 /// Runs meshctl against a running dev mesh, as a user would in a shell.
 fn meshctl_in(
-    mesh: &meshctl::devmesh::DevMesh,
+    mesh: &mesh_dev::devmesh::DevMesh,
     session: &std::path::Path,
     args: &[&str],
 ) -> Output {
@@ -163,7 +163,7 @@ fn meshctl_in(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_logs_in_orders_cancels_and_logs_out_with_the_cli() {
     let dir = tempfile::tempdir().expect("dir");
-    let mesh = meshctl::devmesh::DevMesh::start(dir.path())
+    let mesh = mesh_dev::devmesh::DevMesh::start(dir.path())
         .await
         .expect("mesh");
     let session = dir.path().join("alice/session.json");
@@ -309,7 +309,7 @@ async fn issuer_ip_reaches_an_issuer_whose_host_name_only_resolves_elsewhere() {
     // As from the host against the compose stack: the issuer is `https://auth:<port>` (a name
     // only the compose network resolves) and auth is reachable on loopback.
     let dir = tempfile::tempdir().expect("dir");
-    let mesh = meshctl::devmesh::DevMesh::start(dir.path())
+    let mesh = mesh_dev::devmesh::DevMesh::start(dir.path())
         .await
         .expect("mesh");
     let port = mesh
@@ -356,7 +356,7 @@ async fn issuer_ip_reaches_an_issuer_whose_host_name_only_resolves_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_places_reads_cancels_and_is_refused_where_it_must_be() {
     let dir = tempfile::tempdir().expect("dir");
-    let mesh = meshctl::devmesh::DevMesh::start(dir.path())
+    let mesh = mesh_dev::devmesh::DevMesh::start(dir.path())
         .await
         .expect("mesh");
     let certs = mesh.dir().join("certs");

@@ -1,16 +1,15 @@
 //! Orders in SQLite (WAL, migrations): created once per idempotency key, moved from PENDING to
 //! their outcome exactly once.
 
-use std::path::Path;
-use std::time::Duration;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_proto::domain::{Line, Quantity, RequestKey, Sku, lines_key};
 use mesh_proto::orders::v1::OrderState;
 use rand::RngCore;
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+/// The schema, applied in order when the service opens its database.
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +20,6 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    /// Migrations failed.
-    #[error("migrate: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 /// A stored order.
@@ -71,20 +67,10 @@ struct OrderRow {
 const SELECT: &str = "SELECT rowid AS seq, order_id, owner, state, reason, created_at FROM orders";
 
 impl Store {
-    /// Opens (creating if needed) and migrates the SQLite file.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+    /// The store over `pool`, opened and migrated with [`MIGRATIONS`] by
+    /// `mesh_service::open_sqlite`.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
     }
 
     /// The order of `owner` under `key`: the existing one if the key was used before with the

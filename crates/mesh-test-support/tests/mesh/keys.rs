@@ -2,10 +2,10 @@
 //! pick up the new key on their own.
 
 use jsonwebtoken::jwk::JwkSet;
+use mesh_dev::devmesh::DevMesh;
 use mesh_proto::inventory::v1::ListItemsRequest;
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_test_support::{TestMesh, bearer};
-use meshctl::devmesh::DevMesh;
 
 async fn published_kids(http: &reqwest::Client, issuer: &str) -> Vec<String> {
     let jwks: JwkSet = http

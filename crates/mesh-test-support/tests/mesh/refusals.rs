@@ -3,6 +3,7 @@
 //! with the right status, leave nothing behind, and end as a `deny` record in the audit chain.
 
 use auth_interceptor::audit::AuditRecord;
+use mesh_dev::devmesh::FOREIGN_ORDERS;
 use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_proto::auth::v1::{ExchangeTokenRequest, IssueServiceTokenRequest};
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -14,7 +15,6 @@ use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_proto::orders::v1::{GetOrderRequest, ListOrdersRequest, OrderLine, PlaceOrderRequest};
 use mesh_test_support::forge;
 use mesh_test_support::{TestMesh, bearer};
-use meshctl::devmesh::FOREIGN_ORDERS;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -296,7 +296,7 @@ async fn stored_state(mesh: &TestMesh) -> (i64, i64) {
 async fn a_revoked_user_token_places_nothing_and_is_unauthenticated() {
     let mesh = TestMesh::start().await.expect("mesh");
     let login = mesh.login("alice", "orders").await.expect("login");
-    meshctl::login::revoke(
+    mesh_dev::oauth::revoke(
         &mesh.https().expect("https"),
         &mesh.mesh.issuer,
         &login.access_token,

@@ -251,3 +251,38 @@ fn demo_and_test_builds_share_one_feature_set() {
         drift.join("\n")
     );
 }
+
+/// The names of `crate`'s dependencies of every kind, from its manifest.
+fn dependencies_of(manifest: &toml::Table) -> Vec<String> {
+    ["dependencies", "dev-dependencies", "build-dependencies"]
+        .iter()
+        .filter_map(|table| manifest.get(*table).and_then(|t| t.as_table()))
+        .flat_map(|deps| deps.keys().cloned())
+        .collect()
+}
+
+#[test]
+fn the_cli_is_a_leaf_and_telemetry_knows_no_auth() {
+    // Nothing but the CLI binary depends on meshctl: tests, benches and the dev harness build
+    // on mesh-dev. mesh-telemetry sits below the auth crates, so anything may trace.
+    for (name, manifest) in manifests() {
+        let deps = dependencies_of(&manifest);
+        assert!(
+            !deps.iter().any(|d| d == "meshctl"),
+            "{name} depends on meshctl"
+        );
+        if name == "mesh-telemetry" {
+            for auth in [
+                "auth-interceptor",
+                "auth-service",
+                "mesh-service",
+                "mesh-tls",
+            ] {
+                assert!(
+                    !deps.iter().any(|d| d == auth),
+                    "mesh-telemetry depends on {auth}"
+                );
+            }
+        }
+    }
+}

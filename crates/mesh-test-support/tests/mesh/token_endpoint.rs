@@ -5,8 +5,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use mesh_dev::devmesh::MESHCTL_DEMO_SECRET;
 use mesh_test_support::TestMesh;
-use meshctl::devmesh::MESHCTL_DEMO_SECRET;
 use serde_json::Value;
 
 struct Answer {

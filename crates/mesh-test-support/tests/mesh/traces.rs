@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use auth_interceptor::audit::AuditRecord;
+use mesh_dev::sink::ReceivedSpan;
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_proto::inventory::v1::{ListItemsRequest, ReservationLine, ReserveRequest};
 use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_proto::orders::v1::{OrderLine, OrderState, PlaceOrderRequest};
-use mesh_telemetry::sink::ReceivedSpan;
 use mesh_test_support::{TestMesh, bearer};
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
 

@@ -3,10 +3,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use mesh_dev::oauth::{self as login, CLIENT_ID, Pkce, REDIRECT_URI};
 use mesh_proto::auth::v1::ExchangeTokenRequest;
 use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_test_support::TestMesh;
-use meshctl::login::{self, CLIENT_ID, Pkce, REDIRECT_URI};
 use serde_json::Value;
 
 /// GET /oauth2/authorize with `params`; returns the status and the Location header.

@@ -16,9 +16,9 @@ use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
 use tonic::Code;
 
 use crate::cli::DemoArgs;
-use crate::devmesh::{DevMesh, MESHCTL_DEMO_SECRET};
-use crate::login::login_with_password;
 use crate::{CliError, failed};
+use mesh_dev::devmesh::{DevMesh, MESHCTL_DEMO_SECRET};
+use mesh_dev::oauth::login_with_password;
 
 /// Prints one step and whether it did what it should.
 fn step(outcomes: &mut Vec<bool>, title: &str, expected: &str, got: impl Display, ok: bool) {
@@ -220,7 +220,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             "  (service token: MESH_CLIENT_SECRET={MESHCTL_DEMO_SECRET} meshctl token --client-id meshctl)"
         );
         println!("Press Ctrl-C to stop.");
-        mesh_telemetry::shutdown_signal().await;
+        mesh_service::shutdown_signal().await;
     }
     demo.mesh.stop().await;
     result?;

@@ -1,18 +1,15 @@
-//! The user side of OAuth2 for meshctl: the authorization-code flow with PKCE, refresh-token
-//! rotation, revocation, and the session file that keeps the tokens between runs.
-
+//! The client side of the mesh issuer's OAuth2 endpoints: client credentials, the
+//! authorization-code flow with PKCE (S256), refresh-token rotation and revocation.
+//!
+//! Shared by `meshctl` (login, logout, token), the demo, the integration tests and the
+//! benchmarks, so every one of them speaks to the issuer the way a user's client would.
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
-
-use crate::token::{TokenError, TokenResponse, error_answer, post_form, token_answer};
 
 /// meshctl's registered public client.
 pub const CLIENT_ID: &str = "meshctl-cli";
@@ -220,107 +217,123 @@ fn token_url(issuer: &str) -> String {
     format!("{}/oauth2/token", issuer.trim_end_matches('/'))
 }
 
-/// The tokens kept between runs, in a file only the user can read (0600).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Session {
-    /// The issuer the tokens are from.
-    pub issuer: String,
-    /// The current refresh token (rotated on every use).
-    pub refresh_token: String,
-    /// Access tokens by audience.
+/// A token endpoint response (RFC 6749 §5.1).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenResponse {
+    /// The access token. A secret.
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Seconds until expiry.
+    pub expires_in: u64,
+    /// Granted scopes, space-separated.
     #[serde(default)]
-    pub access: BTreeMap<String, CachedAccess>,
+    pub scope: String,
+    /// The next refresh token (user grants only).
+    #[serde(default)]
+    pub refresh_token: Option<String>,
 }
 
-/// An access token and when it expires.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CachedAccess {
-    /// The token.
-    pub token: String,
-    /// Expiry, seconds since the epoch.
-    pub expires_at: u64,
+/// An RFC 6749 §5.2 error answer, with its HTTP status.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("token endpoint answered {status}: {error} ({description})")]
+pub struct TokenError {
+    /// HTTP status.
+    pub status: u16,
+    /// The `error` code, e.g. `invalid_client`.
+    pub error: String,
+    /// `error_description`.
+    pub description: String,
 }
 
-impl Session {
-    /// A session from a fresh login for `audience`.
-    pub fn from_login(issuer: &str, audience: &str, response: TokenResponse) -> Option<Self> {
-        let mut session = Self {
-            issuer: issuer.to_owned(),
-            refresh_token: response.refresh_token.clone()?,
-            access: BTreeMap::new(),
-        };
-        session.remember(audience, &response);
-        Some(session)
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+/// Client credentials, sent with `client_secret_basic`.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    /// The client id.
+    pub client_id: String,
+    /// The secret. Never printed.
+    pub client_secret: String,
+}
+
+/// POSTs `form` to `<issuer><path>` and reads an RFC 6749 answer.
+async fn post_form(
+    request: reqwest::RequestBuilder,
+    form: &[(&str, String)],
+) -> Result<(u16, bytes::Bytes), TokenError> {
+    let response = request.form(form).send().await.map_err(|e| TokenError {
+        status: 0,
+        error: "unreachable".into(),
+        description: e.to_string(),
+    })?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.map_err(|e| TokenError {
+        status,
+        error: "unreadable".into(),
+        description: e.to_string(),
+    })?;
+    Ok((status, bytes))
+}
+
+/// Reads a token response, or the error answer.
+fn token_answer(status: u16, bytes: &[u8]) -> Result<TokenResponse, TokenError> {
+    if status == 200 {
+        serde_json::from_slice(bytes).map_err(|e| TokenError {
+            status,
+            error: "malformed_response".into(),
+            description: e.to_string(),
+        })
+    } else {
+        Err(error_answer(status, bytes))
     }
+}
 
-    fn remember(&mut self, audience: &str, response: &TokenResponse) {
-        self.access.insert(
-            audience.to_owned(),
-            CachedAccess {
-                token: response.access_token.clone(),
-                expires_at: now() + response.expires_in,
-            },
+/// Reads an RFC 6749 §5.2 error answer.
+fn error_answer(status: u16, bytes: &[u8]) -> TokenError {
+    let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or(ErrorBody {
+        error: "unknown".into(),
+        error_description: String::from_utf8_lossy(bytes).into_owned(),
+    });
+    TokenError {
+        status,
+        error: body.error,
+        description: body.error_description,
+    }
+}
+
+/// Asks `issuer`'s token endpoint for a client-credentials token.
+pub async fn client_credentials(
+    http: &reqwest::Client,
+    issuer: &str,
+    credentials: &ClientCredentials,
+    audience: &str,
+    scopes: &[String],
+) -> Result<TokenResponse, TokenError> {
+    let mut form = vec![
+        ("grant_type", "client_credentials".to_owned()),
+        ("audience", audience.to_owned()),
+    ];
+    if !scopes.is_empty() {
+        form.push(("scope", scopes.join(" ")));
+    }
+    let request = http
+        .post(format!("{}/oauth2/token", issuer.trim_end_matches('/')))
+        .basic_auth(
+            encode(&credentials.client_id),
+            Some(encode(&credentials.client_secret)),
         );
-        if let Some(next) = &response.refresh_token {
-            self.refresh_token = next.clone();
-        }
-    }
-
-    /// An access token for `audience`: the cached one while it has 30 s left, else a new one
-    /// bought with the refresh token (which rotates; the caller must save the session).
-    pub async fn access_token(
-        &mut self,
-        http: &reqwest::Client,
-        audience: &str,
-    ) -> Result<String, TokenError> {
-        if let Some(cached) = self.access.get(audience)
-            && cached.expires_at > now() + 30
-        {
-            return Ok(cached.token.clone());
-        }
-        let response = refresh(http, &self.issuer, &self.refresh_token, audience).await?;
-        self.remember(audience, &response);
-        Ok(response.access_token)
-    }
-
-    /// Reads a session file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: {e} (run `meshctl login` first)", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
-    /// Writes the session file, readable by the owner only.
-    pub fn save(&self, path: &Path) -> Result<(), String> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        let temporary = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&temporary);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(|e| format!("{}: {e}", temporary.display()))?;
-        file.write_all(text.as_bytes())
-            .map_err(|e| format!("{}: {e}", temporary.display()))?;
-        // Replace in one step, so a crash never leaves half a session behind.
-        std::fs::rename(&temporary, path).map_err(|e| format!("{}: {e}", path.display()))
-    }
+    let (status, bytes) = post_form(request, &form).await?;
+    token_answer(status, &bytes)
 }
 
-/// The default session file: `$HOME/.config/meshctl/session.json`.
-pub fn default_session_path() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join(".config/meshctl/session.json")
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// `application/x-www-form-urlencoded` encoding of one credential, as RFC 6749 §2.3.1 wants
+/// before Basic encoding.
+fn encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }

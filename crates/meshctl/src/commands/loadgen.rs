@@ -24,14 +24,18 @@ use mesh_proto::orders::v1::{
     CancelOrderRequest, GetOrderRequest, ListOrdersRequest, Order, OrderLine, OrderState,
     PlaceOrderRequest,
 };
-use mesh_telemetry::trace::{Telemetry, traced};
+use mesh_service::traced;
+use mesh_telemetry::trace::Telemetry;
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
 use rand::Rng as _;
 use tonic::Code;
 
 use crate::cli::LoadgenArgs;
-use crate::login::{Session, login_with_password};
-use crate::{CliError, connect, failed};
+use mesh_dev::oauth::login_with_password;
+
+use super::connect;
+use crate::session::Session;
+use crate::{CliError, failed};
 
 const SKUS: [&str; 4] = ["SKU-001", "SKU-002", "SKU-003", "SKU-004"];
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -286,7 +290,7 @@ impl Loadgen {
             None => (
                 false,
                 Pending {
-                    key: crate::login::Pkce::new().verifier,
+                    key: mesh_dev::oauth::Pkce::new().verifier,
                     lines: random_lines(),
                 },
             ),
@@ -427,7 +431,7 @@ impl Loadgen {
 
     async fn invalid(&mut self, token: &str) -> (String, Outcome) {
         let request = PlaceOrderRequest {
-            idempotency_key: crate::login::Pkce::new().verifier,
+            idempotency_key: mesh_dev::oauth::Pkce::new().verifier,
             lines: vec![OrderLine {
                 sku: SKUS[1].into(),
                 quantity: 0,
@@ -479,7 +483,7 @@ pub async fn run(args: LoadgenArgs) -> Result<(), CliError> {
     );
     let mut load = Loadgen {
         users,
-        http: crate::calls::https(&args.tls.tls_ca, &args.issuer, args.issuer_ip)?,
+        http: super::https(&args.tls.tls_ca, &args.issuer, args.issuer_ip)?,
         issuer: args.issuer,
         orders: OrdersServiceClient::new(orders),
         inventory: InventoryServiceClient::new(inventory),
@@ -501,10 +505,10 @@ pub async fn run(args: LoadgenArgs) -> Result<(), CliError> {
             Some(seconds) => {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(seconds)) => {}
-                    () = mesh_telemetry::shutdown_signal() => {}
+                    () = mesh_service::shutdown_signal() => {}
                 }
             }
-            None => mesh_telemetry::shutdown_signal().await,
+            None => mesh_service::shutdown_signal().await,
         }
     };
     tokio::pin!(stop);

@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use auth_interceptor::jwks::JwksSource;
-use mesh_telemetry::sink::TraceSink;
-use mesh_telemetry::trace::{Telemetry, TelemetryFlags, traced};
+use mesh_service::traced;
+use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
+
+use crate::sink::TraceSink;
 use mesh_tls::certs::{DEFAULT_WORKLOADS, DevCa};
 use mesh_tls::client::MeshConnector;
 use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
@@ -125,14 +127,19 @@ impl DevMesh {
         let mut services = Vec::new();
         services.push(spawn("auth", |stop| auth.run_until_stopped(stop)));
 
-        let mut inventory_args = inventory_service::Args {
-            listen: "127.0.0.1:0".parse()?,
-            tls: tls_flags(&certs, "inventory"),
-            audit: audit.flags("inventory"),
+        // Orders and inventory are configured as their binaries are: the shared service flags
+        // plus their own.
+        let service_flags = |name: &str| mesh_service::ServiceFlags {
+            tls: tls_flags(&certs, name),
+            audit: audit.flags(name),
             telemetry: telemetry_flags.clone(),
             issuer: issuer.clone(),
+            db: dir.join(format!("{name}.db")),
+        };
+        let mut inventory_args = inventory_service::Args {
+            listen: "127.0.0.1:0".parse()?,
             audience: "inventory".into(),
-            db: dir.join("inventory.db"),
+            mesh: service_flags("inventory"),
         };
         let inventory = inventory_service::Application::build(inventory_args.clone()).await?;
         let inventory_addr = inventory.addr();
@@ -144,12 +151,8 @@ impl DevMesh {
 
         let orders = orders_service::Application::build(orders_service::Args {
             listen: "127.0.0.1:0".parse()?,
-            tls: tls_flags(&certs, "orders"),
-            audit: audit.flags("orders"),
-            telemetry: telemetry_flags.clone(),
-            issuer: issuer.clone(),
             audience: "orders".into(),
-            db: dir.join("orders.db"),
+            mesh: service_flags("orders"),
             auth_url: auth_addr.to_string(),
             inventory_url: inventory_addr.to_string(),
         })
@@ -308,16 +311,16 @@ impl AuditFiles {
         self.dir.join(format!("{service}.jsonl"))
     }
 
-    fn flags(&self, service: &str) -> mesh_telemetry::AuditFlags {
-        mesh_telemetry::AuditFlags {
+    fn flags(&self, service: &str) -> mesh_service::AuditFlags {
+        mesh_service::AuditFlags {
             audit_log: Some(self.log(service)),
             audit_key_file: Some(self.key.clone()),
         }
     }
 }
 
-fn tls_flags(certs: &Path, name: &str) -> mesh_telemetry::TlsFlags {
-    mesh_telemetry::TlsFlags {
+fn tls_flags(certs: &Path, name: &str) -> mesh_service::TlsFlags {
+    mesh_service::TlsFlags {
         tls_cert: certs.join(format!("{name}.pem")),
         tls_key: certs.join(format!("{name}.key")),
         tls_ca: certs.join("ca.pem"),

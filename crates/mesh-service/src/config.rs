@@ -1,0 +1,204 @@
+//! The flag groups every service shares, with the env twins of the operator interface, and the
+//! parsing that turns a usage error into exit code 64.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use auth_interceptor::audit::AuditLog;
+use mesh_telemetry::trace::TelemetryFlags;
+use mesh_tls::{Reloadable, SpiffeId, TlsFiles, TrustBundle};
+
+use crate::error::StartError;
+
+/// `EX_USAGE` from sysexits.h: the command was used incorrectly (a bad flag, env var or file).
+pub const EXIT_USAGE: i32 = 64;
+
+/// Parses the process's arguments (and their env twins). `--help` and `--version` print and
+/// exit 0; any error prints clap's message, which names the flag, and exits 64.
+pub fn parse_args<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let _ = error.print();
+            std::process::exit(EXIT_USAGE)
+        }
+    }
+}
+
+/// The TLS flags of every mesh workload (`MESH_TLS_CERT`, `MESH_TLS_KEY`, `MESH_TLS_CA`,
+/// `MESH_TRUST_DOMAIN`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsFlags {
+    /// PEM certificate chain of this workload.
+    #[arg(long, env = "MESH_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of this workload.
+    #[arg(long, env = "MESH_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// PEM trust bundle (the mesh CA).
+    #[arg(long, env = "MESH_TLS_CA")]
+    pub tls_ca: PathBuf,
+    /// The SPIFFE trust domain: this workload's own certificate must be in it, and callers from
+    /// any other domain get PERMISSION_DENIED on everything but health checks.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
+    pub trust_domain: String,
+}
+
+/// A workload's loaded TLS identity.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Its own certificate, reloadable.
+    pub identity: Arc<Reloadable>,
+    /// The mesh CA.
+    pub roots: TrustBundle,
+    /// Its SPIFFE ID, in the trust domain of `--trust-domain`.
+    pub spiffe_id: SpiffeId,
+}
+
+impl Workload {
+    /// The trust domain the workload and its callers belong to.
+    pub fn trust_domain(&self) -> &str {
+        self.spiffe_id.trust_domain()
+    }
+}
+
+impl TlsFlags {
+    /// The flags as files.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+        }
+    }
+
+    /// Loads the certificate, key and trust bundle, and checks that the certificate names a
+    /// workload of the trust domain; a configuration error names the flag.
+    pub fn load(&self) -> Result<Workload, StartError> {
+        let files = self.files();
+        let identity = Reloadable::load(files.clone())
+            .map_err(|e| StartError::config("--tls-cert/--tls-key", e))?;
+        let roots = files
+            .trust_bundle()
+            .map_err(|e| StartError::config("--tls-ca", e))?;
+        let spiffe_id = identity
+            .spiffe_id()
+            .ok_or_else(|| StartError::config("--tls-cert", "the certificate has no SPIFFE ID"))?;
+        check_trust_domain(&spiffe_id, &self.trust_domain)?;
+        Ok(Workload {
+            identity,
+            roots,
+            spiffe_id,
+        })
+    }
+}
+
+/// Refuses a workload certificate from outside `trust_domain`: a service that would run under
+/// a foreign identity is misconfigured, and would refuse every caller of its own mesh.
+pub fn check_trust_domain(spiffe_id: &SpiffeId, trust_domain: &str) -> Result<(), StartError> {
+    if spiffe_id.trust_domain() == trust_domain {
+        return Ok(());
+    }
+    Err(StartError::config(
+        "--tls-cert",
+        format!(
+            "the certificate's SPIFFE ID {spiffe_id} is outside the trust domain {trust_domain} \
+             (--trust-domain / MESH_TRUST_DOMAIN)"
+        ),
+    ))
+}
+
+/// Where a service appends its audit records (`MESH_AUDIT_LOG`) and the HMAC key file that
+/// chains them (`MESH_AUDIT_KEY_FILE`). Both or neither.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuditFlags {
+    /// JSON-lines audit log, HMAC-chained; created if missing, verified before appending.
+    #[arg(long, env = "MESH_AUDIT_LOG", requires = "audit_key_file")]
+    pub audit_log: Option<PathBuf>,
+    /// File holding the audit HMAC key: hex text of at least 32 bytes (`meshctl audit keygen`).
+    /// Never logged.
+    #[arg(long, env = "MESH_AUDIT_KEY_FILE", requires = "audit_log")]
+    pub audit_key_file: Option<PathBuf>,
+}
+
+impl AuditFlags {
+    /// Opens the log for `service`, if one is configured.
+    pub fn open(&self, service: &str) -> Result<Option<Arc<AuditLog>>, StartError> {
+        match (&self.audit_log, &self.audit_key_file) {
+            (Some(log), Some(key)) => AuditLog::open(service, log, key)
+                .map(|log| Some(Arc::new(log)))
+                .map_err(|e| StartError::config("--audit-log/--audit-key-file", e)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The flags a business service shares with every other (its listen address and audience,
+/// whose defaults differ per service, stay in its own `Args`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceFlags {
+    /// This workload's certificate, key, trust bundle and trust domain.
+    #[command(flatten)]
+    pub tls: TlsFlags,
+    /// The HMAC-chained audit log.
+    #[command(flatten)]
+    pub audit: AuditFlags,
+    /// OpenTelemetry export.
+    #[command(flatten)]
+    pub telemetry: TelemetryFlags,
+    /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
+    #[arg(long, env = "MESH_ISSUER")]
+    pub issuer: String,
+    /// SQLite file (created and migrated on start).
+    #[arg(long, env = "MESH_DB")]
+    pub db: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Probe {
+        #[command(flatten)]
+        service: ServiceFlags,
+    }
+
+    #[test]
+    fn service_flags_parse_with_defaults_and_refuse_half_an_audit_pair() {
+        let parsed = Probe::try_parse_from([
+            "probe",
+            "--tls-cert=c.pem",
+            "--tls-key=c.key",
+            "--tls-ca=ca.pem",
+            "--issuer=https://auth:8443",
+            "--db=x.db",
+        ])
+        .expect("parses");
+        assert_eq!(parsed.service.tls.trust_domain, "mesh.local");
+        assert!(parsed.service.audit.audit_log.is_none());
+
+        let half = Probe::try_parse_from([
+            "probe",
+            "--tls-cert=c.pem",
+            "--tls-key=c.key",
+            "--tls-ca=ca.pem",
+            "--issuer=https://auth:8443",
+            "--db=x.db",
+            "--audit-log=a.jsonl",
+        ])
+        .expect_err("the key file is required with the log");
+        assert!(half.to_string().contains("--audit-key-file"), "{half}");
+    }
+
+    #[test]
+    fn a_certificate_outside_the_trust_domain_is_a_configuration_error() {
+        let id = SpiffeId::workload("evil.example", "orders").expect("id");
+        let error = check_trust_domain(&id, "mesh.local").expect_err("refused");
+        assert!(error.is_config());
+        assert!(error.to_string().starts_with("--tls-cert: "), "{error}");
+        assert!(check_trust_domain(&id, "evil.example").is_ok());
+    }
+}
