@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request};
+use http::Request;
 use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_proto::auth::v1::{ExchangeTokenRequest, IssueServiceTokenRequest};
 use tokio::sync::RwLock;
 use tonic::transport::Channel;
 use tower::{Layer, Service};
 
-use crate::principal::Principal;
+use crate::bearer::BearerToken;
+use crate::principal::User;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,7 +31,7 @@ pub struct ServiceTokenSource {
 
 #[derive(Debug, Clone)]
 struct Cached {
-    header: HeaderValue,
+    token: BearerToken,
     renew_at: Instant,
 }
 
@@ -51,16 +52,15 @@ impl ServiceTokenSource {
         })
     }
 
-    /// The `authorization` header value for the current token, fetching a new token first if
-    /// the cached one is due for renewal.
-    pub async fn authorization(&self) -> Result<HeaderValue, tonic::Status> {
-        if let Some(header) = fresh(&*self.cached.read().await) {
-            return Ok(header);
+    /// The current token, fetching a new one first if the cached one is due for renewal.
+    pub async fn token(&self) -> Result<BearerToken, tonic::Status> {
+        if let Some(token) = fresh(&*self.cached.read().await) {
+            return Ok(token);
         }
         let mut slot = self.cached.write().await;
         // Someone else may have renewed while we waited for the lock.
-        if let Some(header) = fresh(&slot) {
-            return Ok(header);
+        if let Some(token) = fresh(&slot) {
+            return Ok(token);
         }
         let requested_at = Instant::now();
         let response = self
@@ -72,15 +72,14 @@ impl ServiceTokenSource {
             })
             .await?
             .into_inner();
-        let mut header = HeaderValue::try_from(format!("Bearer {}", response.access_token))
+        let token = BearerToken::new(response.access_token)
             .map_err(|_| tonic::Status::internal("auth service returned an unusable token"))?;
-        header.set_sensitive(true);
         let lifetime = Duration::from_secs(u64::from(response.expires_in));
         *slot = Some(Cached {
-            header: header.clone(),
+            token: token.clone(),
             renew_at: requested_at + lifetime.mul_f64(0.8),
         });
-        Ok(header)
+        Ok(token)
     }
 }
 
@@ -101,7 +100,7 @@ pub fn transport(channel: Channel) -> Transport {
 }
 
 /// Acts for the caller of the current request: exchanges the token it presented (kept inside its
-/// [`Principal`]) for a token addressed to a downstream service, with the calling service
+/// [`User`]) for a token addressed to a downstream service, with the calling service
 /// recorded as actor (RFC 8693). The exchanged token is short-lived and never cached across
 /// requests.
 #[derive(Clone)]
@@ -123,39 +122,37 @@ impl TokenExchanger {
         }
     }
 
-    /// The `authorization` header value of a token for `audience` on behalf of `principal`.
+    /// A token for `audience` on behalf of `user`, ready to attach to the downstream call.
     pub async fn exchange(
         &self,
-        principal: &Principal,
+        user: &User,
         audience: &str,
         scopes: &[&str],
-    ) -> Result<HeaderValue, tonic::Status> {
-        let subject_token = principal
-            .raw_token()
+    ) -> Result<BearerToken, tonic::Status> {
+        let subject_token = user
+            .bearer()
             .ok_or_else(|| tonic::Status::permission_denied("no user token to act on behalf of"))?;
         let response = self
             .client
             .clone()
             .exchange_token(ExchangeTokenRequest {
-                subject_token: subject_token.to_owned(),
+                subject_token: subject_token.expose_secret().to_owned(),
                 audience: audience.to_owned(),
                 scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             })
             .await?
             .into_inner();
-        let mut header = HeaderValue::try_from(format!("Bearer {}", response.access_token))
-            .map_err(|_| tonic::Status::internal("auth service returned an unusable token"))?;
-        header.set_sensitive(true);
-        Ok(header)
+        BearerToken::new(response.access_token)
+            .map_err(|_| tonic::Status::internal("auth service returned an unusable token"))
     }
 }
 
-/// The cached header, if it is not yet due for renewal.
-fn fresh(cached: &Option<Cached>) -> Option<HeaderValue> {
+/// The cached token, if it is not yet due for renewal.
+fn fresh(cached: &Option<Cached>) -> Option<BearerToken> {
     cached
         .as_ref()
         .filter(|c| Instant::now() < c.renew_at)
-        .map(|c| c.header.clone())
+        .map(|c| c.token.clone())
 }
 
 /// Wraps a client channel so every request carries the workload's service token.
@@ -211,10 +208,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let source = self.source.clone();
         Box::pin(async move {
-            let header = source.authorization().await?;
-            request
-                .headers_mut()
-                .insert(http::header::AUTHORIZATION, header);
+            source.token().await?.attach_http(&mut request);
             inner.call(request).await.map_err(Into::into)
         })
     }

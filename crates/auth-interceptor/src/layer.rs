@@ -11,6 +11,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::audit::AuditLog;
+use crate::bearer::BearerToken;
 use crate::error::AuthError;
 use crate::policy::Policy;
 use crate::principal::Principal;
@@ -104,10 +105,7 @@ where
                 .get::<PeerIdentity>()
                 .and_then(|p| p.spiffe_id.clone());
             let token = take_bearer(request.headers_mut());
-            let raw: Option<Arc<str>> = token
-                .as_ref()
-                .ok()
-                .and_then(|t| t.as_deref().map(Arc::from));
+            let presented = token.as_ref().ok().and_then(Option::clone);
             let decision = state.decide(&method, token, peer.as_ref()).await;
             if let Err(status) = state.record(&method, &decision, peer.as_ref()) {
                 return Ok(status.into_http());
@@ -115,11 +113,12 @@ where
             match decision {
                 Ok(verified) => {
                     audit_allow(&method, verified.as_deref(), peer.as_ref());
-                    let raw = verified.as_ref().and(raw);
+                    // The token travels on only inside the Principal, for delegation.
+                    let presented = verified.as_ref().and(presented);
                     request.extensions_mut().insert(Principal::new(
                         verified.clone(),
                         peer.clone(),
-                        raw,
+                        presented,
                     ));
                     let mut response = inner.call(request).await?;
                     if let Some(reason) = handler_refusal(response.headers_mut()) {
@@ -201,7 +200,7 @@ impl State {
     async fn decide(
         &self,
         method: &str,
-        token: Result<Option<String>, AuthError>,
+        token: Result<Option<BearerToken>, AuthError>,
         peer: Option<&SpiffeId>,
     ) -> Decision {
         // Default deny, decided before any signature is checked.
@@ -217,7 +216,11 @@ impl State {
         let token = token
             .map_err(|e| (e, None))?
             .ok_or((AuthError::MissingToken, None))?;
-        let verified = self.verifier.verify(&token).await.map_err(|e| (e, None))?;
+        let verified = self
+            .verifier
+            .verify(token.expose_secret())
+            .await
+            .map_err(|e| (e, None))?;
         match rule.authorize(Some(&verified), peer) {
             Ok(()) => Ok(Some(verified)),
             Err(error) => Err((error, Some(verified))),
@@ -247,7 +250,7 @@ fn handler_refusal(headers: &mut HeaderMap) -> Option<String> {
 /// Removes every `authorization` entry from the request and returns the bearer token, if the
 /// request carried exactly one well-formed `Bearer` entry. Removing it means no handler, log line
 /// or downstream call can see the raw token.
-fn take_bearer(headers: &mut HeaderMap) -> Result<Option<String>, AuthError> {
+fn take_bearer(headers: &mut HeaderMap) -> Result<Option<BearerToken>, AuthError> {
     let mut values = match headers.entry(http::header::AUTHORIZATION) {
         http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1,
         http::header::Entry::Vacant(_) => return Ok(None),
@@ -267,11 +270,9 @@ fn take_bearer(headers: &mut HeaderMap) -> Result<Option<String>, AuthError> {
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::MalformedHeader("scheme is not Bearer"));
     }
-    let token = token.trim();
-    if token.is_empty() || token.contains(' ') {
-        return Err(AuthError::MalformedHeader("expected `Bearer <token>`"));
-    }
-    Ok(Some(token.to_owned()))
+    BearerToken::new(token.trim())
+        .map(Some)
+        .map_err(|_| AuthError::MalformedHeader("expected `Bearer <token>`"))
 }
 
 fn audit_allow(method: &str, token: Option<&VerifiedToken>, peer: Option<&SpiffeId>) {

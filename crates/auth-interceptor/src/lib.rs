@@ -19,7 +19,8 @@
 //! - [`jwks`]: OIDC discovery and the JWKS key set, refreshed in the background.
 //! - [`verify`]: [`TokenVerifier`], the checks above plus the verified-token cache.
 //! - [`policy`]: [`Policy`] and [`Rule`], default deny.
-//! - [`principal`]: [`Principal`], what handlers see instead of a token.
+//! - [`bearer`]: [`BearerToken`], a token that cannot be printed and attaches itself.
+//! - [`principal`]: [`Principal`] and [`User`], what handlers see instead of a token.
 //! - [`layer`]: [`AuthLayer`], the tower layer that ties it together, and the audit event.
 //! - [`client`]: [`ServiceTokenSource`] and [`AttachTokenLayer`] for a workload's own calls,
 //!   [`TokenExchanger`] for calls on behalf of the current caller.
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod bearer;
 pub mod claims;
 pub mod client;
 pub mod error;
@@ -37,13 +39,14 @@ pub mod policy;
 pub mod principal;
 pub mod verify;
 
+pub use bearer::BearerToken;
 pub use claims::AccessClaims;
 pub use client::{AttachTokenLayer, ServiceTokenSource, TokenExchanger};
 pub use error::AuthError;
 pub use jwks::{JwksSource, KeySet};
 pub use layer::AuthLayer;
 pub use policy::{Policy, Rule};
-pub use principal::Principal;
+pub use principal::{Principal, User};
 pub use verify::{TokenVerifier, VerifiedToken, VerifierConfig};
 
 /// The JWT `typ` header of OAuth 2.0 access tokens (RFC 9068).

@@ -53,16 +53,7 @@ impl MeshApi {
 
     /// The registered client bound to the caller's certificate.
     fn calling_client<T>(&self, request: &Request<T>) -> Result<&Client, Status> {
-        let peer = request
-            .extensions()
-            .get::<Principal>()
-            .and_then(|p| p.peer().cloned())
-            .ok_or_else(|| {
-                refused(
-                    Status::unauthenticated("no client certificate identity"),
-                    "no_peer_identity",
-                )
-            })?;
+        let peer = Principal::workload(request)?;
         self.registry.by_spiffe(&peer).ok_or_else(|| {
             refused(
                 Status::permission_denied("no client is registered for this workload identity"),

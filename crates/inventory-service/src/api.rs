@@ -49,14 +49,6 @@ fn item(row: ItemRow) -> Item {
     }
 }
 
-fn subject<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<Principal>()
-        .map(|p| p.subject().to_owned())
-        .unwrap_or_default()
-}
-
 #[tonic::async_trait]
 impl InventoryService for InventoryApi {
     async fn list_items(
@@ -93,7 +85,8 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
-        let subject = subject(&request);
+        // The user orders acts for: who the reservation is recorded against.
+        let subject = Principal::user(&request)?.subject().to_owned();
         let body = request.into_inner();
         let id = RequestKey::parse("reservation_id", &body.reservation_id);
         let lines = domain::parse_lines(

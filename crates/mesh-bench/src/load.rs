@@ -61,7 +61,7 @@ fn histogram() -> Histogram<u64> {
 /// Drives `shape` over `channels` (one per connection), each call carrying `token`.
 pub async fn drive(channels: &[Channel], token: &str, shape: Shape) -> anyhow::Result<Measured> {
     anyhow::ensure!(!channels.is_empty(), "no connections");
-    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let header = auth_interceptor::BearerToken::new(token)?;
     let start = Instant::now();
     let measure_from = start + shape.warmup;
     let end = measure_from + shape.duration;
@@ -88,9 +88,7 @@ pub async fn drive(channels: &[Channel], token: &str, shape: Shape) -> anyhow::R
                     break;
                 }
                 let mut request = tonic::Request::new(HealthCheckRequest::default());
-                request
-                    .metadata_mut()
-                    .insert("authorization", header.clone());
+                header.attach(&mut request);
                 let answered = client.check(request).await;
                 if due < measure_from {
                     continue;

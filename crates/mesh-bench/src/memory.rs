@@ -131,7 +131,7 @@ pub async fn idle_services(bin_dir: &Path, config: &Path) -> anyhow::Result<Vec<
 pub async fn per_connection(material: &Material, count: usize) -> anyhow::Result<(u64, u64, f64)> {
     let server = ServerProcess::start(Config::Full, material, None)?;
     let token = material.token("bench-idle")?;
-    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let header = auth_interceptor::BearerToken::new(token)?;
     // One warm connection first, so the first connection's one-off costs are not counted.
     let warm = connect(Config::Full, material, server.addr, 1).await?;
     call(&warm[0], &header).await?;
@@ -150,12 +150,9 @@ pub async fn per_connection(material: &Material, count: usize) -> anyhow::Result
 
 async fn call(
     channel: &tonic::transport::Channel,
-    header: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    header: &auth_interceptor::BearerToken,
 ) -> anyhow::Result<()> {
-    let mut request = tonic::Request::new(HealthCheckRequest::default());
-    request
-        .metadata_mut()
-        .insert("authorization", header.clone());
+    let request = header.request(HealthCheckRequest::default());
     HealthClient::new(channel.clone()).check(request).await?;
     Ok(())
 }

@@ -47,8 +47,7 @@ pub async fn run(rate: f64, duration: Duration, warmup: Duration) -> anyhow::Res
         "orders",
     )
     .await?;
-    let token: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {}", login.access_token).parse()?;
+    let token = auth_interceptor::BearerToken::new(login.access_token)?;
     let channel = mesh.traced_channel("meshctl", "orders", &mesh.orders_addr.to_string())?;
     let client = OrdersServiceClient::new(channel);
 
@@ -70,7 +69,7 @@ pub async fn run(rate: f64, duration: Duration, warmup: Duration) -> anyhow::Res
                     quantity: 1,
                 }],
             });
-            request.metadata_mut().insert("authorization", token);
+            token.attach(&mut request);
             let answered = client.place_order(request).await;
             (due, due.elapsed(), answered.is_ok())
         }));

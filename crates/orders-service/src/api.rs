@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use auth_interceptor::client::Transport;
 use auth_interceptor::error::refused;
-use auth_interceptor::{Principal, TokenExchanger};
+use auth_interceptor::{BearerToken, Principal, TokenExchanger, User};
 use mesh_proto::domain::{self, FieldViolation, RequestKey};
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_proto::inventory::v1::{ReleaseRequest, ReservationLine, ReserveRequest};
@@ -13,7 +13,6 @@ use mesh_proto::orders::v1::{
     CancelOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderLine,
     OrderState, PlaceOrderRequest,
 };
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 use crate::store::{Store, StoreError, StoredOrder};
@@ -47,7 +46,7 @@ impl OrdersApi {
     /// cannot be reached, so a retry can finish it.
     async fn reserve(
         &self,
-        authorization: &MetadataValue<Ascii>,
+        authorization: &BearerToken,
         order: StoredOrder,
         budget: Duration,
     ) -> Result<StoredOrder, Status> {
@@ -62,9 +61,7 @@ impl OrdersApi {
                 })
                 .collect(),
         });
-        request
-            .metadata_mut()
-            .insert("authorization", authorization.clone());
+        authorization.attach(&mut request);
         request.set_timeout(budget);
         let outcome = InventoryServiceClient::new(self.inventory.clone())
             .reserve(request)
@@ -92,16 +89,14 @@ impl OrdersApi {
     /// Returns the order's reserved stock (a no-op in inventory when nothing is reserved).
     async fn release(
         &self,
-        authorization: &MetadataValue<Ascii>,
+        authorization: &BearerToken,
         order: &StoredOrder,
         budget: Duration,
     ) -> Result<(), Status> {
         let mut request = Request::new(ReleaseRequest {
             reservation_id: order.reservation_id(),
         });
-        request
-            .metadata_mut()
-            .insert("authorization", authorization.clone());
+        authorization.attach(&mut request);
         request.set_timeout(budget);
         InventoryServiceClient::new(self.inventory.clone())
             .release(request)
@@ -115,14 +110,13 @@ impl OrdersApi {
     /// Asked before anything is stored or reserved: the issuer is the one who knows whether the
     /// caller's token was revoked (or has expired since the edge checked it), and its refusal is
     /// the caller's UNAUTHENTICATED, not our internal error.
-    async fn delegate(&self, principal: &Principal) -> Result<MetadataValue<Ascii>, Status> {
-        let header = self
-            .exchanger
-            .exchange(principal, "inventory", &["inventory:reserve"])
+    async fn delegate(&self, user: &User) -> Result<BearerToken, Status> {
+        self.exchanger
+            .exchange(user, "inventory", &["inventory:reserve"])
             .await
             .map_err(|status| {
                 if status.code() == Code::Unauthenticated {
-                    tracing::warn!(subject = principal.subject(), reason = status.message(), "the issuer refused to act for the caller");
+                    tracing::warn!(subject = user.subject(), reason = status.message(), "the issuer refused to act for the caller");
                     refused(
                         Status::unauthenticated(
                             "the issuer no longer accepts this token (revoked or expired); log in again",
@@ -132,19 +126,17 @@ impl OrdersApi {
                 } else {
                     dependency_failure("auth", &status)
                 }
-            })?;
-        tonic::metadata::MetadataValue::try_from(header.as_bytes())
-            .map_err(|_| Status::internal("unusable exchanged token"))
+            })
     }
 
     /// The order if the caller may see it; NOT_FOUND otherwise, so ids cannot be probed.
-    async fn visible(&self, principal: &Principal, order_id: &str) -> Result<StoredOrder, Status> {
+    async fn visible(&self, user: &User, order_id: &str) -> Result<StoredOrder, Status> {
         let not_found = || Status::not_found(format!("no order {order_id}"));
         if order_id.is_empty() || order_id.len() > 64 {
             return Err(FieldViolation::new("order_id", "must be 1 to 64 characters").into());
         }
         let order = self.store.get(order_id).await?.ok_or_else(not_found)?;
-        if principal.is(&order.owner) || principal.has_scope(ADMIN_SCOPE) {
+        if user.is(&order.owner) || user.has_scope(ADMIN_SCOPE) {
             Ok(order)
         } else {
             // Refused, and audited as such; the caller cannot tell it from a missing order.
@@ -184,15 +176,6 @@ impl From<StoreError> for Status {
             }
         }
     }
-}
-
-fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
-    request
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .filter(|p| !p.subject().is_empty())
-        .ok_or_else(|| refused(Status::unauthenticated("no authenticated user"), "no_user"))
 }
 
 fn to_proto(order: StoredOrder) -> Order {
@@ -248,7 +231,7 @@ impl OrdersService for OrdersApi {
         &self,
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let principal = principal(&request)?;
+        let user = Principal::user(&request)?;
         let budget = budget(&request);
         let body = request.into_inner();
         let key = RequestKey::parse("idempotency_key", &body.idempotency_key);
@@ -265,10 +248,10 @@ impl OrdersService for OrdersApi {
             }
         };
         // Act for the caller before storing anything: a token the issuer refuses leaves no order.
-        let authorization = self.delegate(&principal).await?;
+        let authorization = self.delegate(&user).await?;
         let order = self
             .store
-            .create_or_get(principal.subject(), &key, &lines)
+            .create_or_get(user.subject(), &key, &lines)
             .await?;
         // A retry of an order that already settled returns it as it is: one reservation.
         let order = if order.state == OrderState::Pending {
@@ -283,10 +266,8 @@ impl OrdersService for OrdersApi {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let principal = principal(&request)?;
-        let order = self
-            .visible(&principal, &request.get_ref().order_id)
-            .await?;
+        let user = Principal::user(&request)?;
+        let order = self.visible(&user, &request.get_ref().order_id).await?;
         Ok(Response::new(to_proto(order)))
     }
 
@@ -294,7 +275,7 @@ impl OrdersService for OrdersApi {
         &self,
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        let principal = principal(&request)?;
+        let user = Principal::user(&request)?;
         let body = request.get_ref();
         let limit = domain::parse_page_size("page_size", body.page_size, 20, 100)?;
         let before = match body.page_token.as_str() {
@@ -303,7 +284,7 @@ impl OrdersService for OrdersApi {
                 FieldViolation::new("page_token", "not a token from a previous response")
             })?),
         };
-        let owner = (!principal.has_scope(ADMIN_SCOPE)).then(|| principal.subject());
+        let owner = (!user.has_scope(ADMIN_SCOPE)).then(|| user.subject());
         let orders = self.store.list(owner, before, limit).await?;
         let next_page_token = match orders.last() {
             Some(last) if orders.len() == limit as usize => last.seq.to_string(),
@@ -319,11 +300,9 @@ impl OrdersService for OrdersApi {
         &self,
         request: Request<CancelOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let principal = principal(&request)?;
+        let user = Principal::user(&request)?;
         let budget = budget(&request);
-        let order = self
-            .visible(&principal, &request.get_ref().order_id)
-            .await?;
+        let order = self.visible(&user, &request.get_ref().order_id).await?;
         match order.state {
             OrderState::Cancelled => return Ok(Response::new(to_proto(order))),
             OrderState::Rejected => {
@@ -333,7 +312,7 @@ impl OrdersService for OrdersApi {
             }
             _ => {}
         }
-        let authorization = self.delegate(&principal).await?;
+        let authorization = self.delegate(&user).await?;
         self.release(&authorization, &order, budget).await?;
         let order = self
             .store
@@ -345,7 +324,7 @@ impl OrdersService for OrdersApi {
             )
             .await?
             .ok_or_else(|| Status::internal("order vanished"))?;
-        tracing::info!(order_id = %order.order_id, by = principal.subject(), "order cancelled");
+        tracing::info!(order_id = %order.order_id, by = user.subject(), "order cancelled");
         Ok(Response::new(to_proto(order)))
     }
 }

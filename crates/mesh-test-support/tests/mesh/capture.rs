@@ -36,27 +36,26 @@ struct Recorder {
 
 impl Recorder {
     fn record<T>(&self, method: &'static str, request: &Request<T>) {
-        let principal = request.extensions().get::<Principal>().cloned();
+        // Handlers read the caller the one way they can: `Principal::user` / `::workload`.
+        let user = Principal::user(request).ok();
         let seen = Seen {
             method,
-            subject: principal
+            subject: user
                 .as_ref()
-                .map(|p| p.subject().to_owned())
+                .map(|u| u.subject().to_owned())
                 .unwrap_or_default(),
-            client_id: principal
+            client_id: user
                 .as_ref()
-                .map(|p| p.client_id().to_owned())
+                .map(|u| u.client_id().to_owned())
                 .unwrap_or_default(),
-            scopes: principal
+            scopes: user
                 .as_ref()
-                .map(|p| p.scopes().to_vec())
+                .map(|u| u.scopes().to_vec())
                 .unwrap_or_default(),
-            peer: principal
+            peer: Principal::workload(request).ok().map(|s| s.to_string()),
+            token_id: user
                 .as_ref()
-                .and_then(|p| p.peer().map(|s| s.to_string())),
-            token_id: principal
-                .as_ref()
-                .map(|p| p.token_id().to_owned())
+                .map(|u| u.token_id().to_owned())
                 .unwrap_or_default(),
             saw_authorization_header: request.metadata().get("authorization").is_some(),
         };

@@ -102,7 +102,7 @@ async fn workload_token_source_gets_and_attaches_service_tokens() {
         .expect("orders may read inventory")
         .into_inner();
     assert_eq!(first.items.len(), 4);
-    let header = source.authorization().await.expect("cached");
+    let header = source.token().await.expect("cached");
     inventory
         .get_item(GetItemRequest {
             sku: "SKU-001".into(),
@@ -110,7 +110,7 @@ async fn workload_token_source_gets_and_attaches_service_tokens() {
         .await
         .expect("second call reuses the cached token");
     assert_eq!(
-        source.authorization().await.expect("cached"),
+        source.token().await.expect("cached"),
         header,
         "a fresh token must be reused, not refetched"
     );

@@ -30,12 +30,9 @@ fn step(outcomes: &mut Vec<bool>, title: &str, expected: &str, got: impl Display
 }
 
 fn with_token<T>(message: T, token: &str) -> Result<tonic::Request<T>, CliError> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().map_err(failed)?,
-    );
-    Ok(request)
+    Ok(auth_interceptor::BearerToken::new(token)
+        .map_err(failed)?
+        .request(message))
 }
 
 fn describe(result: &Result<Order, tonic::Status>) -> String {

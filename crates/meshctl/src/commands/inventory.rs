@@ -3,7 +3,7 @@
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_proto::inventory::v1::{Item, ListItemsRequest, RestockRequest};
 
-use super::{authorized, connect, status_error, token_for};
+use super::{connect, status_error, token_for};
 use crate::CliError;
 use crate::cli::InventoryCommand;
 
@@ -31,7 +31,7 @@ pub async fn run(command: InventoryCommand) -> Result<(), CliError> {
     match &command {
         InventoryCommand::List { .. } => {
             let items = client
-                .list_items(authorized(ListItemsRequest::default(), &token)?)
+                .list_items(token.request(ListItemsRequest::default()))
                 .await
                 .map_err(status_error)?
                 .into_inner()
@@ -40,13 +40,10 @@ pub async fn run(command: InventoryCommand) -> Result<(), CliError> {
         }
         InventoryCommand::Restock { sku, quantity, .. } => {
             let item = client
-                .restock(authorized(
-                    RestockRequest {
-                        sku: sku.clone(),
-                        quantity: *quantity,
-                    },
-                    &token,
-                )?)
+                .restock(token.request(RestockRequest {
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                }))
                 .await
                 .map_err(status_error)?
                 .into_inner();

@@ -16,6 +16,7 @@ pub mod trace_sink;
 
 use std::path::PathBuf;
 
+use auth_interceptor::BearerToken;
 use mesh_tls::client::MeshConnector;
 use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
 
@@ -54,27 +55,19 @@ pub(crate) async fn token_for(
     session: &SessionArgs,
     tls: &TlsArgs,
     audience: &str,
-) -> Result<String, CliError> {
+) -> Result<BearerToken, CliError> {
+    let bearer = |token: String| {
+        BearerToken::new(token).map_err(|e| CliError::Usage(format!("--token: {e}")))
+    };
     if let Some(token) = &session.token {
-        return Ok(token.clone());
+        return bearer(token.clone());
     }
     let path = session_path(&session.session_file);
     let mut stored = Session::load(&path).map_err(CliError::Usage)?;
     let http = https(&tls.tls_ca, &stored.issuer, session.issuer_ip)?;
     let token = stored.access_token(&http, audience).await.map_err(failed)?;
     stored.save(&path).map_err(failed)?;
-    Ok(token)
-}
-
-pub(crate) fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>, CliError> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .map_err(|_| CliError::Usage("--token: not a valid header value".into()))?,
-    );
-    Ok(request)
+    bearer(token)
 }
 
 pub(crate) fn status_error(status: tonic::Status) -> CliError {

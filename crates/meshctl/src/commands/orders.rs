@@ -6,7 +6,7 @@ use mesh_proto::orders::v1::{
     PlaceOrderRequest,
 };
 
-use super::{authorized, connect, status_error, token_for};
+use super::{connect, status_error, token_for};
 use crate::CliError;
 use crate::cli::OrdersCommand;
 
@@ -72,13 +72,10 @@ pub async fn run(command: OrdersCommand) -> Result<(), CliError> {
                 .clone()
                 .unwrap_or_else(|| mesh_dev::oauth::Pkce::new().verifier);
             let order = client
-                .place_order(authorized(
-                    PlaceOrderRequest {
-                        idempotency_key: key,
-                        lines,
-                    },
-                    &token,
-                )?)
+                .place_order(token.request(PlaceOrderRequest {
+                    idempotency_key: key,
+                    lines,
+                }))
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -86,12 +83,9 @@ pub async fn run(command: OrdersCommand) -> Result<(), CliError> {
         }
         OrdersCommand::Get { order_id, .. } => {
             let order = client
-                .get_order(authorized(
-                    GetOrderRequest {
-                        order_id: order_id.clone(),
-                    },
-                    &token,
-                )?)
+                .get_order(token.request(GetOrderRequest {
+                    order_id: order_id.clone(),
+                }))
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -103,13 +97,10 @@ pub async fn run(command: OrdersCommand) -> Result<(), CliError> {
             ..
         } => {
             let page = client
-                .list_orders(authorized(
-                    ListOrdersRequest {
-                        page_size: *page_size,
-                        page_token: page_token.clone(),
-                    },
-                    &token,
-                )?)
+                .list_orders(token.request(ListOrdersRequest {
+                    page_size: *page_size,
+                    page_token: page_token.clone(),
+                }))
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -120,12 +111,9 @@ pub async fn run(command: OrdersCommand) -> Result<(), CliError> {
         }
         OrdersCommand::Cancel { order_id, .. } => {
             let order = client
-                .cancel_order(authorized(
-                    CancelOrderRequest {
-                        order_id: order_id.clone(),
-                    },
-                    &token,
-                )?)
+                .cancel_order(token.request(CancelOrderRequest {
+                    order_id: order_id.clone(),
+                }))
                 .await
                 .map_err(status_error)?
                 .into_inner();
