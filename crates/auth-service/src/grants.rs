@@ -110,39 +110,9 @@ impl Grants {
     /// Marks a code used and returns its grant. A second presentation is [`RedeemError::Reused`]
     /// and revokes everything issued from the code.
     pub async fn redeem_code(&self, code: &str, now: i64) -> Result<CodeGrant, RedeemError> {
-        let result: Result<Result<CodeGrant, RedeemError>, sqlx::Error> = async {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let row: Option<CodeGrantRow> = sqlx::query_as(
-                "SELECT family_id, client_id, redirect_uri, code_challenge, username, scope, \
-                 audience, expires_at, used_at FROM auth_codes WHERE code_hash = ?",
-            )
-            .bind(hash_secret_token(code))
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else {
-                return Ok(Err(RedeemError::Unknown));
-            };
-            if row.used_at.is_some() {
-                revoke_family_in(&mut tx, &row.family_id, now).await?;
-                tx.commit().await?;
-                return Ok(Err(RedeemError::Reused));
-            }
-            if row.expires_at <= now {
-                return Ok(Err(RedeemError::Expired));
-            }
-            sqlx::query("UPDATE auth_codes SET used_at = ? WHERE code_hash = ?")
-                .bind(now)
-                .bind(hash_secret_token(code))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(Ok(row.into_grant()))
-        }
-        .await;
-        result.unwrap_or_else(|error| {
-            tracing::error!(%error, "redeeming a code failed");
-            Err(RedeemError::Unknown)
-        })
+        self.redeem_once::<CodeGrantRow>(code, now)
+            .await
+            .map(CodeGrantRow::into_grant)
     }
 
     /// Stores a new refresh token of `family_id`; returns it.
@@ -167,37 +137,51 @@ impl Grants {
     /// Uses a refresh token once. Presenting a used one again is [`RedeemError::Reused`]: the
     /// token was stolen or replayed, and the whole family is revoked.
     pub async fn rotate_refresh(&self, token: &str, now: i64) -> Result<Family, RedeemError> {
-        let result: Result<Result<Family, RedeemError>, sqlx::Error> = async {
+        self.redeem_once::<RefreshRow>(token, now)
+            .await
+            .map(RefreshRow::family)
+    }
+
+    /// The one single-use transaction behind codes and refresh tokens: find the grant by the
+    /// hash of `secret`, refuse it if its family is revoked or it has expired, and mark it used;
+    /// a grant presented a second time revokes its whole family (RFC 6749 §4.1.2, RFC 9700
+    /// §4.14.2: a replay means the secret leaked). All in one `BEGIN IMMEDIATE` transaction, so
+    /// two concurrent presentations cannot both succeed. A storage failure answers `Unknown`:
+    /// the caller cannot tell it from a made-up secret, and must not.
+    async fn redeem_once<G: SingleUse>(&self, secret: &str, now: i64) -> Result<G, RedeemError> {
+        let hash = hash_secret_token(secret);
+        let result: Result<Result<G, RedeemError>, sqlx::Error> = async {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let row: Option<RefreshRow> = sqlx::query_as(REFRESH_ROW)
-                .bind(hash_secret_token(token))
+            let Some(grant) = sqlx::query_as::<_, G>(G::SELECT)
+                .bind(&hash)
                 .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else {
+                .await?
+            else {
                 return Ok(Err(RedeemError::Unknown));
             };
-            if row.revoked_at.is_some() {
+            let stored = grant.stored();
+            if stored.revoked_at.is_some() {
                 return Ok(Err(RedeemError::Revoked));
             }
-            if row.used_at.is_some() {
-                revoke_family_in(&mut tx, &row.family_id, now).await?;
+            if stored.used_at.is_some() {
+                revoke_family_in(&mut tx, stored.family_id, now).await?;
                 tx.commit().await?;
                 return Ok(Err(RedeemError::Reused));
             }
-            if row.expires_at <= now {
+            if stored.expires_at <= now {
                 return Ok(Err(RedeemError::Expired));
             }
-            sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?")
+            sqlx::query(G::MARK_USED)
                 .bind(now)
-                .bind(hash_secret_token(token))
+                .bind(&hash)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(Ok(row.family()))
+            Ok(Ok(grant))
         }
         .await;
         result.unwrap_or_else(|error| {
-            tracing::error!(%error, "rotating a refresh token failed");
+            tracing::error!(%error, grant = G::KIND, "redeeming a single-use grant failed");
             Err(RedeemError::Unknown)
         })
     }
@@ -221,7 +205,7 @@ impl Grants {
     /// The family of a refresh token and whether the token is still usable; for revocation and
     /// introspection.
     pub async fn refresh_family(&self, token: &str) -> Result<Option<(Family, bool)>, sqlx::Error> {
-        let row: Option<RefreshRow> = sqlx::query_as(REFRESH_ROW)
+        let row: Option<RefreshRow> = sqlx::query_as(RefreshRow::SELECT)
             .bind(hash_secret_token(token))
             .fetch_optional(&self.pool)
             .await?;
@@ -271,10 +255,27 @@ impl Grants {
     }
 }
 
-/// A refresh token joined with its family.
-const REFRESH_ROW: &str = "SELECT f.family_id, f.client_id, f.username, r.expires_at, r.used_at, \
-     f.revoked_at FROM refresh_tokens r JOIN token_families f ON f.family_id = r.family_id \
-     WHERE r.token_hash = ?";
+/// The columns every single-use grant shares, as [`Grants::redeem_once`] checks them.
+struct Stored<'a> {
+    family_id: &'a str,
+    expires_at: i64,
+    used_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+/// A grant that may be presented once: how to find it by the hash of its secret (joined with
+/// its family's revocation), and how to mark it used.
+trait SingleUse: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin {
+    /// For logs.
+    const KIND: &'static str;
+    /// One row by `?` = the secret's hash, with `expires_at`, `used_at` and the family's
+    /// `revoked_at`.
+    const SELECT: &'static str;
+    /// Sets `used_at = ?1` on the row whose hash is `?2`.
+    const MARK_USED: &'static str;
+
+    fn stored(&self) -> Stored<'_>;
+}
 
 #[derive(sqlx::FromRow)]
 struct RefreshRow {
@@ -284,6 +285,23 @@ struct RefreshRow {
     expires_at: i64,
     used_at: Option<i64>,
     revoked_at: Option<i64>,
+}
+
+impl SingleUse for RefreshRow {
+    const KIND: &'static str = "refresh_token";
+    const SELECT: &'static str = "SELECT f.family_id, f.client_id, f.username, r.expires_at, \
+         r.used_at, f.revoked_at FROM refresh_tokens r \
+         JOIN token_families f ON f.family_id = r.family_id WHERE r.token_hash = ?";
+    const MARK_USED: &'static str = "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?";
+
+    fn stored(&self) -> Stored<'_> {
+        Stored {
+            family_id: &self.family_id,
+            expires_at: self.expires_at,
+            used_at: self.used_at,
+            revoked_at: self.revoked_at,
+        }
+    }
 }
 
 impl RefreshRow {
@@ -307,6 +325,25 @@ struct CodeGrantRow {
     audience: String,
     expires_at: i64,
     used_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl SingleUse for CodeGrantRow {
+    const KIND: &'static str = "authorization_code";
+    const SELECT: &'static str = "SELECT c.family_id, c.client_id, c.redirect_uri, \
+         c.code_challenge, c.username, c.scope, c.audience, c.expires_at, c.used_at, \
+         f.revoked_at FROM auth_codes c JOIN token_families f ON f.family_id = c.family_id \
+         WHERE c.code_hash = ?";
+    const MARK_USED: &'static str = "UPDATE auth_codes SET used_at = ? WHERE code_hash = ?";
+
+    fn stored(&self) -> Stored<'_> {
+        Stored {
+            family_id: &self.family_id,
+            expires_at: self.expires_at,
+            used_at: self.used_at,
+            revoked_at: self.revoked_at,
+        }
+    }
 }
 
 impl CodeGrantRow {

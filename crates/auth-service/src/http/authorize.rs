@@ -2,13 +2,12 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
-use axum::extract::{Extension, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mesh_tls::PeerIdentity;
 
-use super::{AUTHORIZE_PATH, HttpState, form_body, parse_form, peer_ip};
+use super::extract::OAuthForm;
+use super::{AUTHORIZE_PATH, HttpState, parse_form};
 use crate::clients::{Client, GrantError};
 use crate::grants::CodeGrant;
 
@@ -148,12 +147,9 @@ pub(super) async fn page(State(state): State<HttpState>, RawQuery(query): RawQue
 
 pub(super) async fn login(
     State(state): State<HttpState>,
-    peer: Option<Extension<PeerIdentity>>,
-    headers: HeaderMap,
-    body: Bytes,
+    form: Result<OAuthForm, Response>,
 ) -> Response {
-    let addr = peer_ip(peer);
-    let Ok(params) = form_body(&headers, &body) else {
+    let Ok(OAuthForm { addr, params, .. }) = form else {
         return Refusal::Page(StatusCode::BAD_REQUEST, "Malformed login form.").into_response();
     };
     let request = match validate(&state, &params) {

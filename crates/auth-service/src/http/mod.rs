@@ -5,22 +5,22 @@
 //! no-store` on every token-endpoint answer.
 
 mod authorize;
+mod extract;
 mod revoke;
 mod token;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use mesh_tls::PeerIdentity;
 use serde_json::json;
 
 use crate::clients::{Client, Registry};
@@ -197,12 +197,6 @@ fn no_store() -> HeaderMap {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     headers
-}
-
-/// The peer's IP, for rate limiting.
-fn peer_ip(peer: Option<Extension<PeerIdentity>>) -> IpAddr {
-    peer.and_then(|Extension(p)| p.remote_addr)
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
 }
 
 /// Whether the request body is declared as a form.

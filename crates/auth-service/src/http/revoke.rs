@@ -1,30 +1,35 @@
 //! `POST /oauth2/revoke` (RFC 7009) and `POST /oauth2/introspect` (RFC 7662).
 
-use axum::body::Bytes;
-use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mesh_tls::PeerIdentity;
 use serde_json::json;
 
-use super::{
-    HttpState, INTROSPECT_PATH, OAuthError, REVOKE_PATH, authenticate_client, form_body, no_store,
-    peer_ip,
-};
+use super::extract::{ClientAuth, Endpoint};
+use super::{HttpState, INTROSPECT_PATH, OAuthError, REVOKE_PATH, no_store};
+
+/// `POST /oauth2/revoke`.
+pub(super) struct RevokeEndpoint;
+
+impl Endpoint for RevokeEndpoint {
+    const PATH: &'static str = REVOKE_PATH;
+}
+
+/// `POST /oauth2/introspect`.
+pub(super) struct IntrospectEndpoint;
+
+impl Endpoint for IntrospectEndpoint {
+    const PATH: &'static str = INTROSPECT_PATH;
+}
 
 /// Revokes a refresh token (and with it its whole family) or an access token, if the token
 /// belongs to the authenticated client. Unknown tokens answer 200 too (RFC 7009 §2.2), so the
 /// endpoint cannot be used to probe for valid tokens.
 pub(super) async fn revoke(
     State(state): State<HttpState>,
-    peer: Option<Extension<PeerIdentity>>,
-    headers: HeaderMap,
-    body: Bytes,
+    ClientAuth { client, params, .. }: ClientAuth<RevokeEndpoint>,
 ) -> Response {
-    let addr = peer_ip(peer);
     let result = async {
-        let params = form_body(&headers, &body)?;
-        let client = authenticate_client(&state, addr, &headers, &params, REVOKE_PATH).await?;
         let token = params
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
@@ -55,14 +60,9 @@ pub(super) async fn revoke(
 /// not introspect.
 pub(super) async fn introspect(
     State(state): State<HttpState>,
-    peer: Option<Extension<PeerIdentity>>,
-    headers: HeaderMap,
-    body: Bytes,
+    ClientAuth { client, params, .. }: ClientAuth<IntrospectEndpoint>,
 ) -> Response {
-    let addr = peer_ip(peer);
     let result = async {
-        let params = form_body(&headers, &body)?;
-        let client = authenticate_client(&state, addr, &headers, &params, INTROSPECT_PATH).await?;
         if client.is_public() {
             return Err(OAuthError::invalid_client());
         }

@@ -2,48 +2,35 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
-use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mesh_tls::PeerIdentity;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{HttpState, OAuthError, TOKEN_PATH, authenticate_client, form_body, no_store, peer_ip};
+use super::extract::{ClientAuth, Endpoint};
+use super::{HttpState, OAuthError, TOKEN_PATH, no_store};
 use crate::clients::{Client, GrantError};
 use crate::grants::RedeemError;
 use crate::issuer::{IssuedToken, TokenRequest};
 
+/// The token endpoint; the client is authenticated by [`ClientAuth`] before this runs.
 pub(super) async fn token(
     State(state): State<HttpState>,
-    peer: Option<Extension<PeerIdentity>>,
-    headers: HeaderMap,
-    body: Bytes,
+    ClientAuth { client, params, .. }: ClientAuth<TokenEndpoint>,
 ) -> Response {
-    let addr = peer_ip(peer);
     let result = async {
-        let params = form_body(&headers, &body)?;
-        let grant_type = params
-            .get("grant_type")
-            .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?
-            .clone();
-        if !crate::settings::GRANT_TYPES.contains(&grant_type.as_str()) {
-            return Err(OAuthError::bad_request(
-                "unsupported_grant_type",
-                "supported: client_credentials, authorization_code, refresh_token",
-            ));
-        }
-        let client = authenticate_client(&state, addr, &headers, &params, TOKEN_PATH).await?;
-        if !client.allows_grant(&grant_type) {
+        // `precheck` made sure it is there and supported.
+        let grant_type = params.get("grant_type").map_or("", String::as_str);
+        if !client.allows_grant(grant_type) {
             return Err(OAuthError::bad_request(
                 "unauthorized_client",
                 "the client may not use this grant type",
             ));
         }
-        match grant_type.as_str() {
+        match grant_type {
             "client_credentials" => client_credentials(&state, &client, &params).await,
             "authorization_code" => authorization_code(&state, &client, &params).await,
             _ => refresh_token(&state, &client, &params).await,
@@ -51,6 +38,27 @@ pub(super) async fn token(
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /oauth2/token`.
+pub(super) struct TokenEndpoint;
+
+impl Endpoint for TokenEndpoint {
+    const PATH: &'static str = TOKEN_PATH;
+
+    /// A missing or unsupported `grant_type` is refused before the client is authenticated.
+    fn precheck(params: &HashMap<String, String>) -> Result<(), OAuthError> {
+        let grant_type = params
+            .get("grant_type")
+            .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?;
+        if !crate::settings::GRANT_TYPES.contains(&grant_type.as_str()) {
+            return Err(OAuthError::bad_request(
+                "unsupported_grant_type",
+                "supported: client_credentials, authorization_code, refresh_token",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn scope_error(error: GrantError) -> OAuthError {
