@@ -145,6 +145,19 @@ pub enum ChainProblem {
     BadHead,
 }
 
+/// The id of the trace the current request belongs to (hex), or empty outside a trace: what
+/// every audit record carries so that a trace and the chain point at each other.
+pub fn current_trace_id() -> String {
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = opentelemetry::Context::current();
+    let span = cx.span();
+    if span.span_context().is_valid() {
+        span.span_context().trace_id().to_string()
+    } else {
+        String::new()
+    }
+}
+
 /// How to make a key file the readers accept; every key error repeats it.
 pub const KEY_FILE_HELP: &str = "a key file is hex text of at least 32 bytes (64 hex digits); make one with \
      `meshctl audit keygen --out FILE` (or `openssl rand -hex 32 > FILE`)";

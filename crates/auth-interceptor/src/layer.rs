@@ -161,11 +161,7 @@ impl State {
         // trace id, so a trace and the audit log point at each other.
         let cx = opentelemetry::Context::current();
         let span = cx.span();
-        let trace_id = if span.span_context().is_valid() {
-            span.span_context().trace_id().to_string()
-        } else {
-            String::new()
-        };
+        let trace_id = crate::audit::current_trace_id();
         span.add_event(
             "audit",
             vec![

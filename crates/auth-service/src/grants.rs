@@ -380,6 +380,7 @@ async fn revoke_family_in(
     .bind(family_id)
     .execute(&mut **tx)
     .await?;
-    tracing::warn!(target: "audit", decision = "revoke", reason = "family", family_id, "token family revoked");
+    // The decision that caused it (a replayed grant, a logout) is the handler's audit record.
+    tracing::warn!(family_id, "token family revoked");
     Ok(())
 }

@@ -12,6 +12,7 @@ use mesh_proto::auth::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::audit::{Event, IssuerAudit};
 use crate::clients::{Client, GrantError, Registry};
 use crate::grants::Grants;
 use crate::issuer::{Issuer, TokenRequest};
@@ -29,6 +30,8 @@ pub struct MeshApi {
     verifiers: Arc<LocalVerifiers>,
     /// Revocations: a revoked subject token is not exchanged, even before its `exp`.
     grants: Grants,
+    /// Where issued tokens are recorded (the layer records the call, this the grant).
+    audit: IssuerAudit,
 }
 
 impl MeshApi {
@@ -40,6 +43,7 @@ impl MeshApi {
         exchange_ttl: Duration,
         verifiers: Arc<LocalVerifiers>,
         grants: Grants,
+        audit: IssuerAudit,
     ) -> Self {
         Self {
             issuer,
@@ -48,6 +52,7 @@ impl MeshApi {
             exchange_ttl,
             verifiers,
             grants,
+            audit,
         }
     }
 
@@ -107,7 +112,16 @@ impl AuthService for MeshApi {
                 lifetime: self.ttl,
             })
             .map_err(|_| Status::internal("could not sign the token"))?;
-        tracing::info!(target: "audit", decision = "allow", reason = "service_token", method = "/mesh.auth.v1.AuthService/IssueServiceToken", client = %client.client_id, audience = %body.audience, token_id = %issued.token_id, "token issued");
+        self.audit
+            .grant(Event {
+                decision: "allow",
+                reason: "service_token",
+                method: "/mesh.auth.v1.AuthService/IssueServiceToken",
+                subject: &client.client_id,
+                client: &client.client_id,
+                ..Event::default()
+            })
+            .map_err(|_| Status::unavailable("audit log unavailable"))?;
         Ok(Response::new(IssueServiceTokenResponse {
             access_token: issued.access_token,
             token_type: "Bearer".into(),
@@ -181,7 +195,16 @@ impl AuthService for MeshApi {
                 lifetime,
             })
             .map_err(|_| Status::internal("could not sign the token"))?;
-        tracing::info!(target: "audit", decision = "allow", reason = "token_exchange", method = "/mesh.auth.v1.AuthService/ExchangeToken", subject = %subject.subject, actor = %client.client_id, audience = %body.audience, token_id = %issued.token_id, "token exchanged");
+        self.audit
+            .grant(Event {
+                decision: "allow",
+                reason: "token_exchange",
+                method: "/mesh.auth.v1.AuthService/ExchangeToken",
+                subject: &subject.subject,
+                client: &subject.client_id,
+                actor: &client.client_id,
+            })
+            .map_err(|_| Status::unavailable("audit log unavailable"))?;
         Ok(Response::new(ExchangeTokenResponse {
             access_token: issued.access_token,
             token_type: "Bearer".into(),

@@ -14,6 +14,7 @@
 //!
 //! # Layout
 //! - [`settings`]: flags with env twins, and the `MESH_AUTH_CONFIG` clients file.
+//! - [`audit`]: the issuer's own decisions, in the same HMAC chain as the mesh layer's.
 //! - [`clients`]: the client registry, secret checks (Argon2id), scope and audience grants.
 //! - [`users`]: users, password checks and the scopes their roles grant.
 //! - [`grants`]: authorization codes, refresh-token families and issued access tokens (SQLite).
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod clients;
 pub mod grants;
 pub mod grpc;
@@ -119,6 +121,20 @@ impl Application {
         let grants = grants::Grants::new(pool.clone());
         let keys = Arc::new(KeyStore::open(pool).await?);
         let issuer = Arc::new(Issuer::new(issuer_url, keys.clone()));
+        // The mesh side verifies tokens for audience `auth` with the issuer's own keys: no
+        // discovery round trip to itself.
+        let mesh_verifier =
+            TokenVerifier::with_keys(VerifierConfig::new(issuer.url(), "auth"), keys.key_set());
+        let runtime = Runtime::with_verifier(
+            "auth",
+            settings.listen,
+            workload,
+            mesh_verifier.clone(),
+            &settings.audit,
+            &settings.telemetry,
+        )
+        .await?;
+        let audit = audit::IssuerAudit::new(runtime.audit_log());
         let config = &settings.config;
         let registry = Arc::new(Registry::new(&config.clients));
         let ttl = settings::ttl(config.access_token_ttl_secs);
@@ -134,6 +150,7 @@ impl Application {
             settings::ttl(config.exchanged_token_ttl_secs),
             verifiers.clone(),
             grants.clone(),
+            audit.clone(),
         ));
         let http = http::HttpState {
             issuer: issuer.clone(),
@@ -147,20 +164,8 @@ impl Application {
             )),
             ttl,
             refresh_ttl: settings::ttl(config.refresh_token_ttl_secs),
+            audit,
         };
-        // The mesh side verifies tokens for audience `auth` with the issuer's own keys: no
-        // discovery round trip to itself.
-        let mesh_verifier =
-            TokenVerifier::with_keys(VerifierConfig::new(issuer.url(), "auth"), keys.key_set());
-        let runtime = Runtime::with_verifier(
-            "auth",
-            settings.listen,
-            workload,
-            mesh_verifier.clone(),
-            &settings.audit,
-            &settings.telemetry,
-        )
-        .await?;
         let policy = mesh_policy(runtime.trust_domain());
         Ok(Self {
             server: runtime.into_server(policy),

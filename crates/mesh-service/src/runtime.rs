@@ -114,6 +114,12 @@ impl Runtime {
         &self.telemetry
     }
 
+    /// The audit chain, when one is configured: for decisions a service makes outside the
+    /// layer (the issuer's logins and grants), so they land in the same chain.
+    pub fn audit_log(&self) -> Option<Arc<AuditLog>> {
+        self.audit.clone()
+    }
+
     /// The token verifier.
     pub fn verifier(&self) -> &Arc<TokenVerifier> {
         &self.verifier

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::extract::OAuthForm;
 use super::{AUTHORIZE_PATH, HttpState, parse_form};
+use crate::audit::Event;
 use crate::clients::{Client, GrantError};
 use crate::grants::CodeGrant;
 
@@ -176,7 +177,14 @@ pub(super) async fn login(
         .flatten();
     let Some(user) = user else {
         state.limiter.record_failure(addr);
-        tracing::warn!(target: "audit", decision = "deny", reason = "bad_credentials", method = AUTHORIZE_PATH, subject = %username, client = %request.client.client_id, "login failed");
+        state.audit.refusal(Event {
+            decision: "deny",
+            reason: "bad_credentials",
+            method: AUTHORIZE_PATH,
+            subject: &username,
+            client: &request.client.client_id,
+            ..Event::default()
+        });
         return page_response(
             StatusCode::UNAUTHORIZED,
             &login_page(
@@ -220,7 +228,18 @@ pub(super) async fn login(
                 .into_response();
         }
     };
-    tracing::info!(target: "audit", decision = "allow", reason = "login", method = AUTHORIZE_PATH, subject = %user.username, client = %grant.client_id, "authorization code issued");
+    let recorded = state.audit.grant(Event {
+        decision: "allow",
+        reason: "login",
+        method: AUTHORIZE_PATH,
+        subject: &user.username,
+        client: &grant.client_id,
+        ..Event::default()
+    });
+    if recorded.is_err() {
+        return Refusal::Page(StatusCode::INTERNAL_SERVER_ERROR, "Please try again.")
+            .into_response();
+    }
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair("code", &code);
     if let Some(state) = &request.state {

@@ -60,6 +60,8 @@ pub struct HttpState {
     pub ttl: Duration,
     /// Refresh-token lifetime.
     pub refresh_ttl: Duration,
+    /// Where logins, grants and refusals are recorded.
+    pub audit: crate::audit::IssuerAudit,
 }
 
 /// The public router.
@@ -323,7 +325,13 @@ async fn authenticate_client(
     };
     client.ok_or_else(|| {
         state.limiter.record_failure(addr);
-        tracing::warn!(target: "audit", decision = "deny", reason = "invalid_client", method = endpoint, client = %client_id, "client authentication failed");
+        state.audit.refusal(crate::audit::Event {
+            decision: "deny",
+            reason: "invalid_client",
+            method: endpoint,
+            client: &client_id,
+            ..Default::default()
+        });
         OAuthError::invalid_client()
     })
 }

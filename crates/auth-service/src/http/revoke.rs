@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::extract::{ClientAuth, Endpoint};
 use super::{HttpState, INTROSPECT_PATH, OAuthError, REVOKE_PATH, no_store};
+use crate::audit::Event;
 
 /// `POST /oauth2/revoke`.
 pub(super) struct RevokeEndpoint;
@@ -37,8 +38,19 @@ pub(super) async fn revoke(
         let storage = |_| OAuthError::server_error();
         if let Some((family, _)) = state.grants.refresh_family(token).await.map_err(storage)? {
             if family.client_id == client.client_id {
-                state.grants.revoke_family(&family.family_id, now).await.map_err(storage)?;
-                tracing::info!(target: "audit", decision = "revoke", reason = "refresh_token", method = REVOKE_PATH, subject = %family.username, client = %client.client_id, "refresh token family revoked");
+                state
+                    .grants
+                    .revoke_family(&family.family_id, now)
+                    .await
+                    .map_err(storage)?;
+                state.audit.refusal(Event {
+                    decision: "revoke",
+                    reason: "refresh_token",
+                    method: REVOKE_PATH,
+                    subject: &family.username,
+                    client: &client.client_id,
+                    ..Event::default()
+                });
             }
         } else if let Ok((_, verified)) = state.verifiers.verify_any(token).await
             && verified.client_id == client.client_id
@@ -48,7 +60,14 @@ pub(super) async fn revoke(
                 .revoke_access(&verified.token_id, verified.expires_at as i64, now)
                 .await
                 .map_err(storage)?;
-            tracing::info!(target: "audit", decision = "revoke", reason = "access_token", method = REVOKE_PATH, subject = %verified.subject, client = %client.client_id, token_id = %verified.token_id, "access token revoked");
+            state.audit.refusal(Event {
+                decision: "revoke",
+                reason: "access_token",
+                method: REVOKE_PATH,
+                subject: &verified.subject,
+                client: &client.client_id,
+                ..Event::default()
+            });
         }
         Ok::<_, OAuthError>((StatusCode::OK, no_store()).into_response())
     }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::extract::{ClientAuth, Endpoint};
 use super::{HttpState, OAuthError, TOKEN_PATH, no_store};
+use crate::audit::Event;
 use crate::clients::{Client, GrantError};
 use crate::grants::RedeemError;
 use crate::issuer::{IssuedToken, TokenRequest};
@@ -116,7 +117,17 @@ async fn client_credentials(
             lifetime: state.ttl,
         })
         .map_err(|_| OAuthError::server_error())?;
-    tracing::info!(target: "audit", decision = "allow", reason = "client_credentials", method = TOKEN_PATH, client = %client.client_id, audience = %audience, token_id = %issued.token_id, "token issued");
+    state
+        .audit
+        .grant(Event {
+            decision: "allow",
+            reason: "client_credentials",
+            method: TOKEN_PATH,
+            subject: &client.client_id,
+            client: &client.client_id,
+            ..Event::default()
+        })
+        .map_err(|_| OAuthError::server_error())?;
     // Client credentials never get a refresh token: the client can always ask again.
     Ok(success(&issued, None))
 }
@@ -148,7 +159,13 @@ async fn authorization_code(
     }
     let now = crate::unix_now() as i64;
     let deny = |reason: &'static str| {
-        tracing::warn!(target: "audit", decision = "deny", reason, method = TOKEN_PATH, client = %client.client_id, "authorization code refused");
+        state.audit.refusal(Event {
+            decision: "deny",
+            reason,
+            method: TOKEN_PATH,
+            client: &client.client_id,
+            ..Event::default()
+        });
         OAuthError::invalid_grant()
     };
     let grant = match state.grants.redeem_code(code, now).await {
@@ -198,7 +215,13 @@ async fn refresh_token(
         .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
     let now = crate::unix_now() as i64;
     let deny = |reason: &'static str| {
-        tracing::warn!(target: "audit", decision = "deny", reason, method = TOKEN_PATH, client = %client.client_id, "refresh token refused");
+        state.audit.refusal(Event {
+            decision: "deny",
+            reason,
+            method: TOKEN_PATH,
+            client: &client.client_id,
+            ..Event::default()
+        });
         OAuthError::invalid_grant()
     };
     let family = match state.grants.rotate_refresh(token, now).await {
@@ -271,6 +294,16 @@ async fn issue_user_tokens(
         .issue_refresh(family_id, now + state.refresh_ttl.as_secs() as i64)
         .await
         .map_err(|_| OAuthError::server_error())?;
-    tracing::info!(target: "audit", decision = "allow", reason = "user_token", method = TOKEN_PATH, subject = %username, client = %client.client_id, audience = %audience, token_id = %issued.token_id, "token issued");
+    state
+        .audit
+        .grant(Event {
+            decision: "allow",
+            reason: "user_token",
+            method: TOKEN_PATH,
+            subject: username,
+            client: &client.client_id,
+            ..Event::default()
+        })
+        .map_err(|_| OAuthError::server_error())?;
     Ok(success(&issued, Some(refresh)))
 }

@@ -364,3 +364,33 @@ async fn a_token_that_expires_before_the_exchange_places_nothing_and_is_unauthen
     );
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuers_logins_grants_and_refusals_are_in_the_same_chain() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    mesh.login("alice", "orders").await.expect("login");
+    let wrong = mesh_dev::oauth::login_with_password(
+        &mesh.https().expect("https"),
+        &mesh.mesh.issuer,
+        "alice",
+        "not-her-password",
+        "orders",
+    )
+    .await;
+    assert!(wrong.is_err(), "a wrong password logs nobody in");
+    let issued: Vec<(String, String, String)> = records(&mesh, "auth")
+        .into_iter()
+        .map(|r| (r.decision, r.reason, r.subject))
+        .collect();
+    for expected in [
+        ("allow", "login", "alice"),
+        ("allow", "user_token", "alice"),
+        ("deny", "bad_credentials", "alice"),
+    ] {
+        let expected = (expected.0.into(), expected.1.into(), expected.2.into());
+        assert!(issued.contains(&expected), "{expected:?} not in {issued:?}");
+    }
+    let key = &mesh.mesh.audit.key;
+    auth_interceptor::audit::verify(&mesh.mesh.audit.log("auth"), key).expect("the chain verifies");
+    mesh.stop().await;
+}
