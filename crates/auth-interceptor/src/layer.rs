@@ -324,3 +324,66 @@ fn audit_deny(
         token_id = token.map_or("", |t| t.token_id.as_str()),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn take_bearer_accepts_exactly_one_well_formed_bearer_and_removes_it() {
+        let mut one = headers(&["Bearer abc.def.ghi"]);
+        let token = take_bearer(&mut one).expect("ok").expect("present");
+        assert_eq!(token.expose_secret(), "abc.def.ghi");
+        assert!(one.is_empty(), "the raw token must not stay in the request");
+        let mut lower = headers(&["bearer abc"]);
+        assert!(take_bearer(&mut lower).expect("scheme is case-insensitive").is_some());
+        assert_eq!(take_bearer(&mut HeaderMap::new()), Ok(None));
+    }
+
+    #[test]
+    fn take_bearer_refuses_everything_else_and_still_removes_it() {
+        for bad in [
+            &["Bearer a", "Bearer b"][..],
+            &["Basic dXNlcjpwYXNz"],
+            &["Bearer"],
+            &["Bearer "],
+            &["Bearer a b"],
+            &["Token abc"],
+        ] {
+            let mut map = headers(bad);
+            assert!(
+                matches!(take_bearer(&mut map), Err(AuthError::MalformedHeader(_))),
+                "{bad:?}"
+            );
+            assert!(map.is_empty(), "{bad:?} left in the request");
+        }
+    }
+
+    #[test]
+    fn a_handler_marker_is_recorded_and_stripped_and_bare_refusals_count_too() {
+        let mut marked = HeaderMap::new();
+        marked.insert(crate::error::DENY_REASON_KEY, http::HeaderValue::from_static("not_owner"));
+        marked.insert("grpc-status", http::HeaderValue::from_static("5"));
+        assert_eq!(handler_refusal(&mut marked).as_deref(), Some("not_owner"));
+        assert!(marked.get(crate::error::DENY_REASON_KEY).is_none());
+
+        let mut denied = HeaderMap::new();
+        denied.insert("grpc-status", http::HeaderValue::from_static("7"));
+        assert_eq!(handler_refusal(&mut denied).as_deref(), Some("handler_refused"));
+
+        let mut not_found = HeaderMap::new();
+        not_found.insert("grpc-status", http::HeaderValue::from_static("5"));
+        assert_eq!(handler_refusal(&mut not_found), None);
+    }
+}

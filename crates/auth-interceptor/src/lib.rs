@@ -27,6 +27,7 @@
 //! - [`error`]: [`AuthError`] and the one mapping to `tonic::Status`.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod audit;
 pub mod bearer;

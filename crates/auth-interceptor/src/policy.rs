@@ -196,3 +196,88 @@ impl Policy {
         methods
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(scopes: &[&str], actor: Option<&str>) -> VerifiedToken {
+        VerifiedToken {
+            subject: "alice".into(),
+            client_id: "meshctl-cli".into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            token_id: "jti".into(),
+            actor: actor.map(str::to_owned),
+            expires_at: 0,
+        }
+    }
+
+    fn id(domain: &str, name: &str) -> SpiffeId {
+        SpiffeId::workload(domain, name).expect("id")
+    }
+
+    fn policy() -> Policy {
+        Policy::new("mesh.local")
+            .with_health()
+            .allow("/s.S/Read", Rule::token().scope("s:read"))
+            .allow(
+                "/s.S/Reserve",
+                Rule::token()
+                    .scope("s:reserve")
+                    .callers([id("mesh.local", "orders")])
+                    .actors(["orders"]),
+            )
+    }
+
+    #[test]
+    fn lookup_is_by_full_path_and_unknown_methods_have_no_row() {
+        let policy = policy();
+        assert!(policy.rule("/s.S/Read").is_some());
+        for unknown in ["/s.S/read", "s.S/Read", "/s.S/Read/", "/other.S/Read", ""] {
+            assert!(policy.rule(unknown).is_none(), "{unknown:?}");
+        }
+        assert_eq!(
+            policy.methods(),
+            [
+                "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Watch",
+                "/s.S/Read",
+                "/s.S/Reserve"
+            ]
+        );
+    }
+
+    #[test]
+    fn foreign_trust_domains_get_only_the_public_rows() {
+        let policy = policy();
+        let health = policy.rule(HEALTH_METHODS[0]).expect("health");
+        let read = policy.rule("/s.S/Read").expect("read");
+        let foreign = id("evil.example", "orders");
+        assert_eq!(policy.admits(health, Some(&foreign)), Ok(()));
+        assert_eq!(policy.admits(health, None), Ok(()));
+        assert_eq!(policy.admits(read, Some(&foreign)), Err(AuthError::ForeignTrustDomain));
+        assert_eq!(policy.admits(read, None), Err(AuthError::CallerNotAllowed));
+        assert_eq!(policy.admits(read, Some(&id("mesh.local", "meshctl"))), Ok(()));
+    }
+
+    #[test]
+    fn a_rule_checks_scope_caller_and_actor_each() {
+        let reserve = policy().rule("/s.S/Reserve").expect("row").clone();
+        let orders = id("mesh.local", "orders");
+        let good = token(&["s:reserve"], Some("orders"));
+        assert_eq!(reserve.authorize(Some(&good), Some(&orders)), Ok(()));
+        assert_eq!(
+            reserve.authorize(Some(&token(&["s:read"], Some("orders"))), Some(&orders)),
+            Err(AuthError::MissingScope("s:reserve".into()))
+        );
+        assert_eq!(
+            reserve.authorize(Some(&good), Some(&id("mesh.local", "meshctl"))),
+            Err(AuthError::CallerNotAllowed)
+        );
+        assert_eq!(
+            reserve.authorize(Some(&token(&["s:reserve"], None)), Some(&orders)),
+            Err(AuthError::Forbidden("actor not allowed"))
+        );
+        assert_eq!(reserve.authorize(None, Some(&orders)), Err(AuthError::MissingToken));
+    }
+}

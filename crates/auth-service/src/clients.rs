@@ -192,3 +192,49 @@ pub fn hash_secret(secret: &str) -> Result<String, argon2::password_hash::Error>
         .hash_password(secret.as_bytes(), &salt)?
         .to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::AuthConfig;
+
+    fn registry() -> Registry {
+        let config = AuthConfig::parse(include_str!("../../../config/auth.example.toml"))
+            .expect("example");
+        Registry::new(&config.clients)
+    }
+
+    #[test]
+    fn a_workload_is_found_by_its_spiffe_id_only() {
+        let registry = registry();
+        let orders = SpiffeId::workload("mesh.local", "orders").expect("id");
+        assert_eq!(registry.by_spiffe(&orders).map(|c| c.client_id.as_str()), Some("orders"));
+        for other in [("mesh.local", "stranger"), ("evil.example", "orders")] {
+            let id = SpiffeId::workload(other.0, other.1).expect("id");
+            assert!(registry.by_spiffe(&id).is_none(), "{id}");
+        }
+    }
+
+    #[test]
+    fn grants_narrow_to_the_registration() {
+        let registry = registry();
+        let orders = registry.get("orders").expect("orders");
+        assert_eq!(
+            orders.grant("inventory", &["inventory:read".into()]),
+            Ok(vec!["inventory:read".to_owned()])
+        );
+        assert_eq!(orders.grant("auth", &[]), Err(GrantError::Audience));
+        assert_eq!(
+            orders.grant("inventory", &["inventory:admin".into()]),
+            Err(GrantError::Scope)
+        );
+    }
+
+    #[test]
+    fn secrets_are_checked_against_the_hash_and_unknown_clients_fail_the_same_way() {
+        let registry = registry();
+        assert!(registry.authenticate("meshctl", "meshctl-demo-secret").is_some());
+        assert!(registry.authenticate("meshctl", "wrong-secret-value").is_none());
+        assert!(registry.authenticate("nobody", "meshctl-demo-secret").is_none());
+    }
+}

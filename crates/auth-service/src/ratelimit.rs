@@ -1,5 +1,12 @@
 //! Limits failed client authentications per source address, so secrets cannot be guessed at
 //! speed and a flood of bad attempts cannot keep the CPU busy with Argon2.
+//!
+//! Why not `governor` (keyed GCRA): its limiter only has a check that *spends* a cell. Ours must
+//! ask "is this address blocked?" before any hash is computed, yet count only the attempts that
+//! *failed*: spending a cell on every attempt would throttle a client that authenticates
+//! correctly and often (a busy service asking for tokens), and spending after the hash would let
+//! a blocked address still buy Argon2 work. A peek-then-count limiter is what the guarantee
+//! needs, and it is forty lines.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

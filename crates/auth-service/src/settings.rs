@@ -325,3 +325,34 @@ pub fn check_issuer(issuer: &str) -> Result<(), StartError> {
 pub(crate) fn ttl(secs: u64) -> Duration {
     Duration::from_secs(secs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../../config/auth.example.toml");
+        let config = AuthConfig::parse(text).expect("the example config is valid");
+        assert!(config.clients.iter().any(|c| c.client_id == "orders"));
+        assert_eq!(config.access_token_ttl_secs, 300);
+    }
+
+    #[test]
+    fn unknown_fields_and_unknown_grant_types_are_refused() {
+        let typo = "acces_token_ttl_secs = 60\n";
+        assert!(AuthConfig::parse(typo).is_err(), "a misspelt key is not silently ignored");
+        let grant = "[[clients]]\nclient_id = \"x\"\ngrant_types = [\"password\"]\n";
+        let error = AuthConfig::parse(grant).expect_err("password grant");
+        assert!(error.contains("unsupported grant type"), "{error}");
+    }
+
+    #[test]
+    fn the_issuer_must_be_https_without_query_fragment_or_trailing_slash() {
+        assert!(check_issuer("https://auth:8443").is_ok());
+        for bad in ["http://auth", "https://auth/", "https://auth?x=1", "https://a#f", "https://"] {
+            let error = check_issuer(bad).expect_err(bad);
+            assert!(error.is_config() && error.to_string().starts_with("--issuer"), "{error}");
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //! - [`report`]: the markdown report.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod load;
 pub mod material;

@@ -13,6 +13,7 @@
 //!   service that describes one of our services.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod domain;
 

@@ -10,6 +10,7 @@
 //!   a foreign key, HMAC over the public key, or nothing.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod forge;
 

@@ -18,6 +18,7 @@
 //! - [`certs`]: a development CA that issues workload certificates (`meshctl certs init`).
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod certs;
 pub mod client;

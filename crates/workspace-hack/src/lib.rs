@@ -5,3 +5,4 @@
 //! --workspace`), and the second reuses the first's build instead of redoing most of it. See
 //! `Cargo.toml` here for why each pin exists.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
