@@ -347,7 +347,11 @@ mod tests {
         assert_eq!(token.expose_secret(), "abc.def.ghi");
         assert!(one.is_empty(), "the raw token must not stay in the request");
         let mut lower = headers(&["bearer abc"]);
-        assert!(take_bearer(&mut lower).expect("scheme is case-insensitive").is_some());
+        assert!(
+            take_bearer(&mut lower)
+                .expect("scheme is case-insensitive")
+                .is_some()
+        );
         assert_eq!(take_bearer(&mut HeaderMap::new()), Ok(None));
     }
 
@@ -373,14 +377,20 @@ mod tests {
     #[test]
     fn a_handler_marker_is_recorded_and_stripped_and_bare_refusals_count_too() {
         let mut marked = HeaderMap::new();
-        marked.insert(crate::error::DENY_REASON_KEY, http::HeaderValue::from_static("not_owner"));
+        marked.insert(
+            crate::error::DENY_REASON_KEY,
+            http::HeaderValue::from_static("not_owner"),
+        );
         marked.insert("grpc-status", http::HeaderValue::from_static("5"));
         assert_eq!(handler_refusal(&mut marked).as_deref(), Some("not_owner"));
         assert!(marked.get(crate::error::DENY_REASON_KEY).is_none());
 
         let mut denied = HeaderMap::new();
         denied.insert("grpc-status", http::HeaderValue::from_static("7"));
-        assert_eq!(handler_refusal(&mut denied).as_deref(), Some("handler_refused"));
+        assert_eq!(
+            handler_refusal(&mut denied).as_deref(),
+            Some("handler_refused")
+        );
 
         let mut not_found = HeaderMap::new();
         not_found.insert("grpc-status", http::HeaderValue::from_static("5"));

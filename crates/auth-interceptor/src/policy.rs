@@ -255,9 +255,15 @@ mod tests {
         let foreign = id("evil.example", "orders");
         assert_eq!(policy.admits(health, Some(&foreign)), Ok(()));
         assert_eq!(policy.admits(health, None), Ok(()));
-        assert_eq!(policy.admits(read, Some(&foreign)), Err(AuthError::ForeignTrustDomain));
+        assert_eq!(
+            policy.admits(read, Some(&foreign)),
+            Err(AuthError::ForeignTrustDomain)
+        );
         assert_eq!(policy.admits(read, None), Err(AuthError::CallerNotAllowed));
-        assert_eq!(policy.admits(read, Some(&id("mesh.local", "meshctl"))), Ok(()));
+        assert_eq!(
+            policy.admits(read, Some(&id("mesh.local", "meshctl"))),
+            Ok(())
+        );
     }
 
     #[test]
@@ -278,6 +284,9 @@ mod tests {
             reserve.authorize(Some(&token(&["s:reserve"], None)), Some(&orders)),
             Err(AuthError::Forbidden("actor not allowed"))
         );
-        assert_eq!(reserve.authorize(None, Some(&orders)), Err(AuthError::MissingToken));
+        assert_eq!(
+            reserve.authorize(None, Some(&orders)),
+            Err(AuthError::MissingToken)
+        );
     }
 }

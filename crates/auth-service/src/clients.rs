@@ -199,8 +199,8 @@ mod tests {
     use crate::settings::AuthConfig;
 
     fn registry() -> Registry {
-        let config = AuthConfig::parse(include_str!("../../../config/auth.example.toml"))
-            .expect("example");
+        let config =
+            AuthConfig::parse(include_str!("../../../config/auth.example.toml")).expect("example");
         Registry::new(&config.clients)
     }
 
@@ -208,7 +208,10 @@ mod tests {
     fn a_workload_is_found_by_its_spiffe_id_only() {
         let registry = registry();
         let orders = SpiffeId::workload("mesh.local", "orders").expect("id");
-        assert_eq!(registry.by_spiffe(&orders).map(|c| c.client_id.as_str()), Some("orders"));
+        assert_eq!(
+            registry.by_spiffe(&orders).map(|c| c.client_id.as_str()),
+            Some("orders")
+        );
         for other in [("mesh.local", "stranger"), ("evil.example", "orders")] {
             let id = SpiffeId::workload(other.0, other.1).expect("id");
             assert!(registry.by_spiffe(&id).is_none(), "{id}");
@@ -233,8 +236,20 @@ mod tests {
     #[test]
     fn secrets_are_checked_against_the_hash_and_unknown_clients_fail_the_same_way() {
         let registry = registry();
-        assert!(registry.authenticate("meshctl", "meshctl-demo-secret").is_some());
-        assert!(registry.authenticate("meshctl", "wrong-secret-value").is_none());
-        assert!(registry.authenticate("nobody", "meshctl-demo-secret").is_none());
+        assert!(
+            registry
+                .authenticate("meshctl", "meshctl-demo-secret")
+                .is_some()
+        );
+        assert!(
+            registry
+                .authenticate("meshctl", "wrong-secret-value")
+                .is_none()
+        );
+        assert!(
+            registry
+                .authenticate("nobody", "meshctl-demo-secret")
+                .is_none()
+        );
     }
 }

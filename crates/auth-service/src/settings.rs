@@ -341,7 +341,10 @@ mod tests {
     #[test]
     fn unknown_fields_and_unknown_grant_types_are_refused() {
         let typo = "acces_token_ttl_secs = 60\n";
-        assert!(AuthConfig::parse(typo).is_err(), "a misspelt key is not silently ignored");
+        assert!(
+            AuthConfig::parse(typo).is_err(),
+            "a misspelt key is not silently ignored"
+        );
         let grant = "[[clients]]\nclient_id = \"x\"\ngrant_types = [\"password\"]\n";
         let error = AuthConfig::parse(grant).expect_err("password grant");
         assert!(error.contains("unsupported grant type"), "{error}");
@@ -350,9 +353,18 @@ mod tests {
     #[test]
     fn the_issuer_must_be_https_without_query_fragment_or_trailing_slash() {
         assert!(check_issuer("https://auth:8443").is_ok());
-        for bad in ["http://auth", "https://auth/", "https://auth?x=1", "https://a#f", "https://"] {
+        for bad in [
+            "http://auth",
+            "https://auth/",
+            "https://auth?x=1",
+            "https://a#f",
+            "https://",
+        ] {
             let error = check_issuer(bad).expect_err(bad);
-            assert!(error.is_config() && error.to_string().starts_with("--issuer"), "{error}");
+            assert!(
+                error.is_config() && error.to_string().starts_with("--issuer"),
+                "{error}"
+            );
         }
     }
 }
