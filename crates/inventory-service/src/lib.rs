@@ -23,7 +23,6 @@ use std::sync::Arc;
 use auth_interceptor::{Policy, Rule, TokenVerifier};
 use mesh_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use mesh_service::{MeshServer, Runtime, ServiceBinary, ServiceFlags, StartError};
-use mesh_telemetry::trace::Telemetry;
 use mesh_tls::SpiffeId;
 
 use crate::api::InventoryApi;
@@ -92,8 +91,22 @@ pub struct Application {
 }
 
 impl Application {
+    /// The shared server: bound address, tracer, limits.
+    pub fn server(&self) -> &MeshServer {
+        &self.server
+    }
+
+    /// The token verifier (tests read its JWKS fetch count).
+    pub fn verifier(&self) -> Arc<TokenVerifier> {
+        self.verifier.clone()
+    }
+}
+
+impl ServiceBinary for Application {
+    type Args = Args;
+
     /// Loads certificates, discovers the issuer's keys, opens the database, binds the listener.
-    pub async fn build(args: Args) -> Result<Self, StartError> {
+    async fn build(args: Args) -> Result<Self, StartError> {
         let runtime = Runtime::start("inventory", args.listen, &args.mesh, &args.audience).await?;
         let orders = SpiffeId::workload(runtime.trust_domain(), "orders")
             .map_err(|e| StartError::config("--trust-domain", e))?;
@@ -106,47 +119,16 @@ impl Application {
         })
     }
 
-    /// The service's tracer (the demo flushes it before drawing traces).
-    pub fn telemetry(&self) -> Telemetry {
-        self.server.telemetry().clone()
-    }
-
-    /// The address actually bound.
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// The token verifier (tests read its JWKS fetch count).
-    pub fn verifier(&self) -> Arc<TokenVerifier> {
-        self.verifier.clone()
-    }
-
-    /// Serves until `shutdown` resolves.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), StartError> {
-        let api = InventoryServiceServer::new(self.api)
-            .max_decoding_message_size(self.server.limits().max_message_bytes);
-        self.server.serve(api, shutdown).await
-    }
-}
-
-impl ServiceBinary for Application {
-    type Args = Args;
-
-    async fn build(args: Args) -> Result<Self, StartError> {
-        Self::build(args).await
-    }
-
     fn describe(&self) -> String {
-        format!("inventory service listening on {}", self.addr())
+        format!("inventory service listening on {}", self.server.addr())
     }
 
     async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        Self::run_until_stopped(self, shutdown).await
+        let api = InventoryServiceServer::new(self.api)
+            .max_decoding_message_size(self.server.limits().max_message_bytes);
+        self.server.serve(api, shutdown).await
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use auth_interceptor::jwks::JwksSource;
-use mesh_service::traced;
+use mesh_service::{ServiceBinary as _, traced};
 use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
 
 use crate::sink::TraceSink;
@@ -142,11 +142,11 @@ impl DevMesh {
             mesh: service_flags("inventory"),
         };
         let inventory = inventory_service::Application::build(inventory_args.clone()).await?;
-        let inventory_addr = inventory.addr();
+        let inventory_addr = inventory.server().addr();
         // A restart must come back on the same address, as a restarted container would.
         inventory_args.listen = inventory_addr;
         let inventory_verifier = inventory.verifier();
-        tracers.push(inventory.telemetry());
+        tracers.push(inventory.server().telemetry().clone());
         services.push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
 
         let orders = orders_service::Application::build(orders_service::Args {
@@ -157,8 +157,8 @@ impl DevMesh {
             inventory_url: inventory_addr.to_string(),
         })
         .await?;
-        let orders_addr = orders.addr();
-        tracers.push(orders.telemetry());
+        let orders_addr = orders.server().addr();
+        tracers.push(orders.server().telemetry().clone());
         services.push(spawn("orders", |stop| orders.run_until_stopped(stop)));
 
         Ok(Self {

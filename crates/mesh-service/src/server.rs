@@ -16,6 +16,28 @@ use crate::error::StartError;
 /// How long shutdown waits for queued spans to reach the collector.
 const FLUSH_GRACE: Duration = Duration::from_secs(3);
 
+/// A tonic-generated service server (`OrdersServiceServer<…>` and the like), as tonic's router
+/// takes it: named, cloneable, infallible.
+pub trait GrpcApi:
+    tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+    + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcApi for S where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves one gRPC API on the mesh listener with what every mesh service needs around it:
 /// `grpc.health.v1` (a public row), gRPC reflection that describes this API only (a
 /// certificate-only row), the W3C trace layer, the auth layer with its policy and audit log,
@@ -70,12 +92,7 @@ impl MeshServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError>
     where
-        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: GrpcApi,
         S::Future: Send + 'static,
     {
         let telemetry = self.telemetry.clone();
@@ -92,12 +109,7 @@ impl MeshServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError>
     where
-        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: GrpcApi,
         S::Future: Send + 'static,
     {
         let (health, health_service) = tonic_health::server::health_reporter();

@@ -25,7 +25,6 @@ use std::net::SocketAddr;
 use auth_interceptor::{Policy, Rule, TokenExchanger};
 use mesh_proto::orders::v1::orders_service_server::OrdersServiceServer;
 use mesh_service::{MeshServer, Runtime, ServiceBinary, ServiceFlags, StartError};
-use mesh_telemetry::trace::Telemetry;
 
 use crate::api::OrdersApi;
 use crate::store::Store;
@@ -89,9 +88,18 @@ pub struct Application {
 }
 
 impl Application {
+    /// The shared server: bound address, tracer, limits.
+    pub fn server(&self) -> &MeshServer {
+        &self.server
+    }
+}
+
+impl ServiceBinary for Application {
+    type Args = Args;
+
     /// Loads certificates, discovers the issuer's keys, opens the database, binds the listener.
     /// Dependencies are connected lazily, so orders starts (and serves reads) without them.
-    pub async fn build(args: Args) -> Result<Self, StartError> {
+    async fn build(args: Args) -> Result<Self, StartError> {
         let runtime = Runtime::start("orders", args.listen, &args.mesh, &args.audience).await?;
         let auth = runtime.client("auth", &args.auth_url, "--auth-url")?;
         let inventory = runtime.client("inventory", &args.inventory_url, "--inventory-url")?;
@@ -103,42 +111,16 @@ impl Application {
         })
     }
 
-    /// The service's tracer (the demo flushes it before drawing traces).
-    pub fn telemetry(&self) -> Telemetry {
-        self.server.telemetry().clone()
-    }
-
-    /// The address actually bound.
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// Serves until `shutdown` resolves.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), StartError> {
-        let api = OrdersServiceServer::new(self.api)
-            .max_decoding_message_size(self.server.limits().max_message_bytes);
-        self.server.serve(api, shutdown).await
-    }
-}
-
-impl ServiceBinary for Application {
-    type Args = Args;
-
-    async fn build(args: Args) -> Result<Self, StartError> {
-        Self::build(args).await
-    }
-
     fn describe(&self) -> String {
-        format!("orders service listening on {}", self.addr())
+        format!("orders service listening on {}", self.server.addr())
     }
 
     async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        Self::run_until_stopped(self, shutdown).await
+        let api = OrdersServiceServer::new(self.api)
+            .max_decoding_message_size(self.server.limits().max_message_bytes);
+        self.server.serve(api, shutdown).await
     }
 }
