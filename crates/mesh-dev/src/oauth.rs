@@ -7,9 +7,13 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use oauth2::basic::BasicClient;
+use oauth2::{
+    AccessToken, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    EndpointNotSet, EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, RevocationUrl, Scope, StandardRevocableToken, TokenResponse as _, TokenUrl,
+};
 use rand::RngCore;
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 /// meshctl's registered public client.
 pub const CLIENT_ID: &str = "meshctl-cli";
@@ -33,7 +37,8 @@ pub enum LoginError {
     Http(String),
 }
 
-/// A PKCE pair: the verifier stays here, the S256 challenge travels.
+/// A PKCE pair: the verifier stays here, the S256 challenge travels. Made by the `oauth2` crate
+/// (256 random bits, base64url), so our issuer is proved against a client we did not write.
 #[derive(Debug, Clone)]
 pub struct Pkce {
     /// 43 characters of base64url: 256 random bits.
@@ -45,11 +50,10 @@ pub struct Pkce {
 impl Pkce {
     /// A fresh pair.
     pub fn new() -> Self {
-        let verifier = random_text();
-        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         Self {
-            verifier,
-            challenge,
+            verifier: verifier.secret().clone(),
+            challenge: challenge.as_str().to_owned(),
         }
     }
 }
@@ -66,18 +70,22 @@ fn random_text() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The authorization request's URL for `audience`.
-pub fn authorize_url(issuer: &str, pkce: &Pkce, state: &str, audience: &str) -> String {
-    let query = form_urlencoded::Serializer::new(String::new())
-        .append_pair("response_type", "code")
-        .append_pair("client_id", CLIENT_ID)
-        .append_pair("redirect_uri", REDIRECT_URI)
-        .append_pair("code_challenge", &pkce.challenge)
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("state", state)
-        .append_pair("audience", audience)
-        .finish();
-    format!("{}/oauth2/authorize?{query}", issuer.trim_end_matches('/'))
+/// The authorization request's URL for `audience` (response type `code`, S256 challenge).
+pub fn authorize_url(
+    issuer: &str,
+    pkce: &Pkce,
+    state: &str,
+    audience: &str,
+) -> Result<String, TokenError> {
+    let challenge =
+        PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(pkce.verifier.clone()));
+    let state = state.to_owned();
+    let (url, _) = public_client(issuer)?
+        .authorize_url(move || CsrfToken::new(state))
+        .set_pkce_challenge(challenge)
+        .add_extra_param("audience", audience)
+        .url();
+    Ok(url.into())
 }
 
 /// Logs in as `username` by filling in the login form itself (for scripts and tests): the same
@@ -91,7 +99,7 @@ pub async fn login_with_password(
 ) -> Result<TokenResponse, LoginError> {
     let pkce = Pkce::new();
     let state = random_text();
-    let url = authorize_url(issuer, &pkce, &state, audience);
+    let url = authorize_url(issuer, &pkce, &state, audience)?;
     let page = http
         .get(&url)
         .send()
@@ -170,15 +178,12 @@ pub async fn exchange_code(
     code: &str,
     pkce: &Pkce,
 ) -> Result<TokenResponse, LoginError> {
-    let form = [
-        ("grant_type", "authorization_code".to_owned()),
-        ("code", code.to_owned()),
-        ("redirect_uri", REDIRECT_URI.to_owned()),
-        ("client_id", CLIENT_ID.to_owned()),
-        ("code_verifier", pkce.verifier.clone()),
-    ];
-    let (status, bytes) = post_form(http.post(token_url(issuer)), &form).await?;
-    Ok(token_answer(status, &bytes)?)
+    let answer = public_client(issuer)?
+        .exchange_code(AuthorizationCode::new(code.to_owned()))
+        .set_pkce_verifier(PkceCodeVerifier::new(pkce.verifier.clone()))
+        .request_async(http)
+        .await;
+    Ok(token_answer(answer)?)
 }
 
 /// Uses a refresh token (it is rotated: the answer carries the next one) for `audience`.
@@ -188,37 +193,67 @@ pub async fn refresh(
     refresh_token: &str,
     audience: &str,
 ) -> Result<TokenResponse, TokenError> {
-    let form = [
-        ("grant_type", "refresh_token".to_owned()),
-        ("refresh_token", refresh_token.to_owned()),
-        ("client_id", CLIENT_ID.to_owned()),
-        ("audience", audience.to_owned()),
-    ];
-    let (status, bytes) = post_form(http.post(token_url(issuer)), &form).await?;
-    token_answer(status, &bytes)
+    let token = RefreshToken::new(refresh_token.to_owned());
+    let answer = public_client(issuer)?
+        .exchange_refresh_token(&token)
+        .add_extra_param("audience", audience)
+        .request_async(http)
+        .await;
+    token_answer(answer)
 }
 
-/// Revokes a token (a refresh token revokes its whole login).
+/// Revokes a token (a refresh token revokes its whole login). Opaque tokens are refresh tokens,
+/// JWTs access tokens: the hint says which (RFC 7009 §2.1).
 pub async fn revoke(http: &reqwest::Client, issuer: &str, token: &str) -> Result<(), TokenError> {
-    let form = [
-        ("token", token.to_owned()),
-        ("client_id", CLIENT_ID.to_owned()),
-    ];
-    let request = http.post(format!("{}/oauth2/revoke", issuer.trim_end_matches('/')));
-    let (status, bytes) = post_form(request, &form).await?;
-    if status == 200 {
-        Ok(())
+    let token = if token.matches('.').count() == 2 {
+        StandardRevocableToken::AccessToken(AccessToken::new(token.to_owned()))
     } else {
-        Err(error_answer(status, &bytes))
-    }
+        StandardRevocableToken::RefreshToken(RefreshToken::new(token.to_owned()))
+    };
+    let client = public_client(issuer)?.set_revocation_url(endpoint(
+        issuer,
+        "/oauth2/revoke",
+        RevocationUrl::new,
+    )?);
+    let request = client
+        .revoke_token(token)
+        .map_err(|e| TokenError::local("configuration", e))?;
+    request.request_async(http).await.map_err(|e| match e {
+        RequestTokenError::ServerResponse(body) => TokenError {
+            error: body.error().to_string(),
+            description: body.error_description().cloned().unwrap_or_default(),
+        },
+        other => TokenError::local("request", other),
+    })
 }
 
-fn token_url(issuer: &str) -> String {
-    format!("{}/oauth2/token", issuer.trim_end_matches('/'))
+/// The client type for our issuer: authorization and token endpoints set.
+type IssuerClient =
+    BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+/// meshctl's public client at `issuer`: no secret, the login proved with PKCE.
+fn public_client(issuer: &str) -> Result<IssuerClient, TokenError> {
+    Ok(BasicClient::new(ClientId::new(CLIENT_ID.to_owned()))
+        .set_auth_uri(endpoint(issuer, "/oauth2/authorize", AuthUrl::new)?)
+        .set_token_uri(endpoint(issuer, "/oauth2/token", TokenUrl::new)?)
+        .set_redirect_uri(
+            RedirectUrl::new(REDIRECT_URI.to_owned())
+                .map_err(|e| TokenError::local("redirect URI", e))?,
+        ))
+}
+
+/// `<issuer><path>` as one of oauth2's URL types.
+fn endpoint<U>(
+    issuer: &str,
+    path: &str,
+    parse: impl FnOnce(String) -> Result<U, url::ParseError>,
+) -> Result<U, TokenError> {
+    parse(format!("{}{path}", issuer.trim_end_matches('/')))
+        .map_err(|e| TokenError::local("issuer URL", e))
 }
 
 /// A token endpoint response (RFC 6749 §5.1).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct TokenResponse {
     /// The access token. A secret.
     pub access_token: String,
@@ -227,33 +262,33 @@ pub struct TokenResponse {
     /// Seconds until expiry.
     pub expires_in: u64,
     /// Granted scopes, space-separated.
-    #[serde(default)]
     pub scope: String,
     /// The next refresh token (user grants only).
-    #[serde(default)]
     pub refresh_token: Option<String>,
 }
 
-/// An RFC 6749 §5.2 error answer, with its HTTP status.
+/// A refused or failed token request: the RFC 6749 §5.2 `error` code and its description when
+/// the issuer answered, or what went wrong on our side (`unreachable`, `malformed_response`, …).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("token endpoint answered {status}: {error} ({description})")]
+#[error("token endpoint: {error} ({description})")]
 pub struct TokenError {
-    /// HTTP status.
-    pub status: u16,
-    /// The `error` code, e.g. `invalid_client`.
+    /// The `error` code, e.g. `invalid_client`, `invalid_grant`.
     pub error: String,
-    /// `error_description`.
+    /// `error_description`, or the local failure.
     pub description: String,
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    #[serde(default)]
-    error_description: String,
+impl TokenError {
+    fn local(error: &str, cause: impl std::fmt::Display) -> Self {
+        Self {
+            error: error.to_owned(),
+            description: cause.to_string(),
+        }
+    }
 }
 
-/// Client credentials, sent with `client_secret_basic`.
+/// Client credentials, sent with `client_secret_basic` (each part form-encoded first, RFC 6749
+/// §2.3.1).
 #[derive(Debug, Clone)]
 pub struct ClientCredentials {
     /// The client id.
@@ -262,48 +297,37 @@ pub struct ClientCredentials {
     pub client_secret: String,
 }
 
-/// POSTs `form` to `<issuer><path>` and reads an RFC 6749 answer.
-async fn post_form(
-    request: reqwest::RequestBuilder,
-    form: &[(&str, String)],
-) -> Result<(u16, bytes::Bytes), TokenError> {
-    let response = request.form(form).send().await.map_err(|e| TokenError {
-        status: 0,
-        error: "unreachable".into(),
-        description: e.to_string(),
-    })?;
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.map_err(|e| TokenError {
-        status,
-        error: "unreadable".into(),
-        description: e.to_string(),
-    })?;
-    Ok((status, bytes))
-}
+type TokenAnswer = Result<
+    oauth2::basic::BasicTokenResponse,
+    RequestTokenError<oauth2::HttpClientError<reqwest::Error>, oauth2::basic::BasicErrorResponse>,
+>;
 
-/// Reads a token response, or the error answer.
-fn token_answer(status: u16, bytes: &[u8]) -> Result<TokenResponse, TokenError> {
-    if status == 200 {
-        serde_json::from_slice(bytes).map_err(|e| TokenError {
-            status,
-            error: "malformed_response".into(),
-            description: e.to_string(),
-        })
-    } else {
-        Err(error_answer(status, bytes))
-    }
-}
-
-/// Reads an RFC 6749 §5.2 error answer.
-fn error_answer(status: u16, bytes: &[u8]) -> TokenError {
-    let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or(ErrorBody {
-        error: "unknown".into(),
-        error_description: String::from_utf8_lossy(bytes).into_owned(),
-    });
-    TokenError {
-        status,
-        error: body.error,
-        description: body.error_description,
+/// Reads a token answer, or the error.
+fn token_answer(answer: TokenAnswer) -> Result<TokenResponse, TokenError> {
+    match answer {
+        Ok(response) => Ok(TokenResponse {
+            access_token: response.access_token().secret().clone(),
+            token_type: "Bearer".to_owned(),
+            expires_in: response.expires_in().map_or(0, |d| d.as_secs()),
+            scope: response
+                .scopes()
+                .map(|scopes| {
+                    scopes
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default(),
+            refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+        }),
+        Err(RequestTokenError::ServerResponse(body)) => Err(TokenError {
+            error: body.error().to_string(),
+            description: body.error_description().cloned().unwrap_or_default(),
+        }),
+        Err(RequestTokenError::Request(e)) => Err(TokenError::local("unreachable", e)),
+        Err(RequestTokenError::Parse(e, _)) => Err(TokenError::local("malformed_response", e)),
+        Err(RequestTokenError::Other(e)) => Err(TokenError::local("unexpected_response", e)),
     }
 }
 
@@ -315,25 +339,15 @@ pub async fn client_credentials(
     audience: &str,
     scopes: &[String],
 ) -> Result<TokenResponse, TokenError> {
-    let mut form = vec![
-        ("grant_type", "client_credentials".to_owned()),
-        ("audience", audience.to_owned()),
-    ];
-    if !scopes.is_empty() {
-        form.push(("scope", scopes.join(" ")));
-    }
-    let request = http
-        .post(format!("{}/oauth2/token", issuer.trim_end_matches('/')))
-        .basic_auth(
-            encode(&credentials.client_id),
-            Some(encode(&credentials.client_secret)),
-        );
-    let (status, bytes) = post_form(request, &form).await?;
-    token_answer(status, &bytes)
-}
-
-/// `application/x-www-form-urlencoded` encoding of one credential, as RFC 6749 §2.3.1 wants
-/// before Basic encoding.
-fn encode(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+    let client = BasicClient::new(ClientId::new(credentials.client_id.clone()))
+        .set_client_secret(ClientSecret::new(credentials.client_secret.clone()))
+        .set_auth_type(AuthType::BasicAuth)
+        .set_token_uri(endpoint(issuer, "/oauth2/token", TokenUrl::new)?);
+    let answer = client
+        .exchange_client_credentials()
+        .add_scopes(scopes.iter().map(|s| Scope::new(s.clone())))
+        .add_extra_param("audience", audience)
+        .request_async(http)
+        .await;
+    token_answer(answer)
 }

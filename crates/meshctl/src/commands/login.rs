@@ -44,7 +44,7 @@ async fn browser_login(
         })?;
     println!(
         "Open this URL in a browser to log in:\n\n  {}\n",
-        oauth::authorize_url(&args.issuer, &pkce, &state, &args.audience)
+        oauth::authorize_url(&args.issuer, &pkce, &state, &args.audience).map_err(failed)?
     );
     let (mut socket, _) = listener.accept().await.map_err(failed)?;
     let mut buffer = vec![0u8; 8192];
