@@ -8,6 +8,20 @@ use mesh_proto::orders::v1::OrderState;
 use rand::RngCore;
 use sqlx::SqlitePool;
 
+/// A new order id: 128 random bits, base64url, never starting with `-` or `_`. An id that
+/// starts with `-` reads as a flag on every command line (`meshctl orders cancel -Ox…` fails
+/// to parse), so the first character is redrawn until it is a letter or a digit.
+pub fn new_order_id() -> String {
+    loop {
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        let order_id = URL_SAFE_NO_PAD.encode(id);
+        if order_id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return order_id;
+        }
+    }
+}
+
 /// The schema, applied in order when the service opens its database.
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -94,9 +108,7 @@ impl Store {
             Some((order_id, stored)) if stored == lines_key => order_id,
             Some(_) => return Err(StoreError::KeyReused),
             None => {
-                let mut id = [0u8; 16];
-                rand::rng().fill_bytes(&mut id);
-                let order_id = URL_SAFE_NO_PAD.encode(id);
+                let order_id = new_order_id();
                 sqlx::query(
                     "INSERT INTO orders (order_id, owner, idempotency_key, lines_key, state, created_at) \
                      VALUES (?, ?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
@@ -206,5 +218,17 @@ impl Store {
             created_at: row.created_at,
             seq: row.seq,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn order_ids_never_start_like_a_flag() {
+        for _ in 0..10_000 {
+            let id = super::new_order_id();
+            assert_eq!(id.len(), 22);
+            assert!(id.starts_with(|c: char| c.is_ascii_alphanumeric()), "{id}");
+        }
     }
 }
