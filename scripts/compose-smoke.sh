@@ -146,8 +146,9 @@ echo "$stock_before"
 step "loadgen: alice and bob under load; a trace spans at least three services"
 "${compose[@]}" up -d --no-build loadgen
 deadline=$((SECONDS + 60))
-# The log is captured whole before it is searched: `logs | grep -q` under pipefail reports "no
-# match" (status 141) as soon as the log outgrows the pipe buffer (docs/architecture.md).
+# The log is captured whole before it is searched: piping `logs` into `grep -q` under pipefail
+# reports "no match" (status 141) as soon as the log outgrows the pipe buffer
+# (docs/architecture.md).
 spanning() {
     local log
     log=$("${compose[@]}" logs --no-color jaeger)

@@ -124,8 +124,9 @@ where
                     if let Some(reason) = handler_refusal(response.headers_mut()) {
                         // The policy allowed the call and the handler refused it: the chain
                         // must end with that refusal, not with the allow.
-                        audit_deny_in_handler(&method, &reason, verified.as_deref(), peer.as_ref());
-                        let refusal = Err((AuthError::Handler(reason), verified.clone()));
+                        let error = AuthError::Handler(reason);
+                        audit_deny(&method, &error, verified.as_deref(), peer.as_ref());
+                        let refusal = Err((error, verified.clone()));
                         if let Err(status) = state.record(&method, &refusal, peer.as_ref()) {
                             return Ok(status.into_http());
                         }
@@ -282,26 +283,6 @@ fn audit_allow(method: &str, token: Option<&VerifiedToken>, peer: Option<&Spiffe
         actor = token.and_then(|t| t.actor.as_deref()).unwrap_or(""),
         peer = peer.map_or("", SpiffeId::as_str),
         token_id = token.map_or("", |t| t.token_id.as_str()),
-    );
-}
-
-fn audit_deny_in_handler(
-    method: &str,
-    reason: &str,
-    token: Option<&VerifiedToken>,
-    peer: Option<&SpiffeId>,
-) {
-    tracing::warn!(
-        target: "audit",
-        decision = "deny",
-        reason,
-        method,
-        subject = token.map_or("", |t| t.subject.as_str()),
-        client = token.map_or("", |t| t.client_id.as_str()),
-        actor = token.and_then(|t| t.actor.as_deref()).unwrap_or(""),
-        peer = peer.map_or("", SpiffeId::as_str),
-        token_id = token.map_or("", |t| t.token_id.as_str()),
-        "refused by the handler"
     );
 }
 
