@@ -159,12 +159,12 @@ impl Grants {
             else {
                 return Ok(Err(RedeemError::Unknown));
             };
-            let stored = grant.stored();
+            let stored = grant.state();
             if stored.revoked_at.is_some() {
                 return Ok(Err(RedeemError::Revoked));
             }
             if stored.used_at.is_some() {
-                revoke_family_in(&mut tx, stored.family_id, now).await?;
+                revoke_family_in(&mut tx, &stored.family_id, now).await?;
                 tx.commit().await?;
                 return Ok(Err(RedeemError::Reused));
             }
@@ -210,9 +210,7 @@ impl Grants {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|row| {
-            let active = row.used_at.is_none()
-                && row.revoked_at.is_none()
-                && row.expires_at > crate::unix_now() as i64;
+            let active = row.state.usable(crate::unix_now() as i64);
             (row.family(), active)
         }))
     }
@@ -256,11 +254,20 @@ impl Grants {
 }
 
 /// The columns every single-use grant shares, as [`Grants::redeem_once`] checks them.
-struct Stored<'a> {
-    family_id: &'a str,
+#[derive(sqlx::FromRow)]
+struct UseState {
+    family_id: String,
     expires_at: i64,
     used_at: Option<i64>,
+    /// The family's, from the join.
     revoked_at: Option<i64>,
+}
+
+impl UseState {
+    /// Whether the grant could still be redeemed at `now`.
+    fn usable(&self, now: i64) -> bool {
+        self.used_at.is_none() && self.revoked_at.is_none() && self.expires_at > now
+    }
 }
 
 /// A grant that may be presented once: how to find it by the hash of its secret (joined with
@@ -268,23 +275,21 @@ struct Stored<'a> {
 trait SingleUse: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin {
     /// For logs.
     const KIND: &'static str;
-    /// One row by `?` = the secret's hash, with `expires_at`, `used_at` and the family's
-    /// `revoked_at`.
+    /// One row by `?` = the secret's hash, with `family_id`, `expires_at`, `used_at` and the
+    /// family's `revoked_at`.
     const SELECT: &'static str;
     /// Sets `used_at = ?1` on the row whose hash is `?2`.
     const MARK_USED: &'static str;
 
-    fn stored(&self) -> Stored<'_>;
+    fn state(&self) -> &UseState;
 }
 
 #[derive(sqlx::FromRow)]
 struct RefreshRow {
-    family_id: String,
     client_id: String,
     username: String,
-    expires_at: i64,
-    used_at: Option<i64>,
-    revoked_at: Option<i64>,
+    #[sqlx(flatten)]
+    state: UseState,
 }
 
 impl SingleUse for RefreshRow {
@@ -294,20 +299,15 @@ impl SingleUse for RefreshRow {
          JOIN token_families f ON f.family_id = r.family_id WHERE r.token_hash = ?";
     const MARK_USED: &'static str = "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?";
 
-    fn stored(&self) -> Stored<'_> {
-        Stored {
-            family_id: &self.family_id,
-            expires_at: self.expires_at,
-            used_at: self.used_at,
-            revoked_at: self.revoked_at,
-        }
+    fn state(&self) -> &UseState {
+        &self.state
     }
 }
 
 impl RefreshRow {
     fn family(self) -> Family {
         Family {
-            family_id: self.family_id,
+            family_id: self.state.family_id,
             client_id: self.client_id,
             username: self.username,
         }
@@ -316,16 +316,14 @@ impl RefreshRow {
 
 #[derive(sqlx::FromRow)]
 struct CodeGrantRow {
-    family_id: String,
     client_id: String,
     redirect_uri: String,
     code_challenge: String,
     username: String,
     scope: String,
     audience: String,
-    expires_at: i64,
-    used_at: Option<i64>,
-    revoked_at: Option<i64>,
+    #[sqlx(flatten)]
+    state: UseState,
 }
 
 impl SingleUse for CodeGrantRow {
@@ -336,27 +334,22 @@ impl SingleUse for CodeGrantRow {
          WHERE c.code_hash = ?";
     const MARK_USED: &'static str = "UPDATE auth_codes SET used_at = ? WHERE code_hash = ?";
 
-    fn stored(&self) -> Stored<'_> {
-        Stored {
-            family_id: &self.family_id,
-            expires_at: self.expires_at,
-            used_at: self.used_at,
-            revoked_at: self.revoked_at,
-        }
+    fn state(&self) -> &UseState {
+        &self.state
     }
 }
 
 impl CodeGrantRow {
     fn into_grant(self) -> CodeGrant {
         CodeGrant {
-            family_id: self.family_id,
+            family_id: self.state.family_id,
             client_id: self.client_id,
             redirect_uri: self.redirect_uri,
             code_challenge: self.code_challenge,
             username: self.username,
             scope: self.scope,
             audience: self.audience,
-            expires_at: self.expires_at,
+            expires_at: self.state.expires_at,
         }
     }
 }

@@ -79,22 +79,9 @@ pub struct CertsInitArgs {
     pub if_missing: bool,
 }
 
-/// The workload certificate meshctl presents on the mesh.
-#[derive(Debug, Clone, Args)]
-pub struct TlsArgs {
-    /// PEM certificate chain meshctl presents.
-    #[arg(long, env = "MESH_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// PEM private key of that certificate.
-    #[arg(long, env = "MESH_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// PEM trust bundle (the mesh CA).
-    #[arg(long, env = "MESH_TLS_CA")]
-    pub tls_ca: PathBuf,
-    /// Trust domain of the servers' SPIFFE IDs.
-    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
-    pub trust_domain: String,
-}
+/// The workload certificate meshctl presents on the mesh, and the trust domain of the servers'
+/// SPIFFE IDs: the same flags (and env twins) every service takes.
+pub use mesh_service::TlsFlags as TlsArgs;
 
 /// How meshctl reaches the issuer's HTTPS endpoints.
 #[derive(Debug, Clone, Args)]

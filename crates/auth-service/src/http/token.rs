@@ -62,6 +62,19 @@ impl Endpoint for TokenEndpoint {
     }
 }
 
+/// A grant (code or refresh token) refused: audited with the precise `reason`, answered with
+/// the one `invalid_grant` that tells the caller nothing about which check failed.
+fn refused_grant(state: &HttpState, client: &Client, reason: &'static str) -> OAuthError {
+    state.audit.refusal(Event {
+        decision: "deny",
+        reason,
+        method: TOKEN_PATH,
+        client: &client.client_id,
+        ..Event::default()
+    });
+    OAuthError::invalid_grant()
+}
+
 fn scope_error(error: GrantError) -> OAuthError {
     match error {
         GrantError::Audience => OAuthError::bad_request(
@@ -158,16 +171,7 @@ async fn authorization_code(
         return Err(OAuthError::invalid_request("code_verifier is malformed"));
     }
     let now = crate::unix_now() as i64;
-    let deny = |reason: &'static str| {
-        state.audit.refusal(Event {
-            decision: "deny",
-            reason,
-            method: TOKEN_PATH,
-            client: &client.client_id,
-            ..Event::default()
-        });
-        OAuthError::invalid_grant()
-    };
+    let deny = |reason| refused_grant(state, client, reason);
     let grant = match state.grants.redeem_code(code, now).await {
         Ok(grant) => grant,
         Err(RedeemError::Reused) => return Err(deny("code_reused_family_revoked")),
@@ -214,16 +218,7 @@ async fn refresh_token(
         .get("refresh_token")
         .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
     let now = crate::unix_now() as i64;
-    let deny = |reason: &'static str| {
-        state.audit.refusal(Event {
-            decision: "deny",
-            reason,
-            method: TOKEN_PATH,
-            client: &client.client_id,
-            ..Event::default()
-        });
-        OAuthError::invalid_grant()
-    };
+    let deny = |reason| refused_grant(state, client, reason);
     let family = match state.grants.rotate_refresh(token, now).await {
         Ok(family) => family,
         Err(RedeemError::Reused) => return Err(deny("refresh_reused_family_revoked")),

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use auth_interceptor::BearerToken;
 use mesh_tls::client::MeshConnector;
-use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
+use mesh_tls::{Reloadable, SpiffeId};
 
 use crate::cli::{SessionArgs, TlsArgs};
 use crate::session::{Session, default_session_path};
@@ -80,11 +80,7 @@ pub(crate) fn connect(
     workload: &str,
     addr: &str,
 ) -> Result<tonic::transport::Channel, CliError> {
-    let files = TlsFiles {
-        cert: tls.tls_cert.clone(),
-        key: tls.tls_key.clone(),
-        ca: tls.tls_ca.clone(),
-    };
+    let files = tls.files();
     let roots = files
         .trust_bundle()
         .map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))?;
