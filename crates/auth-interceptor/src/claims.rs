@@ -31,6 +31,10 @@ pub struct AccessClaims {
     /// The acting party of a token exchange (RFC 8693 §4.1): who calls on behalf of `sub`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Actor>,
+    /// The login the token belongs to (its token family), also on tokens exchanged from it:
+    /// revoking the login revokes every token that names it. Service tokens have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// `aud` is a string or an array of strings (RFC 7519 §4.1.3).

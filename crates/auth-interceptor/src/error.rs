@@ -26,6 +26,9 @@ pub enum AuthError {
     /// `nbf` is still in the future.
     #[error("invalid token: not yet valid")]
     NotYetValid,
+    /// The issuer revoked the token, or the login it belongs to.
+    #[error("invalid token: revoked")]
+    Revoked,
     /// `iss` is not our issuer.
     #[error("invalid token: wrong issuer")]
     WrongIssuer,
@@ -77,6 +80,7 @@ impl AuthError {
             Self::BadSignature => "bad_signature",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
+            Self::Revoked => "revoked",
             Self::WrongIssuer => "wrong_issuer",
             Self::WrongAudience => "wrong_audience",
             Self::MethodNotInPolicy => "method_not_in_policy",

@@ -22,6 +22,8 @@
 //! - [`bearer`]: [`BearerToken`], a token that cannot be printed and attaches itself.
 //! - [`principal`]: [`Principal`] and [`User`], what handlers see instead of a token.
 //! - [`layer`]: [`AuthLayer`], the tower layer that ties it together, and the audit event.
+//! - [`revocation`]: [`RevocationList`], the revoked `jti`s and logins every verifier refuses,
+//!   kept current by a feed over the issuer's revocation stream.
 //! - [`client`]: [`ServiceTokenSource`] and [`AttachTokenLayer`] for a workload's own calls,
 //!   [`TokenExchanger`] for calls on behalf of the current caller.
 //! - [`error`]: [`AuthError`] and the one mapping to `tonic::Status`.
@@ -38,6 +40,7 @@ pub mod jwks;
 pub mod layer;
 pub mod policy;
 pub mod principal;
+pub mod revocation;
 pub mod verify;
 
 pub use bearer::BearerToken;
@@ -48,6 +51,7 @@ pub use jwks::{JwksSource, KeySet};
 pub use layer::AuthLayer;
 pub use policy::{Policy, Rule};
 pub use principal::{Principal, User};
+pub use revocation::RevocationList;
 pub use verify::{TokenVerifier, VerifiedToken, VerifierConfig};
 
 /// The JWT `typ` header of OAuth 2.0 access tokens (RFC 9068).

@@ -209,6 +209,7 @@ mod tests {
             token_id: "jti".into(),
             actor: actor.map(str::to_owned),
             expires_at: 0,
+            session: None,
         }
     }
 

@@ -152,6 +152,7 @@ mod tests {
             token_id: "jti-1".into(),
             actor: None,
             expires_at: 0,
+            session: None,
         })
     }
 

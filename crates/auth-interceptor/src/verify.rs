@@ -12,6 +12,7 @@ use crate::ACCESS_TOKEN_TYP;
 use crate::claims::AccessClaims;
 use crate::error::AuthError;
 use crate::jwks::{JwksError, JwksSource, KeySet, VerifyKey};
+use crate::revocation::RevocationList;
 
 /// How a service verifies tokens.
 #[derive(Debug, Clone)]
@@ -62,6 +63,8 @@ pub struct VerifiedToken {
     pub actor: Option<String>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// `sid`: the login the token belongs to, if it came from one.
+    pub session: Option<String>,
 }
 
 /// Verifies access tokens for one service.
@@ -78,6 +81,7 @@ pub struct TokenVerifier {
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
     fetches: AtomicU64,
     cache: VerifiedCache,
+    revocations: Arc<RevocationList>,
 }
 
 impl TokenVerifier {
@@ -142,7 +146,25 @@ impl TokenVerifier {
             source,
             last_refetch: tokio::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
+            revocations: RevocationList::new(),
         }
+    }
+
+    /// A verifier over a fixed key set that consults `revocations`, a list it shares (the
+    /// issuer's verifiers all read the one list its revocation log feeds).
+    pub fn with_keys_and_revocations(
+        config: VerifierConfig,
+        keys: KeySet,
+        revocations: Arc<RevocationList>,
+    ) -> Arc<Self> {
+        let mut verifier = Self::build(config, keys, None);
+        verifier.revocations = revocations;
+        Arc::new(verifier)
+    }
+
+    /// The revocations this verifier refuses: fed by [`crate::revocation::spawn_feed`].
+    pub fn revocations(&self) -> &Arc<RevocationList> {
+        &self.revocations
     }
 
     /// The configuration in force.
@@ -160,8 +182,18 @@ impl TokenVerifier {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }
 
-    /// Verifies `token` against every rule of our profile and returns what it says.
+    /// Verifies `token` against every rule of our profile and the revocations pushed by the
+    /// issuer, and returns what it says.
     pub async fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthError> {
+        let verified = self.verify_signed(token).await?;
+        // Checked on every call, cache hits included: a revocation takes effect at once.
+        if self.revocations.is_revoked(&verified) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(verified)
+    }
+
+    async fn verify_signed(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthError> {
         let now = unix_now();
         if let Some(hit) = self.cache.get(token, now) {
             return Ok(hit);
@@ -208,6 +240,7 @@ impl TokenVerifier {
             token_id: claims.jti,
             actor: claims.act.map(|a| a.sub),
             expires_at: claims.exp,
+            session: claims.sid,
         });
         self.cache.insert(token, verified.clone(), now);
         Ok(verified)
@@ -351,6 +384,7 @@ mod tests {
             token_id: "jti".into(),
             actor: None,
             expires_at,
+            session: None,
         })
     }
 

@@ -3,8 +3,12 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
+use std::sync::Arc;
+use std::time::Duration;
+
 use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
+use tokio::sync::watch;
 
 /// A new opaque secret: 256 random bits, base64url.
 pub fn new_secret() -> String {
@@ -63,16 +67,99 @@ pub struct Family {
     pub username: String,
 }
 
+/// What a revocation covers: one access token, or every token of one login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokedTarget {
+    /// An access token's `jti`.
+    Token(String),
+    /// A login's `sid` (its token family), which exchanged tokens carry too.
+    Session(String),
+}
+
+/// One row of the revocation log, as the verifiers' stream sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRecord {
+    /// Its place in the log.
+    pub sequence: u64,
+    /// What it revokes.
+    pub target: RevokedTarget,
+    /// When the last token it covers expires (seconds since the epoch).
+    pub expires_at: u64,
+}
+
 /// The grants database.
 #[derive(Debug, Clone)]
 pub struct Grants {
     pool: SqlitePool,
+    /// How long after a login is revoked one of its tokens can still verify somewhere: the
+    /// longest access-token lifetime plus the verifiers' clock leeway.
+    session_horizon: Duration,
+    /// Ticks after every revocation, so the revocation streams look for new rows at once.
+    revoked: Arc<watch::Sender<()>>,
 }
 
 impl Grants {
-    /// Grants stored in `pool` (already migrated).
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    /// Grants stored in `pool` (already migrated), for tokens that live at most
+    /// `longest_token_lifetime`.
+    pub fn new(pool: SqlitePool, longest_token_lifetime: Duration) -> Self {
+        Self {
+            pool,
+            session_horizon: longest_token_lifetime + VERIFIER_LEEWAY,
+            revoked: Arc::new(watch::channel(()).0),
+        }
+    }
+
+    /// A receiver that is marked changed after every revocation.
+    pub fn revocation_ticks(&self) -> watch::Receiver<()> {
+        self.revoked.subscribe()
+    }
+
+    /// Revocations with a sequence above `after` that are still in force at `now`, oldest
+    /// first, at most `limit` of them.
+    pub async fn revocations_after(
+        &self,
+        after: u64,
+        now: u64,
+        limit: u32,
+    ) -> Result<Vec<RevocationRecord>, sqlx::Error> {
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT sequence, kind, value, expires_at FROM revocations \
+             WHERE sequence > ? AND expires_at > ? ORDER BY sequence LIMIT ?",
+        )
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(now as i64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(sequence, kind, value, expires_at)| RevocationRecord {
+                sequence: sequence as u64,
+                target: if kind == "session" {
+                    RevokedTarget::Session(value)
+                } else {
+                    RevokedTarget::Token(value)
+                },
+                expires_at: expires_at as u64,
+            })
+            .collect())
+    }
+
+    /// The highest sequence number ever recorded (0 on an empty log).
+    pub async fn last_revocation(&self) -> Result<u64, sqlx::Error> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM revocations")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(last.unwrap_or(0) as u64)
+    }
+
+    /// Forgets revocations whose tokens have all expired.
+    pub async fn prune_revocations(&self, now: u64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM revocations WHERE expires_at <= ?")
+            .bind(now as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Stores a new code and its (new) family; returns the code.
@@ -164,8 +251,9 @@ impl Grants {
                 return Ok(Err(RedeemError::Revoked));
             }
             if stored.used_at.is_some() {
-                revoke_family_in(&mut tx, &stored.family_id, now).await?;
+                revoke_family_in(&mut tx, &stored.family_id, now, self.session_horizon).await?;
                 tx.commit().await?;
+                self.revoked.send_replace(());
                 return Ok(Err(RedeemError::Reused));
             }
             if stored.expires_at <= now {
@@ -219,8 +307,10 @@ impl Grants {
     /// inactive by introspection.
     pub async fn revoke_family(&self, family_id: &str, now: i64) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        revoke_family_in(&mut tx, family_id, now).await?;
-        tx.commit().await
+        revoke_family_in(&mut tx, family_id, now, self.session_horizon).await?;
+        tx.commit().await?;
+        self.revoked.send_replace(());
+        Ok(())
     }
 
     /// Revokes one access token by its `jti`.
@@ -230,6 +320,7 @@ impl Grants {
         expires_at: i64,
         now: i64,
     ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO access_tokens (jti, expires_at, revoked_at) VALUES (?, ?, ?) \
              ON CONFLICT (jti) DO UPDATE SET revoked_at = excluded.revoked_at",
@@ -237,8 +328,12 @@ impl Grants {
         .bind(jti)
         .bind(expires_at)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let covered_until = expires_at + VERIFIER_LEEWAY.as_secs() as i64;
+        log_revocation(&mut tx, "token", jti, covered_until, now).await?;
+        tx.commit().await?;
+        self.revoked.send_replace(());
         Ok(())
     }
 
@@ -354,18 +449,47 @@ impl CodeGrantRow {
     }
 }
 
+/// The clock skew verifiers allow on `exp`: a revocation stays in force this much longer than
+/// the tokens it covers.
+const VERIFIER_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Appends a row to the revocation log, in the transaction that revokes.
+async fn log_revocation(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    kind: &str,
+    value: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO revocations (kind, value, expires_at, revoked_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(kind)
+    .bind(value)
+    .bind(expires_at)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn revoke_family_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     family_id: &str,
     now: i64,
+    horizon: Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    let newly = sqlx::query(
         "UPDATE token_families SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
     )
     .bind(now)
     .bind(family_id)
     .execute(&mut **tx)
     .await?;
+    if newly.rows_affected() > 0 {
+        let covered_until = now + horizon.as_secs() as i64;
+        log_revocation(tx, "session", family_id, covered_until, now).await?;
+    }
     sqlx::query(
         "UPDATE access_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
     )

@@ -1,5 +1,6 @@
 //! The mesh side: `mesh.auth.v1.AuthService`, where workloads authenticate by certificate.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,54 +9,43 @@ use auth_interceptor::{AuthError, Principal};
 use mesh_proto::auth::v1::auth_service_server::AuthService;
 use mesh_proto::auth::v1::{
     ExchangeTokenRequest, ExchangeTokenResponse, IssueServiceTokenRequest,
-    IssueServiceTokenResponse,
+    IssueServiceTokenResponse, Revocation, RotateSigningKeyRequest, RotateSigningKeyResponse,
+    WatchRevocationsRequest,
 };
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::KeyRotator;
 use crate::audit::{Event, IssuerAudit};
 use crate::clients::{Client, GrantError, Registry};
 use crate::grants::Grants;
 use crate::issuer::{Issuer, TokenRequest};
 use crate::local::LocalVerifiers;
+use crate::revocations;
 
 /// The gRPC API of the auth service.
 #[derive(Debug)]
 pub struct MeshApi {
-    issuer: Arc<Issuer>,
-    registry: Arc<Registry>,
-    ttl: Duration,
-    exchange_ttl: Duration,
+    pub(crate) issuer: Arc<Issuer>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) ttl: Duration,
+    pub(crate) exchange_ttl: Duration,
     /// Verifies subject tokens; a subject token may only be exchanged by the service it was
     /// issued to (its audience is the caller's client id).
-    verifiers: Arc<LocalVerifiers>,
-    /// Revocations: a revoked subject token is not exchanged, even before its `exp`.
-    grants: Grants,
+    pub(crate) verifiers: Arc<LocalVerifiers>,
+    /// Revocations: a revoked subject token is not exchanged, even before its `exp`; and the log
+    /// the revocation stream follows.
+    pub(crate) grants: Grants,
     /// Where issued tokens are recorded (the layer records the call, this the grant).
-    audit: IssuerAudit,
+    pub(crate) audit: IssuerAudit,
+    /// Rotates the signing key on an administrator's request.
+    pub(crate) rotator: KeyRotator,
+    /// Changes when the service stops: every revocation stream ends, so the drain can finish.
+    pub(crate) stopping: tokio::sync::watch::Receiver<()>,
 }
 
 impl MeshApi {
-    /// The API over `issuer` and `registry`.
-    pub fn new(
-        issuer: Arc<Issuer>,
-        registry: Arc<Registry>,
-        ttl: Duration,
-        exchange_ttl: Duration,
-        verifiers: Arc<LocalVerifiers>,
-        grants: Grants,
-        audit: IssuerAudit,
-    ) -> Self {
-        Self {
-            issuer,
-            registry,
-            ttl,
-            exchange_ttl,
-            verifiers,
-            grants,
-            audit,
-        }
-    }
-
     /// The registered client bound to the caller's certificate.
     fn calling_client<T>(&self, request: &Request<T>) -> Result<&Client, Status> {
         let peer = Principal::workload(request)?;
@@ -87,8 +77,69 @@ fn expires_in(seconds: u64) -> u32 {
     u32::try_from(seconds).unwrap_or(u32::MAX)
 }
 
+/// The stream `WatchRevocations` answers with.
+type RevocationStream = Pin<Box<dyn Stream<Item = Result<Revocation, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl AuthService for MeshApi {
+    type WatchRevocationsStream = RevocationStream;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<RevocationStream>, Status> {
+        let grants = self.grants.clone();
+        let start = revocations::starting_point(&grants, request.get_ref().after_sequence)
+            .await
+            .map_err(|_| Status::unavailable("revocation log unavailable"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut stopping = self.stopping.clone();
+        stopping.borrow_and_update();
+        tokio::spawn(async move {
+            let follow = revocations::follow(&grants, start, |revocation| {
+                let tx = tx.clone();
+                async move { tx.send(Ok(revocation)).await.is_ok() }
+            });
+            let followed = tokio::select! {
+                followed = follow => followed,
+                _ = stopping.changed() => Ok(()),
+            };
+            if let Err(error) = followed {
+                tracing::warn!(%error, "revocation stream ended: the log could not be read");
+                let _ = tx
+                    .send(Err(Status::unavailable("revocation log unavailable")))
+                    .await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<RotateSigningKeyRequest>,
+    ) -> Result<Response<RotateSigningKeyResponse>, Status> {
+        let admin = Principal::user(&request)?;
+        let rotation = self.rotator.rotate().await.map_err(|error| {
+            tracing::error!(%error, "forced signing-key rotation failed");
+            Status::unavailable("the signing keys could not be rotated; nothing changed")
+        })?;
+        self.audit
+            .grant(Event {
+                decision: "allow",
+                reason: "signing_key_rotated",
+                method: "/mesh.auth.v1.AuthService/RotateSigningKey",
+                subject: admin.subject(),
+                client: admin.client_id(),
+                ..Event::default()
+            })
+            .map_err(|_| Status::unavailable("audit log unavailable"))?;
+        Ok(Response::new(RotateSigningKeyResponse {
+            signing_kid: rotation.signing_kid,
+            next_kid: rotation.next_kid,
+            retired_kids: rotation.retired_kids,
+        }))
+    }
+
     async fn issue_service_token(
         &self,
         request: Request<IssueServiceTokenRequest>,
@@ -110,6 +161,7 @@ impl AuthService for MeshApi {
                 scopes,
                 actor: None,
                 lifetime: self.ttl,
+                session: None,
             })
             .map_err(|_| Status::internal("could not sign the token"))?;
         self.audit
@@ -150,6 +202,10 @@ impl AuthService for MeshApi {
                 AuthError::WrongAudience => refused(
                     Status::permission_denied("subject token is not addressed to the caller"),
                     "subject_token_not_for_caller",
+                ),
+                AuthError::Revoked => refused(
+                    Status::unauthenticated("subject token: revoked"),
+                    "subject_token_revoked",
                 ),
                 other => refused(
                     Status::unauthenticated(format!("subject token: {other}")),
@@ -193,6 +249,7 @@ impl AuthService for MeshApi {
                 scopes,
                 actor: Some(&client.client_id),
                 lifetime,
+                session: subject.session.as_deref(),
             })
             .map_err(|_| Status::internal("could not sign the token"))?;
         self.audit

@@ -39,6 +39,8 @@ pub struct TokenRequest<'a> {
     pub actor: Option<&'a str>,
     /// Lifetime.
     pub lifetime: Duration,
+    /// `sid`: the login (token family) a user token, or a token exchanged from one, belongs to.
+    pub session: Option<&'a str>,
 }
 
 /// Signs tokens for one issuer URL.
@@ -87,6 +89,7 @@ impl Issuer {
             act: request.actor.map(|sub| Actor {
                 sub: sub.to_owned(),
             }),
+            sid: request.session.map(str::to_owned),
         };
         let access_token = self.keys.sign(&claims)?;
         Ok(IssuedToken {

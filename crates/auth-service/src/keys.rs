@@ -1,7 +1,9 @@
-//! The issuer's signing keys: Ed25519, kept in SQLite so they survive restarts, rotated with the
-//! previous key still published.
+//! The issuer's signing keys: Ed25519, kept in SQLite so they survive restarts, rotated on a
+//! schedule with the next key published before it signs and retired keys kept until their
+//! tokens have expired.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
@@ -58,15 +60,39 @@ struct PublicKey {
 #[derive(Clone)]
 struct Keys {
     signing: Arc<SigningKey>,
+    activated_at: u64,
+    next_kid: String,
+    retired: Vec<String>,
     published: Vec<PublicKey>,
 }
 
-/// Signs tokens with the current key and publishes the current and the previous key.
+/// A stored key: kid, PKCS#8, public x, activated_at, retired_at.
+type KeyRow = (String, Vec<u8>, String, Option<i64>, Option<i64>);
+
+/// The key ids after a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// The key that signs now.
+    pub signing_kid: String,
+    /// The key published to sign after the next rotation.
+    pub next_kid: String,
+    /// Keys still published so that tokens they signed keep verifying.
+    pub retired_kids: Vec<String>,
+}
+
+/// Signs tokens with the current key and publishes, in the JWKS, the next key before it signs
+/// anything and every retired key until the tokens it signed have expired.
+///
+/// Rotation promotes the next key (which verifiers have had since it was published) to current,
+/// retires the current one, and publishes a new next key: a verifier that refreshes its keys at
+/// least once per rotation interval never meets a token signed with a key it does not know.
 ///
 /// The key material lives in the `signing_keys` table of the service's SQLite file; production
-/// deployments would keep it in a KMS or HSM instead, behind the same two methods.
+/// deployments would keep it in a KMS or HSM instead, behind the same methods.
 pub struct KeyStore {
     pool: SqlitePool,
+    /// How long a retired key stays published: the longest token lifetime plus clock leeway.
+    retention: Duration,
     keys: RwLock<Keys>,
 }
 
@@ -79,35 +105,96 @@ impl std::fmt::Debug for KeyStore {
 }
 
 impl KeyStore {
-    /// Loads the keys, generating the first one on an empty database.
-    pub async fn open(pool: SqlitePool) -> Result<Self, KeyError> {
-        if Self::load(&pool).await?.is_none() {
-            insert_new_key(&pool).await?;
+    /// Loads the keys, making a current and a next key where there are none. Retired keys stay
+    /// published for `retention` after they stop signing.
+    pub async fn open(pool: SqlitePool, retention: Duration) -> Result<Self, KeyError> {
+        let now = crate::unix_now() as i64;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT kid FROM signing_keys WHERE activated_at IS NOT NULL AND retired_at IS NULL",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if current.is_none() {
+            insert_new_key(&mut tx, Some(now)).await?;
         }
-        let keys = Self::load(&pool)
+        let next: Option<String> =
+            sqlx::query_scalar("SELECT kid FROM signing_keys WHERE activated_at IS NULL")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if next.is_none() {
+            insert_new_key(&mut tx, None).await?;
+        }
+        tx.commit().await?;
+        let keys = Self::load(&pool, retention)
             .await?
             .ok_or(KeyError::Missing("generating one"))?;
         Ok(Self {
             pool,
+            retention,
             keys: RwLock::new(keys),
         })
     }
 
-    /// Retires the current key and starts signing with a new one. The retired key stays in the
-    /// JWKS until the next rotation, so tokens it signed keep verifying until they expire.
-    pub async fn rotate(&self) -> Result<String, KeyError> {
-        let now = crate::unix_now();
-        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
-            .bind(now as i64)
-            .execute(&self.pool)
+    /// Retires the current key, starts signing with the next one, and publishes a new next key.
+    pub async fn rotate(&self) -> Result<Rotation, KeyError> {
+        let now = crate::unix_now() as i64;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "UPDATE signing_keys SET retired_at = ? \
+             WHERE activated_at IS NOT NULL AND retired_at IS NULL",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE signing_keys SET activated_at = ? WHERE activated_at IS NULL")
+            .bind(now)
+            .execute(&mut *tx)
             .await?;
-        insert_new_key(&self.pool).await?;
-        let keys = Self::load(&self.pool)
+        insert_new_key(&mut tx, None).await?;
+        tx.commit().await?;
+        self.reload().await?;
+        let rotation = self.rotation();
+        tracing::info!(
+            signing_kid = %rotation.signing_kid,
+            next_kid = %rotation.next_kid,
+            "signing key rotated"
+        );
+        Ok(rotation)
+    }
+
+    /// Rotates if the current key has signed for `interval` or longer, and otherwise re-reads
+    /// the keys so that retired keys past their retention leave the JWKS. Returns the rotation
+    /// if there was one.
+    pub async fn rotate_if_due(&self, interval: Duration) -> Result<Option<Rotation>, KeyError> {
+        let activated_at = self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .activated_at;
+        if crate::unix_now() >= activated_at.saturating_add(interval.as_secs()) {
+            return self.rotate().await.map(Some);
+        }
+        self.reload().await?;
+        Ok(None)
+    }
+
+    async fn reload(&self) -> Result<(), KeyError> {
+        let keys = Self::load(&self.pool, self.retention)
             .await?
             .ok_or(KeyError::Missing("rotation"))?;
-        let kid = keys.signing.kid.clone();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
-        Ok(kid)
+        Ok(())
+    }
+
+    /// The key ids as they stand.
+    pub fn rotation(&self) -> Rotation {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        Rotation {
+            signing_kid: keys.signing.kid.clone(),
+            next_kid: keys.next_kid.clone(),
+            retired_kids: keys.retired.clone(),
+        }
     }
 
     /// The id of the key that signs now.
@@ -134,7 +221,7 @@ impl KeyStore {
         jsonwebtoken::encode(&header, claims, &signing.encoding)
     }
 
-    /// The JWKS document: the current key and the previous one.
+    /// The JWKS document: the current key, the next one and the retired ones still needed.
     pub fn jwks(&self) -> serde_json::Value {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let entries: Vec<_> = keys
@@ -161,43 +248,60 @@ impl KeyStore {
             .unwrap_or_default()
     }
 
-    async fn load(pool: &SqlitePool) -> Result<Option<Keys>, KeyError> {
-        let current: Option<(String, Vec<u8>, String)> = sqlx::query_as(
-            "SELECT kid, pkcs8, public_x FROM signing_keys WHERE retired_at IS NULL \
-             ORDER BY created_at DESC, rowid DESC LIMIT 1",
+    async fn load(pool: &SqlitePool, retention: Duration) -> Result<Option<Keys>, KeyError> {
+        let now = crate::unix_now() as i64;
+        // Current first, then next, then retired newest first.
+        let rows: Vec<KeyRow> = sqlx::query_as(
+            "SELECT kid, pkcs8, public_x, activated_at, retired_at FROM signing_keys \
+             WHERE retired_at IS NULL OR retired_at > ? \
+             ORDER BY retired_at IS NOT NULL, activated_at IS NULL, retired_at DESC, rowid DESC",
         )
-        .fetch_optional(pool)
+        .bind(now - retention.as_secs() as i64)
+        .fetch_all(pool)
         .await?;
-        let Some((kid, pkcs8, x)) = current else {
+        let mut signing = None;
+        let mut next_kid = None;
+        let mut retired = Vec::new();
+        let mut published = Vec::new();
+        for (kid, pkcs8, x, activated_at, retired_at) in rows {
+            match (activated_at, retired_at) {
+                (Some(activated_at), None) if signing.is_none() => {
+                    // Fail at start, not at first sign, if the stored key is damaged.
+                    Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| KeyError::Damaged {
+                        kid: kid.clone(),
+                        detail: e.to_string(),
+                    })?;
+                    signing = Some((
+                        Arc::new(SigningKey {
+                            kid: kid.clone(),
+                            encoding: EncodingKey::from_ed_der(&pkcs8),
+                        }),
+                        activated_at as u64,
+                    ));
+                }
+                (None, None) => next_kid = Some(kid.clone()),
+                _ => retired.push(kid.clone()),
+            }
+            published.push(PublicKey { kid, x });
+        }
+        let (Some((signing, activated_at)), Some(next_kid)) = (signing, next_kid) else {
             return Ok(None);
         };
-        let previous: Option<(String, String)> = sqlx::query_as(
-            "SELECT kid, public_x FROM signing_keys WHERE retired_at IS NOT NULL \
-             ORDER BY retired_at DESC, rowid DESC LIMIT 1",
-        )
-        .fetch_optional(pool)
-        .await?;
-        // Fail at start, not at first sign, if the stored key is damaged.
-        Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| KeyError::Damaged {
-            kid: kid.clone(),
-            detail: e.to_string(),
-        })?;
-        let mut published = vec![PublicKey {
-            kid: kid.clone(),
-            x,
-        }];
-        published.extend(previous.map(|(kid, x)| PublicKey { kid, x }));
         Ok(Some(Keys {
-            signing: Arc::new(SigningKey {
-                kid,
-                encoding: EncodingKey::from_ed_der(&pkcs8),
-            }),
+            signing,
+            activated_at,
+            next_kid,
+            retired,
             published,
         }))
     }
 }
 
-async fn insert_new_key(pool: &SqlitePool) -> Result<(), KeyError> {
+/// Makes a key: the next key when `activated_at` is `None`, else one that signs from then.
+async fn insert_new_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    activated_at: Option<i64>,
+) -> Result<(), KeyError> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
         .map_err(|_| KeyError::Generate("the system random generator failed".into()))?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
@@ -205,14 +309,15 @@ async fn insert_new_key(pool: &SqlitePool) -> Result<(), KeyError> {
     let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
     let kid = thumbprint(&x);
     sqlx::query(
-        "INSERT INTO signing_keys (kid, algorithm, pkcs8, public_x, created_at) \
-         VALUES (?, 'EdDSA', ?, ?, ?)",
+        "INSERT INTO signing_keys (kid, algorithm, pkcs8, public_x, created_at, activated_at) \
+         VALUES (?, 'EdDSA', ?, ?, ?, ?)",
     )
     .bind(&kid)
     .bind(pkcs8.as_ref())
     .bind(&x)
     .bind(crate::unix_now() as i64)
-    .execute(pool)
+    .bind(activated_at)
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }
@@ -221,4 +326,72 @@ async fn insert_new_key(pool: &SqlitePool) -> Result<(), KeyError> {
 fn thumbprint(x: &str) -> String {
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store(dir: &std::path::Path, retention: Duration) -> KeyStore {
+        let pool = mesh_service::open_sqlite(&dir.join("auth.db"), &crate::MIGRATIONS)
+            .await
+            .expect("database");
+        KeyStore::open(pool, retention).await.expect("keys")
+    }
+
+    fn published(keys: &KeyStore) -> Vec<String> {
+        keys.jwks()["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k["kid"].as_str().expect("kid").to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_schedule_rotates_when_due_and_drops_retired_keys_after_their_tokens_expire() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keys = store(dir.path(), Duration::from_secs(1)).await;
+        let first = keys.rotation();
+        assert_eq!(
+            published(&keys),
+            vec![first.signing_kid.clone(), first.next_kid.clone()]
+        );
+
+        assert_eq!(
+            keys.rotate_if_due(Duration::from_secs(3600))
+                .await
+                .expect("check"),
+            None
+        );
+        let rotated = keys
+            .rotate_if_due(Duration::ZERO)
+            .await
+            .expect("check")
+            .expect("due");
+        assert_eq!(rotated.signing_kid, first.next_kid);
+        assert_eq!(rotated.retired_kids, vec![first.signing_kid.clone()]);
+        assert!(
+            published(&keys).contains(&first.signing_kid),
+            "kept while its tokens live"
+        );
+
+        // Past the retention the retired key leaves the JWKS at the next check.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(
+            keys.rotate_if_due(Duration::from_secs(3600))
+                .await
+                .expect("check"),
+            None
+        );
+        assert_eq!(
+            published(&keys),
+            vec![rotated.signing_kid.clone(), rotated.next_kid.clone()]
+        );
+
+        // The schedule is counted from when the key started signing, across restarts.
+        drop(keys);
+        let reopened = store(dir.path(), Duration::from_secs(1)).await;
+        assert_eq!(reopened.rotation().signing_kid, rotated.signing_kid);
+    }
 }

@@ -10,7 +10,9 @@
 //!   (`IssueServiceToken`) or exchanges a user's token (`ExchangeToken`, RFC 8693).
 //!
 //! Tokens are EdDSA JWTs (`typ: at+jwt`) signed with keys kept in SQLite, so they survive
-//! restarts; the JWKS publishes the current and the previous key.
+//! restarts; keys rotate on a schedule (`MESH_SIGNING_KEY_ROTATION`) or on an administrator's
+//! request, and the JWKS publishes the next key before it signs and retired keys until their
+//! tokens have expired. Revocations are streamed to every verifier of the mesh.
 //!
 //! # Layout
 //! - [`settings`]: flags with env twins, and the `MESH_AUTH_CONFIG` clients file.
@@ -23,6 +25,8 @@
 //! - [`issuer`]: minting tokens.
 //! - [`http`]: the public OAuth2/OIDC endpoints.
 //! - [`ratelimit`]: the failed-client-authentication limiter.
+//! - [`revocations`]: the revocation log followed, for the verifiers' stream and the issuer's own
+//!   verifiers.
 //! - [`grpc`]: the mesh API.
 //! - [`Application`]: binds both listeners and runs them until shutdown.
 
@@ -38,6 +42,7 @@ pub mod issuer;
 pub mod keys;
 pub mod local;
 pub mod ratelimit;
+pub mod revocations;
 pub mod settings;
 pub mod users;
 
@@ -46,10 +51,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth_interceptor::{Policy, Rule, TokenVerifier, VerifierConfig};
+use auth_interceptor::{Policy, RevocationList, Rule, TokenVerifier, VerifierConfig};
 use mesh_proto::auth::v1::auth_service_server::AuthServiceServer;
 use mesh_service::runtime::bind;
 use mesh_service::{MeshServer, Runtime, ServiceBinary};
+use mesh_tls::SpiffeId;
 use mesh_tls::server::{TlsListener, grpc_server};
 
 pub use mesh_service::StartError;
@@ -84,7 +90,20 @@ pub fn mesh_policy(trust_domain: &str) -> Policy {
             "/mesh.auth.v1.AuthService/ExchangeToken",
             Rule::certificate(),
         )
+        .allow(
+            "/mesh.auth.v1.AuthService/WatchRevocations",
+            Rule::certificate(),
+        )
+        .allow(
+            "/mesh.auth.v1.AuthService/RotateSigningKey",
+            Rule::token()
+                .scope(KEYS_ADMIN_SCOPE)
+                .callers(SpiffeId::workload(trust_domain, "meshctl")),
+        )
 }
+
+/// The scope an administrator's token needs to rotate the signing key.
+pub const KEYS_ADMIN_SCOPE: &str = "auth:keys";
 
 /// A built, bound auth service, ready to run.
 #[derive(Debug)]
@@ -95,8 +114,9 @@ pub struct Application {
     issuer: Arc<Issuer>,
     api: Arc<MeshApi>,
     http: http::HttpState,
-    verifiers: Arc<LocalVerifiers>,
-    mesh_verifier: Arc<TokenVerifier>,
+    rotator: KeyRotator,
+    rotation_interval: Duration,
+    stop: tokio::sync::watch::Sender<()>,
 }
 
 impl Application {
@@ -117,14 +137,27 @@ impl Application {
         };
         settings::check_issuer(&issuer_url)?;
 
+        let config = &settings.config;
         let pool = mesh_service::open_sqlite(&settings.db, &MIGRATIONS).await?;
-        let grants = grants::Grants::new(pool.clone());
-        let keys = Arc::new(KeyStore::open(pool).await?);
+        let longest_token = settings::ttl(
+            config
+                .access_token_ttl_secs
+                .max(config.exchanged_token_ttl_secs),
+        );
+        let grants = grants::Grants::new(pool.clone(), longest_token);
+        // A retired key stays published while a token it signed can still verify.
+        let keys = Arc::new(KeyStore::open(pool, longest_token + Duration::from_secs(30)).await?);
         let issuer = Arc::new(Issuer::new(issuer_url, keys.clone()));
+        // Every verifier of the issuer reads one revocation list, fed from its own log.
+        let revoked = RevocationList::new();
+        revocations::spawn_local_feed(grants.clone(), revoked.clone());
         // The mesh side verifies tokens for audience `auth` with the issuer's own keys: no
         // discovery round trip to itself.
-        let mesh_verifier =
-            TokenVerifier::with_keys(VerifierConfig::new(issuer.url(), "auth"), keys.key_set());
+        let mesh_verifier = TokenVerifier::with_keys_and_revocations(
+            VerifierConfig::new(issuer.url(), "auth"),
+            keys.key_set(),
+            revoked.clone(),
+        );
         let runtime = Runtime::with_verifier(
             "auth",
             settings.listen,
@@ -135,23 +168,33 @@ impl Application {
         )
         .await?;
         let audit = audit::IssuerAudit::new(runtime.audit_log());
-        let config = &settings.config;
         let registry = Arc::new(Registry::new(&config.clients));
         let ttl = settings::ttl(config.access_token_ttl_secs);
         let verifiers = Arc::new(LocalVerifiers::new(
             issuer.url(),
             keys.clone(),
             registry.audiences(),
+            revoked,
         ));
-        let api = Arc::new(MeshApi::new(
-            issuer.clone(),
-            registry.clone(),
+        // Told when the service stops: revocation streams end then, or a drain would wait on
+        // them for ever.
+        let (stop, stop_rx) = tokio::sync::watch::channel(());
+        let rotator = KeyRotator {
+            keys: keys.clone(),
+            verifiers: verifiers.clone(),
+            mesh_verifier,
+        };
+        let api = Arc::new(MeshApi {
+            issuer: issuer.clone(),
+            registry: registry.clone(),
             ttl,
-            settings::ttl(config.exchanged_token_ttl_secs),
-            verifiers.clone(),
-            grants.clone(),
-            audit.clone(),
-        ));
+            exchange_ttl: settings::ttl(config.exchanged_token_ttl_secs),
+            verifiers: verifiers.clone(),
+            grants: grants.clone(),
+            audit: audit.clone(),
+            rotator: rotator.clone(),
+            stopping: stop_rx,
+        });
         let http = http::HttpState {
             issuer: issuer.clone(),
             registry,
@@ -174,8 +217,9 @@ impl Application {
             issuer,
             api,
             http,
-            verifiers,
-            mesh_verifier,
+            rotator,
+            rotation_interval: settings.signing_key_rotation,
+            stop,
         })
     }
 
@@ -201,11 +245,7 @@ impl Application {
 
     /// A handle that rotates the signing key while the service runs.
     pub fn key_rotator(&self) -> KeyRotator {
-        KeyRotator {
-            keys: self.issuer.keys().clone(),
-            verifiers: self.verifiers.clone(),
-            mesh_verifier: self.mesh_verifier.clone(),
-        }
+        self.rotator.clone()
     }
 
     /// Serves both listeners until `shutdown` resolves, then drains them.
@@ -213,7 +253,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+        let (stop_tx, stop_rx) = (self.stop, self.api.stopping.clone());
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(());
@@ -222,6 +262,8 @@ impl Application {
             let _ = rx.changed().await;
         };
 
+        let schedule = self.rotator.clone().run_schedule(self.rotation_interval);
+        let schedule = tokio::spawn(schedule);
         let telemetry = self.server.telemetry().clone();
         let api = AuthServiceServer::from_arc(self.api)
             .max_decoding_message_size(self.server.limits().max_message_bytes);
@@ -234,6 +276,7 @@ impl Application {
             .serve_with_incoming_shutdown(self.public.incoming(), stopped(stop_rx));
 
         let (mesh, public) = tokio::join!(mesh, public);
+        schedule.abort();
         // Flush what is queued; an unreachable collector cannot hold shutdown up.
         telemetry.shutdown(Duration::from_secs(3)).await;
         mesh?;
@@ -275,12 +318,36 @@ pub struct KeyRotator {
 }
 
 impl KeyRotator {
-    /// Retires the current key and signs with a new one from now on; returns the new `kid`.
-    pub async fn rotate(&self) -> Result<String, keys::KeyError> {
-        let kid = self.keys.rotate().await?;
+    /// Promotes the published next key to signing, retires the current one, publishes a new
+    /// next key, and hands the new key set to the issuer's own verifiers.
+    pub async fn rotate(&self) -> Result<keys::Rotation, keys::KeyError> {
+        let rotation = self.keys.rotate().await?;
+        self.refresh_verifiers();
+        Ok(rotation)
+    }
+
+    /// The key ids as they stand.
+    pub fn current(&self) -> keys::Rotation {
+        self.keys.rotation()
+    }
+
+    fn refresh_verifiers(&self) {
         self.verifiers.refresh_keys();
         self.mesh_verifier.replace_keys(self.keys.key_set());
-        Ok(kid)
+    }
+
+    /// Rotates every `interval` (counted from when the current key started signing, so a
+    /// restart does not reset the clock), and drops retired keys from the JWKS once their tokens
+    /// have expired. Runs until aborted; a failed rotation is logged and retried.
+    pub async fn run_schedule(self, interval: Duration) {
+        let check_every = (interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            match self.keys.rotate_if_due(interval).await {
+                Ok(_) => self.refresh_verifiers(),
+                Err(error) => tracing::error!(%error, "scheduled signing-key rotation failed"),
+            }
+            tokio::time::sleep(check_every).await;
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use auth_interceptor::{AuthError, TokenVerifier, VerifiedToken, VerifierConfig};
+use auth_interceptor::{AuthError, RevocationList, TokenVerifier, VerifiedToken, VerifierConfig};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -18,17 +18,24 @@ pub struct LocalVerifiers {
 }
 
 impl LocalVerifiers {
-    /// Verifiers for `audiences`, tokens from `issuer`, keys from `keys`.
+    /// Verifiers for `audiences`, tokens from `issuer`, keys from `keys`, all refusing what
+    /// `revoked` lists.
     pub fn new(
         issuer: &str,
         keys: Arc<KeyStore>,
         audiences: impl IntoIterator<Item = String>,
+        revoked: Arc<RevocationList>,
     ) -> Self {
         let by_audience = audiences
             .into_iter()
             .map(|audience| {
                 let config = VerifierConfig::new(issuer, audience.clone());
-                (audience, TokenVerifier::with_keys(config, keys.key_set()))
+                let verifier = TokenVerifier::with_keys_and_revocations(
+                    config,
+                    keys.key_set(),
+                    revoked.clone(),
+                );
+                (audience, verifier)
             })
             .collect();
         Self { keys, by_audience }

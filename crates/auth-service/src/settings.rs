@@ -41,6 +41,21 @@ pub struct Args {
     /// SQLite file for signing keys (created and migrated on start).
     #[arg(long, env = "MESH_DB")]
     pub db: PathBuf,
+    /// How long a signing key signs before the next one takes over (`90m`, `24h`, `7d`; 5 m to
+    /// 90 d). The next key is published a whole interval before it signs, so verifiers, which
+    /// refresh their keys every 5 minutes, know it first.
+    #[arg(long, env = "MESH_SIGNING_KEY_ROTATION", default_value = "24h", value_parser = key_rotation)]
+    pub signing_key_rotation: Duration,
+}
+
+/// The bounds of `--signing-key-rotation`: no shorter than the verifiers' key refresh, no longer
+/// than a quarter year.
+fn key_rotation(raw: &str) -> Result<Duration, String> {
+    mesh_service::config::parse_bounded_duration(
+        raw,
+        Duration::from_secs(300),
+        Duration::from_secs(90 * 86_400),
+    )
 }
 
 impl Args {
@@ -59,6 +74,7 @@ impl Args {
             issuer: self.issuer,
             config: clients,
             db: self.db,
+            signing_key_rotation: self.signing_key_rotation,
         })
     }
 }
@@ -82,6 +98,8 @@ pub struct Settings {
     pub config: AuthConfig,
     /// SQLite file.
     pub db: PathBuf,
+    /// How long a signing key signs before the next one takes over.
+    pub signing_key_rotation: Duration,
 }
 
 /// The `MESH_AUTH_CONFIG` file.

@@ -101,6 +101,7 @@ impl Material {
             nbf: Some(now),
             jti: format!("bench-{subject}-{now}"),
             act: None,
+            sid: None,
         };
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
         header.typ = Some("at+jwt".into());

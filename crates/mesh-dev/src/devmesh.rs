@@ -62,6 +62,8 @@ pub struct DevMesh {
     pub key_rotator: auth_service::KeyRotator,
     /// The inventory service's token verifier (its JWKS fetch count is observable).
     pub inventory_verifier: Arc<auth_interceptor::TokenVerifier>,
+    /// The orders service's token verifier.
+    pub orders_verifier: Arc<auth_interceptor::TokenVerifier>,
     inventory_args: inventory_service::Args,
     /// The audit logs and their key.
     pub audit: AuditFiles,
@@ -116,6 +118,7 @@ impl DevMesh {
             issuer: None,
             auth_config: config_path,
             db: dir.join("auth.db"),
+            signing_key_rotation: std::time::Duration::from_secs(86_400),
         }
         .into_settings()?;
         let auth = auth_service::Application::build(auth_settings).await?;
@@ -134,6 +137,7 @@ impl DevMesh {
             audit: audit.flags(name),
             telemetry: telemetry_flags.clone(),
             issuer: issuer.clone(),
+            auth_url: auth_addr.to_string(),
             db: dir.join(format!("{name}.db")),
         };
         let mut inventory_args = inventory_service::Args {
@@ -153,11 +157,11 @@ impl DevMesh {
             listen: "127.0.0.1:0".parse()?,
             audience: "orders".into(),
             mesh: service_flags("orders"),
-            auth_url: auth_addr.to_string(),
             inventory_url: inventory_addr.to_string(),
         })
         .await?;
         let orders_addr = orders.server().addr();
+        let orders_verifier = orders.server().verifier().clone();
         tracers.push(orders.server().telemetry().clone());
         services.push(spawn("orders", |stop| orders.run_until_stopped(stop)));
 
@@ -182,6 +186,7 @@ impl DevMesh {
             orders_addr,
             key_rotator,
             inventory_verifier,
+            orders_verifier,
             services,
         })
     }

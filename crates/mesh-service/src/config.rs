@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use auth_interceptor::audit::AuditLog;
 use mesh_telemetry::trace::TelemetryFlags;
@@ -150,9 +151,49 @@ pub struct ServiceFlags {
     /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: String,
+    /// The auth service's mesh address (`host:port`): token exchange, and the revocation stream
+    /// every verifier follows.
+    #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
+    pub auth_url: String,
     /// SQLite file (created and migrated on start).
     #[arg(long, env = "MESH_DB")]
     pub db: PathBuf,
+}
+
+/// Reads a duration written as a number and a unit: `90s`, `30m`, `24h`, `7d`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{raw:?} has no unit (s, m, h or d)"))?;
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} does not start with a number"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{raw:?}: the unit must be s, m, h or d")),
+    };
+    number
+        .checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{raw:?} is too long"))
+}
+
+/// [`parse_duration`], refused outside `min..=max` with both bounds in the message.
+pub fn parse_bounded_duration(raw: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let duration = parse_duration(raw)?;
+    if duration < min || duration > max {
+        return Err(format!(
+            "{raw:?} is outside {}s..={}s",
+            min.as_secs(),
+            max.as_secs()
+        ));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -191,6 +232,19 @@ mod tests {
         ])
         .expect_err("the key file is required with the log");
         assert!(half.to_string().contains("--audit-key-file"), "{half}");
+    }
+
+    #[test]
+    fn durations_take_a_unit_and_bounds_name_themselves() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        for bad in ["", "10", "h", "1.5h", "10w", "-1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let minute = Duration::from_secs(60);
+        let error = parse_bounded_duration("10s", minute, 2 * minute).expect_err("too short");
+        assert!(error.contains("60s..=120s"), "{error}");
     }
 
     #[test]

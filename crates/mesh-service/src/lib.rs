@@ -30,7 +30,9 @@ pub mod storage;
 
 use std::future::Future;
 
-pub use config::{AuditFlags, EXIT_USAGE, ServiceFlags, TlsFlags, Workload, parse_args};
+pub use config::{
+    AuditFlags, EXIT_USAGE, ServiceFlags, TlsFlags, Workload, parse_args, parse_duration,
+};
 pub use error::{StartError, exit_on_start_error};
 pub use runtime::{Runtime, traced};
 pub use server::MeshServer;

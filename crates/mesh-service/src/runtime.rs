@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use auth_interceptor::audit::AuditLog;
 use auth_interceptor::client::Transport;
+use auth_interceptor::revocation::{self, FeedStatus};
 use auth_interceptor::{AuthLayer, Policy, TokenVerifier};
 use mesh_telemetry::trace::{ClientTraceLayer, Telemetry, TelemetryFlags};
 use mesh_tls::SpiffeId;
@@ -35,6 +36,7 @@ pub struct Runtime {
     verifier: Arc<TokenVerifier>,
     audit: Option<Arc<AuditLog>>,
     telemetry: Telemetry,
+    revocation_feed: Option<Arc<FeedStatus>>,
 }
 
 impl Runtime {
@@ -50,7 +52,7 @@ impl Runtime {
         let verifier = TokenVerifier::for_issuer(&flags.issuer, audience, workload.roots.clone())
             .await
             .map_err(|e| StartError::runtime(format!("--issuer {}", flags.issuer), e))?;
-        Self::with_verifier(
+        let mut runtime = Self::with_verifier(
             name,
             listen,
             workload,
@@ -58,7 +60,14 @@ impl Runtime {
             &flags.audit,
             &flags.telemetry,
         )
-        .await
+        .await?;
+        // Not traced: one stream for the life of the process is no request to draw.
+        let auth = runtime.channel("auth", &flags.auth_url, "--auth-url")?;
+        runtime.revocation_feed = Some(revocation::spawn_feed(
+            auth_interceptor::client::transport(auth),
+            runtime.verifier.revocations().clone(),
+        ));
+        Ok(runtime)
     }
 
     /// Like [`Runtime::start`], with a verifier the service made itself (the auth service
@@ -86,6 +95,7 @@ impl Runtime {
             audit: audit.open(name)?,
             telemetry: Telemetry::new(telemetry, name)
                 .map_err(|e| StartError::config("--otlp-endpoint", e))?,
+            revocation_feed: None,
         })
     }
 
@@ -125,6 +135,12 @@ impl Runtime {
         &self.verifier
     }
 
+    /// The state of the revocation stream from the issuer (`None` for the issuer itself, which
+    /// reads its own revocation log).
+    pub fn revocation_feed(&self) -> Option<Arc<FeedStatus>> {
+        self.revocation_feed.clone()
+    }
+
     /// A traced, lazily connecting mTLS transport to the mesh workload `peer` at `url` (the
     /// value of `flag`), which must present `spiffe://<trust domain>/sa/<peer>`.
     pub fn client(
@@ -133,7 +149,13 @@ impl Runtime {
         url: &str,
         flag: &'static str,
     ) -> Result<Transport, StartError> {
-        let channel = SpiffeId::workload(self.trust_domain(), peer)
+        let channel = self.channel(peer, url, flag)?;
+        Ok(traced(channel, &self.telemetry.client_layer(url)))
+    }
+
+    /// A lazily connecting mTLS channel to the mesh workload `peer` at `url`, untraced.
+    fn channel(&self, peer: &str, url: &str, flag: &'static str) -> Result<Channel, StartError> {
+        SpiffeId::workload(self.trust_domain(), peer)
             .and_then(|id| {
                 MeshConnector::new(
                     self.workload.identity.clone(),
@@ -142,8 +164,7 @@ impl Runtime {
                 )
             })
             .and_then(|connector| connector.channel(url))
-            .map_err(|e| StartError::config(flag, e))?;
-        Ok(traced(channel, &self.telemetry.client_layer(url)))
+            .map_err(|e| StartError::config(flag, e))
     }
 
     /// The server that enforces `policy` on this runtime's listener.
@@ -153,13 +174,15 @@ impl Runtime {
             rows = policy.methods().len(),
             "policy loaded"
         );
-        MeshServer::new(
-            self.listener,
-            self.addr,
-            self.telemetry,
-            AuthLayer::new(self.verifier, policy).with_audit(self.audit),
-            ServerLimits::default(),
-        )
+        MeshServer {
+            auth: AuthLayer::new(self.verifier.clone(), policy).with_audit(self.audit),
+            listener: self.listener,
+            addr: self.addr,
+            telemetry: self.telemetry,
+            limits: ServerLimits::default(),
+            verifier: self.verifier,
+            revocation_feed: self.revocation_feed,
+        }
     }
 }
 

@@ -5,7 +5,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use auth_interceptor::AuthLayer;
+use std::sync::Arc;
+
+use auth_interceptor::revocation::FeedStatus;
+use auth_interceptor::{AuthLayer, TokenVerifier};
 use mesh_telemetry::trace::Telemetry;
 use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
 use tonic::body::Body;
@@ -44,29 +47,24 @@ impl<S> GrpcApi for S where
 /// and the explicit HTTP/2 limits of [`ServerLimits`].
 #[derive(Debug)]
 pub struct MeshServer {
-    listener: TlsListener,
-    addr: SocketAddr,
-    telemetry: Telemetry,
-    auth: AuthLayer,
-    limits: ServerLimits,
+    pub(crate) listener: TlsListener,
+    pub(crate) addr: SocketAddr,
+    pub(crate) telemetry: Telemetry,
+    pub(crate) auth: AuthLayer,
+    pub(crate) limits: ServerLimits,
+    pub(crate) verifier: Arc<TokenVerifier>,
+    pub(crate) revocation_feed: Option<Arc<FeedStatus>>,
 }
 
 impl MeshServer {
-    /// A server on `listener` (bound to `addr`), tracing with `telemetry`, enforcing `auth`.
-    pub fn new(
-        listener: TlsListener,
-        addr: SocketAddr,
-        telemetry: Telemetry,
-        auth: AuthLayer,
-        limits: ServerLimits,
-    ) -> Self {
-        Self {
-            listener,
-            addr,
-            telemetry,
-            auth,
-            limits,
-        }
+    /// The token verifier the auth layer uses (tests read its key fetches and revocations).
+    pub fn verifier(&self) -> &Arc<TokenVerifier> {
+        &self.verifier
+    }
+
+    /// The state of the revocation stream (`None` on the issuer, which reads its own log).
+    pub fn revocation_feed(&self) -> Option<Arc<FeedStatus>> {
+        self.revocation_feed.clone()
     }
 
     /// The bound address.

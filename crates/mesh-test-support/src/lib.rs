@@ -139,8 +139,8 @@ impl TestMesh {
         let url = format!("sqlite://{}?mode=ro", self.dir().join("auth.db").display());
         let pool = sqlx::SqlitePool::connect(&url).await?;
         let (kid, pkcs8): (String, Vec<u8>) = sqlx::query_as(
-            "SELECT kid, pkcs8 FROM signing_keys WHERE retired_at IS NULL \
-             ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            "SELECT kid, pkcs8 FROM signing_keys \
+             WHERE activated_at IS NOT NULL AND retired_at IS NULL",
         )
         .fetch_one(&pool)
         .await

@@ -38,6 +38,9 @@ pub enum Command {
     /// The HMAC-chained audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The issuer's token-signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Start a whole mesh in this process and walk through allowed and denied calls.
     Demo(DemoArgs),
     /// Keep a running mesh busy as several users (orders placed, read, cancelled, and refused
@@ -228,6 +231,25 @@ pub struct OrdersTarget {
     /// The user's tokens.
     #[command(flatten)]
     pub session: SessionArgs,
+}
+
+/// `meshctl keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Rotate the signing key now (an administrator's session with `auth:keys`, e.g. after
+    /// `meshctl login --username admin --audience auth`): the published next key starts to
+    /// sign, the current one stays published until its tokens expire.
+    Rotate {
+        /// The auth service's mesh address (`host:port`).
+        #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
+        addr: String,
+        /// meshctl's certificate.
+        #[command(flatten)]
+        tls: TlsArgs,
+        /// The administrator's tokens.
+        #[command(flatten)]
+        session: SessionArgs,
+    },
 }
 
 /// `meshctl inventory …`.

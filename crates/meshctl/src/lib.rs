@@ -60,6 +60,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Health(args) => health::run(args).await,
         Command::HashSecret => secret::run(),
         Command::Audit(command) => audit::run(command),
+        Command::Keys(command) => keys::run(command).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Loadgen(args) => loadgen::run(args).await,
         Command::TraceSink { listen } => trace_sink::run(listen).await,

@@ -153,6 +153,7 @@ fn meshctl_in(
         .env("MESH_TLS_KEY", certs.join("meshctl.key"))
         .env("MESH_ORDERS_URL", mesh.orders_addr.to_string())
         .env("MESH_INVENTORY_URL", mesh.inventory_addr.to_string())
+        .env("MESH_AUTH_URL", mesh.auth_addr.to_string())
         .env("MESH_SESSION_FILE", session)
         .env_remove("MESH_TOKEN")
         .env_remove("RUST_LOG")
@@ -470,4 +471,59 @@ fn audit_keygen_writes_a_hex_key_once_and_a_verify_with_it_works() {
         "{}",
         stderr(&short)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_is_for_an_admin_session_and_prints_the_new_key_ids() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mesh = mesh_dev::devmesh::DevMesh::start(dir.path())
+        .await
+        .expect("mesh");
+    let before = mesh.key_rotator.current();
+    let login = |user: &str, session: &std::path::Path| {
+        let password = format!("{user}-demo-password");
+        let output = meshctl_in(
+            &mesh,
+            session,
+            &[
+                "login",
+                "--username",
+                user,
+                "--password",
+                &password,
+                "--audience",
+                "auth",
+            ],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+    };
+    let alice = dir.path().join("alice.json");
+    login("alice", &alice);
+    let refused = meshctl_in(&mesh, &alice, &["keys", "rotate"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("auth:keys"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        mesh.key_rotator.current(),
+        before,
+        "a customer rotates nothing"
+    );
+
+    let admin = dir.path().join("admin.json");
+    login("admin", &admin);
+    let rotated = meshctl_in(&mesh, &admin, &["keys", "rotate"]);
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    let stdout = String::from_utf8_lossy(&rotated.stdout);
+    assert!(
+        stdout.contains(&format!("signing   {}", before.next_kid)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("retired   {}", before.signing_kid)),
+        "{stdout}"
+    );
+    mesh.stop().await;
 }

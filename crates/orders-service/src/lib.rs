@@ -46,9 +46,6 @@ pub struct Args {
     /// What every mesh service is given: identity, audit log, tracing, issuer, database.
     #[command(flatten)]
     pub mesh: ServiceFlags,
-    /// The auth service's mesh address (for token exchange).
-    #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
-    pub auth_url: String,
     /// The inventory service's mesh address.
     #[arg(long, env = "MESH_INVENTORY_URL", default_value = "localhost:50053")]
     pub inventory_url: String,
@@ -101,7 +98,7 @@ impl ServiceBinary for Application {
     /// Dependencies are connected lazily, so orders starts (and serves reads) without them.
     async fn build(args: Args) -> Result<Self, StartError> {
         let runtime = Runtime::start("orders", args.listen, &args.mesh, &args.audience).await?;
-        let auth = runtime.client("auth", &args.auth_url, "--auth-url")?;
+        let auth = runtime.client("auth", &args.mesh.auth_url, "--auth-url")?;
         let inventory = runtime.client("inventory", &args.inventory_url, "--inventory-url")?;
         let store = Store::new(mesh_service::open_sqlite(&args.mesh.db, &store::MIGRATIONS).await?);
         let policy = policy(runtime.trust_domain());

@@ -128,6 +128,7 @@ async fn client_credentials(
             scopes,
             actor: None,
             lifetime: state.ttl,
+            session: None,
         })
         .map_err(|_| OAuthError::server_error())?;
     state
@@ -272,6 +273,7 @@ async fn issue_user_tokens(
             scopes,
             actor: None,
             lifetime: state.ttl,
+            session: Some(family_id),
         })
         .map_err(|_| OAuthError::server_error())?;
     let now = crate::unix_now() as i64;

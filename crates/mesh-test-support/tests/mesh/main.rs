@@ -7,6 +7,7 @@ mod flow;
 mod hop;
 mod keys;
 mod refusals;
+mod revocation;
 mod tidy;
 mod tls;
 mod token_endpoint;

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod demo;
 pub mod health;
 pub mod inventory;
+pub mod keys;
 pub mod loadgen;
 pub mod login;
 pub mod orders;

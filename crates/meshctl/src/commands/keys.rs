@@ -1,0 +1,25 @@
+//! `meshctl keys rotate`.
+
+use mesh_proto::auth::v1::RotateSigningKeyRequest;
+use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+
+use super::{connect, status_error, token_for};
+use crate::CliError;
+use crate::cli::KeysCommand;
+
+/// `meshctl keys …`.
+pub async fn run(command: KeysCommand) -> Result<(), CliError> {
+    let KeysCommand::Rotate { addr, tls, session } = command;
+    let token = token_for(&session, &tls, "auth").await?;
+    let rotated = AuthServiceClient::new(connect(&tls, "auth", &addr)?)
+        .rotate_signing_key(token.request(RotateSigningKeyRequest {}))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("signing   {}", rotated.signing_kid);
+    println!("next      {}", rotated.next_kid);
+    for kid in &rotated.retired_kids {
+        println!("retired   {kid}");
+    }
+    Ok(())
+}
