@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
         "mesh/auth/v1/auth.proto",
+        "mesh/identity/v1/identity.proto",
         "mesh/inventory/v1/inventory.proto",
         "mesh/orders/v1/orders.proto",
     ];

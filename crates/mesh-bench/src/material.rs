@@ -12,7 +12,7 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_tls::TlsFiles;
-use mesh_tls::certs::DevCa;
+use mesh_tls::certs::CertAuthority;
 
 /// The issuer named in benchmark tokens (never contacted: keys are handed to the verifier).
 pub const ISSUER: &str = "https://issuer.bench.invalid";
@@ -38,7 +38,7 @@ pub struct Material {
 impl Material {
     /// Writes fresh material into `dir`.
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
-        DevCa::generate(TRUST_DOMAIN)?.write_dir(
+        CertAuthority::generate(TRUST_DOMAIN)?.write_dir(
             dir,
             &[SERVER.to_owned(), CLIENT.to_owned()],
             true,

@@ -59,7 +59,7 @@ pub async fn idle_services(bin_dir: &Path, config: &Path) -> anyhow::Result<Vec<
         .iter()
         .map(|n| (*n).to_owned())
         .collect();
-    mesh_tls::certs::DevCa::generate("mesh.local")?.write_dir(&certs, &names, false)?;
+    mesh_tls::certs::CertAuthority::generate("mesh.local")?.write_dir(&certs, &names, false)?;
     let (auth_port, public_port, inventory_port, orders_port) =
         (free_port()?, free_port()?, free_port()?, free_port()?);
     let issuer = format!("https://localhost:{public_port}");

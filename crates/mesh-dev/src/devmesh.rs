@@ -13,7 +13,7 @@ use mesh_service::{ServiceBinary as _, traced};
 use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
 
 use crate::sink::TraceSink;
-use mesh_tls::certs::{DEFAULT_WORKLOADS, DevCa};
+use mesh_tls::certs::{CertAuthority, DEFAULT_WORKLOADS};
 use mesh_tls::client::MeshConnector;
 use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
 use std::time::Duration;
@@ -85,14 +85,14 @@ impl DevMesh {
             .chain([&STRANGER])
             .map(|n| (*n).to_owned())
             .collect();
-        let ca = DevCa::generate(TRUST_DOMAIN)?;
+        let ca = CertAuthority::generate(TRUST_DOMAIN)?;
         ca.write_dir(&certs, &names, true)
             .context("writing dev certificates")?;
         let foreign = ca.issue_for(
             SpiffeId::workload(FOREIGN_TRUST_DOMAIN, "orders")?,
             "orders",
         )?;
-        DevCa::write_issued(&certs, FOREIGN_ORDERS, &foreign)?;
+        CertAuthority::write_issued(&certs, FOREIGN_ORDERS, &foreign)?;
         let audit = AuditFiles::create(dir)?;
         let config_path = dir.join("auth.toml");
         std::fs::write(&config_path, EXAMPLE_AUTH_CONFIG)?;

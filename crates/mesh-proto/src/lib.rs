@@ -26,6 +26,15 @@ pub mod auth {
     }
 }
 
+/// `mesh.identity.v1`.
+pub mod identity {
+    /// Version 1 of the identity (CA) API.
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+        tonic::include_proto!("mesh.identity.v1");
+    }
+}
+
 /// `mesh.inventory.v1`.
 pub mod inventory {
     /// Version 1 of the inventory API.

@@ -1,8 +1,9 @@
-//! A development certificate authority: what `meshctl certs init` and the tests use to give every
-//! workload a certificate with its SPIFFE ID.
+//! The mesh's certificate authority: the auth service signs workloads' certificate requests
+//! with it, `meshctl certs init` uses it to write a first set of files, and the tests use it to
+//! make identities of any kind.
 //!
-//! Production meshes get their certificates from a real CA (SPIRE, cert-manager, a cloud CA);
-//! the rest of the mesh only needs the PEM files this module writes.
+//! Meshes that take their certificates from elsewhere (SPIRE, cert-manager, a cloud CA) only
+//! need the PEM files; the rest of the mesh does not care who signed them.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -10,9 +11,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::CertificateSigningRequestDer;
 use time::{Duration, OffsetDateTime};
 
 use crate::TlsError;
@@ -21,12 +23,53 @@ use crate::identity::SpiffeId;
 /// The workloads every mesh has; `meshctl certs init` issues these plus any `--name`.
 pub const DEFAULT_WORKLOADS: [&str; 4] = ["auth", "orders", "inventory", "meshctl"];
 
-/// A freshly generated CA (ECDSA P-256), valid for a year.
+/// A CA (ECDSA P-256) of one trust domain: its certificate and signing key.
 #[derive(Debug)]
-pub struct DevCa {
+pub struct CertAuthority {
     trust_domain: String,
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
+}
+
+/// How long a freshly generated CA is valid.
+pub const CA_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// Certificates are valid from a little before they are signed, so a peer whose clock runs
+/// slightly behind accepts them at once.
+const BACKDATE: Duration = Duration::minutes(5);
+
+/// A leaf signed for a certificate request.
+#[derive(Debug, Clone)]
+pub struct SignedLeaf {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its serial number, hex.
+    pub serial: String,
+    /// When it stops being valid.
+    pub not_after: std::time::SystemTime,
+}
+
+/// Why a certificate request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    /// Not a PKCS#10 request, or its signature does not verify (the requester does not hold
+    /// the key it asks a certificate for).
+    #[error("not a valid certificate request: {0}")]
+    Malformed(String),
+    /// The request names an identity other than the one the CA decided on.
+    #[error("the request asks for {asked}, but the caller is {decided}")]
+    OtherIdentity {
+        /// What the request asked for.
+        asked: String,
+        /// What the CA decided from how the caller authenticated.
+        decided: SpiffeId,
+    },
+    /// The request asks for a CA certificate.
+    #[error("the request asks for a CA certificate")]
+    AsksForCa,
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] TlsError),
 }
 
 /// A leaf certificate and its private key, both PEM.
@@ -40,7 +83,7 @@ pub struct IssuedCert {
     pub spiffe_id: SpiffeId,
 }
 
-impl DevCa {
+impl CertAuthority {
     /// Generates a CA for `trust_domain` (e.g. `mesh.local`).
     pub fn generate(trust_domain: &str) -> Result<Self, TlsError> {
         // Validate the domain by building an ID in it.
@@ -51,8 +94,8 @@ impl DevCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::minutes(5);
-        params.not_after = now + Duration::days(365);
+        params.not_before = now - BACKDATE;
+        params.not_after = now + CA_LIFETIME;
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         Ok(Self {
@@ -62,9 +105,100 @@ impl DevCa {
         })
     }
 
+    /// A CA from its certificate and PKCS#8 key (both PEM), refusing a key that is not the
+    /// certificate's.
+    pub fn from_pem(trust_domain: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        SpiffeId::workload(trust_domain, "ca")?;
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let certs = crate::material::parse_certs(cert_pem, "CA certificate")?;
+        let cert_spki = {
+            use x509_parser::prelude::FromDer;
+            x509_parser::certificate::X509Certificate::from_der(&certs[0])
+                .map(|(_, cert)| cert.public_key().raw.to_vec())
+                .unwrap_or_default()
+        };
+        if cert_spki != rcgen::PublicKeyData::subject_public_key_info(issuer.key()) {
+            return Err(TlsError::Invalid {
+                what: "CA key",
+                value: "the key does not belong to the CA certificate".into(),
+            });
+        }
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+        })
+    }
+
     /// The CA certificate, to be used as every workload's trust bundle.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// The CA's private key, PKCS#8 PEM: for sealing into a key store, never for logging.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// The trust domain whose workloads this CA certifies.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Signs the certificate request `csr` (DER) for `spiffe_id`, which the caller decided from
+    /// how the requester authenticated: the request contributes its public key (after its
+    /// signature proves the requester holds the private half) and nothing else. A request that
+    /// names another identity, or asks to be a CA, is refused.
+    pub fn sign_request(
+        &self,
+        csr: &[u8],
+        spiffe_id: &SpiffeId,
+        lifetime: std::time::Duration,
+    ) -> Result<SignedLeaf, CsrError> {
+        let request = CertificateSigningRequestParams::from_der(
+            &CertificateSigningRequestDer::from(csr.to_vec()),
+        )
+        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+        for san in &request.params.subject_alt_names {
+            if let SanType::URI(uri) = san
+                && uri.as_str() != spiffe_id.as_str()
+            {
+                return Err(CsrError::OtherIdentity {
+                    asked: uri.as_str().to_owned(),
+                    decided: spiffe_id.clone(),
+                });
+            }
+        }
+        if !matches!(request.params.is_ca, IsCa::NoCa | IsCa::ExplicitNoCa) {
+            return Err(CsrError::AsksForCa);
+        }
+        let params = leaf_params(spiffe_id, lifetime)?;
+        let not_after = params.not_after;
+        let cert = params
+            .signed_by(&request.public_key, &self.issuer)
+            .map_err(TlsError::from)?;
+        Ok(SignedLeaf {
+            serial: serial_of(cert.der()),
+            cert_pem: cert.pem(),
+            not_after: not_after.into(),
+        })
+    }
+
+    /// Makes a key and a certificate for `spiffe_id` valid for `lifetime`, both in memory: how
+    /// the CA's own service certifies itself.
+    pub fn issue_in_memory(
+        &self,
+        spiffe_id: &SpiffeId,
+        lifetime: std::time::Duration,
+    ) -> Result<IssuedCert, TlsError> {
+        let key = KeyPair::generate()?;
+        let cert = leaf_params(spiffe_id, lifetime)?.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            spiffe_id: spiffe_id.clone(),
+        })
     }
 
     /// Issues a 90-day certificate for workload `name`: URI SAN `spiffe://<domain>/sa/<name>`,
@@ -73,28 +207,13 @@ impl DevCa {
         self.issue_for(SpiffeId::workload(&self.trust_domain, name)?, name)
     }
 
-    /// Issues a certificate like [`DevCa::issue`] but for any SPIFFE ID, also one outside the
+    /// Issues a certificate like [`CertAuthority::issue`] but for any SPIFFE ID, also one outside the
     /// CA's trust domain: what a federated or compromised CA in the bundle could sign, and what
     /// the tests use to prove that policy, not the chain, decides who is in the mesh.
     pub fn issue_for(&self, spiffe_id: SpiffeId, name: &str) -> Result<IssuedCert, TlsError> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut params = leaf_params(&spiffe_id, std::time::Duration::from_secs(90 * 86_400))?;
         params.distinguished_name = distinguished_name(name);
-        params.subject_alt_names = vec![
-            SanType::URI(spiffe_id.as_str().try_into()?),
-            SanType::DnsName(name.try_into()?),
-            SanType::DnsName("localhost".try_into()?),
-            SanType::IpAddress([127, 0, 0, 1].into()),
-        ];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::minutes(5);
-        params.not_after = now + Duration::days(90);
+        params.subject_alt_names[1] = SanType::DnsName(name.try_into()?);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
@@ -174,6 +293,60 @@ impl DevCa {
     }
 }
 
+/// The parameters of every workload certificate: URI SAN `spiffe_id`, DNS SANs
+/// `<workload name>` and `localhost`, IP SAN 127.0.0.1, TLS server and client, valid from
+/// [`BACKDATE`] ago for `lifetime`.
+fn leaf_params(
+    spiffe_id: &SpiffeId,
+    lifetime: std::time::Duration,
+) -> Result<CertificateParams, TlsError> {
+    let name = spiffe_id.workload_name();
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = distinguished_name(name);
+    params.subject_alt_names = vec![
+        SanType::URI(spiffe_id.as_str().try_into()?),
+        SanType::DnsName(name.try_into()?),
+        SanType::DnsName("localhost".try_into()?),
+        SanType::IpAddress([127, 0, 0, 1].into()),
+    ];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + lifetime;
+    Ok(params)
+}
+
+/// The serial number of a certificate, hex, as `openssl x509 -serial` prints it.
+pub fn serial_of(cert: &[u8]) -> String {
+    use x509_parser::prelude::FromDer;
+    x509_parser::certificate::X509Certificate::from_der(cert)
+        .map(|(_, parsed)| parsed.raw_serial_as_string().replace(':', ""))
+        .unwrap_or_default()
+}
+
+/// Makes a P-256 key in memory and a certificate request for it (DER), naming `spiffe_id`.
+/// The key never leaves the returned value: a workload keeps it to serve the certificate the
+/// CA sends back.
+pub fn new_key_and_request(
+    spiffe_id: Option<&SpiffeId>,
+) -> Result<(rustls_pki_types::PrivateKeyDer<'static>, Vec<u8>), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    if let Some(id) = spiffe_id {
+        params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+        params.distinguished_name = distinguished_name(id.workload_name());
+    }
+    let csr = params.serialize_request(&key)?;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    Ok((der.into(), csr.der().to_vec()))
+}
+
 fn distinguished_name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Zero-Trust Mesh");
@@ -197,5 +370,82 @@ pub fn validate_workload_name(raw: &str) -> Result<(), TlsError> {
             what: "workload name",
             value: raw.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::spiffe_id_of;
+    use crate::material::{Reloadable, parse_certs};
+    use rustls_pki_types::pem::PemObject;
+
+    fn id(name: &str) -> SpiffeId {
+        SpiffeId::workload("mesh.local", name).expect("id")
+    }
+
+    #[test]
+    fn a_request_is_signed_for_the_identity_the_ca_decided_and_no_other() {
+        let ca = CertAuthority::generate("mesh.local").expect("ca");
+        let hour = std::time::Duration::from_secs(3600);
+
+        // A request naming no identity gets the decided one, for the requester's own key.
+        let (key, csr) = new_key_and_request(None).expect("csr");
+        let leaf = ca.sign_request(&csr, &id("orders"), hour).expect("signed");
+        let chain = parse_certs(&leaf.cert_pem, "leaf").expect("pem");
+        assert_eq!(spiffe_id_of(&chain[0]), Some(id("orders")));
+        let slot = Reloadable::in_memory(chain, key).expect("the key is the certificate's");
+        assert_eq!(slot.serial(), leaf.serial);
+        let remaining = slot.remaining();
+        assert!(remaining > hour - std::time::Duration::from_secs(5) && remaining <= hour);
+
+        // A request naming the decided identity is fine; naming another is refused.
+        let (_, csr) = new_key_and_request(Some(&id("orders"))).expect("csr");
+        ca.sign_request(&csr, &id("orders"), hour).expect("same id");
+        let (_, csr) = new_key_and_request(Some(&id("auth"))).expect("csr");
+        let refused = ca
+            .sign_request(&csr, &id("orders"), hour)
+            .expect_err("other id");
+        assert!(
+            matches!(refused, CsrError::OtherIdentity { .. }),
+            "{refused}"
+        );
+
+        // Garbage, and a request whose signature does not verify, are malformed.
+        let refused = ca
+            .sign_request(b"not a csr", &id("orders"), hour)
+            .expect_err("garbage");
+        assert!(matches!(refused, CsrError::Malformed(_)), "{refused}");
+        let (_, mut csr) = new_key_and_request(None).expect("csr");
+        let last = csr.len() - 1;
+        csr[last] ^= 0x55;
+        let refused = ca
+            .sign_request(&csr, &id("orders"), hour)
+            .expect_err("bad signature");
+        assert!(matches!(refused, CsrError::Malformed(_)), "{refused}");
+    }
+
+    #[test]
+    fn a_ca_reloads_from_its_pem_and_refuses_a_key_that_is_not_its_own() {
+        let ca = CertAuthority::generate("mesh.local").expect("ca");
+        let other = CertAuthority::generate("mesh.local").expect("other");
+        let again =
+            CertAuthority::from_pem("mesh.local", ca.cert_pem(), &ca.key_pem()).expect("same CA");
+        assert_eq!(again.cert_pem(), ca.cert_pem());
+        let refused = CertAuthority::from_pem("mesh.local", ca.cert_pem(), &other.key_pem())
+            .expect_err("mismatched key");
+        assert!(refused.to_string().contains("does not belong"), "{refused}");
+    }
+
+    #[test]
+    fn a_served_certificate_must_match_its_key() {
+        let ca = CertAuthority::generate("mesh.local").expect("ca");
+        let first = ca.issue("orders").expect("first");
+        let second = ca.issue("orders").expect("second");
+        let chain = parse_certs(&first.cert_pem, "leaf").expect("pem");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(second.key_pem.as_bytes())
+            .expect("key");
+        let refused = Reloadable::in_memory(chain, key).expect_err("mismatch");
+        assert!(refused.to_string().contains("tls"), "{refused}");
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
+use rustls::client::ClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ClientConfig, WebPkiServerVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
@@ -56,22 +56,79 @@ fn spiffe_client_config(
 }
 
 /// The client config for HTTPS to the auth service's public listener (discovery, JWKS, token
-/// endpoint): ordinary WebPKI verification of the host name against `roots`, no client
-/// certificate, HTTP/1.1.
+/// endpoint): ordinary WebPKI verification of the host name against the bundle in `roots` as it
+/// stands at each handshake, no client certificate, HTTP/1.1.
 pub fn https_client_config(roots: TrustBundle) -> Result<ClientConfig, TlsError> {
-    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| TlsError::Pem {
-            what: "trust bundle",
-            path: String::new(),
-            detail: e.to_string(),
-        })?;
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_webpki_verifier(verifier)
-        .with_no_client_auth();
+    let mut config = https_config(roots)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Like [`https_client_config`] for gRPC (ALPN `h2`): what a workload uses to reach the CA on
+/// the public listener before it has a certificate of its own.
+pub fn https_grpc_client_config(roots: TrustBundle) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = https_config(roots)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn https_config(roots: TrustBundle) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(HostNameOnCurrentBundle(roots)))
+        .with_no_client_auth())
+}
+
+/// WebPKI verification of the host name, against the bundle as it stands at each handshake.
+#[derive(Debug)]
+struct HostNameOnCurrentBundle(TrustBundle);
+
+impl ServerCertVerifier for HostNameOnCurrentBundle {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.anchors().server_verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .anchors()
+            .server_verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .anchors()
+            .server_verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.anchors().server_verifier.supported_verify_schemes()
+    }
 }
 
 /// Opens mTLS channels to one kind of workload: our certificate, their expected SPIFFE ID.
@@ -149,7 +206,8 @@ pub fn channel(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, TlsErro
     Ok(endpoint.connect_with_connector_lazy(connect))
 }
 
-/// Verifies a mesh server: chain to our trust bundle, then the exact SPIFFE ID we expect.
+/// Verifies a mesh server: chain to our trust bundle as it stands at the handshake, then the
+/// exact SPIFFE ID we expect.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     roots: TrustBundle,
@@ -169,7 +227,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &self.roots.roots(),
             intermediates,
             now,
             self.algorithms.all,

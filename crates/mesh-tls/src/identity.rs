@@ -119,6 +119,19 @@ pub fn spiffe_id_of(cert_der: &[u8]) -> Option<SpiffeId> {
     first.parse().ok()
 }
 
+/// The validity window (not before, not after) of a DER certificate.
+pub fn validity_of(cert_der: &[u8]) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let seconds = u64::try_from(t.timestamp()).ok()?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+    };
+    Some((
+        at(cert.validity().not_before)?,
+        at(cert.validity().not_after)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,9 @@
 //! do. Servers put the peer's identity into every request's extensions as a [`PeerIdentity`];
 //! clients pin the SPIFFE ID they expect the server to have.
 //!
-//! Certificates are served through resolvers that read a [`Reloadable`] slot, so a renewed
-//! certificate can be swapped in without restarting the process ([`Reloadable::reload`]).
+//! Certificates are served through resolvers that read a [`Reloadable`] slot, and peers are
+//! verified against a [`Trust`] bundle read at each handshake, so a renewed certificate or a
+//! changed set of CAs takes effect for new connections without restarting the process.
 //!
 //! # Layout
 //! - [`identity`]: [`SpiffeId`], [`PeerIdentity`], and reading them from a certificate.
@@ -15,7 +16,9 @@
 //! - [`server`]: rustls server configs, the TLS accept loop with its handshake timeout, and a
 //!   tonic server builder with every HTTP/2 limit set on purpose.
 //! - [`client`]: the client config that verifies the server's SPIFFE ID, and mesh channels.
-//! - [`certs`]: a development CA that issues workload certificates (`meshctl certs init`).
+//! - [`certs`]: the mesh CA: signs certificate requests for an identity it decided, makes the
+//!   first set of files (`meshctl certs init`).
+//! - [`watch`]: file-watch mode for certificates managed outside the mesh.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -25,11 +28,12 @@ pub mod client;
 pub mod identity;
 pub mod material;
 pub mod server;
+pub mod watch;
 
 use std::sync::{Arc, OnceLock};
 
 pub use identity::{PeerIdentity, SpiffeId};
-pub use material::{Reloadable, TlsFiles, TrustBundle};
+pub use material::{Reloadable, TlsFiles, Trust, TrustBundle};
 
 /// What can go wrong while loading TLS material or building a TLS configuration.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::DistinguishedName;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::ServerConfig;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -17,19 +21,71 @@ use crate::identity::{PeerIdentity, spiffe_id_of};
 use crate::material::{Reloadable, TrustBundle};
 use crate::{TlsError, provider};
 
-/// The server config of a mesh listener: TLS 1.3 only, a client certificate chaining to `roots`
-/// required, the own certificate served from `identity` (so it can be reloaded), ALPN `h2`.
+/// The server config of a mesh listener: TLS 1.3 only, a client certificate chaining to the
+/// bundle in `roots` *as it stands at the handshake* required, the own certificate served from
+/// `identity`, ALPN `h2`. Both slots can be swapped while the listener runs.
 pub fn mesh_server_config(
     identity: Arc<Reloadable>,
     roots: TrustBundle,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(CurrentBundle(roots)))
         .with_cert_resolver(identity);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Verifies client certificates against the trust bundle as it stands at each handshake, with
+/// the WebPKI verifier built when that version of the bundle was installed.
+#[derive(Debug)]
+struct CurrentBundle(TrustBundle);
+
+impl ClientCertVerifier for CurrentBundle {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional; mesh clients have one certificate and send it regardless.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .anchors()
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .anchors()
+            .client_verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .anchors()
+            .client_verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.anchors().client_verifier.supported_verify_schemes()
+    }
 }
 
 /// The server config of a public HTTPS listener (the auth service's OAuth2 endpoints): TLS 1.3

@@ -6,7 +6,7 @@ use std::time::Duration;
 use mesh_proto::inventory::v1::ListItemsRequest;
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_test_support::{TRUST_DOMAIN, TestMesh, bearer};
-use mesh_tls::certs::DevCa;
+use mesh_tls::certs::CertAuthority;
 use mesh_tls::client::MeshConnector;
 use mesh_tls::server::{AcceptOptions, TlsListener};
 use mesh_tls::{Reloadable, SpiffeId, TlsFiles};
@@ -73,7 +73,7 @@ async fn client_certificate_from_a_foreign_ca_fails_the_handshake() {
     let token = mesh.meshctl_token().await.expect("token");
     // Same trust domain, same workload name, different CA.
     let foreign_dir = tempfile::tempdir().expect("dir");
-    DevCa::generate(TRUST_DOMAIN)
+    CertAuthority::generate(TRUST_DOMAIN)
         .expect("ca")
         .write_dir(foreign_dir.path(), &["meshctl".to_owned()], false)
         .expect("write");
@@ -238,5 +238,154 @@ async fn a_reloaded_certificate_is_served_to_new_connections_without_restart() {
     std::fs::write(&files.key, "not a key").expect("write");
     assert!(slot.reload().is_err());
     check("stranger").await.expect("still serving");
+    mesh.stop().await;
+}
+
+/// Replaces a file the way cert-manager and Kubernetes secret volumes do: write aside, rename.
+fn replace(path: &std::path::Path, contents: &[u8]) {
+    let aside = path.with_extension("tmp");
+    std::fs::write(&aside, contents).expect("write");
+    std::fs::rename(&aside, path).expect("rename");
+}
+
+/// Polls `condition` every 20 ms for up to 5 s.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    for _ in 0..250 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within 5 s: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_watch_follows_renewed_files_and_keeps_serving_through_a_broken_or_mismatched_one() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let dir = tempfile::tempdir().expect("dir");
+    let certs = mesh.dir().join("certs");
+    let read = |name: &str| std::fs::read(certs.join(name)).expect("read");
+    let files = TlsFiles {
+        cert: dir.path().join("server.pem"),
+        key: dir.path().join("server.key"),
+        ca: dir.path().join("ca.pem"),
+    };
+    replace(&files.cert, &read("inventory.pem"));
+    replace(&files.key, &read("inventory.key"));
+    replace(&files.ca, &read("ca.pem"));
+    let slot = Reloadable::load(files.clone()).expect("slot");
+    let trust = files.trust_bundle().expect("roots");
+    let (_watch, status) =
+        mesh_tls::watch::spawn_file_watch(slot.clone(), trust.clone(), Duration::from_millis(25))
+            .expect("watch");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let listener = TlsListener::mesh(tcp, slot.clone(), trust).expect("tls");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (_health, service) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(listener.incoming()),
+    );
+    let check = |connector: MeshConnector| {
+        let channel = connector.channel(&addr).expect("channel");
+        async move {
+            tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .map(|_| ())
+        }
+    };
+    let as_meshctl =
+        |expect: &'static str| mesh.mesh.connector("meshctl", expect).expect("connector");
+    check(as_meshctl("inventory"))
+        .await
+        .expect("serves inventory");
+
+    // Renewed files are served to new connections, with no call to the slot.
+    replace(&files.cert, &read("stranger.pem"));
+    replace(&files.key, &read("stranger.key"));
+    eventually("the renewed certificate is served", || {
+        let probe = check(as_meshctl("stranger"));
+        async move { probe.await.is_ok() }
+    })
+    .await;
+
+    // A broken key file is refused; the certificate in service stays.
+    let refusals = status.refusals();
+    replace(&files.key, b"not a key");
+    eventually("the broken key is refused", || {
+        let refused = status.refusals() > refusals;
+        async move { refused }
+    })
+    .await;
+    check(as_meshctl("stranger")).await.expect("still serving");
+    assert!(status.last_refusal().is_some());
+
+    // A certificate that is not the key's is refused too; once the pair matches it is served.
+    let refusals = status.refusals();
+    replace(&files.cert, &read("inventory.pem"));
+    replace(&files.key, &read("stranger.key"));
+    eventually("the mismatched pair is refused", || {
+        let refused = status.refusals() > refusals;
+        async move { refused }
+    })
+    .await;
+    check(as_meshctl("stranger")).await.expect("still serving");
+    replace(&files.key, &read("inventory.key"));
+    eventually("the matching pair is served", || {
+        let probe = check(as_meshctl("inventory"));
+        async move { probe.await.is_ok() }
+    })
+    .await;
+
+    // A client certified by a second CA is refused until the bundle file names that CA too.
+    let second = CertAuthority::generate(TRUST_DOMAIN).expect("second CA");
+    let issued = second.issue("meshctl").expect("cert");
+    let client_dir = tempfile::tempdir().expect("dir");
+    CertAuthority::write_issued(client_dir.path(), "meshctl", &issued).expect("write");
+    let both = format!(
+        "{}{}",
+        String::from_utf8(read("ca.pem")).expect("pem"),
+        second.cert_pem()
+    );
+    std::fs::write(client_dir.path().join("ca.pem"), &both).expect("write");
+    let client_files = TlsFiles::in_dir(client_dir.path(), "meshctl");
+    let second_ca_client = || {
+        MeshConnector::new(
+            Reloadable::load(client_files.clone()).expect("client cert"),
+            client_files.trust_bundle().expect("bundle"),
+            SpiffeId::workload(TRUST_DOMAIN, "inventory").expect("id"),
+        )
+        .expect("connector")
+    };
+    let refused = check(second_ca_client()).await.expect_err("unknown CA");
+    assert_handshake_refused(&refused);
+    replace(&files.ca, both.as_bytes());
+    eventually("the second CA is trusted", || {
+        let probe = check(second_ca_client());
+        async move { probe.await.is_ok() }
+    })
+    .await;
+    check(as_meshctl("inventory"))
+        .await
+        .expect("the first CA still is");
+
+    // An empty bundle file is refused: the mesh never ends up trusting nothing.
+    let refusals = status.refusals();
+    replace(&files.ca, b"");
+    eventually("the empty bundle is refused", || {
+        let refused = status.refusals() > refusals;
+        async move { refused }
+    })
+    .await;
+    check(second_ca_client())
+        .await
+        .expect("the bundle in service stays");
     mesh.stop().await;
 }

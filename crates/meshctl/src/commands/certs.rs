@@ -1,7 +1,7 @@
 //! `meshctl certs init`: the offline route to certificates, a dev CA and one certificate per
 //! workload.
 
-use mesh_tls::certs::{DEFAULT_WORKLOADS, DevCa, validate_workload_name};
+use mesh_tls::certs::{CertAuthority, DEFAULT_WORKLOADS, validate_workload_name};
 
 use crate::CliError;
 use crate::cli::CertsInitArgs;
@@ -26,7 +26,7 @@ pub fn run(args: CertsInitArgs) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    let ca = DevCa::generate(&args.trust_domain)
+    let ca = CertAuthority::generate(&args.trust_domain)
         .map_err(|e| CliError::Usage(format!("--trust-domain: {e}")))?;
     let written = ca
         .write_dir(&args.out, &names, args.force)
