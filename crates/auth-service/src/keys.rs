@@ -36,11 +36,17 @@ pub enum KeyError {
     /// No current key after writing one (a concurrent writer retired it).
     #[error("no current signing key after {0}")]
     Missing(&'static str),
+    /// A stored key does not open with the configured key-encryption key.
+    #[error(transparent)]
+    Sealed(#[from] crate::sealing::SealError),
 }
 
 impl From<KeyError> for crate::StartError {
     fn from(error: KeyError) -> Self {
-        crate::StartError::runtime("signing keys", error)
+        match error {
+            KeyError::Sealed(sealed) => crate::StartError::config("--kek-file/MESH_KEK", sealed),
+            other => crate::StartError::runtime("signing keys", other),
+        }
     }
 }
 
@@ -66,8 +72,13 @@ struct Keys {
     published: Vec<PublicKey>,
 }
 
-/// A stored key: kid, PKCS#8, public x, activated_at, retired_at.
+/// A stored key: kid, sealed PKCS#8, public x, activated_at, retired_at.
 type KeyRow = (String, Vec<u8>, String, Option<i64>, Option<i64>);
+
+/// The label a signing key is sealed under.
+fn seal_label(kid: &str) -> String {
+    format!("signing-key:{kid}")
+}
 
 /// The key ids after a rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,10 +98,11 @@ pub struct Rotation {
 /// retires the current one, and publishes a new next key: a verifier that refreshes its keys at
 /// least once per rotation interval never meets a token signed with a key it does not know.
 ///
-/// The key material lives in the `signing_keys` table of the service's SQLite file; production
-/// deployments would keep it in a KMS or HSM instead, behind the same methods.
+/// The key material lives in the `signing_keys` table of the service's SQLite file, sealed by a
+/// [`Sealer`](crate::sealing::Sealer) whose key-encryption key a KMS or HSM could hold instead.
 pub struct KeyStore {
     pool: SqlitePool,
+    sealer: crate::sealing::Sealer,
     /// How long a retired key stays published: the longest token lifetime plus clock leeway.
     retention: Duration,
     keys: RwLock<Keys>,
@@ -106,31 +118,49 @@ impl std::fmt::Debug for KeyStore {
 
 impl KeyStore {
     /// Loads the keys, making a current and a next key where there are none. Retired keys stay
-    /// published for `retention` after they stop signing.
-    pub async fn open(pool: SqlitePool, retention: Duration) -> Result<Self, KeyError> {
+    /// published for `retention` after they stop signing. Keys stored before sealing existed
+    /// are sealed now; a key that does not open with `sealer`'s KEK fails the start.
+    pub async fn open(
+        pool: SqlitePool,
+        sealer: crate::sealing::Sealer,
+        retention: Duration,
+    ) -> Result<Self, KeyError> {
         let now = crate::unix_now() as i64;
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let plain: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT kid, pkcs8 FROM signing_keys WHERE sealed IS NULL")
+                .fetch_all(&mut *tx)
+                .await?;
+        for (kid, pkcs8) in plain {
+            sqlx::query("UPDATE signing_keys SET sealed = ?, pkcs8 = x'' WHERE kid = ?")
+                .bind(sealer.seal(&seal_label(&kid), &pkcs8)?)
+                .bind(&kid)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(%kid, "stored signing key sealed");
+        }
         let current: Option<String> = sqlx::query_scalar(
             "SELECT kid FROM signing_keys WHERE activated_at IS NOT NULL AND retired_at IS NULL",
         )
         .fetch_optional(&mut *tx)
         .await?;
         if current.is_none() {
-            insert_new_key(&mut tx, Some(now)).await?;
+            insert_new_key(&mut tx, &sealer, Some(now)).await?;
         }
         let next: Option<String> =
             sqlx::query_scalar("SELECT kid FROM signing_keys WHERE activated_at IS NULL")
                 .fetch_optional(&mut *tx)
                 .await?;
         if next.is_none() {
-            insert_new_key(&mut tx, None).await?;
+            insert_new_key(&mut tx, &sealer, None).await?;
         }
         tx.commit().await?;
-        let keys = Self::load(&pool, retention)
+        let keys = Self::load(&pool, &sealer, retention)
             .await?
             .ok_or(KeyError::Missing("generating one"))?;
         Ok(Self {
             pool,
+            sealer,
             retention,
             keys: RwLock::new(keys),
         })
@@ -151,7 +181,7 @@ impl KeyStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        insert_new_key(&mut tx, None).await?;
+        insert_new_key(&mut tx, &self.sealer, None).await?;
         tx.commit().await?;
         self.reload().await?;
         let rotation = self.rotation();
@@ -180,7 +210,7 @@ impl KeyStore {
     }
 
     async fn reload(&self) -> Result<(), KeyError> {
-        let keys = Self::load(&self.pool, self.retention)
+        let keys = Self::load(&self.pool, &self.sealer, self.retention)
             .await?
             .ok_or(KeyError::Missing("rotation"))?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
@@ -248,11 +278,15 @@ impl KeyStore {
             .unwrap_or_default()
     }
 
-    async fn load(pool: &SqlitePool, retention: Duration) -> Result<Option<Keys>, KeyError> {
+    async fn load(
+        pool: &SqlitePool,
+        sealer: &crate::sealing::Sealer,
+        retention: Duration,
+    ) -> Result<Option<Keys>, KeyError> {
         let now = crate::unix_now() as i64;
         // Current first, then next, then retired newest first.
         let rows: Vec<KeyRow> = sqlx::query_as(
-            "SELECT kid, pkcs8, public_x, activated_at, retired_at FROM signing_keys \
+            "SELECT kid, sealed, public_x, activated_at, retired_at FROM signing_keys \
              WHERE retired_at IS NULL OR retired_at > ? \
              ORDER BY retired_at IS NOT NULL, activated_at IS NULL, retired_at DESC, rowid DESC",
         )
@@ -263,9 +297,10 @@ impl KeyStore {
         let mut next_kid = None;
         let mut retired = Vec::new();
         let mut published = Vec::new();
-        for (kid, pkcs8, x, activated_at, retired_at) in rows {
+        for (kid, sealed, x, activated_at, retired_at) in rows {
             match (activated_at, retired_at) {
                 (Some(activated_at), None) if signing.is_none() => {
+                    let pkcs8 = sealer.open(&seal_label(&kid), &sealed)?;
                     // Fail at start, not at first sign, if the stored key is damaged.
                     Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| KeyError::Damaged {
                         kid: kid.clone(),
@@ -300,6 +335,7 @@ impl KeyStore {
 /// Makes a key: the next key when `activated_at` is `None`, else one that signs from then.
 async fn insert_new_key(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    sealer: &crate::sealing::Sealer,
     activated_at: Option<i64>,
 ) -> Result<(), KeyError> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
@@ -309,11 +345,12 @@ async fn insert_new_key(
     let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
     let kid = thumbprint(&x);
     sqlx::query(
-        "INSERT INTO signing_keys (kid, algorithm, pkcs8, public_x, created_at, activated_at) \
-         VALUES (?, 'EdDSA', ?, ?, ?, ?)",
+        "INSERT INTO signing_keys \
+         (kid, algorithm, pkcs8, sealed, public_x, created_at, activated_at) \
+         VALUES (?, 'EdDSA', x'', ?, ?, ?, ?)",
     )
     .bind(&kid)
-    .bind(pkcs8.as_ref())
+    .bind(sealer.seal(&seal_label(&kid), pkcs8.as_ref())?)
     .bind(&x)
     .bind(crate::unix_now() as i64)
     .bind(activated_at)
@@ -336,7 +373,9 @@ mod tests {
         let pool = mesh_service::open_sqlite(&dir.join("auth.db"), &crate::MIGRATIONS)
             .await
             .expect("database");
-        KeyStore::open(pool, retention).await.expect("keys")
+        KeyStore::open(pool, crate::sealing::tests::sealer('a'), retention)
+            .await
+            .expect("keys")
     }
 
     fn published(keys: &KeyStore) -> Vec<String> {

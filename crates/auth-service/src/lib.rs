@@ -22,6 +22,10 @@
 //! - [`grants`]: authorization codes, refresh-token families and issued access tokens (SQLite).
 //! - [`local`]: the issuer verifying its own tokens (exchange, revocation, introspection).
 //! - [`keys`]: signing keys in SQLite, rotation, the JWKS.
+//! - [`sealing`]: envelope encryption of the keys at rest under a key-encryption key.
+//! - [`authority`]: the mesh CA in SQLite, its trust bundle and its rotation.
+//! - [`join`]: join tokens, a workload's proof of identity before it has a certificate.
+//! - [`identity`]: `mesh.identity.v1`, the CA's API (certify, join tokens, CA rotation).
 //! - [`issuer`]: minting tokens.
 //! - [`http`]: the public OAuth2/OIDC endpoints.
 //! - [`ratelimit`]: the failed-client-authentication limiter.
@@ -34,15 +38,19 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod authority;
 pub mod clients;
 pub mod grants;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod issuer;
+pub mod join;
 pub mod keys;
 pub mod local;
 pub mod ratelimit;
 pub mod revocations;
+pub mod sealing;
 pub mod settings;
 pub mod users;
 
@@ -53,10 +61,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auth_interceptor::{Policy, RevocationList, Rule, TokenVerifier, VerifierConfig};
 use mesh_proto::auth::v1::auth_service_server::AuthServiceServer;
+use mesh_proto::identity::v1::identity_admin_server::IdentityAdminServer;
+use mesh_proto::identity::v1::identity_server::IdentityServer;
+use mesh_service::config::CertSource;
 use mesh_service::runtime::bind;
 use mesh_service::{MeshServer, Runtime, ServiceBinary};
-use mesh_tls::SpiffeId;
-use mesh_tls::server::{TlsListener, grpc_server};
+use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
+use mesh_tls::{SpiffeId, Trust};
 
 pub use mesh_service::StartError;
 pub use settings::{Args, AuthConfig, Settings};
@@ -100,9 +111,24 @@ pub fn mesh_policy(trust_domain: &str) -> Policy {
                 .scope(KEYS_ADMIN_SCOPE)
                 .callers(SpiffeId::workload(trust_domain, "meshctl")),
         )
+        // Renewal: the certificate is the proof; the CA certifies the identity it names.
+        .allow("/mesh.identity.v1.Identity/Certify", Rule::certificate())
+        .allow(
+            "/mesh.identity.v1.IdentityAdmin/CreateJoinToken",
+            Rule::token()
+                .scope(KEYS_ADMIN_SCOPE)
+                .callers(SpiffeId::workload(trust_domain, "meshctl")),
+        )
+        .allow(
+            "/mesh.identity.v1.IdentityAdmin/RotateAuthority",
+            Rule::token()
+                .scope(KEYS_ADMIN_SCOPE)
+                .callers(SpiffeId::workload(trust_domain, "meshctl")),
+        )
 }
 
-/// The scope an administrator's token needs to rotate the signing key.
+/// The scope an administrator's token needs to rotate the signing key or the CA, or to create
+/// join tokens.
 pub const KEYS_ADMIN_SCOPE: &str = "auth:keys";
 
 /// A built, bound auth service, ready to run.
@@ -117,12 +143,45 @@ pub struct Application {
     rotator: KeyRotator,
     rotation_interval: Duration,
     stop: tokio::sync::watch::Sender<()>,
+    identity: Arc<identity::IdentityApi>,
 }
 
 impl Application {
     /// Loads certificates, opens the database, binds both listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let workload = settings.tls.load()?;
+        let pool = mesh_service::open_sqlite(&settings.db, &MIGRATIONS).await?;
+        let sealer = sealing::Sealer::new(settings.kek.clone());
+        let trust_domain = settings.tls.trust_domain.clone();
+        let authority = authority::AuthorityStore::open(
+            pool.clone(),
+            sealer.clone(),
+            &trust_domain,
+            settings
+                .ca_import
+                .clone()
+                .map(|ca| (ca.cert_pem, ca.key_pem)),
+            settings.cert_ttl,
+        )
+        .await
+        .map_err(|e| match e {
+            authority::AuthorityError::Sealed(sealed) => {
+                StartError::config("--kek-file/MESH_KEK", sealed)
+            }
+            authority::AuthorityError::Tls(tls) => StartError::config("--ca-cert/--ca-key", tls),
+            other => StartError::runtime("CA", other),
+        })?
+        .map(Arc::new);
+        let tokens = join::JoinTokens::new(pool.clone());
+        if let Some(path) = &settings.join_tokens {
+            let added = tokens.import(path, &trust_domain).await.map_err(|e| {
+                StartError::config("--join-tokens", format!("{}: {e}", path.display()))
+            })?;
+            tracing::info!(added, "join tokens imported");
+        }
+        let workload = match &authority {
+            Some(ca) => own_workload(ca, &settings.tls)?,
+            None => settings.tls.load()?,
+        };
         let public = TlsListener::public(
             bind(settings.public_listen).await?,
             workload.identity.clone(),
@@ -138,7 +197,6 @@ impl Application {
         settings::check_issuer(&issuer_url)?;
 
         let config = &settings.config;
-        let pool = mesh_service::open_sqlite(&settings.db, &MIGRATIONS).await?;
         let longest_token = settings::ttl(
             config
                 .access_token_ttl_secs
@@ -146,7 +204,8 @@ impl Application {
         );
         let grants = grants::Grants::new(pool.clone(), longest_token);
         // A retired key stays published while a token it signed can still verify.
-        let keys = Arc::new(KeyStore::open(pool, longest_token + Duration::from_secs(30)).await?);
+        let keys =
+            Arc::new(KeyStore::open(pool, sealer, longest_token + Duration::from_secs(30)).await?);
         let issuer = Arc::new(Issuer::new(issuer_url, keys.clone()));
         // Every verifier of the issuer reads one revocation list, fed from its own log.
         let revoked = RevocationList::new();
@@ -158,7 +217,7 @@ impl Application {
             keys.key_set(),
             revoked.clone(),
         );
-        let runtime = Runtime::with_verifier(
+        let mut runtime = Runtime::with_verifier(
             "auth",
             settings.listen,
             workload,
@@ -168,6 +227,32 @@ impl Application {
         )
         .await?;
         let audit = audit::IssuerAudit::new(runtime.audit_log());
+        if let Some(ca) = &authority {
+            let (ca, id) = (ca.clone(), runtime.workload().spiffe_id.clone());
+            let nudge = ca.changes();
+            runtime.renew_with(
+                move || {
+                    let issued = ca.issue_own(&id).and_then(|issued| issued.into_parts());
+                    let bundle_pem = ca.bundle_pem();
+                    async move {
+                        let (chain_pem, key) = issued.map_err(|e| e.to_string())?;
+                        Ok(mesh_service::identity::Renewed {
+                            chain_pem,
+                            key,
+                            bundle_pem,
+                        })
+                    }
+                },
+                nudge,
+            );
+        }
+        let identity = Arc::new(identity::IdentityApi {
+            authority: authority.clone(),
+            tokens,
+            audit: audit.clone(),
+            trust_domain: trust_domain.clone(),
+            rejoin_ttl: settings.rejoin_token_ttl,
+        });
         let registry = Arc::new(Registry::new(&config.clients));
         let ttl = settings::ttl(config.access_token_ttl_secs);
         let verifiers = Arc::new(LocalVerifiers::new(
@@ -210,8 +295,20 @@ impl Application {
             audit,
         };
         let policy = mesh_policy(runtime.trust_domain());
+        let limits = ServerLimits::default();
+        let server = runtime
+            .into_server(policy)
+            .with_service(
+                IdentityServer::from_arc(identity.clone())
+                    .max_decoding_message_size(limits.max_message_bytes),
+            )
+            .with_service(
+                IdentityAdminServer::from_arc(identity.clone())
+                    .max_decoding_message_size(limits.max_message_bytes),
+            );
         Ok(Self {
-            server: runtime.into_server(policy),
+            server,
+            identity,
             public,
             public_addr,
             issuer,
@@ -272,7 +369,12 @@ impl Application {
         let public = grpc_server(&limits)
             .accept_http1(true)
             .layer(telemetry.http_server_layer())
-            .add_routes(tonic::service::Routes::from(http::router(self.http)))
+            .add_routes(
+                tonic::service::Routes::from(http::router(self.http)).add_service(
+                    IdentityServer::from_arc(self.identity)
+                        .max_decoding_message_size(limits.max_message_bytes),
+                ),
+            )
             .serve_with_incoming_shutdown(self.public.incoming(), stopped(stop_rx));
 
         let (mesh, public) = tokio::join!(mesh, public);
@@ -307,6 +409,39 @@ impl ServiceBinary for Application {
     ) -> Result<(), StartError> {
         Self::run_until_stopped(self, shutdown).await
     }
+}
+
+/// The auth service's own identity when it holds the CA: a certificate it signs for itself, in
+/// memory, and the CA's bundle.
+fn own_workload(
+    ca: &authority::AuthorityStore,
+    tls: &mesh_service::TlsFlags,
+) -> Result<mesh_service::Workload, StartError> {
+    if tls.tls_cert.is_some() || tls.tls_key.is_some() {
+        return Err(StartError::config(
+            "--tls-cert",
+            "this auth service holds the mesh CA and certifies itself: drop --tls-cert and \
+             --tls-key (MESH_TLS_CERT, MESH_TLS_KEY)",
+        ));
+    }
+    let spiffe_id = SpiffeId::workload(&tls.trust_domain, "auth")
+        .map_err(|e| StartError::config("--trust-domain", e))?;
+    let (chain_pem, key) = ca
+        .issue_own(&spiffe_id)
+        .and_then(|issued| issued.into_parts())
+        .map_err(|e| StartError::runtime("own certificate", e))?;
+    let chain = mesh_tls::material::parse_pem_certs(&chain_pem)
+        .map_err(|e| StartError::runtime("own certificate", e))?;
+    let identity = mesh_tls::Reloadable::in_memory(chain, key)
+        .map_err(|e| StartError::runtime("own certificate", e))?;
+    let roots =
+        Trust::from_pem(&ca.bundle_pem()).map_err(|e| StartError::runtime("CA bundle", e))?;
+    Ok(mesh_service::Workload {
+        identity,
+        roots,
+        spiffe_id,
+        source: CertSource::OwnCa,
+    })
 }
 
 /// Rotates the signing key of a running auth service.

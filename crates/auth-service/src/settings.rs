@@ -46,6 +46,57 @@ pub struct Args {
     /// refresh their keys every 5 minutes, know it first.
     #[arg(long, env = "MESH_SIGNING_KEY_ROTATION", default_value = "24h", value_parser = key_rotation)]
     pub signing_key_rotation: Duration,
+    /// File holding the key-encryption key that seals the CA key and the signing keys in the
+    /// database: 64 hex digits (`meshctl audit keygen`). A database opens only with the key it
+    /// was created with.
+    #[arg(
+        long,
+        env = "MESH_KEK_FILE",
+        required_unless_present = "kek",
+        conflicts_with = "kek"
+    )]
+    pub kek_file: Option<PathBuf>,
+    /// The key-encryption key itself, 64 hex digits, for platforms that inject secrets as
+    /// environment variables. Never logged.
+    #[arg(long, env = "MESH_KEK", hide_env_values = true)]
+    pub kek: Option<String>,
+    /// The mesh CA's certificate, imported with `--ca-key` into the database on first start.
+    #[arg(long, env = "MESH_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The mesh CA's PKCS#8 key (`meshctl certs init` writes `ca.key`), imported sealed on first
+    /// start; the file can be deleted afterwards.
+    #[arg(long, env = "MESH_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of the workload certificates the CA signs (`1h`; 5 m to 24 h). Workloads renew
+    /// at about half of it.
+    #[arg(long, env = "MESH_CERT_TTL", default_value = "1h", value_parser = cert_ttl)]
+    pub cert_ttl: Duration,
+    /// A file of join tokens to accept (`meshctl certs init` writes `join-tokens`), added on
+    /// start to those the database knows; tokens already used stay used.
+    #[arg(long, env = "MESH_JOIN_TOKENS")]
+    pub join_tokens: Option<PathBuf>,
+    /// How long the rejoin token a workload gets with each certificate stays usable (`7d`; 1 h
+    /// to 30 d): the longest a workload may stay down and still restart on its own.
+    #[arg(long, env = "MESH_REJOIN_TOKEN_TTL", default_value = "7d", value_parser = rejoin_ttl)]
+    pub rejoin_token_ttl: Duration,
+}
+
+/// The bounds of `--cert-ttl`.
+fn cert_ttl(raw: &str) -> Result<Duration, String> {
+    mesh_service::config::parse_bounded_duration(
+        raw,
+        Duration::from_secs(300),
+        Duration::from_secs(86_400),
+    )
+}
+
+/// The bounds of `--rejoin-token-ttl`.
+fn rejoin_ttl(raw: &str) -> Result<Duration, String> {
+    mesh_service::config::parse_bounded_duration(
+        raw,
+        Duration::from_secs(3600),
+        Duration::from_secs(30 * 86_400),
+    )
 }
 
 /// The bounds of `--signing-key-rotation`: no shorter than the verifiers' key refresh, no longer
@@ -65,6 +116,26 @@ impl Args {
         if let Some(issuer) = &self.issuer {
             check_issuer(issuer)?;
         }
+        let kek = match (&self.kek_file, &self.kek) {
+            (Some(path), _) => crate::sealing::LocalKek::from_file(path)
+                .map_err(|e| StartError::config("--kek-file", e))?,
+            (None, Some(hex)) => crate::sealing::LocalKek::from_hex(hex)
+                .map_err(|e| StartError::config("--kek", e))?,
+            (None, None) => {
+                return Err(StartError::config("--kek-file", "required (MESH_KEK_FILE)"));
+            }
+        };
+        let read = |flag: &'static str, path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .map_err(|e| StartError::config(flag, format!("{}: {e}", path.display())))
+        };
+        let ca_import = match (&self.ca_cert, &self.ca_key) {
+            (Some(cert), Some(key)) => Some(CaImport {
+                cert_pem: read("--ca-cert", cert)?,
+                key_pem: read("--ca-key", key)?,
+            }),
+            _ => None,
+        };
         Ok(Settings {
             listen: self.listen,
             public_listen: self.public_listen,
@@ -75,6 +146,11 @@ impl Args {
             config: clients,
             db: self.db,
             signing_key_rotation: self.signing_key_rotation,
+            kek: std::sync::Arc::new(kek),
+            ca_import,
+            cert_ttl: self.cert_ttl,
+            join_tokens: self.join_tokens,
+            rejoin_token_ttl: self.rejoin_token_ttl,
         })
     }
 }
@@ -100,6 +176,31 @@ pub struct Settings {
     pub db: PathBuf,
     /// How long a signing key signs before the next one takes over.
     pub signing_key_rotation: Duration,
+    /// Seals the keys at rest.
+    pub kek: std::sync::Arc<dyn crate::sealing::KeyWrapper>,
+    /// A CA certificate and key to import when the database holds no CA.
+    pub ca_import: Option<CaImport>,
+    /// Lifetime of the workload certificates the CA signs.
+    pub cert_ttl: Duration,
+    /// Join tokens to import on start.
+    pub join_tokens: Option<PathBuf>,
+    /// How long a rejoin token stays usable.
+    pub rejoin_token_ttl: Duration,
+}
+
+/// A CA to import: its certificate and PKCS#8 key, PEM. The key is never printed.
+#[derive(Clone)]
+pub struct CaImport {
+    /// The CA certificate.
+    pub cert_pem: String,
+    /// The CA key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaImport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaImport").finish_non_exhaustive()
+    }
 }
 
 /// The `MESH_AUTH_CONFIG` file.

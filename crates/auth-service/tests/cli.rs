@@ -10,6 +10,14 @@ fn auth_service(env: &[(&str, &str)]) -> Output {
         "MESH_TLS_CERT",
         "MESH_TLS_KEY",
         "MESH_TLS_CA",
+        "MESH_TLS_WATCH",
+        "MESH_KEK_FILE",
+        "MESH_KEK",
+        "MESH_CA_CERT",
+        "MESH_CA_KEY",
+        "MESH_CERT_TTL",
+        "MESH_JOIN_TOKENS",
+        "MESH_REJOIN_TOKEN_TTL",
         "MESH_ISSUER",
         "MESH_AUTH_CONFIG",
         "MESH_DB",
@@ -30,11 +38,81 @@ fn stderr(output: &Output) -> String {
 fn missing_required_settings_exit_64() {
     let output = auth_service(&[]);
     assert_eq!(output.status.code(), Some(64));
-    assert!(
-        stderr(&output).contains("--tls-cert"),
-        "{}",
-        stderr(&output)
-    );
+    for flag in ["--auth-config", "--db", "--kek-file"] {
+        assert!(
+            stderr(&output).contains(flag),
+            "{flag}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn bad_keys_at_rest_and_ca_flags_exit_64_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    std::fs::write(dir.path().join("short.kek"), "abcd\n").expect("write");
+    std::fs::write(
+        dir.path().join("good.kek"),
+        format!("{}\n", "ab".repeat(32)),
+    )
+    .expect("write");
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../config/auth.example.toml")
+        .to_string_lossy()
+        .into_owned();
+    let base = [
+        ("MESH_TLS_CA", path("ca.pem")),
+        ("MESH_DB", path("auth.db")),
+        ("MESH_AUTH_CONFIG", config),
+        ("MESH_PUBLIC_LISTEN", "127.0.0.1:0".into()),
+        ("MESH_LISTEN", "127.0.0.1:0".into()),
+    ];
+    let cases: [(&[(&str, String)], &str); 5] = [
+        (&[("MESH_KEK_FILE", path("short.kek"))], "--kek-file"),
+        (&[("MESH_KEK", "not hex".into())], "--kek"),
+        (
+            &[
+                ("MESH_KEK_FILE", path("good.kek")),
+                ("MESH_CERT_TTL", "10s".into()),
+            ],
+            "--cert-ttl",
+        ),
+        (
+            &[
+                ("MESH_KEK_FILE", path("good.kek")),
+                ("MESH_CA_CERT", path("ca.pem")),
+            ],
+            "--ca-key",
+        ),
+        (
+            &[
+                ("MESH_KEK_FILE", path("good.kek")),
+                ("MESH_CA_CERT", path("missing-ca.pem")),
+                ("MESH_CA_KEY", path("missing-ca.key")),
+            ],
+            "--ca-cert",
+        ),
+    ];
+    for (extra, flag) in cases {
+        let env: Vec<(&str, &str)> = base
+            .iter()
+            .chain(extra.iter())
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        let output = auth_service(&env);
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{flag}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(flag),
+            "expected {flag} in: {}",
+            stderr(&output)
+        );
+    }
 }
 
 #[test]
@@ -47,11 +125,17 @@ fn bad_config_files_and_values_exit_64_naming_the_flag() {
         "[[clients]]\nclient_id = \"x\"\naudiences = [\"inventory\"]\nscopes = [\"orders:write\"]\n",
     )
     .expect("write");
+    std::fs::write(
+        dir.path().join("auth.kek"),
+        format!("{}\n", "ab".repeat(32)),
+    )
+    .expect("write");
     let base = [
         ("MESH_TLS_CERT", path("missing.pem")),
         ("MESH_TLS_KEY", path("missing.key")),
         ("MESH_TLS_CA", path("ca.pem")),
         ("MESH_DB", path("auth.db")),
+        ("MESH_KEK_FILE", path("auth.kek")),
     ];
     let cases = [
         (path("nope.toml"), None, "--auth-config"),

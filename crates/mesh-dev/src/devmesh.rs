@@ -76,16 +76,47 @@ pub struct DevMesh {
     services: Vec<(&'static str, oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
+/// How a dev mesh runs, where it differs from the defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct DevOptions {
+    /// Lifetime of the certificates the mesh CA signs for orders and inventory (and auth).
+    pub cert_ttl: Duration,
+}
+
+impl Default for DevOptions {
+    fn default() -> Self {
+        Self {
+            cert_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
 impl DevMesh {
-    /// Issues certificates into `dir/certs`, then starts auth and inventory on loopback.
+    /// Makes a CA and files for `meshctl` and the test identities in `dir/certs`, then starts
+    /// auth (which imports the CA, sealed) and orders and inventory, which join with a join
+    /// token and get their certificates from the auth service's CA.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, DevOptions::default()).await
+    }
+
+    /// [`DevMesh::start`] with `options`.
+    pub async fn start_with(dir: &Path, options: DevOptions) -> anyhow::Result<Self> {
         let certs = dir.join("certs");
         let names: Vec<String> = DEFAULT_WORKLOADS
             .iter()
             .chain([&STRANGER])
             .map(|n| (*n).to_owned())
             .collect();
-        let ca = CertAuthority::generate(TRUST_DOMAIN)?;
+        // A restart in the same directory keeps its CA, as the auth service's database does.
+        let secrets = dir.join("auth-secrets");
+        let ca_key = secrets.join("ca.key");
+        let ca = match (
+            std::fs::read_to_string(certs.join("ca.pem")),
+            std::fs::read_to_string(&ca_key),
+        ) {
+            (Ok(cert), Ok(key)) => CertAuthority::from_pem(TRUST_DOMAIN, &cert, &key)?,
+            _ => CertAuthority::generate(TRUST_DOMAIN)?,
+        };
         ca.write_dir(&certs, &names, true)
             .context("writing dev certificates")?;
         let foreign = ca.issue_for(
@@ -93,6 +124,28 @@ impl DevMesh {
             "orders",
         )?;
         CertAuthority::write_issued(&certs, FOREIGN_ORDERS, &foreign)?;
+        // Only the auth service reads these; a real deployment keeps them off every other host.
+        std::fs::create_dir_all(&secrets)?;
+        mesh_tls::certs::write_private(&ca_key, &ca.key_pem())?;
+        let kek = secrets.join("auth.kek");
+        if !kek.exists() {
+            auth_interceptor::audit::write_new_key(&kek)?;
+        }
+        let join_tokens = secrets.join("join-tokens");
+        let identity_dir = dir.join("identity");
+        std::fs::create_dir_all(&identity_dir)?;
+        let mut listed = String::new();
+        for name in ["orders", "inventory"] {
+            let token = auth_service::join::new_token()?;
+            let expires = auth_service::join::expiry(Duration::from_secs(3600));
+            listed.push_str(&format!(
+                "{} {} {expires}\n",
+                auth_service::join::token_hash(&token),
+                SpiffeId::workload(TRUST_DOMAIN, name)?
+            ));
+            mesh_tls::certs::write_private(&identity_dir.join(format!("{name}.join")), &token)?;
+        }
+        std::fs::write(&join_tokens, listed)?;
         let audit = AuditFiles::create(dir)?;
         let config_path = dir.join("auth.toml");
         std::fs::write(&config_path, EXAMPLE_AUTH_CONFIG)?;
@@ -112,13 +165,24 @@ impl DevMesh {
         let auth_settings = auth_service::Args {
             listen: "127.0.0.1:0".parse()?,
             public_listen: "127.0.0.1:0".parse()?,
-            tls: tls_flags(&certs, "auth"),
+            tls: mesh_service::TlsFlags {
+                tls_cert: None,
+                tls_key: None,
+                ..tls_flags(&certs, "auth")
+            },
             audit: audit.flags("auth"),
             telemetry: telemetry_flags.clone(),
             issuer: None,
             auth_config: config_path,
             db: dir.join("auth.db"),
             signing_key_rotation: std::time::Duration::from_secs(86_400),
+            kek_file: Some(kek),
+            kek: None,
+            ca_cert: Some(certs.join("ca.pem")),
+            ca_key: Some(ca_key),
+            cert_ttl: options.cert_ttl,
+            join_tokens: Some(join_tokens),
+            rejoin_token_ttl: Duration::from_secs(86_400),
         }
         .into_settings()?;
         let auth = auth_service::Application::build(auth_settings).await?;
@@ -132,13 +196,19 @@ impl DevMesh {
 
         // Orders and inventory are configured as their binaries are: the shared service flags
         // plus their own.
+        // Their keys are made in memory; only the join token is a file.
         let service_flags = |name: &str| mesh_service::ServiceFlags {
-            tls: tls_flags(&certs, name),
+            tls: mesh_service::TlsFlags {
+                tls_cert: None,
+                tls_key: None,
+                ..tls_flags(&certs, name)
+            },
             audit: audit.flags(name),
             telemetry: telemetry_flags.clone(),
             issuer: issuer.clone(),
             auth_url: auth_addr.to_string(),
             db: dir.join(format!("{name}.db")),
+            join_token_file: Some(identity_dir.join(format!("{name}.join"))),
         };
         let mut inventory_args = inventory_service::Args {
             listen: "127.0.0.1:0".parse()?,
@@ -326,10 +396,11 @@ impl AuditFiles {
 
 fn tls_flags(certs: &Path, name: &str) -> mesh_service::TlsFlags {
     mesh_service::TlsFlags {
-        tls_cert: certs.join(format!("{name}.pem")),
-        tls_key: certs.join(format!("{name}.key")),
-        tls_ca: certs.join("ca.pem"),
+        tls_cert: Some(certs.join(format!("{name}.pem"))),
+        tls_key: Some(certs.join(format!("{name}.key"))),
+        tls_ca: Some(certs.join("ca.pem")),
         trust_domain: TRUST_DOMAIN.into(),
+        tls_watch: mesh_service::config::WatchInterval(None),
     }
 }
 

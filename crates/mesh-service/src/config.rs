@@ -28,33 +28,66 @@ pub fn parse_args<T: clap::Parser>() -> T {
 }
 
 /// The TLS flags of every mesh workload (`MESH_TLS_CERT`, `MESH_TLS_KEY`, `MESH_TLS_CA`,
-/// `MESH_TRUST_DOMAIN`).
+/// `MESH_TRUST_DOMAIN`, `MESH_TLS_WATCH`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TlsFlags {
-    /// PEM certificate chain of this workload.
+    /// PEM certificate chain of this workload (not with a join token, which gets the
+    /// certificate from the mesh CA instead).
     #[arg(long, env = "MESH_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// PEM private key of this workload.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of this workload (not with a join token: the key is then made in memory
+    /// and never written).
     #[arg(long, env = "MESH_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// PEM trust bundle (the mesh CA).
+    pub tls_key: Option<PathBuf>,
+    /// PEM trust bundle: the CAs peers must chain to. With a join token, the bundle that
+    /// authenticates the CA until it sends the mesh's current one.
     #[arg(long, env = "MESH_TLS_CA")]
-    pub tls_ca: PathBuf,
+    pub tls_ca: Option<PathBuf>,
     /// The SPIFFE trust domain: this workload's own certificate must be in it, and callers from
     /// any other domain get PERMISSION_DENIED on everything but health checks.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
     pub trust_domain: String,
+    /// How often a service looks for changed certificate, key and bundle files and serves them
+    /// (`10s`, `1m`; `off` never). For certificates managed outside the mesh (cert-manager, a
+    /// SPIRE agent writing files); a broken or mismatched file is refused and the old one kept.
+    #[arg(long, env = "MESH_TLS_WATCH", default_value = "10s", value_parser = watch_interval)]
+    pub tls_watch: WatchInterval,
+}
+
+/// `--tls-watch`: a polling interval, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchInterval(pub Option<Duration>);
+
+fn watch_interval(raw: &str) -> Result<WatchInterval, String> {
+    if raw.trim() == "off" {
+        return Ok(WatchInterval(None));
+    }
+    parse_bounded_duration(raw, Duration::from_secs(1), Duration::from_secs(3600))
+        .map(|every| WatchInterval(Some(every)))
+}
+
+/// Where a workload's certificate comes from, and so what keeps it fresh.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// Files managed outside the mesh, re-read every interval when one is set.
+    Files(Option<Duration>),
+    /// The mesh CA, joined with a join token; renewed over mTLS.
+    MeshCa,
+    /// The service is the CA and certifies itself.
+    OwnCa,
 }
 
 /// A workload's loaded TLS identity.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    /// Its own certificate, reloadable.
+    /// Its own certificate, swappable.
     pub identity: Arc<Reloadable>,
-    /// The mesh CA.
+    /// The CAs it trusts, swappable.
     pub roots: TrustBundle,
     /// Its SPIFFE ID, in the trust domain of `--trust-domain`.
     pub spiffe_id: SpiffeId,
+    /// Where the certificate comes from.
+    pub source: CertSource,
 }
 
 impl Workload {
@@ -65,19 +98,36 @@ impl Workload {
 }
 
 impl TlsFlags {
-    /// The flags as files.
-    pub fn files(&self) -> TlsFiles {
-        TlsFiles {
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-            ca: self.tls_ca.clone(),
-        }
+    /// The trust bundle file, which every mode needs.
+    pub fn ca_file(&self) -> Result<&PathBuf, StartError> {
+        self.tls_ca
+            .as_ref()
+            .ok_or_else(|| StartError::config("--tls-ca", "required (MESH_TLS_CA)"))
+    }
+
+    /// The flags as files; all three are required.
+    pub fn files(&self) -> Result<TlsFiles, StartError> {
+        let required = |flag: &'static str, value: &Option<PathBuf>, env: &str| {
+            value.clone().ok_or_else(|| {
+                StartError::config(
+                    flag,
+                    format!(
+                        "required ({env}), unless the workload gets its certificate from the                          mesh CA with --join-token-file"
+                    ),
+                )
+            })
+        };
+        Ok(TlsFiles {
+            cert: required("--tls-cert", &self.tls_cert, "MESH_TLS_CERT")?,
+            key: required("--tls-key", &self.tls_key, "MESH_TLS_KEY")?,
+            ca: self.ca_file()?.clone(),
+        })
     }
 
     /// Loads the certificate, key and trust bundle, and checks that the certificate names a
     /// workload of the trust domain; a configuration error names the flag.
     pub fn load(&self) -> Result<Workload, StartError> {
-        let files = self.files();
+        let files = self.files()?;
         let identity = Reloadable::load(files.clone())
             .map_err(|e| StartError::config("--tls-cert/--tls-key", e))?;
         let roots = files
@@ -91,6 +141,7 @@ impl TlsFlags {
             identity,
             roots,
             spiffe_id,
+            source: CertSource::Files(self.tls_watch.0),
         })
     }
 }
@@ -158,6 +209,12 @@ pub struct ServiceFlags {
     /// SQLite file (created and migrated on start).
     #[arg(long, env = "MESH_DB")]
     pub db: PathBuf,
+    /// File holding a join token (`meshctl identity join-token`, `meshctl certs init`): the
+    /// workload makes its key in memory and gets its certificate from the mesh CA at
+    /// `--issuer`, then renews it over mTLS at `--auth-url` before it expires. The file is
+    /// replaced with a rejoin token for the next start; it must be writable and private.
+    #[arg(long, env = "MESH_JOIN_TOKEN_FILE", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub join_token_file: Option<PathBuf>,
 }
 
 /// Reads a duration written as a number and a unit: `90s`, `30m`, `24h`, `7d`.

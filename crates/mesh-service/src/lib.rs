@@ -24,6 +24,7 @@
 
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod runtime;
 pub mod server;
 pub mod storage;

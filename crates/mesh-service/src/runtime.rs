@@ -16,8 +16,11 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tower::Layer as _;
 
-use crate::config::{AuditFlags, ServiceFlags, TlsFlags, Workload};
+use mesh_tls::watch::WatchStatus;
+
+use crate::config::{AuditFlags, CertSource, ServiceFlags, TlsFlags, Workload};
 use crate::error::StartError;
+use crate::identity::{RenewalStatus, Renewed, TaskGuard, TokenFile};
 use crate::server::MeshServer;
 
 /// A mesh channel with the client trace layer, as a [`Transport`]: every call it carries starts
@@ -37,18 +40,31 @@ pub struct Runtime {
     audit: Option<Arc<AuditLog>>,
     telemetry: Telemetry,
     revocation_feed: Option<Arc<FeedStatus>>,
+    renewal: Option<Arc<RenewalStatus>>,
+    file_watch: Option<Arc<WatchStatus>>,
+    tasks: Vec<TaskGuard>,
 }
 
 impl Runtime {
-    /// Loads the workload's certificates, discovers the issuer's keys for `audience`, binds the
-    /// mesh listener on `listen`, opens the audit log and starts the tracer of service `name`.
+    /// Loads the workload's certificate (from files, or from the mesh CA with a join token),
+    /// discovers the issuer's keys for `audience`, binds the mesh listener on `listen`, opens the
+    /// audit log and starts the tracer of service `name`. A certificate from the mesh CA is
+    /// renewed before it expires; certificate files are watched for changes.
     pub async fn start(
         name: &'static str,
         listen: SocketAddr,
         flags: &ServiceFlags,
         audience: &str,
     ) -> Result<Self, StartError> {
-        let workload = flags.tls.load()?;
+        let (workload, token_file) = match &flags.join_token_file {
+            Some(path) => {
+                let token_file = TokenFile::new(path);
+                let (workload, _) =
+                    crate::identity::join(&flags.tls, &token_file, &flags.issuer).await?;
+                (workload, Some(token_file))
+            }
+            None => (flags.tls.load()?, None),
+        };
         let verifier = TokenVerifier::for_issuer(&flags.issuer, audience, workload.roots.clone())
             .await
             .map_err(|e| StartError::runtime(format!("--issuer {}", flags.issuer), e))?;
@@ -64,10 +80,60 @@ impl Runtime {
         // Not traced: one stream for the life of the process is no request to draw.
         let auth = runtime.channel("auth", &flags.auth_url, "--auth-url")?;
         runtime.revocation_feed = Some(revocation::spawn_feed(
-            auth_interceptor::client::transport(auth),
+            auth_interceptor::client::transport(auth.clone()),
             runtime.verifier.revocations().clone(),
         ));
+        if let Some(token_file) = token_file {
+            runtime.renew_from_mesh_ca(auth, token_file);
+        }
         Ok(runtime)
+    }
+
+    /// Renews the certificate at the mesh CA over `auth` (mTLS with the current certificate),
+    /// keeping the rejoin token in `token_file` current.
+    fn renew_from_mesh_ca(&mut self, auth: Channel, token_file: TokenFile) {
+        let current_token = Arc::new(std::sync::Mutex::new(token_file.read().unwrap_or_default()));
+        let renew = move || {
+            let (auth, token_file, current_token) =
+                (auth.clone(), token_file.clone(), current_token.clone());
+            async move {
+                let replaces = current_token
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let (renewed, response) = crate::identity::certify(auth, "", &replaces)
+                    .await
+                    .map_err(|status| format!("the mesh CA: {}", status.message()))?;
+                token_file.replace(&response.rejoin_token);
+                *current_token.lock().unwrap_or_else(|p| p.into_inner()) = response.rejoin_token;
+                Ok(renewed)
+            }
+        };
+        let (task, status) = crate::identity::spawn_renewal(
+            self.workload.identity.clone(),
+            self.workload.roots.clone(),
+            renew,
+            None,
+        );
+        self.tasks.push(task);
+        self.renewal = Some(status);
+    }
+
+    /// Renews the certificate with `renew` (a service that is its own CA), also whenever
+    /// `nudge` changes.
+    pub fn renew_with<F, Fut>(&mut self, renew: F, nudge: tokio::sync::watch::Receiver<u64>)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Renewed, String>> + Send,
+    {
+        let (task, status) = crate::identity::spawn_renewal(
+            self.workload.identity.clone(),
+            self.workload.roots.clone(),
+            renew,
+            Some(nudge),
+        );
+        self.tasks.push(task);
+        self.renewal = Some(status);
     }
 
     /// Like [`Runtime::start`], with a verifier the service made itself (the auth service
@@ -86,6 +152,18 @@ impl Runtime {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::runtime("local address", e))?;
+        let mut tasks = Vec::new();
+        let mut file_watch = None;
+        if let CertSource::Files(Some(every)) = workload.source {
+            let (task, status) = mesh_tls::watch::spawn_file_watch(
+                workload.identity.clone(),
+                workload.roots.clone(),
+                every,
+            )
+            .map_err(|e| StartError::config("--tls-watch", e))?;
+            tasks.push(TaskGuard::new(task));
+            file_watch = Some(status);
+        }
         Ok(Self {
             name,
             workload,
@@ -96,7 +174,15 @@ impl Runtime {
             telemetry: Telemetry::new(telemetry, name)
                 .map_err(|e| StartError::config("--otlp-endpoint", e))?,
             revocation_feed: None,
+            renewal: None,
+            file_watch,
+            tasks,
         })
+    }
+
+    /// The certificate renewal's state, when the certificate is renewed in process.
+    pub fn renewal(&self) -> Option<Arc<RenewalStatus>> {
+        self.renewal.clone()
     }
 
     /// Loads `tls` alone (for a service that builds its verifier from what the workload holds).
@@ -182,6 +268,10 @@ impl Runtime {
             limits: ServerLimits::default(),
             verifier: self.verifier,
             revocation_feed: self.revocation_feed,
+            renewal: self.renewal,
+            file_watch: self.file_watch,
+            tasks: self.tasks,
+            extra: Default::default(),
         }
     }
 }

@@ -11,10 +11,36 @@ use auth_interceptor::revocation::FeedStatus;
 use auth_interceptor::{AuthLayer, TokenVerifier};
 use mesh_telemetry::trace::Telemetry;
 use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
+use mesh_tls::watch::WatchStatus;
 use tonic::body::Body;
 use tonic::server::NamedService;
+use tonic::service::Routes;
+
+use crate::identity::{RenewalStatus, TaskGuard};
 
 use crate::error::StartError;
+
+/// Sets the health of `service` (and of the server as a whole) to NOT_SERVING while the
+/// certificate renewal reports a problem, and back to SERVING once it is solved.
+fn report_renewal(
+    health: tonic_health::server::HealthReporter,
+    service: &'static str,
+    mut problems: tokio::sync::watch::Receiver<Option<String>>,
+) -> TaskGuard {
+    TaskGuard::new(tokio::spawn(async move {
+        loop {
+            let status = match problems.borrow_and_update().as_ref() {
+                Some(_) => tonic_health::ServingStatus::NotServing,
+                None => tonic_health::ServingStatus::Serving,
+            };
+            health.set_service_status(service, status).await;
+            health.set_service_status("", status).await;
+            if problems.changed().await.is_err() {
+                return;
+            }
+        }
+    }))
+}
 
 /// How long shutdown waits for queued spans to reach the collector.
 const FLUSH_GRACE: Duration = Duration::from_secs(3);
@@ -54,9 +80,59 @@ pub struct MeshServer {
     pub(crate) limits: ServerLimits,
     pub(crate) verifier: Arc<TokenVerifier>,
     pub(crate) revocation_feed: Option<Arc<FeedStatus>>,
+    pub(crate) renewal: Option<Arc<RenewalStatus>>,
+    pub(crate) file_watch: Option<Arc<WatchStatus>>,
+    /// Background tasks (renewal, file watch) that end with the server.
+    pub(crate) tasks: Vec<TaskGuard>,
+    pub(crate) extra: ExtraServices,
+}
+
+/// More gRPC services on the same listener, behind the same layers.
+#[derive(Default)]
+pub(crate) struct ExtraServices(Vec<Box<dyn FnOnce(Routes) -> Routes + Send>>);
+
+impl std::fmt::Debug for ExtraServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExtraServices({})", self.0.len())
+    }
 }
 
 impl MeshServer {
+    /// Serves `service` too, on the same listener and behind the same layers (its rows must be
+    /// in the policy).
+    pub fn with_service<S>(mut self, service: S) -> Self
+    where
+        S: GrpcApi,
+        S::Future: Send + 'static,
+    {
+        self.extra
+            .0
+            .push(Box::new(move |routes: Routes| routes.add_service(service)));
+        self
+    }
+
+    /// Keeps `task` running as long as the server.
+    pub fn with_task(mut self, task: TaskGuard) -> Self {
+        self.tasks.push(task);
+        self
+    }
+
+    /// Reports NOT_SERVING while `renewal` has a problem (a certificate about to expire).
+    pub fn with_renewal(mut self, renewal: Arc<RenewalStatus>) -> Self {
+        self.renewal = Some(renewal);
+        self
+    }
+
+    /// The certificate renewal's state, when the certificate is renewed in process.
+    pub fn renewal(&self) -> Option<Arc<RenewalStatus>> {
+        self.renewal.clone()
+    }
+
+    /// The file watch's state, when the certificate files are watched.
+    pub fn file_watch(&self) -> Option<Arc<WatchStatus>> {
+        self.file_watch.clone()
+    }
+
     /// The token verifier the auth layer uses (tests read its key fetches and revocations).
     pub fn verifier(&self) -> &Arc<TokenVerifier> {
         &self.verifier
@@ -114,16 +190,25 @@ impl MeshServer {
         health
             .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
             .await;
+        let _reporting = self
+            .renewal
+            .as_ref()
+            .map(|renewal| report_renewal(health, S::NAME, renewal.subscribe()));
         let reflection =
             mesh_proto::reflection(S::NAME).map_err(|e| StartError::runtime("reflection", e))?;
+        let mut routes = Routes::new(health_service)
+            .add_service(reflection)
+            .add_service(api);
+        for add in self.extra.0 {
+            routes = add(routes);
+        }
+        let _tasks = self.tasks;
         grpc_server(&self.limits)
             // Continue the caller's trace first, so every decision below belongs to it.
             .layer(self.telemetry.server_layer())
             // Authenticate, then authorize against the full method path; deny by default.
             .layer(self.auth)
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(api)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
             .await
             .map_err(|e| StartError::runtime(format!("serve {}", self.addr), e))

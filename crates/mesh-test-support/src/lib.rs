@@ -134,19 +134,31 @@ impl TestMesh {
         Ok(response.access_token)
     }
 
-    /// The issuer's current signing key, read from the auth service's database, for forging.
+    /// The issuer's current signing key, read from the auth service's database and opened
+    /// with its key-encryption key (both are needed), for forging.
     pub async fn issuer_key(&self) -> anyhow::Result<forge::SigningKey> {
         let url = format!("sqlite://{}?mode=ro", self.dir().join("auth.db").display());
         let pool = sqlx::SqlitePool::connect(&url).await?;
-        let (kid, pkcs8): (String, Vec<u8>) = sqlx::query_as(
-            "SELECT kid, pkcs8 FROM signing_keys \
+        let (kid, sealed): (String, Vec<u8>) = sqlx::query_as(
+            "SELECT kid, sealed FROM signing_keys \
              WHERE activated_at IS NOT NULL AND retired_at IS NULL",
         )
         .fetch_one(&pool)
         .await
         .context("reading the signing key")?;
         pool.close().await;
+        let pkcs8 = self
+            .sealer()?
+            .open(&format!("signing-key:{kid}"), &sealed)?;
         forge::SigningKey::from_pkcs8(kid, &pkcs8)
+    }
+
+    /// What opens the auth service's keys at rest: its key-encryption key.
+    pub fn sealer(&self) -> anyhow::Result<auth_service::sealing::Sealer> {
+        let kek = auth_service::sealing::LocalKek::from_file(
+            &self.dir().join("auth-secrets").join("auth.kek"),
+        )?;
+        Ok(auth_service::sealing::Sealer::new(std::sync::Arc::new(kek)))
     }
 
     /// Stops the services.

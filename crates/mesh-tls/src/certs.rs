@@ -83,6 +83,21 @@ pub struct IssuedCert {
     pub spiffe_id: SpiffeId,
 }
 
+impl IssuedCert {
+    /// The certificate chain (PEM) and the private key, parsed.
+    pub fn into_parts(self) -> Result<(String, crate::PrivateKeyDer<'static>), TlsError> {
+        use rustls_pki_types::pem::PemObject;
+        let key = crate::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| {
+            TlsError::Pem {
+                what: "private key",
+                path: String::new(),
+                detail: e.to_string(),
+            }
+        })?;
+        Ok((self.cert_pem, key))
+    }
+}
+
 impl CertAuthority {
     /// Generates a CA for `trust_domain` (e.g. `mesh.local`).
     pub fn generate(trust_domain: &str) -> Result<Self, TlsError> {
@@ -345,6 +360,22 @@ pub fn new_key_and_request(
     let csr = params.serialize_request(&key)?;
     let der = rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
     Ok((der.into(), csr.der().to_vec()))
+}
+
+/// Writes a secret (a key, a token) to `path`, mode 0600, replacing any file of that name: the
+/// old file is removed first, so the new one never keeps wider permissions.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    let _ = std::fs::remove_file(path);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(|source| TlsError::Io {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {

@@ -34,6 +34,8 @@ use std::sync::{Arc, OnceLock};
 
 pub use identity::{PeerIdentity, SpiffeId};
 pub use material::{Reloadable, TlsFiles, Trust, TrustBundle};
+/// A private key in DER, as a workload holds the one it made for its certificate.
+pub use rustls_pki_types::PrivateKeyDer;
 
 /// What can go wrong while loading TLS material or building a TLS configuration.
 #[derive(Debug, thiserror::Error)]

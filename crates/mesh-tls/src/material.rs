@@ -176,6 +176,11 @@ pub fn load_trust_bundle(path: &Path) -> Result<TrustBundle, TlsError> {
 }
 
 /// Every certificate in a PEM text (at least one).
+pub fn parse_pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    parse_certs(pem, "certificate")
+}
+
+/// Every certificate in a PEM text (at least one), errors naming `what`.
 pub(crate) fn parse_certs(
     pem: &str,
     what: &'static str,

@@ -485,7 +485,7 @@ pub async fn run(args: LoadgenArgs) -> Result<(), CliError> {
     );
     let mut load = Loadgen {
         users,
-        http: super::https(&args.tls.tls_ca, &args.issuer, args.issuer_ip)?,
+        http: super::https(super::ca_file(&args.tls)?, &args.issuer, args.issuer_ip)?,
         issuer: args.issuer,
         orders: OrdersServiceClient::new(orders),
         inventory: InventoryServiceClient::new(inventory),

@@ -65,10 +65,17 @@ pub(crate) async fn token_for(
     }
     let path = session_path(&session.session_file);
     let mut stored = Session::load(&path).map_err(CliError::Usage)?;
-    let http = https(&tls.tls_ca, &stored.issuer, session.issuer_ip)?;
+    let http = https(ca_file(tls)?, &stored.issuer, session.issuer_ip)?;
     let token = stored.access_token(&http, audience).await.map_err(failed)?;
     stored.save(&path).map_err(failed)?;
     bearer(token)
+}
+
+/// The trust bundle file of `--tls-ca`.
+pub(crate) fn ca_file(tls: &TlsArgs) -> Result<&std::path::Path, CliError> {
+    tls.ca_file()
+        .map(|path| path.as_path())
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 pub(crate) fn status_error(status: tonic::Status) -> CliError {
@@ -81,7 +88,7 @@ pub(crate) fn connect(
     workload: &str,
     addr: &str,
 ) -> Result<tonic::transport::Channel, CliError> {
-    let files = tls.files();
+    let files = tls.files().map_err(|e| CliError::Usage(e.to_string()))?;
     let roots = files
         .trust_bundle()
         .map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))?;

@@ -1,0 +1,191 @@
+//! Join tokens: how a workload with no certificate yet proves which workload it is.
+//!
+//! A join token is 32 random bytes, shown once to whoever creates it and stored only as its
+//! SHA-256. It is bound to one SPIFFE ID, expires, and is spent by its first use. A workload that
+//! joined receives a fresh *rejoin* token with each certificate (the one it holds replaced), so
+//! a restarted workload can join again without anyone handing it a new secret, while a copied
+//! token is worth one certificate at most and its use locks the legitimate workload out, which
+//! is noticed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh_tls::SpiffeId;
+use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
+
+/// Every join token starts so, which tells it apart from other secrets in logs and files.
+pub const TOKEN_PREFIX: &str = "ztm-join-";
+
+/// Why a join token was not accepted. Each is a distinct audit reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefusal {
+    /// No such token.
+    #[error("unknown join token")]
+    Unknown,
+    /// The token was used before.
+    #[error("join token already used")]
+    Used,
+    /// The token's time ran out.
+    #[error("join token expired")]
+    Expired,
+}
+
+impl JoinRefusal {
+    /// The audit reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Unknown => "join_token_unknown",
+            Self::Used => "join_token_reused",
+            Self::Expired => "join_token_expired",
+        }
+    }
+}
+
+/// A freshly created token.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// The secret itself, to hand to the workload.
+    pub token: String,
+    /// Seconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// The join tokens of the CA.
+#[derive(Debug, Clone)]
+pub struct JoinTokens {
+    pool: SqlitePool,
+}
+
+/// The stored form of a token.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.trim().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Makes a token (not stored: [`JoinTokens::create`] stores one, `meshctl certs init` writes
+/// one for [`JoinTokens::import`]).
+pub fn new_token() -> Result<String, sqlx::Error> {
+    let mut secret = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut secret)
+        .map_err(|_| sqlx::Error::Protocol("the system random generator failed".into()))?;
+    Ok(format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret)))
+}
+
+/// The expiry, seconds since the epoch, of a token valid for `ttl` from now.
+pub fn expiry(ttl: Duration) -> i64 {
+    (crate::unix_now() + ttl.as_secs()) as i64
+}
+
+impl JoinTokens {
+    /// The tokens in `pool`.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// Creates a token for `spiffe_id` valid for `ttl`. With `replace`, the unused tokens of
+    /// that ID are withdrawn first, so only the newest can be used.
+    pub async fn create(
+        &self,
+        spiffe_id: &SpiffeId,
+        ttl: Duration,
+        replace: bool,
+    ) -> Result<NewToken, sqlx::Error> {
+        let token = new_token()?;
+        let now = crate::unix_now() as i64;
+        let expires_at = now + ttl.as_secs() as i64;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if replace {
+            sqlx::query("DELETE FROM join_tokens WHERE spiffe_id = ? AND used_at IS NULL")
+                .bind(spiffe_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO join_tokens (hash, spiffe_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(token_hash(&token))
+        .bind(spiffe_id.as_str())
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(NewToken { token, expires_at })
+    }
+
+    /// Spends `token`: the SPIFFE ID it was bound to, or why it is refused. Of two concurrent
+    /// uses exactly one succeeds.
+    pub async fn redeem(&self, token: &str) -> Result<Result<SpiffeId, JoinRefusal>, sqlx::Error> {
+        let hash = token_hash(token);
+        let now = crate::unix_now() as i64;
+        let spent: Option<String> = sqlx::query_scalar(
+            "UPDATE join_tokens SET used_at = ? \
+             WHERE hash = ? AND used_at IS NULL AND expires_at > ? RETURNING spiffe_id",
+        )
+        .bind(now)
+        .bind(&hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(id) = spent {
+            return Ok(id.parse().map_err(|_| JoinRefusal::Unknown));
+        }
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT used_at FROM join_tokens WHERE hash = ?")
+                .bind(&hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(Err(match row {
+            None => JoinRefusal::Unknown,
+            Some((Some(_),)) => JoinRefusal::Used,
+            Some((None,)) => JoinRefusal::Expired,
+        }))
+    }
+
+    /// Adds the tokens listed in `path` that are not known yet (a used token stays used). Each
+    /// line is `<sha256 hex> <spiffe id> <expires at, seconds since the epoch>`, as
+    /// `meshctl certs init` writes; `#` starts a comment. Returns how many were new.
+    pub async fn import(&self, path: &Path, trust_domain: &str) -> Result<usize, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let mut added = 0;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |what: &str| format!("line {}: {what}", number + 1);
+            let mut fields = line.split_whitespace();
+            let (Some(hash), Some(id), Some(expires), None) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return Err(bad("expected `<sha256 hex> <spiffe id> <expires at>`"));
+            };
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad("the hash is not 64 hex digits"));
+            }
+            let id: SpiffeId = id.parse().map_err(|_| bad("not a SPIFFE ID"))?;
+            if id.trust_domain() != trust_domain {
+                return Err(bad("the SPIFFE ID is outside the trust domain"));
+            }
+            let expires: i64 = expires.parse().map_err(|_| bad("bad expiry"))?;
+            let inserted = sqlx::query(
+                "INSERT OR IGNORE INTO join_tokens (hash, spiffe_id, created_at, expires_at) \
+                 VALUES (?, ?, ?, ?)",
+            )
+            .bind(hash.to_ascii_lowercase())
+            .bind(id.as_str())
+            .bind(crate::unix_now() as i64)
+            .bind(expires)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            added += inserted.rows_affected() as usize;
+        }
+        Ok(added)
+    }
+}
