@@ -55,27 +55,33 @@ impl IdentityApi {
         })
     }
 
-    fn refuse(&self, status: Status, reason: &'static str, subject: &str) -> Status {
-        self.audit.refusal(Event {
-            decision: "deny",
-            reason,
-            method: CERTIFY,
-            subject,
-            ..Event::default()
-        });
+    /// A refusal, audited: on the mesh listener the auth layer writes the record (it knows the
+    /// peer); on the public listener, which has no such layer, the CA writes it here.
+    fn refuse(
+        &self,
+        caller: &Caller,
+        status: Status,
+        reason: &'static str,
+        subject: &str,
+    ) -> Status {
+        if let Caller::JoinToken = caller {
+            self.audit.refusal(Event {
+                decision: "deny",
+                reason,
+                method: CERTIFY,
+                subject,
+                ..Event::default()
+            });
+        }
         refused(status, reason)
     }
 
     /// Decides who the caller is: the certificate's identity, or the join token's.
-    async fn decide(&self, request: &Request<CertifyRequest>) -> Result<SpiffeId, Status> {
-        let caller = match request
-            .extensions()
-            .get::<Principal>()
-            .and_then(|p| p.peer())
-        {
-            Some(peer) => Caller::Certificate(peer.clone()),
-            None => Caller::JoinToken,
-        };
+    async fn decide(
+        &self,
+        caller: &Caller,
+        request: &Request<CertifyRequest>,
+    ) -> Result<SpiffeId, Status> {
         let body = request.get_ref();
         match caller {
             Caller::Certificate(id) => {
@@ -85,11 +91,12 @@ impl IdentityApi {
                          is for a first certificate",
                     ));
                 }
-                Ok(id)
+                Ok(id.clone())
             }
             Caller::JoinToken => {
                 if body.join_token.is_empty() {
                     return Err(self.refuse(
+                        caller,
                         Status::unauthenticated(
                             "join_token: required without a client certificate",
                         ),
@@ -100,6 +107,7 @@ impl IdentityApi {
                 match self.tokens.redeem(&body.join_token).await {
                     Ok(Ok(id)) => Ok(id),
                     Ok(Err(refusal)) => Err(self.refuse(
+                        caller,
                         Status::unauthenticated(format!("join_token: {refusal}")),
                         refusal.reason(),
                         "",
@@ -129,12 +137,21 @@ impl Identity for IdentityApi {
         if request.get_ref().certificate_request.is_empty() {
             return Err(Status::invalid_argument("certificate_request: required"));
         }
-        let id = self.decide(&request).await?;
+        let caller = match request
+            .extensions()
+            .get::<Principal>()
+            .and_then(|p| p.peer())
+        {
+            Some(peer) => Caller::Certificate(peer.clone()),
+            None => Caller::JoinToken,
+        };
+        let id = self.decide(&caller, &request).await?;
         let body = request.into_inner();
         let leaf = match authority.sign(&body.certificate_request, &id) {
             Ok(leaf) => leaf,
             Err(CsrError::OtherIdentity { asked, .. }) => {
                 return Err(self.refuse(
+                    &caller,
                     Status::permission_denied(format!(
                         "certificate_request: asks for {asked}, but the caller is {id}"
                     )),
@@ -144,6 +161,7 @@ impl Identity for IdentityApi {
             }
             Err(CsrError::AsksForCa) => {
                 return Err(self.refuse(
+                    &caller,
                     Status::permission_denied("certificate_request: asks for a CA certificate"),
                     "csr_asks_for_ca",
                     id.as_str(),

@@ -340,6 +340,11 @@ impl Application {
         self.server.telemetry().clone()
     }
 
+    /// The renewal of the service's own certificate, when it holds the CA.
+    pub fn renewal(&self) -> Option<Arc<mesh_service::identity::RenewalStatus>> {
+        self.server.renewal()
+    }
+
     /// A handle that rotates the signing key while the service runs.
     pub fn key_rotator(&self) -> KeyRotator {
         self.rotator.clone()

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use auth_interceptor::jwks::JwksSource;
+use mesh_service::identity::RenewalStatus;
 use mesh_service::{ServiceBinary as _, traced};
 use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
 
@@ -64,6 +65,9 @@ pub struct DevMesh {
     pub inventory_verifier: Arc<auth_interceptor::TokenVerifier>,
     /// The orders service's token verifier.
     pub orders_verifier: Arc<auth_interceptor::TokenVerifier>,
+    /// Each service's certificate renewal (auth renews from its own CA, orders and inventory
+    /// at the mesh CA).
+    pub renewals: std::collections::BTreeMap<&'static str, Arc<RenewalStatus>>,
     inventory_args: inventory_service::Args,
     /// The audit logs and their key.
     pub audit: AuditFiles,
@@ -190,6 +194,8 @@ impl DevMesh {
         let auth_addr = auth.mesh_addr();
         let auth_public_addr = auth.public_addr();
         let key_rotator = auth.key_rotator();
+        let mut renewals = std::collections::BTreeMap::new();
+        renewals.extend(auth.renewal().map(|r| ("auth", r)));
         let mut tracers = vec![auth.telemetry()];
         let mut services = Vec::new();
         services.push(spawn("auth", |stop| auth.run_until_stopped(stop)));
@@ -220,6 +226,7 @@ impl DevMesh {
         // A restart must come back on the same address, as a restarted container would.
         inventory_args.listen = inventory_addr;
         let inventory_verifier = inventory.verifier();
+        renewals.extend(inventory.server().renewal().map(|r| ("inventory", r)));
         tracers.push(inventory.server().telemetry().clone());
         services.push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
 
@@ -232,6 +239,7 @@ impl DevMesh {
         .await?;
         let orders_addr = orders.server().addr();
         let orders_verifier = orders.server().verifier().clone();
+        renewals.extend(orders.server().renewal().map(|r| ("orders", r)));
         tracers.push(orders.server().telemetry().clone());
         services.push(spawn("orders", |stop| orders.run_until_stopped(stop)));
 
@@ -257,6 +265,7 @@ impl DevMesh {
             key_rotator,
             inventory_verifier,
             orders_verifier,
+            renewals,
             services,
         })
     }
@@ -317,10 +326,15 @@ impl DevMesh {
 
     /// Stops the inventory service (as an outage would), leaving the others running.
     pub async fn stop_inventory(&mut self) {
+        self.stop_service("inventory").await;
+    }
+
+    /// Stops service `name` (`auth`, `inventory`, `orders`), leaving the others running.
+    pub async fn stop_service(&mut self, name: &str) {
         if let Some(index) = self
             .services
             .iter()
-            .position(|(name, _, _)| *name == "inventory")
+            .position(|(service, _, _)| *service == name)
         {
             let (_, stop, handle) = self.services.remove(index);
             let _ = stop.send(());
@@ -332,6 +346,9 @@ impl DevMesh {
     pub async fn restart_inventory(&mut self) -> anyhow::Result<()> {
         let inventory = inventory_service::Application::build(self.inventory_args.clone()).await?;
         self.inventory_verifier = inventory.verifier();
+        if let Some(renewal) = inventory.server().renewal() {
+            self.renewals.insert("inventory", renewal);
+        }
         self.services
             .push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
         Ok(())

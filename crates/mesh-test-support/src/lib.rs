@@ -36,9 +36,14 @@ pub struct TestMesh {
 impl TestMesh {
     /// Starts auth and inventory on loopback with fresh certificates and databases.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(mesh_dev::devmesh::DevOptions::default()).await
+    }
+
+    /// [`TestMesh::start`] with `options` (a short certificate lifetime, say).
+    pub async fn start_with(options: mesh_dev::devmesh::DevOptions) -> anyhow::Result<Self> {
         init_logs();
         let dir = tempfile::tempdir()?;
-        let mesh = DevMesh::start(dir.path()).await?;
+        let mesh = DevMesh::start_with(dir.path(), options).await?;
         Ok(Self { mesh, dir })
     }
 

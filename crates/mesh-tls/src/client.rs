@@ -265,3 +265,21 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+/// Connects to `addr` with `config`, completes the handshake and returns the certificate the
+/// server presented (its leaf, DER): what an operator or a test reads to see which certificate
+/// a workload serves right now.
+pub async fn peer_certificate(
+    addr: std::net::SocketAddr,
+    config: Arc<ClientConfig>,
+) -> io::Result<Vec<u8>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::from(addr.ip());
+    let tls = TlsConnector::from(config).connect(name, tcp).await?;
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| leaf.to_vec())
+        .ok_or_else(|| io::Error::other("the server presented no certificate"))
+}

@@ -5,6 +5,7 @@ mod attacks;
 mod capture;
 mod flow;
 mod hop;
+mod identity;
 mod keys;
 mod refusals;
 mod revocation;
