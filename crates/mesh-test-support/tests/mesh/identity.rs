@@ -523,11 +523,7 @@ async fn services_renew_their_certificates_under_load_with_no_failed_call() {
         serials.len()
     );
     assert!(client.status.renewals() >= 3);
-    Arc::try_unwrap(mesh)
-        .ok()
-        .expect("workers done")
-        .stop()
-        .await;
+    Arc::try_unwrap(mesh).expect("workers done").stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,11 +627,7 @@ async fn the_ca_rotates_add_activate_retire_under_load_with_no_failed_call() {
     for reason in ["ca_added", "ca_activated", "ca_retired"] {
         assert!(has_record(&mesh, "allow", reason), "{reason} audited");
     }
-    Arc::try_unwrap(mesh)
-        .ok()
-        .expect("workers done")
-        .stop()
-        .await;
+    Arc::try_unwrap(mesh).expect("workers done").stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
