@@ -226,6 +226,7 @@ impl Application {
             &settings.telemetry,
         )
         .await?;
+        runtime.listen_health(settings.health_listen).await?;
         let audit = audit::IssuerAudit::new(runtime.audit_log());
         if let Some(ca) = &authority {
             let (ca, id) = (ca.clone(), runtime.workload().spiffe_id.clone());

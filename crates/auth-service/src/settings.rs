@@ -79,6 +79,10 @@ pub struct Args {
     /// to 30 d): the longest a workload may stay down and still restart on its own.
     #[arg(long, env = "MESH_REJOIN_TOKEN_TTL", default_value = "7d", value_parser = rejoin_ttl)]
     pub rejoin_token_ttl: Duration,
+    /// A plaintext grpc.health.v1 listener for probes without a client certificate; bind it to
+    /// loopback or a probe-only interface.
+    #[arg(long, env = "MESH_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// The bounds of `--cert-ttl`.
@@ -151,6 +155,7 @@ impl Args {
             cert_ttl: self.cert_ttl,
             join_tokens: self.join_tokens,
             rejoin_token_ttl: self.rejoin_token_ttl,
+            health_listen: self.health_listen,
         })
     }
 }
@@ -186,6 +191,8 @@ pub struct Settings {
     pub join_tokens: Option<PathBuf>,
     /// How long a rejoin token stays usable.
     pub rejoin_token_ttl: Duration,
+    /// The plaintext health listener.
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// A CA to import: its certificate and PKCS#8 key, PEM. The key is never printed.

@@ -187,6 +187,7 @@ impl DevMesh {
             cert_ttl: options.cert_ttl,
             join_tokens: Some(join_tokens),
             rejoin_token_ttl: Duration::from_secs(86_400),
+            health_listen: None,
         }
         .into_settings()?;
         let auth = auth_service::Application::build(auth_settings).await?;
@@ -215,6 +216,7 @@ impl DevMesh {
             auth_url: auth_addr.to_string(),
             db: dir.join(format!("{name}.db")),
             join_token_file: Some(identity_dir.join(format!("{name}.join"))),
+            health_listen: None,
         };
         let mut inventory_args = inventory_service::Args {
             listen: "127.0.0.1:0".parse()?,

@@ -215,6 +215,11 @@ pub struct ServiceFlags {
     /// replaced with a rejoin token for the next start; it must be writable and private.
     #[arg(long, env = "MESH_JOIN_TOKEN_FILE", conflicts_with_all = ["tls_cert", "tls_key"])]
     pub join_token_file: Option<PathBuf>,
+    /// A plaintext grpc.health.v1 listener, for probes that cannot present a client
+    /// certificate (a container health check, a kubelet gRPC probe). Health only; bind it to
+    /// loopback or a probe-only interface.
+    #[arg(long, env = "MESH_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 /// Reads a duration written as a number and a unit: `90s`, `30m`, `24h`, `7d`.

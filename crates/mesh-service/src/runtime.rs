@@ -43,6 +43,7 @@ pub struct Runtime {
     renewal: Option<Arc<RenewalStatus>>,
     file_watch: Option<Arc<WatchStatus>>,
     tasks: Vec<TaskGuard>,
+    health_listener: Option<TcpListener>,
 }
 
 impl Runtime {
@@ -86,6 +87,7 @@ impl Runtime {
         if let Some(token_file) = token_file {
             runtime.renew_from_mesh_ca(auth, token_file);
         }
+        runtime.listen_health(flags.health_listen).await?;
         Ok(runtime)
     }
 
@@ -177,12 +179,24 @@ impl Runtime {
             renewal: None,
             file_watch,
             tasks,
+            health_listener: None,
         })
     }
 
     /// The certificate renewal's state, when the certificate is renewed in process.
     pub fn renewal(&self) -> Option<Arc<RenewalStatus>> {
         self.renewal.clone()
+    }
+
+    /// Binds the plaintext health listener on `addr`, when one is asked for.
+    pub async fn listen_health(
+        &mut self,
+        addr: Option<std::net::SocketAddr>,
+    ) -> Result<(), StartError> {
+        if let Some(addr) = addr {
+            self.health_listener = Some(bind(addr).await?);
+        }
+        Ok(())
     }
 
     /// Loads `tls` alone (for a service that builds its verifier from what the workload holds).
@@ -272,6 +286,7 @@ impl Runtime {
             file_watch: self.file_watch,
             tasks: self.tasks,
             extra: Default::default(),
+            health_listener: self.health_listener,
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct MeshServer {
     /// Background tasks (renewal, file watch) that end with the server.
     pub(crate) tasks: Vec<TaskGuard>,
     pub(crate) extra: ExtraServices,
+    /// The plaintext health listener, when one was asked for.
+    pub(crate) health_listener: Option<tokio::net::TcpListener>,
 }
 
 /// More gRPC services on the same listener, behind the same layers.
@@ -196,6 +198,20 @@ impl MeshServer {
             .map(|renewal| report_renewal(health, S::NAME, renewal.subscribe()));
         let reflection =
             mesh_proto::reflection(S::NAME).map_err(|e| StartError::runtime("reflection", e))?;
+        // The same health answers in plaintext, for probes without a client certificate.
+        let _plain_health = self.health_listener.map(|listener| {
+            let health = health_service.clone();
+            TaskGuard::new(tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                if let Err(error) = tonic::transport::Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming(incoming)
+                    .await
+                {
+                    tracing::error!(%error, "the plaintext health listener stopped");
+                }
+            }))
+        });
         let mut routes = Routes::new(health_service)
             .add_service(reflection)
             .add_service(api);

@@ -31,8 +31,15 @@ pub enum Command {
     /// Call the inventory service.
     #[command(subcommand)]
     Inventory(InventoryCommand),
-    /// Check a service with grpc.health.v1 over mTLS; exit 0 when it is SERVING.
+    /// Check a service with grpc.health.v1 over mTLS (or on its plaintext health listener);
+    /// exit 0 when it is SERVING.
     Health(HealthArgs),
+    /// Workload identities from the mesh CA.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// The mesh CA itself.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Hash a client secret read from standard input, for the auth config's `secret_hash`.
     HashSecret,
     /// The HMAC-chained audit logs.
@@ -80,6 +87,114 @@ pub struct CertsInitArgs {
     /// start); an incomplete set is an error.
     #[arg(long)]
     pub if_missing: bool,
+    /// Write the CA's private key here (mode 0600), for the auth service to import
+    /// (`MESH_CA_KEY`): it then certifies itself and every workload online, and no `auth`
+    /// certificate file is written. Keep it where only the auth service reads it.
+    #[arg(long)]
+    pub ca_key: Option<PathBuf>,
+    /// `NAME=FILE`: workload NAME gets its certificate online; a join token for it is written to
+    /// FILE (mode 0600) instead of a certificate and key. Repeatable; needs `--join-list`.
+    #[arg(long = "join", value_parser = join_target, requires = "join_list")]
+    pub joins: Vec<(String, PathBuf)>,
+    /// Where to write the hashes of the join tokens, for the auth service (`MESH_JOIN_TOKENS`).
+    #[arg(long, requires = "ca_key")]
+    pub join_list: Option<PathBuf>,
+    /// How long the written join tokens wait for their first use (`24h`, `7d`; 5 m to 30 d).
+    #[arg(long, default_value = "7d", value_parser = join_ttl)]
+    pub join_ttl: std::time::Duration,
+}
+
+fn join_target(raw: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("{raw:?}: expected NAME=FILE"))?;
+    mesh_tls::certs::validate_workload_name(name).map_err(|e| e.to_string())?;
+    if file.is_empty() {
+        return Err(format!("{raw:?}: the file is empty"));
+    }
+    Ok((name.to_owned(), PathBuf::from(file)))
+}
+
+fn join_ttl(raw: &str) -> Result<std::time::Duration, String> {
+    mesh_service::config::parse_bounded_duration(
+        raw,
+        std::time::Duration::from_secs(300),
+        std::time::Duration::from_secs(30 * 86_400),
+    )
+}
+
+/// `meshctl identity …`.
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Create a single-use join token for a workload's first certificate and print it (an
+    /// administrator's session with `auth:keys`). Start the workload with the token in the file
+    /// `MESH_JOIN_TOKEN_FILE` names.
+    JoinToken {
+        /// The workload: the token is bound to spiffe://<trust domain>/sa/<workload>.
+        #[arg(long)]
+        workload: String,
+        /// How long the token waits for its first use (`10m`, `1h`; at most 24 h).
+        #[arg(long, default_value = "1h", value_parser = join_token_ttl)]
+        ttl: std::time::Duration,
+        /// Write the token to this file (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The auth service's mesh address (`host:port`).
+        #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
+        addr: String,
+        /// meshctl's certificate.
+        #[command(flatten)]
+        tls: TlsArgs,
+        /// The administrator's tokens.
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+}
+
+fn join_token_ttl(raw: &str) -> Result<std::time::Duration, String> {
+    mesh_service::config::parse_bounded_duration(
+        raw,
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(86_400),
+    )
+}
+
+/// `meshctl ca …`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// One step of a CA rotation (an administrator's session with `auth:keys`): `add` a new CA
+    /// to the trust bundle, `activate` it (it signs from then on) one certificate lifetime
+    /// later, `retire` the previous one a lifetime after that. docs/deployment.md has the
+    /// runbook.
+    Rotate {
+        /// The step.
+        #[arg(value_enum)]
+        step: CaStep,
+        /// Write the trust bundle after the step to this file, for workloads that read their
+        /// bundle from a file (they pick it up with `MESH_TLS_WATCH`).
+        #[arg(long)]
+        bundle_out: Option<PathBuf>,
+        /// The auth service's mesh address (`host:port`).
+        #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
+        addr: String,
+        /// meshctl's certificate.
+        #[command(flatten)]
+        tls: TlsArgs,
+        /// The administrator's tokens.
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+}
+
+/// A step of `meshctl ca rotate`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CaStep {
+    /// Publish a new CA in the trust bundle.
+    Add,
+    /// The new CA signs from now on.
+    Activate,
+    /// Remove the previous CA from the trust bundle.
+    Retire,
 }
 
 /// The workload certificate meshctl presents on the mesh, and the trust domain of the servers'
@@ -295,12 +410,17 @@ pub struct HealthArgs {
     /// The service's mesh address (`host:port`).
     #[arg(long, env = "MESH_HEALTH_ADDR")]
     pub addr: String,
-    /// The workload expected behind the address (its SPIFFE ID is checked).
-    #[arg(long)]
-    pub workload: String,
+    /// The workload expected behind the address (its SPIFFE ID is checked); not with
+    /// `--plaintext`.
+    #[arg(long, required_unless_present = "plaintext")]
+    pub workload: Option<String>,
     /// The grpc.health.v1 service name to ask about; empty for the whole server.
     #[arg(long, default_value = "")]
     pub service: String,
+    /// Ask the plaintext health listener (`MESH_HEALTH_LISTEN`) instead of the mesh port: no
+    /// certificate is presented and none is checked.
+    #[arg(long)]
+    pub plaintext: bool,
     /// meshctl's certificate.
     #[command(flatten)]
     pub tls: TlsArgs,

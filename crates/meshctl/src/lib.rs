@@ -61,6 +61,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::HashSecret => secret::run(),
         Command::Audit(command) => audit::run(command),
         Command::Keys(command) => keys::run(command).await,
+        Command::Identity(command) => identity::run(command).await,
+        Command::Ca(command) => identity::run_ca(command).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Loadgen(args) => loadgen::run(args).await,
         Command::TraceSink { listen } => trace_sink::run(listen).await,

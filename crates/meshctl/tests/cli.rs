@@ -527,3 +527,178 @@ async fn keys_rotate_is_for_an_admin_session_and_prints_the_new_key_ids() {
     );
     mesh.stop().await;
 }
+
+#[test]
+fn certs_init_with_join_tokens_writes_no_key_for_online_workloads() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let (orders, inventory) = (
+        format!("orders={}", path("orders.join")),
+        format!("inventory={}", path("inventory.join")),
+    );
+    let args = [
+        "certs",
+        "init",
+        "--out",
+        &path("certs"),
+        "--ca-key",
+        &path("ca.key"),
+        "--join",
+        &orders,
+        "--join",
+        &inventory,
+        "--join-list",
+        &path("join-tokens"),
+        "--if-missing",
+    ];
+    let output = meshctl(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut certs: Vec<String> = std::fs::read_dir(dir.path().join("certs"))
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    certs.sort();
+    assert_eq!(
+        certs,
+        ["ca.pem", "meshctl.key", "meshctl.pem"],
+        "no key for auth, orders, inventory"
+    );
+    let list = std::fs::read_to_string(dir.path().join("join-tokens")).expect("list");
+    for (name, file) in [("orders", "orders.join"), ("inventory", "inventory.join")] {
+        let token = std::fs::read_to_string(dir.path().join(file)).expect("token");
+        let mode = std::fs::metadata(dir.path().join(file))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+        let line = format!(
+            "{} spiffe://mesh.local/sa/{name} ",
+            auth_service::join::token_hash(&token)
+        );
+        assert!(list.contains(&line), "{list}");
+    }
+    let key_mode = std::fs::metadata(dir.path().join("ca.key"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    // A second run keeps the set; --join without --join-list is a usage error.
+    let again = meshctl(&args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("kept"));
+    let bad = meshctl(&["certs", "init", "--out", &path("other"), "--join", &orders]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(stderr(&bad).contains("--join-list"), "{}", stderr(&bad));
+    let bad = meshctl(&[
+        "certs",
+        "init",
+        "--out",
+        &path("other"),
+        "--join",
+        "Bad Name=x",
+    ]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(stderr(&bad).contains("--join"), "{}", stderr(&bad));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_and_ca_rotation_are_for_an_admin_session() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mesh = mesh_dev::devmesh::DevMesh::start(dir.path())
+        .await
+        .expect("mesh");
+    let login = |user: &str, session: &std::path::Path| {
+        let password = format!("{user}-demo-password");
+        let output = meshctl_in(
+            &mesh,
+            session,
+            &[
+                "login",
+                "--username",
+                user,
+                "--password",
+                &password,
+                "--audience",
+                "auth",
+            ],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+    };
+    let alice = dir.path().join("alice.json");
+    login("alice", &alice);
+    let refused = meshctl_in(
+        &mesh,
+        &alice,
+        &["identity", "join-token", "--workload", "reports"],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("auth:keys"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let admin = dir.path().join("admin.json");
+    login("admin", &admin);
+    let file = dir.path().join("reports.join");
+    let created = meshctl_in(
+        &mesh,
+        &admin,
+        &[
+            "identity",
+            "join-token",
+            "--workload",
+            "reports",
+            "--ttl",
+            "10m",
+            "--out",
+            &file.to_string_lossy(),
+        ],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let token = std::fs::read_to_string(&file).expect("token");
+    assert!(token.starts_with("ztm-join-"), "{token}");
+    assert_eq!(
+        std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777,
+        0o600
+    );
+    let too_long = meshctl_in(
+        &mesh,
+        &admin,
+        &[
+            "identity",
+            "join-token",
+            "--workload",
+            "reports",
+            "--ttl",
+            "2d",
+        ],
+    );
+    assert_eq!(too_long.status.code(), Some(64));
+    assert!(stderr(&too_long).contains("--ttl"), "{}", stderr(&too_long));
+
+    let bundle = dir.path().join("bundle.pem");
+    let added = meshctl_in(
+        &mesh,
+        &admin,
+        &[
+            "ca",
+            "rotate",
+            "add",
+            "--bundle-out",
+            &bundle.to_string_lossy(),
+        ],
+    );
+    assert!(added.status.success(), "{}", stderr(&added));
+    let stdout = String::from_utf8_lossy(&added.stdout);
+    assert!(
+        stdout.contains("current") && stdout.contains("next"),
+        "{stdout}"
+    );
+    let pem = std::fs::read_to_string(&bundle).expect("bundle");
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "{pem}");
+    let early = meshctl_in(&mesh, &admin, &["ca", "rotate", "activate"]);
+    assert_eq!(early.status.code(), Some(1));
+    assert!(stderr(&early).contains("too early"), "{}", stderr(&early));
+    mesh.stop().await;
+}

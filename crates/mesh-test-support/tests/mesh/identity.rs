@@ -722,6 +722,7 @@ async fn the_database_alone_holds_no_usable_private_key_and_a_wrong_kek_stops_th
             cert_ttl: Duration::from_secs(3600),
             join_tokens: None,
             rejoin_token_ttl: Duration::from_secs(86_400),
+            health_listen: None,
         }
         .into_settings()
         .expect("settings")

@@ -1,7 +1,11 @@
-//! `meshctl certs init`: the offline route to certificates, a dev CA and one certificate per
-//! workload.
+//! `meshctl certs init`: the offline route to a mesh, a CA and, per workload, either a
+//! certificate and key (file mode) or a join token (the workload then gets its certificate from
+//! the auth service's CA, with its key only in memory).
 
-use mesh_tls::certs::{CertAuthority, DEFAULT_WORKLOADS, validate_workload_name};
+use std::path::{Path, PathBuf};
+
+use mesh_tls::SpiffeId;
+use mesh_tls::certs::{CertAuthority, DEFAULT_WORKLOADS, validate_workload_name, write_private};
 
 use crate::CliError;
 use crate::cli::CertsInitArgs;
@@ -11,43 +15,86 @@ pub fn run(args: CertsInitArgs) -> Result<(), CliError> {
     for name in &args.names {
         validate_workload_name(name).map_err(|e| CliError::Usage(format!("--name: {e}")))?;
     }
+    let online = |name: &str| {
+        args.joins.iter().any(|(joining, _)| joining == name)
+            || (name == "auth" && args.ca_key.is_some())
+    };
     let mut names: Vec<String> = DEFAULT_WORKLOADS.iter().map(|n| (*n).to_owned()).collect();
-    names.extend(
-        args.names
-            .iter()
-            .filter(|n| !names.contains(n))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
-    if args.if_missing && complete_set(&args.out, &names)? {
+    names.extend(args.names.iter().cloned());
+    names.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()) && !online(n));
+
+    let mut expected = vec![args.out.join("ca.pem")];
+    for name in &names {
+        expected.push(args.out.join(format!("{name}.pem")));
+        expected.push(args.out.join(format!("{name}.key")));
+    }
+    expected.extend(args.ca_key.iter().cloned());
+    expected.extend(args.joins.iter().map(|(_, file)| file.clone()));
+    expected.extend(args.join_list.iter().cloned());
+    if args.if_missing && complete_set(&expected)? {
         println!(
             "kept the certificates in {} (pass --force to replace them)",
             args.out.display()
         );
         return Ok(());
     }
+    if !args.force
+        && let Some(existing) = expected.iter().find(|path| path.exists())
+    {
+        return Err(CliError::Usage(format!(
+            "--out: {} already exists (pass --force to replace the whole set)",
+            existing.display()
+        )));
+    }
     let ca = CertAuthority::generate(&args.trust_domain)
         .map_err(|e| CliError::Usage(format!("--trust-domain: {e}")))?;
     let written = ca
-        .write_dir(&args.out, &names, args.force)
+        .write_dir(&args.out, &names, true)
         .map_err(|e| CliError::Usage(format!("--out: {e}")))?;
     for path in written {
         println!("wrote {}", path.display());
     }
+    if let Some(path) = &args.ca_key {
+        write_private(path, &ca.key_pem())
+            .map_err(|e| CliError::Usage(format!("--ca-key: {e}")))?;
+        println!(
+            "wrote {} (the CA key: for the auth service alone)",
+            path.display()
+        );
+    }
+    if let Some(list) = &args.join_list {
+        write_join_tokens(&args, list)?;
+    }
     Ok(())
 }
 
-/// Whether `dir` already holds the whole set for `names`: `Ok(true)` when every file is there,
-/// `Ok(false)` when none is, and a usage error naming the first missing file otherwise (a
-/// partial set cannot be completed: the CA's key is never written).
-fn complete_set(dir: &std::path::Path, names: &[String]) -> Result<bool, CliError> {
-    let files: Vec<std::path::PathBuf> = std::iter::once(dir.join("ca.pem"))
-        .chain(
-            names
-                .iter()
-                .flat_map(|n| [dir.join(format!("{n}.pem")), dir.join(format!("{n}.key"))]),
-        )
-        .collect();
+/// Writes one join token per `--join` and their hashes to `list`.
+fn write_join_tokens(args: &CertsInitArgs, list: &Path) -> Result<(), CliError> {
+    let expires = auth_service::join::expiry(args.join_ttl);
+    let mut hashes = String::from("# sha256(token) spiffe-id expires-at; for MESH_JOIN_TOKENS\n");
+    for (name, file) in &args.joins {
+        let id = SpiffeId::workload(&args.trust_domain, name)
+            .map_err(|e| CliError::Usage(format!("--join: {e}")))?;
+        let token = auth_service::join::new_token().map_err(crate::failed)?;
+        write_private(file, &format!("{token}\n"))
+            .map_err(|e| CliError::Usage(format!("--join {name}: {e}")))?;
+        hashes.push_str(&format!(
+            "{} {id} {expires}\n",
+            auth_service::join::token_hash(&token)
+        ));
+        println!("wrote {} (join token for {id})", file.display());
+    }
+    write_private(list, &hashes).map_err(|e| CliError::Usage(format!("--join-list: {e}")))?;
+    println!("wrote {}", list.display());
+    Ok(())
+}
+
+/// Whether every file of the set exists: `Ok(true)` when all do, `Ok(false)` when none does,
+/// and a usage error naming the first missing file otherwise (a partial set cannot be
+/// completed: the CA's key is not kept beside the certificates).
+fn complete_set(files: &[PathBuf]) -> Result<bool, CliError> {
     let missing: Vec<_> = files.iter().filter(|path| !path.exists()).collect();
     match missing.first() {
         None => Ok(true),

@@ -1,5 +1,6 @@
-//! `meshctl health`: `grpc.health.v1` over mTLS, pinning the server's SPIFFE ID (the compose
-//! health checks).
+//! `meshctl health`: `grpc.health.v1` over mTLS, pinning the server's SPIFFE ID, or on a
+//! service's plaintext health listener (the compose health checks, where the workload's key
+//! exists only in the service's memory).
 
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -10,7 +11,14 @@ use crate::{CliError, failed};
 
 /// `meshctl health`: exit 0 when the service is SERVING.
 pub async fn run(args: HealthArgs) -> Result<(), CliError> {
-    let channel = connect(&args.tls, &args.workload, &args.addr)?;
+    let channel = match (&args.workload, args.plaintext) {
+        (_, true) => tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))
+            .map_err(|e| CliError::Usage(format!("--addr: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .connect_lazy(),
+        (Some(workload), false) => connect(&args.tls, workload, &args.addr)?,
+        (None, false) => return Err(CliError::Usage("--workload: required".into())),
+    };
     let status = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: args.service.clone(),

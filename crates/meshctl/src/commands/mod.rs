@@ -6,6 +6,7 @@ pub mod audit;
 pub mod certs;
 pub mod demo;
 pub mod health;
+pub mod identity;
 pub mod inventory;
 pub mod keys;
 pub mod loadgen;
