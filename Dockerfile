@@ -21,6 +21,9 @@ RUN groupadd --system --gid 10001 mesh \
     && useradd --system --uid 10001 --gid mesh --home-dir /var/lib/mesh \
         --shell /usr/sbin/nologin mesh \
     && mkdir -p /var/lib/mesh/certs /var/lib/mesh/data /var/lib/mesh/cli \
+        /var/lib/mesh/identity /var/lib/mesh/secrets /var/lib/mesh/meshctl \
+        /var/lib/mesh/init/auth /var/lib/mesh/init/orders /var/lib/mesh/init/inventory \
+        /var/lib/mesh/init/meshctl \
     && chown -R mesh:mesh /var/lib/mesh
 COPY docker/mesh-init /usr/local/bin/mesh-init
 COPY --from=build /out/ /usr/local/bin/

@@ -67,8 +67,9 @@ pub struct Args {
     /// start; the file can be deleted afterwards.
     #[arg(long, env = "MESH_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
-    /// Lifetime of the workload certificates the CA signs (`1h`; 5 m to 24 h). Workloads renew
-    /// at about half of it.
+    /// Lifetime of the workload certificates the CA signs (`1h`; 1 m to 24 h). Workloads renew
+    /// at about half of it. Below a few minutes is for demonstrations: every workload then
+    /// depends on the CA answering within minutes.
     #[arg(long, env = "MESH_CERT_TTL", default_value = "1h", value_parser = cert_ttl)]
     pub cert_ttl: Duration,
     /// A file of join tokens to accept (`meshctl certs init` writes `join-tokens`), added on
@@ -89,7 +90,7 @@ pub struct Args {
 fn cert_ttl(raw: &str) -> Result<Duration, String> {
     mesh_service::config::parse_bounded_duration(
         raw,
-        Duration::from_secs(300),
+        Duration::from_secs(60),
         Duration::from_secs(86_400),
     )
 }

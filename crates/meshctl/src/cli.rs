@@ -66,6 +66,18 @@ pub enum Command {
 pub enum CertsCommand {
     /// Write a dev CA and a certificate for every workload.
     Init(CertsInitArgs),
+    /// Show the certificate a workload serves right now: SPIFFE ID, serial, time left.
+    Show {
+        /// The workload's mesh address (`host:port`).
+        #[arg(long)]
+        addr: String,
+        /// The workload expected behind the address (its SPIFFE ID is checked).
+        #[arg(long)]
+        workload: String,
+        /// meshctl's certificate.
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
 }
 
 /// `meshctl certs init`.

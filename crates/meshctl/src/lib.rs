@@ -52,6 +52,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     use commands::*;
     match cli.command {
         Command::Certs(CertsCommand::Init(args)) => certs::run(args),
+        Command::Certs(CertsCommand::Show {
+            addr,
+            workload,
+            tls,
+        }) => certs::show(&addr, &workload, &tls).await,
         Command::Token(args) => token::run(args).await,
         Command::Login(args) => login::run(args).await,
         Command::Logout(args) => login::logout(args).await,

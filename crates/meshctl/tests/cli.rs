@@ -697,6 +697,33 @@ async fn join_tokens_and_ca_rotation_are_for_an_admin_session() {
     );
     let pem = std::fs::read_to_string(&bundle).expect("bundle");
     assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "{pem}");
+    let shown = meshctl_in(
+        &mesh,
+        &admin,
+        &[
+            "certs",
+            "show",
+            "--addr",
+            &mesh.orders_addr.to_string(),
+            "--workload",
+            "orders",
+        ],
+    );
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let line = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        line.contains("spiffe://mesh.local/sa/orders serial "),
+        "{line}"
+    );
+    let left: u64 = line
+        .split_whitespace()
+        .next_back()
+        .and_then(|s| s.trim_end_matches('s').parse().ok())
+        .expect("seconds");
+    assert!(
+        left > 3000 && left <= 3600,
+        "a one-hour certificate from the CA: {line}"
+    );
     let early = meshctl_in(&mesh, &admin, &["ca", "rotate", "activate"]);
     assert_eq!(early.status.code(), Some(1));
     assert!(stderr(&early).contains("too early"), "{}", stderr(&early));

@@ -105,3 +105,33 @@ fn complete_set(files: &[PathBuf]) -> Result<bool, CliError> {
         ))),
     }
 }
+
+/// `meshctl certs show`: one line, `ADDR SPIFFE-ID serial SERIAL expires in Ns`.
+pub async fn show(addr: &str, workload: &str, tls: &crate::cli::TlsArgs) -> Result<(), CliError> {
+    let files = tls.files().map_err(|e| CliError::Usage(e.to_string()))?;
+    let roots = files
+        .trust_bundle()
+        .map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))?;
+    let identity = mesh_tls::Reloadable::load(files)
+        .map_err(|e| CliError::Usage(format!("--tls-cert/--tls-key: {e}")))?;
+    let expected = SpiffeId::workload(&tls.trust_domain, workload)
+        .map_err(|e| CliError::Usage(format!("--workload: {e}")))?;
+    let config = mesh_tls::client::mesh_client_config(identity, roots, expected.clone())
+        .map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))?;
+    let socket = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| crate::failed(format!("{addr}: {e}")))?
+        .next()
+        .ok_or_else(|| crate::failed(format!("{addr}: no address")))?;
+    let leaf = mesh_tls::client::peer_certificate(socket, config)
+        .await
+        .map_err(|e| crate::failed(format!("{addr}: {e}")))?;
+    let left = mesh_tls::identity::validity_of(&leaf)
+        .and_then(|(_, not_after)| not_after.duration_since(std::time::SystemTime::now()).ok())
+        .map_or(0, |d| d.as_secs());
+    println!(
+        "{addr} {expected} serial {} expires in {left}s",
+        mesh_tls::certs::serial_of(&leaf)
+    );
+    Ok(())
+}

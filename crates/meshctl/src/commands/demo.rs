@@ -164,7 +164,13 @@ impl Demo {
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     mesh_telemetry::init_with_default("warn,audit=info");
     let dir = tempfile::tempdir().map_err(failed)?;
-    let mesh = DevMesh::start(dir.path()).await.map_err(failed)?;
+    // Short-lived certificates, so that the demo can show one renewed.
+    let options = mesh_dev::devmesh::DevOptions {
+        cert_ttl: DEMO_CERT_TTL,
+    };
+    let mesh = DevMesh::start_with(dir.path(), options)
+        .await
+        .map_err(failed)?;
     println!("Zero-Trust Mesh demo: every hop is mTLS with a SPIFFE identity, every call a JWT.");
     println!(
         "  auth       mesh {}  public {}",
@@ -259,6 +265,57 @@ fn audit_report(demo: &mut Demo) {
         }
         demo.outcomes.push(ok);
     }
+}
+
+/// The certificate lifetime of the demo's mesh (an hour by default).
+const DEMO_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The serial of the certificate orders serves right now.
+async fn orders_serial(demo: &Demo) -> Result<String, CliError> {
+    let files = demo.mesh.tls_files("meshctl");
+    let identity = mesh_tls::Reloadable::load(files.clone()).map_err(failed)?;
+    let roots = files.trust_bundle().map_err(failed)?;
+    let expected =
+        mesh_tls::SpiffeId::workload(mesh_dev::devmesh::TRUST_DOMAIN, "orders").map_err(failed)?;
+    let config = mesh_tls::client::mesh_client_config(identity, roots, expected).map_err(failed)?;
+    let leaf = mesh_tls::client::peer_certificate(demo.mesh.orders_addr, config)
+        .await
+        .map_err(failed)?;
+    Ok(mesh_tls::certs::serial_of(&leaf))
+}
+
+/// Orders' certificate, whose key never left its memory, renewed at the mesh CA while it serves.
+async fn renewal(demo: &mut Demo, alice: &str) -> Result<(), CliError> {
+    let first = orders_serial(demo).await?;
+    let deadline = tokio::time::Instant::now() + DEMO_CERT_TTL;
+    let mut now = first.clone();
+    while now == first && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        now = orders_serial(demo).await?;
+    }
+    let placed = demo.place(alice, "demo-order-0003", "SKU-003", 1).await?;
+    let renewals = demo.mesh.renewals.get("orders").map_or(0, |r| r.renewals());
+    let ok = now != first && placed.is_some();
+    step(
+        &mut demo.outcomes,
+        &format!(
+            "orders renews its certificate at the mesh CA ({}s lifetime here, 1h by default)",
+            DEMO_CERT_TTL.as_secs()
+        ),
+        "a new serial while serving, the next order CONFIRMED",
+        format!(
+            "serial {}… → {}… ({renewals} renewal(s)), order {}",
+            &first[..first.len().min(12)],
+            &now[..now.len().min(12)],
+            if placed.is_some() {
+                "CONFIRMED"
+            } else {
+                "failed"
+            }
+        ),
+        ok,
+    );
+    Ok(())
 }
 
 async fn scenario(demo: &mut Demo) -> Result<(), CliError> {
@@ -360,5 +417,5 @@ async fn scenario(demo: &mut Demo) -> Result<(), CliError> {
         );
         demo.draw(&cancel_trace).await;
     }
-    Ok(())
+    renewal(demo, &alice).await
 }
