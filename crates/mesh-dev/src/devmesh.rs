@@ -59,6 +59,8 @@ pub struct DevMesh {
     pub inventory_addr: std::net::SocketAddr,
     /// The orders service's mesh address.
     pub orders_addr: std::net::SocketAddr,
+    /// Orders' plaintext health listener (health only, no certificate).
+    pub orders_health_addr: std::net::SocketAddr,
     /// Rotates the auth service's signing key.
     pub key_rotator: auth_service::KeyRotator,
     /// The inventory service's token verifier (its JWKS fetch count is observable).
@@ -216,7 +218,7 @@ impl DevMesh {
             auth_url: auth_addr.to_string(),
             db: dir.join(format!("{name}.db")),
             join_token_file: Some(identity_dir.join(format!("{name}.join"))),
-            health_listen: None,
+            health_listen: Some("127.0.0.1:0".parse().expect("address")),
         };
         let mut inventory_args = inventory_service::Args {
             listen: "127.0.0.1:0".parse()?,
@@ -240,6 +242,10 @@ impl DevMesh {
         })
         .await?;
         let orders_addr = orders.server().addr();
+        let orders_health_addr = orders
+            .server()
+            .health_addr()
+            .context("orders has a health listener")?;
         let orders_verifier = orders.server().verifier().clone();
         renewals.extend(orders.server().renewal().map(|r| ("orders", r)));
         tracers.push(orders.server().telemetry().clone());
@@ -264,6 +270,7 @@ impl DevMesh {
             tracers,
             sink_service: Some((sink_stop, sink_task)),
             orders_addr,
+            orders_health_addr,
             key_rotator,
             inventory_verifier,
             orders_verifier,

@@ -125,6 +125,13 @@ impl MeshServer {
         self
     }
 
+    /// The plaintext health listener's address, when there is one.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
     /// The certificate renewal's state, when the certificate is renewed in process.
     pub fn renewal(&self) -> Option<Arc<RenewalStatus>> {
         self.renewal.clone()

@@ -748,3 +748,31 @@ async fn the_database_alone_holds_no_usable_private_key_and_a_wrong_kek_stops_th
     pool.close().await;
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plaintext_health_listener_answers_health_and_nothing_else() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.mesh.orders_health_addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("plaintext connection");
+    let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(status.status, 1, "SERVING");
+    // The API is not there, with or without a token: only the mesh port serves it.
+    let token = mesh.user_token("alice", "orders").await.expect("alice");
+    let refused = OrdersServiceClient::new(channel)
+        .list_orders(bearer(
+            mesh_proto::orders::v1::ListOrdersRequest::default(),
+            &token,
+        ))
+        .await
+        .expect_err("no API in plaintext");
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+    mesh.stop().await;
+}
