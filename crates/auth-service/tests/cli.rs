@@ -34,6 +34,22 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Runs the service with `env` and checks it exits 64 with `flag` in its message.
+fn assert_exit_64_naming(env: &[(&str, &str)], flag: &str) {
+    let output = auth_service(env);
+    assert_eq!(
+        output.status.code(),
+        Some(64),
+        "{flag}: {}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(flag),
+        "expected {flag} in: {}",
+        stderr(&output)
+    );
+}
+
 #[test]
 fn missing_required_settings_exit_64() {
     let output = auth_service(&[]);
@@ -100,18 +116,7 @@ fn bad_keys_at_rest_and_ca_flags_exit_64_naming_the_flag() {
             .chain(extra.iter())
             .map(|(k, v)| (*k, v.as_str()))
             .collect();
-        let output = auth_service(&env);
-        assert_eq!(
-            output.status.code(),
-            Some(64),
-            "{flag}: {}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains(flag),
-            "expected {flag} in: {}",
-            stderr(&output)
-        );
+        assert_exit_64_naming(&env, flag);
     }
 }
 
@@ -167,17 +172,6 @@ fn bad_config_files_and_values_exit_64_naming_the_flag() {
         if let Some(issuer) = issuer {
             env.push(("MESH_ISSUER", issuer));
         }
-        let output = auth_service(&env);
-        assert_eq!(
-            output.status.code(),
-            Some(64),
-            "{flag}: {}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains(flag),
-            "expected {flag} in: {}",
-            stderr(&output)
-        );
+        assert_exit_64_naming(&env, flag);
     }
 }

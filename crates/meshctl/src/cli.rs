@@ -151,15 +151,9 @@ pub enum IdentityCommand {
         /// Write the token to this file (mode 0600) instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// The auth service's mesh address (`host:port`).
-        #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
-        addr: String,
-        /// meshctl's certificate.
+        /// Where the auth service is, and the administrator's session.
         #[command(flatten)]
-        tls: TlsArgs,
-        /// The administrator's tokens.
-        #[command(flatten)]
-        session: SessionArgs,
+        admin: AuthAdmin,
     },
 }
 
@@ -186,15 +180,9 @@ pub enum CaCommand {
         /// bundle from a file (they pick it up with `MESH_TLS_WATCH`).
         #[arg(long)]
         bundle_out: Option<PathBuf>,
-        /// The auth service's mesh address (`host:port`).
-        #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
-        addr: String,
-        /// meshctl's certificate.
+        /// Where the auth service is, and the administrator's session.
         #[command(flatten)]
-        tls: TlsArgs,
-        /// The administrator's tokens.
-        #[command(flatten)]
-        session: SessionArgs,
+        admin: AuthAdmin,
     },
 }
 
@@ -367,16 +355,25 @@ pub enum KeysCommand {
     /// `meshctl login --username admin --audience auth`): the published next key starts to
     /// sign, the current one stays published until its tokens expire.
     Rotate {
-        /// The auth service's mesh address (`host:port`).
-        #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
-        addr: String,
-        /// meshctl's certificate.
+        /// Where the auth service is, and the administrator's session.
         #[command(flatten)]
-        tls: TlsArgs,
-        /// The administrator's tokens.
-        #[command(flatten)]
-        session: SessionArgs,
+        admin: AuthAdmin,
     },
+}
+
+/// An administrator's call to the auth service's mesh port: the address, meshctl's certificate
+/// and the session holding a token with `auth:keys`.
+#[derive(Debug, Args)]
+pub struct AuthAdmin {
+    /// The auth service's mesh address (`host:port`).
+    #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
+    pub addr: String,
+    /// meshctl's certificate.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// The administrator's tokens.
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
 /// `meshctl inventory …`.

@@ -473,6 +473,22 @@ fn audit_keygen_writes_a_hex_key_once_and_a_verify_with_it_works() {
     );
 }
 
+/// Logs `user` in with the demo password, for audience `auth`, into `session`.
+fn login_for_auth(mesh: &mesh_dev::devmesh::DevMesh, user: &str, session: &std::path::Path) {
+    let password = format!("{user}-demo-password");
+    let args = [
+        "login",
+        "--username",
+        user,
+        "--password",
+        &password,
+        "--audience",
+        "auth",
+    ];
+    let output = meshctl_in(mesh, session, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_is_for_an_admin_session_and_prints_the_new_key_ids() {
     let dir = tempfile::tempdir().expect("dir");
@@ -480,23 +496,7 @@ async fn keys_rotate_is_for_an_admin_session_and_prints_the_new_key_ids() {
         .await
         .expect("mesh");
     let before = mesh.key_rotator.current();
-    let login = |user: &str, session: &std::path::Path| {
-        let password = format!("{user}-demo-password");
-        let output = meshctl_in(
-            &mesh,
-            session,
-            &[
-                "login",
-                "--username",
-                user,
-                "--password",
-                &password,
-                "--audience",
-                "auth",
-            ],
-        );
-        assert!(output.status.success(), "{}", stderr(&output));
-    };
+    let login = |user: &str, session: &std::path::Path| login_for_auth(&mesh, user, session);
     let alice = dir.path().join("alice.json");
     login("alice", &alice);
     let refused = meshctl_in(&mesh, &alice, &["keys", "rotate"]);
@@ -607,23 +607,7 @@ async fn join_tokens_and_ca_rotation_are_for_an_admin_session() {
     let mesh = mesh_dev::devmesh::DevMesh::start(dir.path())
         .await
         .expect("mesh");
-    let login = |user: &str, session: &std::path::Path| {
-        let password = format!("{user}-demo-password");
-        let output = meshctl_in(
-            &mesh,
-            session,
-            &[
-                "login",
-                "--username",
-                user,
-                "--password",
-                &password,
-                "--audience",
-                "auth",
-            ],
-        );
-        assert!(output.status.success(), "{}", stderr(&output));
-    };
+    let login = |user: &str, session: &std::path::Path| login_for_auth(&mesh, user, session);
     let alice = dir.path().join("alice.json");
     login("alice", &alice);
     let refused = meshctl_in(

@@ -82,6 +82,18 @@ async fn join_token(mesh: &TestMesh, workload: &str) -> String {
         .token
 }
 
+/// One CA rotation step through `client` with `token`.
+async fn rotate(
+    client: &mut IdentityAdminClient<tonic::transport::Channel>,
+    step: Step,
+    token: &str,
+) -> Result<mesh_proto::identity::v1::RotateAuthorityResponse, tonic::Status> {
+    client
+        .rotate_authority(bearer(RotateAuthorityRequest { step: step.into() }, token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 fn leaf_id(response: &CertifyResponse) -> Option<SpiffeId> {
     let chain = parse_pem_certs(&response.certificate_chain_pem).expect("pem");
     mesh_tls::identity::spiffe_id_of(&chain[0])
@@ -283,13 +295,7 @@ async fn only_an_administrator_through_meshctl_may_create_join_tokens_or_rotate_
         .await
         .expect_err("alice is no admin");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    let refused = via_meshctl
-        .rotate_authority(bearer(
-            RotateAuthorityRequest {
-                step: Step::Add.into(),
-            },
-            &alice,
-        ))
+    let refused = rotate(&mut via_meshctl, Step::Add, &alice)
         .await
         .expect_err("alice is no admin");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
@@ -318,32 +324,14 @@ async fn only_an_administrator_through_meshctl_may_create_join_tokens_or_rotate_
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().starts_with("workload"), "{refused:?}");
     // Activating with no new CA, or too early, is FAILED_PRECONDITION with the reason.
-    let refused = via_meshctl
-        .rotate_authority(bearer(
-            RotateAuthorityRequest {
-                step: Step::Activate.into(),
-            },
-            &admin,
-        ))
+    let refused = rotate(&mut via_meshctl, Step::Activate, &admin)
         .await
         .expect_err("nothing to activate");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    via_meshctl
-        .rotate_authority(bearer(
-            RotateAuthorityRequest {
-                step: Step::Add.into(),
-            },
-            &admin,
-        ))
+    rotate(&mut via_meshctl, Step::Add, &admin)
         .await
         .expect("add");
-    let refused = via_meshctl
-        .rotate_authority(bearer(
-            RotateAuthorityRequest {
-                step: Step::Activate.into(),
-            },
-            &admin,
-        ))
+    let refused = rotate(&mut via_meshctl, Step::Activate, &admin)
         .await
         .expect_err("too early");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -544,13 +532,7 @@ async fn the_ca_rotates_add_activate_retire_under_load_with_no_failed_call() {
     let step = |step: Step| {
         let mut client = client.admin(&mesh);
         let admin = admin.clone();
-        async move {
-            client
-                .rotate_authority(bearer(RotateAuthorityRequest { step: step.into() }, &admin))
-                .await
-                .expect("step")
-                .into_inner()
-        }
+        async move { rotate(&mut client, step, &admin).await.expect("step") }
     };
     let states = |r: &mesh_proto::identity::v1::RotateAuthorityResponse| {
         r.authorities

@@ -262,6 +262,15 @@ async fn eventually<F: std::future::Future<Output = bool>>(
     panic!("not within 5 s: {what}");
 }
 
+/// Waits until the watcher has refused a change since it had refused `before`.
+async fn refused_since(status: &mesh_tls::watch::WatchStatus, before: u64, what: &str) {
+    eventually(what, || {
+        let refused = status.refusals() > before;
+        async move { refused }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_watch_follows_renewed_files_and_keeps_serving_through_a_broken_or_mismatched_one() {
     let mesh = TestMesh::start().await.expect("mesh");
@@ -319,11 +328,7 @@ async fn file_watch_follows_renewed_files_and_keeps_serving_through_a_broken_or_
     // A broken key file is refused; the certificate in service stays.
     let refusals = status.refusals();
     replace(&files.key, b"not a key");
-    eventually("the broken key is refused", || {
-        let refused = status.refusals() > refusals;
-        async move { refused }
-    })
-    .await;
+    refused_since(&status, refusals, "the broken key is refused").await;
     check(as_meshctl("stranger")).await.expect("still serving");
     assert!(status.last_refusal().is_some());
 
@@ -331,11 +336,7 @@ async fn file_watch_follows_renewed_files_and_keeps_serving_through_a_broken_or_
     let refusals = status.refusals();
     replace(&files.cert, &read("inventory.pem"));
     replace(&files.key, &read("stranger.key"));
-    eventually("the mismatched pair is refused", || {
-        let refused = status.refusals() > refusals;
-        async move { refused }
-    })
-    .await;
+    refused_since(&status, refusals, "the mismatched pair is refused").await;
     check(as_meshctl("stranger")).await.expect("still serving");
     replace(&files.key, &read("inventory.key"));
     eventually("the matching pair is served", || {
@@ -379,11 +380,7 @@ async fn file_watch_follows_renewed_files_and_keeps_serving_through_a_broken_or_
     // An empty bundle file is refused: the mesh never ends up trusting nothing.
     let refusals = status.refusals();
     replace(&files.ca, b"");
-    eventually("the empty bundle is refused", || {
-        let refused = status.refusals() > refusals;
-        async move { refused }
-    })
-    .await;
+    refused_since(&status, refusals, "the empty bundle is refused").await;
     check(second_ca_client())
         .await
         .expect("the bundle in service stays");

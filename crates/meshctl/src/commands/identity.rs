@@ -4,7 +4,7 @@ use mesh_proto::identity::v1::identity_admin_client::IdentityAdminClient;
 use mesh_proto::identity::v1::rotate_authority_request::Step;
 use mesh_proto::identity::v1::{CreateJoinTokenRequest, RotateAuthorityRequest};
 
-use super::{connect, status_error, token_for};
+use super::{auth_admin, status_error};
 use crate::cli::{CaCommand, CaStep, IdentityCommand};
 use crate::{CliError, failed};
 
@@ -14,14 +14,12 @@ pub async fn run(command: IdentityCommand) -> Result<(), CliError> {
         workload,
         ttl,
         out,
-        addr,
-        tls,
-        session,
+        admin,
     } = command;
     mesh_tls::certs::validate_workload_name(&workload)
         .map_err(|e| CliError::Usage(format!("--workload: {e}")))?;
-    let token = token_for(&session, &tls, "auth").await?;
-    let created = IdentityAdminClient::new(connect(&tls, "auth", &addr)?)
+    let (channel, token) = auth_admin(&admin).await?;
+    let created = IdentityAdminClient::new(channel)
         .create_join_token(token.request(CreateJoinTokenRequest {
             workload,
             ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
@@ -56,17 +54,15 @@ pub async fn run_ca(command: CaCommand) -> Result<(), CliError> {
     let CaCommand::Rotate {
         step,
         bundle_out,
-        addr,
-        tls,
-        session,
+        admin,
     } = command;
-    let token = token_for(&session, &tls, "auth").await?;
+    let (channel, token) = auth_admin(&admin).await?;
     let step = match step {
         CaStep::Add => Step::Add,
         CaStep::Activate => Step::Activate,
         CaStep::Retire => Step::Retire,
     };
-    let rotated = IdentityAdminClient::new(connect(&tls, "auth", &addr)?)
+    let rotated = IdentityAdminClient::new(channel)
         .rotate_authority(token.request(RotateAuthorityRequest { step: step.into() }))
         .await
         .map_err(status_error)?

@@ -3,15 +3,15 @@
 use mesh_proto::auth::v1::RotateSigningKeyRequest;
 use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 
-use super::{connect, status_error, token_for};
+use super::{auth_admin, status_error};
 use crate::CliError;
 use crate::cli::KeysCommand;
 
 /// `meshctl keys …`.
 pub async fn run(command: KeysCommand) -> Result<(), CliError> {
-    let KeysCommand::Rotate { addr, tls, session } = command;
-    let token = token_for(&session, &tls, "auth").await?;
-    let rotated = AuthServiceClient::new(connect(&tls, "auth", &addr)?)
+    let KeysCommand::Rotate { admin } = command;
+    let (channel, token) = auth_admin(&admin).await?;
+    let rotated = AuthServiceClient::new(channel)
         .rotate_signing_key(token.request(RotateSigningKeyRequest {}))
         .await
         .map_err(status_error)?

@@ -72,6 +72,14 @@ pub(crate) async fn token_for(
     bearer(token)
 }
 
+/// An mTLS channel to the auth service and the administrator's token for it.
+pub(crate) async fn auth_admin(
+    admin: &crate::cli::AuthAdmin,
+) -> Result<(tonic::transport::Channel, BearerToken), CliError> {
+    let token = token_for(&admin.session, &admin.tls, "auth").await?;
+    Ok((connect(&admin.tls, "auth", &admin.addr)?, token))
+}
+
 /// The trust bundle file of `--tls-ca`.
 pub(crate) fn ca_file(tls: &TlsArgs) -> Result<&std::path::Path, CliError> {
     tls.ca_file()
