@@ -185,7 +185,7 @@ impl Identity for IdentityApi {
             let ttl = self.rejoin_ttl;
             let token = self
                 .tokens
-                .create(&id, ttl, false)
+                .create(&id, ttl)
                 .await
                 .map_err(|_| Status::unavailable("join tokens unavailable"))?;
             (token.token, token.expires_at)
@@ -248,7 +248,7 @@ impl IdentityAdmin for IdentityApi {
             .map_err(|_| Status::invalid_argument("workload: not a valid SPIFFE path segment"))?;
         let token = self
             .tokens
-            .create(&id, ttl, false)
+            .create(&id, ttl)
             .await
             .map_err(|_| Status::unavailable("join tokens unavailable"))?;
         self.audit

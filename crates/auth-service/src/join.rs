@@ -87,24 +87,21 @@ impl JoinTokens {
         Self { pool }
     }
 
-    /// Creates a token for `spiffe_id` valid for `ttl`. With `replace`, the unused tokens of
-    /// that ID are withdrawn first, so only the newest can be used.
+    /// Creates a token for `spiffe_id` valid for `ttl`.
     pub async fn create(
         &self,
         spiffe_id: &SpiffeId,
         ttl: Duration,
-        replace: bool,
     ) -> Result<NewToken, sqlx::Error> {
         let token = new_token()?;
         let now = crate::unix_now() as i64;
         let expires_at = now + ttl.as_secs() as i64;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if replace {
-            sqlx::query("DELETE FROM join_tokens WHERE spiffe_id = ? AND used_at IS NULL")
-                .bind(spiffe_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
+        // A token a day past its expiry tells nobody anything: forget it.
+        sqlx::query("DELETE FROM join_tokens WHERE expires_at < ?")
+            .bind(now - 86_400)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO join_tokens (hash, spiffe_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
         )

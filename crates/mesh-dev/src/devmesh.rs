@@ -71,6 +71,7 @@ pub struct DevMesh {
     /// at the mesh CA).
     pub renewals: std::collections::BTreeMap<&'static str, Arc<RenewalStatus>>,
     inventory_args: inventory_service::Args,
+    auth_args: auth_service::Args,
     /// The audit logs and their key.
     pub audit: AuditFiles,
     /// meshctl's own tracer, for client spans of calls made from this process.
@@ -168,7 +169,7 @@ impl DevMesh {
             otlp_endpoint: Some(otlp.clone()),
             service_name: None,
         };
-        let auth_settings = auth_service::Args {
+        let mut auth_args = auth_service::Args {
             listen: "127.0.0.1:0".parse()?,
             public_listen: "127.0.0.1:0".parse()?,
             tls: mesh_service::TlsFlags {
@@ -190,13 +191,15 @@ impl DevMesh {
             join_tokens: Some(join_tokens),
             rejoin_token_ttl: Duration::from_secs(86_400),
             health_listen: None,
-        }
-        .into_settings()?;
-        let auth = auth_service::Application::build(auth_settings).await?;
+        };
+        let auth = auth_service::Application::build(auth_args.clone().into_settings()?).await?;
         let issuer = auth.issuer().to_owned();
         let auth_addr = auth.mesh_addr();
         let auth_public_addr = auth.public_addr();
         let key_rotator = auth.key_rotator();
+        // A restart must come back on the same addresses (and so the same issuer URL).
+        auth_args.listen = auth_addr;
+        auth_args.public_listen = auth_public_addr;
         let mut renewals = std::collections::BTreeMap::new();
         renewals.extend(auth.renewal().map(|r| ("auth", r)));
         let mut tracers = vec![auth.telemetry()];
@@ -258,6 +261,7 @@ impl DevMesh {
             auth_public_addr,
             inventory_addr,
             inventory_args,
+            auth_args,
             audit,
             client_telemetry: Telemetry::new(
                 &TelemetryFlags {
@@ -360,6 +364,19 @@ impl DevMesh {
         }
         self.services
             .push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
+        Ok(())
+    }
+
+    /// Starts the auth service again on its old addresses, with its old database.
+    pub async fn restart_auth(&mut self) -> anyhow::Result<()> {
+        let auth =
+            auth_service::Application::build(self.auth_args.clone().into_settings()?).await?;
+        self.key_rotator = auth.key_rotator();
+        if let Some(renewal) = auth.renewal() {
+            self.renewals.insert("auth", renewal);
+        }
+        self.services
+            .push(spawn("auth", |stop| auth.run_until_stopped(stop)));
         Ok(())
     }
 

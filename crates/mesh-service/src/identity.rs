@@ -5,7 +5,8 @@
 //! starts at about half the remaining lifetime (with jitter, so replicas do not renew in step),
 //! retries with backoff while the CA cannot answer, and swaps the new certificate and trust
 //! bundle in for new connections; established connections keep theirs. When the certificate
-//! is about to expire without a successor, the service reports NOT_SERVING and logs why.
+//! is about to expire without a successor, the service reports NOT_SERVING and logs why; once
+//! it has expired, the next attempt joins again with the rejoin token.
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
@@ -163,9 +164,16 @@ where
                         } else {
                             tracing::warn!(%error, valid_for = ?remaining, "certificate renewal failed; retrying");
                         }
-                        let pause = backoff.min((remaining / 4).max(Duration::from_millis(100)));
+                        // Close to expiry, try again sooner; once expired, at the backoff's pace.
+                        let pause = if remaining.is_zero() {
+                            backoff
+                        } else {
+                            backoff.min((remaining / 4).max(Duration::from_millis(100)))
+                        };
                         tokio::time::sleep(pause).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        // Doubles what was waited, so the short waits close to expiry do not
+                        // leave a long one for after it.
+                        backoff = (pause * 2).clamp(Duration::from_millis(500), MAX_BACKOFF);
                     }
                 }
             }

@@ -85,7 +85,7 @@ impl Runtime {
             runtime.verifier.revocations().clone(),
         ));
         if let Some(token_file) = token_file {
-            runtime.renew_from_mesh_ca(auth, token_file);
+            runtime.renew_from_mesh_ca(auth, token_file, &flags.issuer)?;
         }
         runtime.listen_health(flags.health_listen).await?;
         Ok(runtime)
@@ -93,19 +93,42 @@ impl Runtime {
 
     /// Renews the certificate at the mesh CA over `auth` (mTLS with the current certificate),
     /// keeping the rejoin token in `token_file` current.
-    fn renew_from_mesh_ca(&mut self, auth: Channel, token_file: TokenFile) {
+    ///
+    /// A certificate that expired (the CA was down for longer than its life) cannot prove
+    /// anything over mTLS any more: the workload then joins again with its rejoin token on the
+    /// issuer's public listener, as a restart would.
+    fn renew_from_mesh_ca(
+        &mut self,
+        auth: Channel,
+        token_file: TokenFile,
+        issuer: &str,
+    ) -> Result<(), StartError> {
         let current_token = Arc::new(std::sync::Mutex::new(token_file.read().unwrap_or_default()));
+        let config = mesh_tls::client::https_grpc_client_config(self.workload.roots.clone())
+            .map_err(|e| StartError::config("--tls-ca", e))?;
+        let public = mesh_tls::client::channel(issuer, config)
+            .map_err(|e| StartError::config("--issuer", e))?;
+        let identity = self.workload.identity.clone();
         let renew = move || {
-            let (auth, token_file, current_token) =
-                (auth.clone(), token_file.clone(), current_token.clone());
+            let (auth, public, token_file, current_token) = (
+                auth.clone(),
+                public.clone(),
+                token_file.clone(),
+                current_token.clone(),
+            );
+            let expired = identity.remaining().is_zero();
             async move {
-                let replaces = current_token
+                let held = current_token
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
-                let (renewed, response) = crate::identity::certify(auth, "", &replaces)
-                    .await
-                    .map_err(|status| format!("the mesh CA: {}", status.message()))?;
+                let certified = if expired {
+                    crate::identity::certify(public, &held, "").await
+                } else {
+                    crate::identity::certify(auth, "", &held).await
+                };
+                let (renewed, response) =
+                    certified.map_err(|status| format!("the mesh CA: {}", status.message()))?;
                 token_file.replace(&response.rejoin_token);
                 *current_token.lock().unwrap_or_else(|p| p.into_inner()) = response.rejoin_token;
                 Ok(renewed)
@@ -119,6 +142,7 @@ impl Runtime {
         );
         self.tasks.push(task);
         self.renewal = Some(status);
+        Ok(())
     }
 
     /// Renews the certificate with `renew` (a service that is its own CA), also whenever

@@ -613,7 +613,8 @@ async fn the_ca_rotates_add_activate_retire_under_load_with_no_failed_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_that_cannot_renew_before_expiry_reports_not_serving() {
+async fn a_service_that_cannot_renew_before_expiry_reports_not_serving_and_rejoins_when_the_ca_is_back()
+ {
     let mut mesh = TestMesh::start_with(DevOptions {
         cert_ttl: Duration::from_secs(4),
     })
@@ -643,8 +644,47 @@ async fn a_service_that_cannot_renew_before_expiry_reports_not_serving() {
     let problem = problem.expect("orders says why within 5 s");
     assert!(problem.contains("cannot be renewed"), "{problem}");
     assert!(renewal.failures() > 0);
-    let status = health.check(check).await.expect("health").into_inner();
+    let status = health
+        .check(check.clone())
+        .await
+        .expect("health")
+        .into_inner();
     assert_eq!(status.status, 2, "NOT_SERVING");
+
+    // The CA comes back after the certificate expired: an expired certificate proves nothing
+    // over mTLS, so orders joins again with its rejoin token, and serves again.
+    while !renewal
+        .problem()
+        .is_some_and(|p| p.contains("expires in 0s"))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past its not-after for certain: only the rejoin token can get orders a certificate now.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let token_before =
+        std::fs::read_to_string(mesh.dir().join("identity/orders.join")).expect("rejoin token");
+    mesh.mesh.restart_auth().await.expect("auth back");
+    for _ in 0..600 {
+        if renewal.problem().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(renewal.problem(), None, "renewed after the CA came back");
+    let token_after =
+        std::fs::read_to_string(mesh.dir().join("identity/orders.join")).expect("rejoin token");
+    assert_ne!(
+        token_before, token_after,
+        "the rejoin token was spent and replaced"
+    );
+    let status = health.check(check).await.expect("health").into_inner();
+    assert_eq!(status.status, 1, "SERVING again");
+    tonic_health::pb::health_client::HealthClient::new(
+        mesh.orders_channel("meshctl").expect("channel"),
+    )
+    .check(tonic_health::pb::HealthCheckRequest::default())
+    .await
+    .expect("a new connection handshakes with the new certificate");
     mesh.stop().await;
 }
 
