@@ -60,6 +60,10 @@ pub async fn idle_services(bin_dir: &Path, config: &Path) -> anyhow::Result<Vec<
         .map(|n| (*n).to_owned())
         .collect();
     mesh_tls::certs::CertAuthority::generate("mesh.local")?.write_dir(&certs, &names, false)?;
+    // The auth service seals its signing keys under a key-encryption key; it holds no CA here,
+    // so every service serves the certificate files written above.
+    let kek = dir.path().join("auth.kek");
+    auth_interceptor::audit::write_new_key(&kek)?;
     let (auth_port, public_port, inventory_port, orders_port) =
         (free_port()?, free_port()?, free_port()?, free_port()?);
     let issuer = format!("https://localhost:{public_port}");
@@ -90,6 +94,7 @@ pub async fn idle_services(bin_dir: &Path, config: &Path) -> anyhow::Result<Vec<
             ("MESH_LISTEN", format!("127.0.0.1:{auth_port}")),
             ("MESH_PUBLIC_LISTEN", format!("127.0.0.1:{public_port}")),
             ("MESH_AUTH_CONFIG", config.display().to_string()),
+            ("MESH_KEK_FILE", kek.display().to_string()),
         ],
     )?;
     wait_listening(public_port).await?;

@@ -286,3 +286,16 @@ fn the_cli_is_a_leaf_and_telemetry_knows_no_auth() {
         }
     }
 }
+
+#[test]
+fn the_kubernetes_dev_overlay_ships_the_example_registry_unchanged() {
+    // kustomize reads files only below the overlay, so the overlay holds a copy.
+    let root = crates_dir().join("..");
+    let example = std::fs::read_to_string(root.join("config/auth.example.toml")).expect("example");
+    let copy =
+        std::fs::read_to_string(root.join("deploy/k8s/overlays/dev/auth.toml")).expect("copy");
+    assert!(
+        example == copy,
+        "deploy/k8s/overlays/dev/auth.toml differs from config/auth.example.toml: copy it again"
+    );
+}
