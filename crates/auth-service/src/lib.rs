@@ -341,6 +341,11 @@ impl Application {
         self.server.telemetry().clone()
     }
 
+    /// The join tokens of the CA (what `meshctl identity join-token` creates).
+    pub fn join_tokens(&self) -> join::JoinTokens {
+        self.identity.tokens.clone()
+    }
+
     /// The renewal of the service's own certificate, when it holds the CA.
     pub fn renewal(&self) -> Option<Arc<mesh_service::identity::RenewalStatus>> {
         self.server.renewal()

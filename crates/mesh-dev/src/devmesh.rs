@@ -72,6 +72,7 @@ pub struct DevMesh {
     pub renewals: std::collections::BTreeMap<&'static str, Arc<RenewalStatus>>,
     inventory_args: inventory_service::Args,
     auth_args: auth_service::Args,
+    join_tokens: auth_service::join::JoinTokens,
     /// The audit logs and their key.
     pub audit: AuditFiles,
     /// meshctl's own tracer, for client spans of calls made from this process.
@@ -197,6 +198,7 @@ impl DevMesh {
         let auth_addr = auth.mesh_addr();
         let auth_public_addr = auth.public_addr();
         let key_rotator = auth.key_rotator();
+        let join_tokens = auth.join_tokens();
         // A restart must come back on the same addresses (and so the same issuer URL).
         auth_args.listen = auth_addr;
         auth_args.public_listen = auth_public_addr;
@@ -262,6 +264,7 @@ impl DevMesh {
             inventory_addr,
             inventory_args,
             auth_args,
+            join_tokens,
             audit,
             client_telemetry: Telemetry::new(
                 &TelemetryFlags {
@@ -365,6 +368,35 @@ impl DevMesh {
         self.services
             .push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
         Ok(())
+    }
+
+    /// Starts another inventory replica named `name` (`inventory-2`): its own join token,
+    /// database and audit log (`audit.log(name)`), on a new loopback port. For reads: two
+    /// replicas on two SQLite files do not share stock.
+    pub async fn start_inventory_replica(
+        &mut self,
+        name: &'static str,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let token = self
+            .join_tokens
+            .create(
+                &SpiffeId::workload(TRUST_DOMAIN, "inventory")?,
+                Duration::from_secs(60),
+            )
+            .await?;
+        let token_file = self.dir.join("identity").join(format!("{name}.join"));
+        mesh_tls::certs::write_private(&token_file, &token.token)?;
+        let mut args = self.inventory_args.clone();
+        args.listen = "127.0.0.1:0".parse()?;
+        args.mesh.db = self.dir.join(format!("{name}.db"));
+        args.mesh.join_token_file = Some(token_file);
+        args.mesh.audit = self.audit.flags(name);
+        args.mesh.health_listen = None;
+        let replica = inventory_service::Application::build(args).await?;
+        let addr = replica.server().addr();
+        self.services
+            .push(spawn(name, |stop| replica.run_until_stopped(stop)));
+        Ok(addr)
     }
 
     /// Starts the auth service again on its old addresses, with its old database.

@@ -202,8 +202,9 @@ pub struct ServiceFlags {
     /// Issuer whose tokens are accepted; keys are discovered at its well-known URL.
     #[arg(long, env = "MESH_ISSUER")]
     pub issuer: String,
-    /// The auth service's mesh address (`host:port`): token exchange, and the revocation stream
-    /// every verifier follows.
+    /// The auth service's mesh address: token exchange, renewal, and the revocation stream every
+    /// verifier follows. `host:port` (every address the name resolves to is a replica) or a
+    /// comma-separated list.
     #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
     pub auth_url: String,
     /// SQLite file (created and migrated on start).

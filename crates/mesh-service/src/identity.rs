@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use auth_interceptor::client::Transport;
 use mesh_proto::identity::v1::identity_client::IdentityClient;
 use mesh_proto::identity::v1::{CertifyRequest, CertifyResponse};
 use mesh_tls::material::parse_pem_certs;
 use mesh_tls::{Reloadable, Trust, TrustBundle};
-use tonic::transport::Channel;
 
 use crate::config::{CertSource, TlsFlags, Workload, check_trust_domain};
 use crate::error::StartError;
@@ -196,7 +196,7 @@ fn install(identity: &Reloadable, trust: &Trust, renewed: Renewed) -> Result<(),
 /// Asks the CA behind `channel` for a certificate: a fresh key in memory, a request for it, and
 /// `join_token` when the caller has no certificate yet.
 pub async fn certify(
-    channel: Channel,
+    channel: Transport,
     join_token: &str,
     replaces_rejoin_token: &str,
 ) -> Result<(Renewed, CertifyResponse), tonic::Status> {
@@ -288,7 +288,13 @@ pub async fn join(
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
     let mut backoff = Duration::from_millis(200);
     let (renewed, response) = loop {
-        match certify(channel.clone(), &token, "").await {
+        match certify(
+            auth_interceptor::client::transport(channel.clone()),
+            &token,
+            "",
+        )
+        .await
+        {
             Ok(certified) => break certified,
             // The CA's certificate does not chain to the bootstrap bundle: no retry mends that.
             Err(status) if status.message().contains("invalid peer certificate") => {

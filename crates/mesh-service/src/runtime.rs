@@ -13,8 +13,9 @@ use mesh_tls::SpiffeId;
 use mesh_tls::client::MeshConnector;
 use mesh_tls::server::{ServerLimits, TlsListener};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 use tower::Layer as _;
+
+use crate::balance::Balanced;
 
 use mesh_tls::watch::WatchStatus;
 
@@ -25,7 +26,7 @@ use crate::server::MeshServer;
 
 /// A mesh channel with the client trace layer, as a [`Transport`]: every call it carries starts
 /// a client span and passes the W3C trace context on.
-pub fn traced(channel: Channel, layer: &ClientTraceLayer) -> Transport {
+pub fn traced(channel: tonic::transport::Channel, layer: &ClientTraceLayer) -> Transport {
     Transport::new(layer.layer(channel))
 }
 
@@ -79,9 +80,9 @@ impl Runtime {
         )
         .await?;
         // Not traced: one stream for the life of the process is no request to draw.
-        let auth = runtime.channel("auth", &flags.auth_url, "--auth-url")?;
+        let auth = runtime.transport("auth", &flags.auth_url, "--auth-url")?;
         runtime.revocation_feed = Some(revocation::spawn_feed(
-            auth_interceptor::client::transport(auth.clone()),
+            auth.clone(),
             runtime.verifier.revocations().clone(),
         ));
         if let Some(token_file) = token_file {
@@ -99,7 +100,7 @@ impl Runtime {
     /// issuer's public listener, as a restart would.
     fn renew_from_mesh_ca(
         &mut self,
-        auth: Channel,
+        auth: Transport,
         token_file: TokenFile,
         issuer: &str,
     ) -> Result<(), StartError> {
@@ -107,6 +108,7 @@ impl Runtime {
         let config = mesh_tls::client::https_grpc_client_config(self.workload.roots.clone())
             .map_err(|e| StartError::config("--tls-ca", e))?;
         let public = mesh_tls::client::channel(issuer, config)
+            .map(auth_interceptor::client::transport)
             .map_err(|e| StartError::config("--issuer", e))?;
         let identity = self.workload.identity.clone();
         let renew = move || {
@@ -273,12 +275,21 @@ impl Runtime {
         url: &str,
         flag: &'static str,
     ) -> Result<Transport, StartError> {
-        let channel = self.channel(peer, url, flag)?;
-        Ok(traced(channel, &self.telemetry.client_layer(url)))
+        let transport = self.transport(peer, url, flag)?;
+        Ok(Transport::new(
+            self.telemetry.client_layer(url).layer(transport),
+        ))
     }
 
-    /// A lazily connecting mTLS channel to the mesh workload `peer` at `url`, untraced.
-    fn channel(&self, peer: &str, url: &str, flag: &'static str) -> Result<Channel, StartError> {
+    /// An untraced mTLS transport to the mesh workload `peer` at `url`: balanced over every
+    /// replica the address resolves to (or the comma-separated list names), each of which must
+    /// present `spiffe://<trust domain>/sa/<peer>`.
+    fn transport(
+        &self,
+        peer: &str,
+        url: &str,
+        flag: &'static str,
+    ) -> Result<Transport, StartError> {
         SpiffeId::workload(self.trust_domain(), peer)
             .and_then(|id| {
                 MeshConnector::new(
@@ -287,7 +298,15 @@ impl Runtime {
                     id,
                 )
             })
-            .and_then(|connector| connector.channel(url))
+            .and_then(|connector| {
+                Balanced::new(
+                    connector,
+                    url,
+                    Arc::new(crate::balance::Dns),
+                    crate::balance::RESOLVE_EVERY,
+                )
+            })
+            .map(Transport::new)
             .map_err(|e| StartError::config(flag, e))
     }
 

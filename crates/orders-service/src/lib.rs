@@ -46,7 +46,8 @@ pub struct Args {
     /// What every mesh service is given: identity, audit log, tracing, issuer, database.
     #[command(flatten)]
     pub mesh: ServiceFlags,
-    /// The inventory service's mesh address.
+    /// The inventory service's mesh address: `host:port` (every address the name resolves to is
+    /// a replica, re-resolved every few seconds) or a comma-separated list of them.
     #[arg(long, env = "MESH_INVENTORY_URL", default_value = "localhost:50053")]
     pub inventory_url: String,
 }

@@ -2,6 +2,7 @@
 //! auth service, servers on 127.0.0.1:0. One test binary; one module per concern.
 
 mod attacks;
+mod balance;
 mod capture;
 mod flow;
 mod hop;
