@@ -61,9 +61,9 @@ impl Runtime {
         let (workload, token_file) = match &flags.join_token_file {
             Some(path) => {
                 let token_file = TokenFile::new(path);
-                let (workload, _) =
+                let (workload, rejoin) =
                     crate::identity::join(&flags.tls, &token_file, &flags.issuer).await?;
-                (workload, Some(token_file))
+                (workload, Some((token_file, rejoin)))
             }
             None => (flags.tls.load()?, None),
         };
@@ -85,15 +85,15 @@ impl Runtime {
             auth.clone(),
             runtime.verifier.revocations().clone(),
         ));
-        if let Some(token_file) = token_file {
-            runtime.renew_from_mesh_ca(auth, token_file, &flags.issuer)?;
+        if let Some((token_file, rejoin)) = token_file {
+            runtime.renew_from_mesh_ca(auth, token_file, rejoin, &flags.issuer)?;
         }
         runtime.listen_health(flags.health_listen).await?;
         Ok(runtime)
     }
 
     /// Renews the certificate at the mesh CA over `auth` (mTLS with the current certificate),
-    /// keeping the rejoin token in `token_file` current.
+    /// keeping the rejoin token (`rejoin`, the one joining returned) current in `token_file`.
     ///
     /// A certificate that expired (the CA was down for longer than its life) cannot prove
     /// anything over mTLS any more: the workload then joins again with its rejoin token on the
@@ -102,9 +102,10 @@ impl Runtime {
         &mut self,
         auth: Transport,
         token_file: TokenFile,
+        rejoin: String,
         issuer: &str,
     ) -> Result<(), StartError> {
-        let current_token = Arc::new(std::sync::Mutex::new(token_file.read().unwrap_or_default()));
+        let current_token = Arc::new(std::sync::Mutex::new(rejoin));
         let config = mesh_tls::client::https_grpc_client_config(self.workload.roots.clone())
             .map_err(|e| StartError::config("--tls-ca", e))?;
         let public = mesh_tls::client::channel(issuer, config)

@@ -410,51 +410,72 @@ impl RenewingClient {
     }
 }
 
-/// Places orders from `workers` tasks until told to stop; every failed call is kept.
-fn spawn_load(
-    mesh: &Arc<TestMesh>,
-    client: &Arc<RenewingClient>,
-    token: &str,
-    calls: &Arc<AtomicU64>,
-    stopped: &tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
-    (0..2)
-        .map(|worker| {
-            let (mesh, client, token, calls, stopped) = (
-                mesh.clone(),
-                client.clone(),
-                token.to_owned(),
-                calls.clone(),
-                stopped.clone(),
-            );
-            tokio::spawn(async move {
-                let mut failures = Vec::new();
-                let mut n = 0u64;
-                while !*stopped.borrow() {
-                    n += 1;
-                    calls.fetch_add(1, Ordering::Relaxed);
-                    let placed = client
-                        .orders(&mesh)
-                        .place_order(bearer(
-                            PlaceOrderRequest {
-                                idempotency_key: format!("renewal-{worker}-{n:06}"),
-                                lines: vec![OrderLine {
-                                    sku: "SKU-001".into(),
-                                    quantity: 1,
-                                }],
-                            },
-                            &token,
-                        ))
-                        .await;
-                    if let Err(status) = placed {
-                        failures.push(format!("{status:?}"));
+/// PlaceOrder from two workers through `client` until [`Load::finish`]; every failed call is
+/// kept.
+struct Load {
+    calls: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(mesh: &Arc<TestMesh>, client: &Arc<RenewingClient>, token: &str) -> Self {
+        let calls = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let workers = (0..2)
+            .map(|worker| {
+                let (mesh, client, token, calls, stopped) = (
+                    mesh.clone(),
+                    client.clone(),
+                    token.to_owned(),
+                    calls.clone(),
+                    stopped.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut failures = Vec::new();
+                    let mut n = 0u64;
+                    while !*stopped.borrow() {
+                        n += 1;
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        let placed = client
+                            .orders(&mesh)
+                            .place_order(bearer(
+                                PlaceOrderRequest {
+                                    idempotency_key: format!("renewal-{worker}-{n:06}"),
+                                    lines: vec![OrderLine {
+                                        sku: "SKU-001".into(),
+                                        quantity: 1,
+                                    }],
+                                },
+                                &token,
+                            ))
+                            .await;
+                        if let Err(status) = placed {
+                            failures.push(format!("{status:?}"));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                failures
+                    failures
+                })
             })
-        })
-        .collect()
+            .collect();
+        Self {
+            calls,
+            stop,
+            workers,
+        }
+    }
+
+    /// Stops the workers and asserts that the load ran and no call failed.
+    async fn finish(self) {
+        self.stop.send(true).expect("stop");
+        let mut failures = Vec::new();
+        for worker in self.workers {
+            failures.extend(worker.await.expect("worker"));
+        }
+        assert!(self.calls.load(Ordering::Relaxed) > 50, "the load ran");
+        assert_eq!(failures, Vec::<String>::new(), "0 failed calls");
+    }
 }
 
 async fn served_serial(
@@ -486,21 +507,13 @@ async fn services_renew_their_certificates_under_load_with_no_failed_call() {
     );
     let client = Arc::new(RenewingClient::start(&mesh).await);
     let token = mesh.user_token("alice", "orders").await.expect("alice");
-    let calls = Arc::new(AtomicU64::new(0));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let workers = spawn_load(&mesh, &client, &token, &calls, &stopped);
+    let load = Load::start(&mesh, &client, &token);
     let mut serials = BTreeSet::new();
     for _ in 0..16 {
         serials.insert(served_serial(&client, mesh.mesh.orders_addr, "orders").await);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    stop.send(true).expect("stop");
-    let mut failures = Vec::new();
-    for worker in workers {
-        failures.extend(worker.await.expect("worker"));
-    }
-    assert!(calls.load(Ordering::Relaxed) > 50, "the load ran");
-    assert_eq!(failures, Vec::<String>::new(), "0 failed calls");
+    load.finish().await;
     for (name, renewal) in &mesh.mesh.renewals {
         assert!(
             renewal.renewals() >= 3,
@@ -530,9 +543,7 @@ async fn the_ca_rotates_add_activate_retire_under_load_with_no_failed_call() {
     let old_ca = std::fs::read_to_string(mesh.dir().join("certs/ca.pem")).expect("ca");
     let token = mesh.user_token("alice", "orders").await.expect("alice");
     let admin = mesh.user_token("admin", "auth").await.expect("admin");
-    let calls = Arc::new(AtomicU64::new(0));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let workers = spawn_load(&mesh, &client, &token, &calls, &stopped);
+    let load = Load::start(&mesh, &client, &token);
     let step = |step: Step| {
         let mut client = client.admin(&mesh);
         let admin = admin.clone();
@@ -557,13 +568,7 @@ async fn the_ca_rotates_add_activate_retire_under_load_with_no_failed_call() {
     assert_eq!(states(&retired), ["current"]);
     assert_eq!(retired.authorities[0].serial, new_ca);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.send(true).expect("stop");
-    let mut failures = Vec::new();
-    for worker in workers {
-        failures.extend(worker.await.expect("worker"));
-    }
-    assert!(calls.load(Ordering::Relaxed) > 50, "the load ran");
-    assert_eq!(failures, Vec::<String>::new(), "0 failed calls");
+    load.finish().await;
 
     // Everyone now holds a certificate of the new CA and trusts it alone.
     let new_bundle = Trust::from_pem(&retired.trust_bundle_pem).expect("bundle");
