@@ -28,7 +28,7 @@ use tower::{Service, ServiceExt};
 use crate::identity::TaskGuard;
 
 /// How often a DNS name is resolved again.
-pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(2);
 
 /// How long a replica whose connection failed is passed over.
 const PASS_OVER: Duration = Duration::from_secs(1);
@@ -38,11 +38,20 @@ const FIRST_RESOLUTION: Duration = Duration::from_secs(3);
 
 /// Where a target's addresses come from: DNS in production, a fixed answer in tests.
 pub trait Resolve: Send + Sync + 'static {
-    /// Every address behind `target` now.
+    /// Every address behind `target` now: `Some` when the answer is authoritative (an empty list
+    /// means no replica is there, e.g. every pod of a headless Service is gone), `None` when
+    /// the resolver could not tell (the replicas known so far are kept).
     fn resolve(
         &self,
         target: &str,
-    ) -> Pin<Box<dyn std::future::Future<Output = Vec<SocketAddr>> + Send + '_>>;
+    ) -> Pin<Box<dyn std::future::Future<Output = Option<Vec<SocketAddr>>> + Send + '_>>;
+}
+
+/// Whether a lookup error says the name does not exist (as opposed to a resolver that could
+/// not answer): getaddrinfo's EAI_NONAME and EAI_NODATA.
+fn no_such_name(error: &std::io::Error) -> bool {
+    let text = error.to_string();
+    text.contains("not known") || text.contains("No address associated")
 }
 
 /// The system resolver: each comma-separated entry looked up, the answers joined.
@@ -53,19 +62,23 @@ impl Resolve for Dns {
     fn resolve(
         &self,
         target: &str,
-    ) -> Pin<Box<dyn std::future::Future<Output = Vec<SocketAddr>> + Send + '_>> {
+    ) -> Pin<Box<dyn std::future::Future<Output = Option<Vec<SocketAddr>>> + Send + '_>> {
         let entries: Vec<String> = entries(target).map(str::to_owned).collect();
         Box::pin(async move {
             let mut found = Vec::new();
+            let mut authoritative = true;
             for entry in entries {
                 match tokio::net::lookup_host(entry.as_str()).await {
                     Ok(addrs) => found.extend(addrs),
-                    Err(error) => tracing::debug!(%entry, %error, "no address for a replica entry"),
+                    Err(error) => {
+                        authoritative &= no_such_name(&error);
+                        tracing::debug!(%entry, %error, "no address for a replica entry");
+                    }
                 }
             }
             found.sort();
             found.dedup();
-            found
+            (authoritative || !found.is_empty()).then_some(found)
         })
     }
 }
@@ -125,7 +138,8 @@ impl Drop for InFlight {
     }
 }
 
-type Replicas = Arc<Vec<Arc<Replica>>>;
+/// The replicas as last resolved; `None` until the first answer.
+type Replicas = Option<Arc<Vec<Arc<Replica>>>>;
 
 struct Shared {
     replicas: watch::Receiver<Replicas>,
@@ -146,15 +160,8 @@ pub struct Balanced {
 
 impl std::fmt::Debug for Balanced {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let addrs: Vec<SocketAddr> = self
-            .shared
-            .replicas
-            .borrow()
-            .iter()
-            .map(|r| r.addr)
-            .collect();
         f.debug_struct("Balanced")
-            .field("replicas", &addrs)
+            .field("replicas", &self.replicas())
             .finish()
     }
 }
@@ -184,10 +191,10 @@ impl Balanced {
         let resolver = TaskGuard::new(tokio::spawn(async move {
             let mut known: BTreeMap<SocketAddr, Arc<Replica>> = BTreeMap::new();
             loop {
-                let addrs = resolver.resolve(&target).await;
-                // An empty answer (DNS hiccup) keeps the replicas we have.
-                if !addrs.is_empty() {
+                // A resolver that could not answer keeps the replicas we have.
+                if let Some(addrs) = resolver.resolve(&target).await {
                     let before: Vec<SocketAddr> = known.keys().copied().collect();
+                    let first_answer = publish.borrow().is_none();
                     known.retain(|addr, _| addrs.contains(addr));
                     for addr in &addrs {
                         if known.contains_key(addr) {
@@ -209,9 +216,9 @@ impl Balanced {
                         }
                     }
                     let now: Vec<SocketAddr> = known.keys().copied().collect();
-                    if now != before {
+                    if now != before || first_answer {
                         tracing::info!(%target, replicas = ?now, "replicas changed");
-                        publish.send_replace(Arc::new(known.values().cloned().collect()));
+                        publish.send_replace(Some(Arc::new(known.values().cloned().collect())));
                     }
                 }
                 tokio::select! {
@@ -239,19 +246,19 @@ impl Balanced {
             .replicas
             .borrow()
             .iter()
-            .map(|r| r.addr)
+            .flat_map(|set| set.iter().map(|r| r.addr))
             .collect()
     }
 
     /// Power of two choices among the replicas not passed over (all of them if every one is).
     async fn pick(shared: &Shared) -> Option<Arc<Replica>> {
         let mut replicas = shared.replicas.clone();
-        if replicas.borrow().is_empty() {
+        if replicas.borrow().is_none() {
             let _ =
-                tokio::time::timeout(FIRST_RESOLUTION, replicas.wait_for(|set| !set.is_empty()))
-                    .await;
+                tokio::time::timeout(FIRST_RESOLUTION, replicas.wait_for(Option::is_some)).await;
         }
-        let set = replicas.borrow().clone();
+        // No answer yet, or no replica there: the target as given answers (and fails fast).
+        let set = replicas.borrow().clone()?;
         let available: Vec<&Arc<Replica>> = set.iter().filter(|r| r.available()).collect();
         let candidates: Vec<&Arc<Replica>> = if available.is_empty() {
             set.iter().collect()
@@ -313,6 +320,18 @@ mod tests {
     fn targets_are_lists_of_entries_with_or_without_a_scheme() {
         let found: Vec<&str> = entries("https://a:1, b:2,,http://c:3/").collect();
         assert_eq!(found, ["a:1", "b:2", "c:3"]);
+    }
+
+    #[test]
+    fn only_a_name_that_does_not_exist_empties_the_replica_set() {
+        let gone = std::io::Error::other(
+            "failed to lookup address information: Name or service not known",
+        );
+        let flaky = std::io::Error::other(
+            "failed to lookup address information: Temporary failure in name resolution",
+        );
+        assert!(no_such_name(&gone));
+        assert!(!no_such_name(&flaky));
     }
 
     #[test]

@@ -180,7 +180,9 @@ pub fn channel(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, TlsErro
             what: "address",
             value: addr.to_owned(),
         })?
-        .connect_timeout(Duration::from_secs(3))
+        // A peer on the same network accepts in milliseconds; one that vanished (a stopped
+        // container's address) would hold a call for the kernel's ARP timeout.
+        .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));

@@ -26,9 +26,9 @@ impl Resolve for Answer {
     fn resolve(
         &self,
         _target: &str,
-    ) -> Pin<Box<dyn std::future::Future<Output = Vec<SocketAddr>> + Send + '_>> {
+    ) -> Pin<Box<dyn std::future::Future<Output = Option<Vec<SocketAddr>>> + Send + '_>> {
         let answer = self.0.lock().expect("lock").clone();
-        Box::pin(async move { answer })
+        Box::pin(async move { Some(answer) })
     }
 }
 
