@@ -14,9 +14,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
+use mesh_service::Db;
 use mesh_tls::SpiffeId;
 use mesh_tls::certs::{CertAuthority, CsrError, IssuedCert, SignedLeaf};
-use sqlx::SqlitePool;
 
 use crate::sealing::{SealError, Sealer};
 
@@ -68,7 +68,7 @@ fn seal_label(serial: &str) -> String {
 
 /// The CAs of the mesh.
 pub struct AuthorityStore {
-    pool: SqlitePool,
+    db: Db,
     sealer: Sealer,
     trust_domain: String,
     cert_lifetime: Duration,
@@ -90,21 +90,23 @@ impl AuthorityStore {
     /// stored, `import` is ignored. Without either there is no CA (`Ok(None)`): the mesh's
     /// certificates come from elsewhere.
     pub async fn open(
-        pool: SqlitePool,
+        db: Db,
         sealer: Sealer,
         trust_domain: &str,
         import: Option<(String, String)>,
         cert_lifetime: Duration,
     ) -> Result<Option<Self>, AuthorityError> {
+        // Serialized, so replicas starting together on one database import the CA once.
+        let mut tx = db.begin_serialized("authorities").await?;
         let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM authorities")
-            .fetch_one(&pool)
+            .fetch_one(&mut *tx)
             .await?;
         match (stored, import) {
             (0, None) => return Ok(None),
             (0, Some((cert_pem, key_pem))) => {
                 let ca = CertAuthority::from_pem(trust_domain, &cert_pem, &key_pem)?;
                 let now = crate::unix_now() as i64;
-                insert(&pool, &sealer, &ca, now, Some(now)).await?;
+                insert(&mut tx, &sealer, &ca, now, Some(now)).await?;
                 tracing::info!("CA imported into the database, sealed; the key file can go");
             }
             (_, Some(_)) => {
@@ -112,9 +114,10 @@ impl AuthorityStore {
             }
             _ => {}
         }
-        let loaded = load(&pool, &sealer, trust_domain).await?;
+        tx.commit().await?;
+        let loaded = load(&db, &sealer, trust_domain).await?;
         Ok(Some(Self {
-            pool,
+            db,
             sealer,
             trust_domain: trust_domain.to_owned(),
             cert_lifetime,
@@ -167,25 +170,25 @@ impl AuthorityStore {
 
     /// Step 1: generates a CA and publishes it in the bundle.
     pub async fn add(&self) -> Result<(), AuthorityError> {
-        if self.loaded().next_added_at.is_some() {
+        let mut tx = self.db.begin_serialized("authorities").await?;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM authorities WHERE activated_at IS NULL")
+                .fetch_one(&mut *tx)
+                .await?;
+        if pending > 0 {
             return Err(AuthorityError::Step(
                 "a new CA is already in the bundle: activate it next".into(),
             ));
         }
         let ca = CertAuthority::generate(&self.trust_domain)?;
-        insert(
-            &self.pool,
-            &self.sealer,
-            &ca,
-            crate::unix_now() as i64,
-            None,
-        )
-        .await?;
+        insert(&mut tx, &self.sealer, &ca, crate::unix_now() as i64, None).await?;
+        tx.commit().await?;
         self.reload("added").await
     }
 
     /// Step 2: the new CA signs from now on; the one that signed stays in the bundle.
     pub async fn activate(&self) -> Result<(), AuthorityError> {
+        self.refresh().await?;
         let Some(added_at) = self.loaded().next_added_at else {
             return Err(AuthorityError::Step(
                 "no new CA in the bundle: add one first".into(),
@@ -198,15 +201,15 @@ impl AuthorityStore {
             ));
         }
         let now = crate::unix_now() as i64;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_serialized("authorities").await?;
         sqlx::query(
-            "UPDATE authorities SET retired_at = ? \
+            "UPDATE authorities SET retired_at = $1 \
              WHERE activated_at IS NOT NULL AND retired_at IS NULL",
         )
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE authorities SET activated_at = ? WHERE activated_at IS NULL")
+        sqlx::query("UPDATE authorities SET activated_at = $1 WHERE activated_at IS NULL")
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -216,6 +219,7 @@ impl AuthorityStore {
 
     /// Step 3: the previous CA leaves the bundle.
     pub async fn retire(&self) -> Result<(), AuthorityError> {
+        self.refresh().await?;
         let Some(retired_at) = self.loaded().previous_retired_at else {
             return Err(AuthorityError::Step("no previous CA in the bundle".into()));
         };
@@ -224,11 +228,11 @@ impl AuthorityStore {
             "every certificate the previous CA signed has expired",
         )?;
         sqlx::query(
-            "UPDATE authorities SET removed_at = ? \
+            "UPDATE authorities SET removed_at = $1 \
              WHERE retired_at IS NOT NULL AND removed_at IS NULL",
         )
         .bind(crate::unix_now() as i64)
-        .execute(&self.pool)
+        .execute(self.db.pool())
         .await?;
         self.reload("retired").await
     }
@@ -246,8 +250,22 @@ impl AuthorityStore {
         Ok(())
     }
 
+    /// Re-reads the CAs, for a replica sharing the database with others that may have taken a
+    /// rotation step: when anything changed, the new state is swapped in and
+    /// [`AuthorityStore::changes`] fires. Returns whether it changed.
+    pub async fn refresh(&self) -> Result<bool, AuthorityError> {
+        let loaded = load(&self.db, &self.sealer, &self.trust_domain).await?;
+        if loaded.authorities == self.loaded().authorities {
+            return Ok(false);
+        }
+        tracing::info!(authorities = ?loaded.authorities, "CA state changed in the database");
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+        self.changed.send_modify(|n| *n += 1);
+        Ok(true)
+    }
+
     async fn reload(&self, step: &str) -> Result<(), AuthorityError> {
-        let loaded = load(&self.pool, &self.sealer, &self.trust_domain).await?;
+        let loaded = load(&self.db, &self.sealer, &self.trust_domain).await?;
         tracing::info!(step, authorities = ?loaded.authorities, "CA rotation step");
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
         self.changed.send_modify(|n| *n += 1);
@@ -256,7 +274,7 @@ impl AuthorityStore {
 }
 
 async fn insert(
-    pool: &SqlitePool,
+    tx: &mut mesh_service::Tx,
     sealer: &Sealer,
     ca: &CertAuthority,
     added_at: i64,
@@ -270,7 +288,7 @@ async fn insert(
     sqlx::query(
         "INSERT INTO authorities \
          (serial, cert_pem, sealed_key, not_after, added_at, activated_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&serial)
     .bind(ca.cert_pem())
@@ -278,21 +296,17 @@ async fn insert(
     .bind(not_after)
     .bind(added_at)
     .bind(activated_at)
-    .execute(pool)
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-async fn load(
-    pool: &SqlitePool,
-    sealer: &Sealer,
-    trust_domain: &str,
-) -> Result<Loaded, AuthorityError> {
+async fn load(db: &Db, sealer: &Sealer, trust_domain: &str) -> Result<Loaded, AuthorityError> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT serial, cert_pem, sealed_key, not_after, added_at, activated_at, retired_at \
-         FROM authorities WHERE removed_at IS NULL ORDER BY added_at, rowid",
+         FROM authorities WHERE removed_at IS NULL ORDER BY added_at, activated_at IS NULL, activated_at, serial",
     )
-    .fetch_all(pool)
+    .fetch_all(db.pool())
     .await?;
     let mut signing = None;
     let mut bundle_pem = String::new();

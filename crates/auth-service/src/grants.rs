@@ -6,8 +6,8 @@ use rand::RngCore;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_service::Db;
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
 use tokio::sync::watch;
 
 /// A new opaque secret: 256 random bits, base64url.
@@ -90,7 +90,7 @@ pub struct RevocationRecord {
 /// The grants database.
 #[derive(Debug, Clone)]
 pub struct Grants {
-    pool: SqlitePool,
+    db: Db,
     /// How long after a login is revoked one of its tokens can still verify somewhere: the
     /// longest access-token lifetime plus the verifiers' clock leeway.
     session_horizon: Duration,
@@ -99,14 +99,20 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// Grants stored in `pool` (already migrated), for tokens that live at most
+    /// Grants stored in `db` (already migrated), for tokens that live at most
     /// `longest_token_lifetime`.
-    pub fn new(pool: SqlitePool, longest_token_lifetime: Duration) -> Self {
+    pub fn new(db: Db, longest_token_lifetime: Duration) -> Self {
         Self {
-            pool,
+            db,
             session_horizon: longest_token_lifetime + VERIFIER_LEEWAY,
             revoked: Arc::new(watch::channel(()).0),
         }
+    }
+
+    /// Whether other replicas write the same database, so a revocation may be recorded
+    /// without this process's [`Grants::revocation_ticks`] firing.
+    pub fn shared(&self) -> bool {
+        self.db.shared()
     }
 
     /// A receiver that is marked changed after every revocation.
@@ -124,12 +130,12 @@ impl Grants {
     ) -> Result<Vec<RevocationRecord>, sqlx::Error> {
         let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
             "SELECT sequence, kind, value, expires_at FROM revocations \
-             WHERE sequence > ? AND expires_at > ? ORDER BY sequence LIMIT ?",
+             WHERE sequence > $1 AND expires_at > $2 ORDER BY sequence LIMIT $3",
         )
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(now as i64)
-        .bind(limit)
-        .fetch_all(&self.pool)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -148,16 +154,16 @@ impl Grants {
     /// The highest sequence number ever recorded (0 on an empty log).
     pub async fn last_revocation(&self) -> Result<u64, sqlx::Error> {
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM revocations")
-            .fetch_one(&self.pool)
+            .fetch_one(self.db.pool())
             .await?;
         Ok(last.unwrap_or(0) as u64)
     }
 
     /// Forgets revocations whose tokens have all expired.
     pub async fn prune_revocations(&self, now: u64) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query("DELETE FROM revocations WHERE expires_at <= ?")
+        let done = sqlx::query("DELETE FROM revocations WHERE expires_at <= $1")
             .bind(now as i64)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await?;
         Ok(done.rows_affected())
     }
@@ -165,19 +171,20 @@ impl Grants {
     /// Stores a new code and its (new) family; returns the code.
     pub async fn create_code(&self, grant: &CodeGrant) -> Result<String, sqlx::Error> {
         let code = new_secret();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.db.pool().begin().await?;
         sqlx::query(
             "INSERT INTO token_families (family_id, client_id, username, created_at) \
-             VALUES (?, ?, ?, unixepoch())",
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(&grant.family_id)
         .bind(&grant.client_id)
         .bind(&grant.username)
+        .bind(crate::unix_now() as i64)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT INTO auth_codes (code_hash, family_id, client_id, redirect_uri, code_challenge, \
-             username, scope, audience, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             username, scope, audience, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(hash_secret_token(&code))
         .bind(&grant.family_id)
@@ -211,12 +218,13 @@ impl Grants {
         let token = new_secret();
         sqlx::query(
             "INSERT INTO refresh_tokens (token_hash, family_id, created_at, expires_at) \
-             VALUES (?, ?, unixepoch(), ?)",
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(hash_secret_token(&token))
         .bind(family_id)
+        .bind(crate::unix_now() as i64)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(self.db.pool())
         .await?;
         Ok(token)
     }
@@ -238,7 +246,7 @@ impl Grants {
     async fn redeem_once<G: SingleUse>(&self, secret: &str, now: i64) -> Result<G, RedeemError> {
         let hash = hash_secret_token(secret);
         let result: Result<Result<G, RedeemError>, sqlx::Error> = async {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.db.begin_write().await?;
             let Some(grant) = sqlx::query_as::<_, G>(G::SELECT)
                 .bind(&hash)
                 .fetch_optional(&mut *tx)
@@ -250,20 +258,27 @@ impl Grants {
             if stored.revoked_at.is_some() {
                 return Ok(Err(RedeemError::Revoked));
             }
-            if stored.used_at.is_some() {
+            if stored.expires_at <= now && stored.used_at.is_none() {
+                return Ok(Err(RedeemError::Expired));
+            }
+            // Guarded: of two redemptions at once (two replicas on one database) one marks it
+            // used; the other finds it used, like a replay, and gets the same answer.
+            let marked = if stored.used_at.is_none() {
+                sqlx::query(G::MARK_USED)
+                    .bind(now)
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            } else {
+                0
+            };
+            if marked == 0 {
                 revoke_family_in(&mut tx, &stored.family_id, now, self.session_horizon).await?;
                 tx.commit().await?;
                 self.revoked.send_replace(());
                 return Ok(Err(RedeemError::Reused));
             }
-            if stored.expires_at <= now {
-                return Ok(Err(RedeemError::Expired));
-            }
-            sqlx::query(G::MARK_USED)
-                .bind(now)
-                .bind(&hash)
-                .execute(&mut *tx)
-                .await?;
             tx.commit().await?;
             Ok(Ok(grant))
         }
@@ -281,11 +296,11 @@ impl Grants {
         family_id: Option<&str>,
         expires_at: i64,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO access_tokens (jti, family_id, expires_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO access_tokens (jti, family_id, expires_at) VALUES ($1, $2, $3)")
             .bind(jti)
             .bind(family_id)
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await?;
         Ok(())
     }
@@ -295,7 +310,7 @@ impl Grants {
     pub async fn refresh_family(&self, token: &str) -> Result<Option<(Family, bool)>, sqlx::Error> {
         let row: Option<RefreshRow> = sqlx::query_as(RefreshRow::SELECT)
             .bind(hash_secret_token(token))
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db.pool())
             .await?;
         Ok(row.map(|row| {
             let active = row.state.usable(crate::unix_now() as i64);
@@ -306,7 +321,7 @@ impl Grants {
     /// Revokes a family: its refresh tokens stop working, its access tokens are reported
     /// inactive by introspection.
     pub async fn revoke_family(&self, family_id: &str, now: i64) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         revoke_family_in(&mut tx, family_id, now, self.session_horizon).await?;
         tx.commit().await?;
         self.revoked.send_replace(());
@@ -320,9 +335,9 @@ impl Grants {
         expires_at: i64,
         now: i64,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query(
-            "INSERT INTO access_tokens (jti, expires_at, revoked_at) VALUES (?, ?, ?) \
+            "INSERT INTO access_tokens (jti, expires_at, revoked_at) VALUES ($1, $2, $3) \
              ON CONFLICT (jti) DO UPDATE SET revoked_at = excluded.revoked_at",
         )
         .bind(jti)
@@ -340,9 +355,9 @@ impl Grants {
     /// Whether an access token was revoked.
     pub async fn access_revoked(&self, jti: &str) -> Result<bool, sqlx::Error> {
         let revoked: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT revoked_at FROM access_tokens WHERE jti = ?")
+            sqlx::query_scalar("SELECT revoked_at FROM access_tokens WHERE jti = $1")
                 .bind(jti)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db.pool())
                 .await?;
         Ok(revoked.flatten().is_some())
     }
@@ -367,7 +382,7 @@ impl UseState {
 
 /// A grant that may be presented once: how to find it by the hash of its secret (joined with
 /// its family's revocation), and how to mark it used.
-trait SingleUse: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin {
+trait SingleUse: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin {
     /// For logs.
     const KIND: &'static str;
     /// One row by `?` = the secret's hash, with `family_id`, `expires_at`, `used_at` and the
@@ -391,8 +406,9 @@ impl SingleUse for RefreshRow {
     const KIND: &'static str = "refresh_token";
     const SELECT: &'static str = "SELECT f.family_id, f.client_id, f.username, r.expires_at, \
          r.used_at, f.revoked_at FROM refresh_tokens r \
-         JOIN token_families f ON f.family_id = r.family_id WHERE r.token_hash = ?";
-    const MARK_USED: &'static str = "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?";
+         JOIN token_families f ON f.family_id = r.family_id WHERE r.token_hash = $1";
+    const MARK_USED: &'static str =
+        "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL";
 
     fn state(&self) -> &UseState {
         &self.state
@@ -426,8 +442,9 @@ impl SingleUse for CodeGrantRow {
     const SELECT: &'static str = "SELECT c.family_id, c.client_id, c.redirect_uri, \
          c.code_challenge, c.username, c.scope, c.audience, c.expires_at, c.used_at, \
          f.revoked_at FROM auth_codes c JOIN token_families f ON f.family_id = c.family_id \
-         WHERE c.code_hash = ?";
-    const MARK_USED: &'static str = "UPDATE auth_codes SET used_at = ? WHERE code_hash = ?";
+         WHERE c.code_hash = $1";
+    const MARK_USED: &'static str =
+        "UPDATE auth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL";
 
     fn state(&self) -> &UseState {
         &self.state
@@ -455,14 +472,14 @@ const VERIFIER_LEEWAY: Duration = Duration::from_secs(30);
 
 /// Appends a row to the revocation log, in the transaction that revokes.
 async fn log_revocation(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut mesh_service::Tx,
     kind: &str,
     value: &str,
     expires_at: i64,
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO revocations (kind, value, expires_at, revoked_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO revocations (kind, value, expires_at, revoked_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(kind)
     .bind(value)
@@ -474,13 +491,13 @@ async fn log_revocation(
 }
 
 async fn revoke_family_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut mesh_service::Tx,
     family_id: &str,
     now: i64,
     horizon: Duration,
 ) -> Result<(), sqlx::Error> {
     let newly = sqlx::query(
-        "UPDATE token_families SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+        "UPDATE token_families SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
     )
     .bind(now)
     .bind(family_id)
@@ -491,7 +508,7 @@ async fn revoke_family_in(
         log_revocation(tx, "session", family_id, covered_until, now).await?;
     }
     sqlx::query(
-        "UPDATE access_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+        "UPDATE access_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
     )
     .bind(now)
     .bind(family_id)

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh_service::Db;
 use mesh_tls::SpiffeId;
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
 
 /// Every join token starts so, which tells it apart from other secrets in logs and files.
 pub const TOKEN_PREFIX: &str = "ztm-join-";
@@ -56,7 +56,7 @@ pub struct NewToken {
 /// The join tokens of the CA.
 #[derive(Debug, Clone)]
 pub struct JoinTokens {
-    pool: SqlitePool,
+    db: Db,
 }
 
 /// The stored form of a token.
@@ -82,9 +82,9 @@ pub fn expiry(ttl: Duration) -> i64 {
 }
 
 impl JoinTokens {
-    /// The tokens in `pool`.
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    /// The tokens in `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
     }
 
     /// Creates a token for `spiffe_id` valid for `ttl`.
@@ -96,14 +96,14 @@ impl JoinTokens {
         let token = new_token()?;
         let now = crate::unix_now() as i64;
         let expires_at = now + ttl.as_secs() as i64;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_write().await?;
         // A token a day past its expiry tells nobody anything: forget it.
-        sqlx::query("DELETE FROM join_tokens WHERE expires_at < ?")
+        sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
             .bind(now - 86_400)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO join_tokens (hash, spiffe_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO join_tokens (hash, spiffe_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(token_hash(&token))
         .bind(spiffe_id.as_str())
@@ -121,21 +121,21 @@ impl JoinTokens {
         let hash = token_hash(token);
         let now = crate::unix_now() as i64;
         let spent: Option<String> = sqlx::query_scalar(
-            "UPDATE join_tokens SET used_at = ? \
-             WHERE hash = ? AND used_at IS NULL AND expires_at > ? RETURNING spiffe_id",
+            "UPDATE join_tokens SET used_at = $1 \
+             WHERE hash = $2 AND used_at IS NULL AND expires_at > $3 RETURNING spiffe_id",
         )
         .bind(now)
         .bind(&hash)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.pool())
         .await?;
         if let Some(id) = spent {
             return Ok(id.parse().map_err(|_| JoinRefusal::Unknown));
         }
         let row: Option<(Option<i64>,)> =
-            sqlx::query_as("SELECT used_at FROM join_tokens WHERE hash = ?")
+            sqlx::query_as("SELECT used_at FROM join_tokens WHERE hash = $1")
                 .bind(&hash)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db.pool())
                 .await?;
         Ok(Err(match row {
             None => JoinRefusal::Unknown,
@@ -171,14 +171,14 @@ impl JoinTokens {
             }
             let expires: i64 = expires.parse().map_err(|_| bad("bad expiry"))?;
             let inserted = sqlx::query(
-                "INSERT OR IGNORE INTO join_tokens (hash, spiffe_id, created_at, expires_at) \
-                 VALUES (?, ?, ?, ?)",
+                "INSERT INTO join_tokens (hash, spiffe_id, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
             )
             .bind(hash.to_ascii_lowercase())
             .bind(id.as_str())
             .bind(crate::unix_now() as i64)
             .bind(expires)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
             .map_err(|e| e.to_string())?;
             added += inserted.rows_affected() as usize;

@@ -10,9 +10,9 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header};
+use mesh_service::Db;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
 
 use auth_interceptor::{ACCESS_TOKEN_TYP, AccessClaims, KeySet};
 
@@ -101,7 +101,7 @@ pub struct Rotation {
 /// The key material lives in the `signing_keys` table of the service's SQLite file, sealed by a
 /// [`Sealer`](crate::sealing::Sealer) whose key-encryption key a KMS or HSM could hold instead.
 pub struct KeyStore {
-    pool: SqlitePool,
+    db: Db,
     sealer: crate::sealing::Sealer,
     /// How long a retired key stays published: the longest token lifetime plus clock leeway.
     retention: Duration,
@@ -121,19 +121,21 @@ impl KeyStore {
     /// published for `retention` after they stop signing. Keys stored before sealing existed
     /// are sealed now; a key that does not open with `sealer`'s KEK fails the start.
     pub async fn open(
-        pool: SqlitePool,
+        db: Db,
         sealer: crate::sealing::Sealer,
         retention: Duration,
     ) -> Result<Self, KeyError> {
         let now = crate::unix_now() as i64;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Serialized, so replicas starting together on one database make one key each.
+        let mut tx = db.begin_serialized("signing-keys").await?;
         let plain: Vec<(String, Vec<u8>)> =
             sqlx::query_as("SELECT kid, pkcs8 FROM signing_keys WHERE sealed IS NULL")
                 .fetch_all(&mut *tx)
                 .await?;
         for (kid, pkcs8) in plain {
-            sqlx::query("UPDATE signing_keys SET sealed = ?, pkcs8 = x'' WHERE kid = ?")
+            sqlx::query("UPDATE signing_keys SET sealed = $1, pkcs8 = $2 WHERE kid = $3")
                 .bind(sealer.seal(&seal_label(&kid), &pkcs8)?)
+                .bind(Vec::<u8>::new())
                 .bind(&kid)
                 .execute(&mut *tx)
                 .await?;
@@ -155,11 +157,11 @@ impl KeyStore {
             insert_new_key(&mut tx, &sealer, None).await?;
         }
         tx.commit().await?;
-        let keys = Self::load(&pool, &sealer, retention)
+        let keys = Self::load(&db, &sealer, retention)
             .await?
             .ok_or(KeyError::Missing("generating one"))?;
         Ok(Self {
-            pool,
+            db,
             sealer,
             retention,
             keys: RwLock::new(keys),
@@ -169,19 +171,26 @@ impl KeyStore {
     /// Retires the current key, starts signing with the next one, and publishes a new next key.
     pub async fn rotate(&self) -> Result<Rotation, KeyError> {
         let now = crate::unix_now() as i64;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "UPDATE signing_keys SET retired_at = ? \
-             WHERE activated_at IS NOT NULL AND retired_at IS NULL",
+        let expected = self.current_kid();
+        let mut tx = self.db.begin_serialized("signing-keys").await?;
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT kid FROM signing_keys WHERE activated_at IS NOT NULL AND retired_at IS NULL",
         )
-        .bind(now)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        sqlx::query("UPDATE signing_keys SET activated_at = ? WHERE activated_at IS NULL")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        insert_new_key(&mut tx, &self.sealer, None).await?;
+        // Another replica on the same database rotated first: take its rotation, not a second.
+        if current.as_deref() == Some(expected.as_str()) {
+            sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE kid = $2")
+                .bind(now)
+                .bind(&expected)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE signing_keys SET activated_at = $1 WHERE activated_at IS NULL")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            insert_new_key(&mut tx, &self.sealer, None).await?;
+        }
         tx.commit().await?;
         self.reload().await?;
         let rotation = self.rotation();
@@ -210,7 +219,7 @@ impl KeyStore {
     }
 
     async fn reload(&self) -> Result<(), KeyError> {
-        let keys = Self::load(&self.pool, &self.sealer, self.retention)
+        let keys = Self::load(&self.db, &self.sealer, self.retention)
             .await?
             .ok_or(KeyError::Missing("rotation"))?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
@@ -279,7 +288,7 @@ impl KeyStore {
     }
 
     async fn load(
-        pool: &SqlitePool,
+        db: &Db,
         sealer: &crate::sealing::Sealer,
         retention: Duration,
     ) -> Result<Option<Keys>, KeyError> {
@@ -287,11 +296,11 @@ impl KeyStore {
         // Current first, then next, then retired newest first.
         let rows: Vec<KeyRow> = sqlx::query_as(
             "SELECT kid, sealed, public_x, activated_at, retired_at FROM signing_keys \
-             WHERE retired_at IS NULL OR retired_at > ? \
-             ORDER BY retired_at IS NOT NULL, activated_at IS NULL, retired_at DESC, rowid DESC",
+             WHERE retired_at IS NULL OR retired_at > $1 \
+             ORDER BY retired_at IS NOT NULL, activated_at IS NULL, retired_at DESC, created_at DESC, kid",
         )
         .bind(now - retention.as_secs() as i64)
-        .fetch_all(pool)
+        .fetch_all(db.pool())
         .await?;
         let mut signing = None;
         let mut next_kid = None;
@@ -334,7 +343,7 @@ impl KeyStore {
 
 /// Makes a key: the next key when `activated_at` is `None`, else one that signs from then.
 async fn insert_new_key(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut mesh_service::Tx,
     sealer: &crate::sealing::Sealer,
     activated_at: Option<i64>,
 ) -> Result<(), KeyError> {
@@ -347,9 +356,10 @@ async fn insert_new_key(
     sqlx::query(
         "INSERT INTO signing_keys \
          (kid, algorithm, pkcs8, sealed, public_x, created_at, activated_at) \
-         VALUES (?, 'EdDSA', x'', ?, ?, ?, ?)",
+         VALUES ($1, 'EdDSA', $2, $3, $4, $5, $6)",
     )
     .bind(&kid)
+    .bind(Vec::<u8>::new())
     .bind(sealer.seal(&seal_label(&kid), pkcs8.as_ref())?)
     .bind(&x)
     .bind(crate::unix_now() as i64)
@@ -370,10 +380,10 @@ mod tests {
     use super::*;
 
     async fn store(dir: &std::path::Path, retention: Duration) -> KeyStore {
-        let pool = mesh_service::open_sqlite(&dir.join("auth.db"), &crate::MIGRATIONS)
+        let db = mesh_service::Db::open(&dir.join("auth.db").into(), &crate::MIGRATIONS)
             .await
             .expect("database");
-        KeyStore::open(pool, crate::sealing::tests::sealer('a'), retention)
+        KeyStore::open(db, crate::sealing::tests::sealer('a'), retention)
             .await
             .expect("keys")
     }

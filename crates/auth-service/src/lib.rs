@@ -149,11 +149,11 @@ pub struct Application {
 impl Application {
     /// Loads certificates, opens the database, binds both listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let pool = mesh_service::open_sqlite(&settings.db, &MIGRATIONS).await?;
+        let db = mesh_service::Db::open(&settings.db, &MIGRATIONS).await?;
         let sealer = sealing::Sealer::new(settings.kek.clone());
         let trust_domain = settings.tls.trust_domain.clone();
         let authority = authority::AuthorityStore::open(
-            pool.clone(),
+            db.clone(),
             sealer.clone(),
             &trust_domain,
             settings
@@ -171,7 +171,7 @@ impl Application {
             other => StartError::runtime("CA", other),
         })?
         .map(Arc::new);
-        let tokens = join::JoinTokens::new(pool.clone());
+        let tokens = join::JoinTokens::new(db.clone());
         if let Some(path) = &settings.join_tokens {
             let added = tokens.import(path, &trust_domain).await.map_err(|e| {
                 StartError::config("--join-tokens", format!("{}: {e}", path.display()))
@@ -202,10 +202,10 @@ impl Application {
                 .access_token_ttl_secs
                 .max(config.exchanged_token_ttl_secs),
         );
-        let grants = grants::Grants::new(pool.clone(), longest_token);
+        let grants = grants::Grants::new(db.clone(), longest_token);
         // A retired key stays published while a token it signed can still verify.
         let keys =
-            Arc::new(KeyStore::open(pool, sealer, longest_token + Duration::from_secs(30)).await?);
+            Arc::new(KeyStore::open(db, sealer, longest_token + Duration::from_secs(30)).await?);
         let issuer = Arc::new(Issuer::new(issuer_url, keys.clone()));
         // Every verifier of the issuer reads one revocation list, fed from its own log.
         let revoked = RevocationList::new();
@@ -498,4 +498,7 @@ impl KeyRotator {
 }
 
 /// The auth service's schema, applied in order when it opens its database.
-pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub static MIGRATIONS: mesh_service::Migrations = mesh_service::Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};

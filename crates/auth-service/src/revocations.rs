@@ -14,6 +14,10 @@ use crate::grants::{Grants, RevocationRecord, RevokedTarget};
 const BATCH: u32 = 512;
 
 /// How often the log is cleared of revocations whose tokens have all expired.
+/// How often a follower re-reads the log when other replicas may append to it.
+const SHARED_POLL: Duration = Duration::from_millis(500);
+
+/// Prune interval.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl From<RevocationRecord> for Revocation {
@@ -62,8 +66,20 @@ where
                 return Ok(());
             }
         }
-        if !full && ticks.changed().await.is_err() {
-            return Ok(());
+        if full {
+            continue;
+        }
+        // Another replica's revocations tick only there: on a shared database, poll as well.
+        let poll = async {
+            if grants.shared() {
+                tokio::time::sleep(SHARED_POLL).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            changed = ticks.changed() => if changed.is_err() { return Ok(()); },
+            () = poll => {}
         }
     }
 }

@@ -38,9 +38,11 @@ pub struct Args {
     /// TOML file with the registered clients (see config/auth.example.toml).
     #[arg(long, env = "MESH_AUTH_CONFIG")]
     pub auth_config: PathBuf,
-    /// SQLite file for signing keys (created and migrated on start).
+    /// The database of keys, grants, revocations and CAs: a SQLite file (`PATH` or
+    /// `sqlite:PATH`, created if missing) or a PostgreSQL URL (`postgres://…`) that replicas
+    /// share. Migrated on start.
     #[arg(long, env = "MESH_DB")]
-    pub db: PathBuf,
+    pub db: mesh_service::DbUrl,
     /// How long a signing key signs before the next one takes over (`90m`, `24h`, `7d`; 5 m to
     /// 90 d). The next key is published a whole interval before it signs, so verifiers, which
     /// refresh their keys every 5 minutes, know it first.
@@ -178,8 +180,8 @@ pub struct Settings {
     pub issuer: Option<String>,
     /// Registered clients and token settings.
     pub config: AuthConfig,
-    /// SQLite file.
-    pub db: PathBuf,
+    /// The database.
+    pub db: mesh_service::DbUrl,
     /// How long a signing key signs before the next one takes over.
     pub signing_key_rotation: Duration,
     /// Seals the keys at rest.

@@ -110,7 +110,7 @@ impl ServiceBinary for Application {
         let runtime = Runtime::start("inventory", args.listen, &args.mesh, &args.audience).await?;
         let orders = SpiffeId::workload(runtime.trust_domain(), "orders")
             .map_err(|e| StartError::config("--trust-domain", e))?;
-        let store = Store::new(mesh_service::open_sqlite(&args.mesh.db, &store::MIGRATIONS).await?);
+        let store = Store::new(mesh_service::Db::open(&args.mesh.db, &store::MIGRATIONS).await?);
         let policy = policy(runtime.trust_domain(), orders);
         Ok(Self {
             verifier: runtime.verifier().clone(),

@@ -49,6 +49,7 @@ pub const TRUST_DOMAIN: &str = "mesh.local";
 #[derive(Debug)]
 pub struct DevMesh {
     dir: PathBuf,
+    database: DevDatabase,
     /// The issuer URL (`https://localhost:<port>`).
     pub issuer: String,
     /// The auth service's mesh gRPC address.
@@ -71,6 +72,7 @@ pub struct DevMesh {
     /// at the mesh CA).
     pub renewals: std::collections::BTreeMap<&'static str, Arc<RenewalStatus>>,
     inventory_args: inventory_service::Args,
+    orders_args: orders_service::Args,
     auth_args: auth_service::Args,
     join_tokens: auth_service::join::JoinTokens,
     /// The audit logs and their key.
@@ -85,16 +87,42 @@ pub struct DevMesh {
 }
 
 /// How a dev mesh runs, where it differs from the defaults.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DevOptions {
     /// Lifetime of the certificates the mesh CA signs for orders and inventory (and auth).
     pub cert_ttl: Duration,
+    /// Where the services keep their state.
+    pub database: DevDatabase,
 }
 
 impl Default for DevOptions {
     fn default() -> Self {
         Self {
             cert_ttl: Duration::from_secs(3600),
+            database: DevDatabase::Sqlite,
+        }
+    }
+}
+
+/// The backend of a dev mesh's databases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevDatabase {
+    /// `<dir>/<service>.db`; replicas of a service open the same file.
+    Sqlite,
+    /// One database per service (`auth`, `orders`, `inventory`, which must exist) on the
+    /// PostgreSQL server at this URL (`postgres://user@host:port`, no database); replicas of a
+    /// service share it.
+    Postgres(String),
+}
+
+impl DevDatabase {
+    /// The database of `service` for a mesh in `dir`.
+    pub fn url(&self, dir: &Path, service: &str) -> mesh_service::DbUrl {
+        match self {
+            Self::Sqlite => mesh_service::DbUrl::Sqlite(dir.join(format!("{service}.db"))),
+            Self::Postgres(server) => {
+                mesh_service::DbUrl::Postgres(format!("{}/{service}", server.trim_end_matches('/')))
+            }
         }
     }
 }
@@ -182,7 +210,7 @@ impl DevMesh {
             telemetry: telemetry_flags.clone(),
             issuer: None,
             auth_config: config_path,
-            db: dir.join("auth.db"),
+            db: options.database.url(dir, "auth"),
             signing_key_rotation: std::time::Duration::from_secs(86_400),
             kek_file: Some(kek),
             kek: None,
@@ -221,7 +249,7 @@ impl DevMesh {
             telemetry: telemetry_flags.clone(),
             issuer: issuer.clone(),
             auth_url: auth_addr.to_string(),
-            db: dir.join(format!("{name}.db")),
+            db: options.database.url(dir, name),
             join_token_file: Some(identity_dir.join(format!("{name}.join"))),
             health_listen: Some("127.0.0.1:0".parse().expect("address")),
         };
@@ -239,13 +267,13 @@ impl DevMesh {
         tracers.push(inventory.server().telemetry().clone());
         services.push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
 
-        let orders = orders_service::Application::build(orders_service::Args {
+        let orders_args = orders_service::Args {
             listen: "127.0.0.1:0".parse()?,
             audience: "orders".into(),
             mesh: service_flags("orders"),
             inventory_url: inventory_addr.to_string(),
-        })
-        .await?;
+        };
+        let orders = orders_service::Application::build(orders_args.clone()).await?;
         let orders_addr = orders.server().addr();
         let orders_health_addr = orders
             .server()
@@ -258,11 +286,13 @@ impl DevMesh {
 
         Ok(Self {
             dir: dir.to_owned(),
+            database: options.database.clone(),
             issuer,
             auth_addr,
             auth_public_addr,
             inventory_addr,
             inventory_args,
+            orders_args,
             auth_args,
             join_tokens,
             audit,
@@ -284,6 +314,11 @@ impl DevMesh {
             renewals,
             services,
         })
+    }
+
+    /// The database of `service` (`auth`, `orders`, `inventory`).
+    pub fn db_url(&self, service: &str) -> mesh_service::DbUrl {
+        self.database.url(&self.dir, service)
     }
 
     /// Where certificates, config and databases live.
@@ -370,26 +405,30 @@ impl DevMesh {
         Ok(())
     }
 
-    /// Starts another inventory replica named `name` (`inventory-2`): its own join token,
-    /// database and audit log (`audit.log(name)`), on a new loopback port. For reads: two
-    /// replicas on two SQLite files do not share stock.
-    pub async fn start_inventory_replica(
-        &mut self,
-        name: &'static str,
-    ) -> anyhow::Result<std::net::SocketAddr> {
+    /// A join token for one more replica of `workload`, written to `identity/<name>.join`.
+    async fn replica_token(&self, workload: &str, name: &str) -> anyhow::Result<PathBuf> {
         let token = self
             .join_tokens
             .create(
-                &SpiffeId::workload(TRUST_DOMAIN, "inventory")?,
+                &SpiffeId::workload(TRUST_DOMAIN, workload)?,
                 Duration::from_secs(60),
             )
             .await?;
         let token_file = self.dir.join("identity").join(format!("{name}.join"));
         mesh_tls::certs::write_private(&token_file, &token.token)?;
+        Ok(token_file)
+    }
+
+    /// Starts another inventory replica named `name` (`inventory-2`) on a new loopback port:
+    /// its own join token and audit log (`audit.log(name)`), the same database as the first
+    /// (the same SQLite file, or the same PostgreSQL database).
+    pub async fn start_inventory_replica(
+        &mut self,
+        name: &'static str,
+    ) -> anyhow::Result<std::net::SocketAddr> {
         let mut args = self.inventory_args.clone();
         args.listen = "127.0.0.1:0".parse()?;
-        args.mesh.db = self.dir.join(format!("{name}.db"));
-        args.mesh.join_token_file = Some(token_file);
+        args.mesh.join_token_file = Some(self.replica_token("inventory", name).await?);
         args.mesh.audit = self.audit.flags(name);
         args.mesh.health_listen = None;
         let replica = inventory_service::Application::build(args).await?;
@@ -397,6 +436,46 @@ impl DevMesh {
         self.services
             .push(spawn(name, |stop| replica.run_until_stopped(stop)));
         Ok(addr)
+    }
+
+    /// Starts another orders replica named `name` (`orders-2`) on a new loopback port, on the
+    /// first one's database, calling inventory at `inventory_url` (one address or a
+    /// comma-separated list of replicas).
+    pub async fn start_orders_replica(
+        &mut self,
+        name: &'static str,
+        inventory_url: &str,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let mut args = self.orders_args.clone();
+        args.listen = "127.0.0.1:0".parse()?;
+        args.inventory_url = inventory_url.to_owned();
+        args.mesh.join_token_file = Some(self.replica_token("orders", name).await?);
+        args.mesh.audit = self.audit.flags(name);
+        args.mesh.health_listen = None;
+        let replica = orders_service::Application::build(args).await?;
+        let addr = replica.server().addr();
+        self.services
+            .push(spawn(name, |stop| replica.run_until_stopped(stop)));
+        Ok(addr)
+    }
+
+    /// Starts another auth replica named `name` (`auth-2`) on new loopback ports, on the first
+    /// one's database: the same issuer, signing keys, CA and grants. Returns its mesh and public
+    /// addresses.
+    pub async fn start_auth_replica(
+        &mut self,
+        name: &'static str,
+    ) -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
+        let mut args = self.auth_args.clone();
+        args.listen = "127.0.0.1:0".parse()?;
+        args.public_listen = "127.0.0.1:0".parse()?;
+        args.issuer = Some(self.issuer.clone());
+        args.audit = self.audit.flags(name);
+        let replica = auth_service::Application::build(args.into_settings()?).await?;
+        let addrs = (replica.mesh_addr(), replica.public_addr());
+        self.services
+            .push(spawn(name, |stop| replica.run_until_stopped(stop)));
+        Ok(addrs)
     }
 
     /// Starts the auth service again on its old addresses, with its old database.

@@ -207,9 +207,11 @@ pub struct ServiceFlags {
     /// comma-separated list.
     #[arg(long, env = "MESH_AUTH_URL", default_value = "localhost:50051")]
     pub auth_url: String,
-    /// SQLite file (created and migrated on start).
+    /// The database: a SQLite file (`PATH` or `sqlite:PATH`, created if missing) or a
+    /// PostgreSQL URL (`postgres://user:password@host:5432/database`, shared by replicas).
+    /// Migrated on start.
     #[arg(long, env = "MESH_DB")]
-    pub db: PathBuf,
+    pub db: crate::DbUrl,
     /// File holding a join token (`meshctl identity join-token`, `meshctl certs init`): the
     /// workload makes its key in memory and gets its certificate from the mesh CA at
     /// `--issuer`, then renews it over mTLS at `--auth-url` before it expires. The file is

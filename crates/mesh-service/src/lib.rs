@@ -16,7 +16,8 @@
 //!   dependencies.
 //! - [`server`]: [`MeshServer`], health + reflection + trace layer + auth layer + HTTP/2 limits
 //!   around any tonic service.
-//! - [`storage`]: [`open_sqlite`], the one way a service opens and migrates its database.
+//! - [`storage`]: [`Db`], the one way a service opens and migrates its database (SQLite or
+//!   PostgreSQL, [`DbUrl`]).
 //! - [`run_binary`], [`shutdown_signal`]: what every `main.rs` does.
 
 #![forbid(unsafe_code)]
@@ -38,7 +39,7 @@ pub use config::{
 pub use error::{StartError, exit_on_start_error};
 pub use runtime::{Runtime, traced};
 pub use server::MeshServer;
-pub use storage::open_sqlite;
+pub use storage::{Db, DbUrl, Dialect, Migrations, Tx};
 
 /// A service binary's life, from flags to drain: what [`run_binary`] drives.
 pub trait ServiceBinary: Sized {

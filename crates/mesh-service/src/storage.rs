@@ -1,35 +1,272 @@
-//! The one way a service opens its SQLite database.
+//! The one way a service opens its database: SQLite (the embedded default) or PostgreSQL (shared
+//! by replicas), chosen by `MESH_DB`, migrated on start.
+//!
+//! Both backends run the same SQL. The stores write it in the portable subset: `$1` placeholders
+//! (SQLite reads `$N` as the N-th argument too), `ON CONFLICT … DO NOTHING`, `RETURNING`,
+//! `TRUE`/`FALSE`, timestamps bound from Rust rather than SQL date functions. What differs is
+//! said here once: how a writing transaction begins ([`Db::begin_write`],
+//! [`Db::begin_serialized`]) and how rows are locked for update ([`Db::for_update`]).
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 
 use crate::error::StartError;
 
-/// Opens (creating if needed) the SQLite file at `path` (the `--db` flag) in WAL mode with
-/// foreign keys on, and applies `migrations` (each crate's `sqlx::migrate!()`).
-///
-/// WAL lets reads proceed during a write; the busy timeout makes concurrent writers wait for
-/// each other instead of failing with `SQLITE_BUSY`. An unusable path is the operator's
-/// configuration (exit 64); a failed migration is not.
-pub async fn open_sqlite(path: &Path, migrations: &Migrator) -> Result<SqlitePool, StartError> {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .map_err(|e| StartError::config("--db", format!("{}: {e}", path.display())))?;
-    migrations
-        .run(&pool)
-        .await
-        .map_err(|e| StartError::runtime(format!("migrate {}", path.display()), e))?;
-    Ok(pool)
+/// Where a service keeps its state: the value of `--db` / `MESH_DB`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbUrl {
+    /// A SQLite file (`sqlite:PATH`, `sqlite://PATH` or a bare path), created if missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://user:password@host:port/database?sslmode=…`).
+    Postgres(String),
+}
+
+impl DbUrl {
+    /// The backend's name, for logs and errors.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl FromStr for DbUrl {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err("empty: give a SQLite file or a postgres:// URL".into());
+        }
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            let parsed =
+                url::Url::parse(value).map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err("a PostgreSQL URL needs a host".into());
+            }
+            if parsed.path().trim_start_matches('/').is_empty() {
+                return Err("a PostgreSQL URL needs a database name (…/DATABASE)".into());
+            }
+            return Ok(Self::Postgres(value.to_owned()));
+        }
+        let path = value
+            .strip_prefix("sqlite://")
+            .or_else(|| value.strip_prefix("sqlite:"))
+            .unwrap_or(value);
+        if path.is_empty() || path.contains("://") {
+            return Err(format!(
+                "{value:?} is neither a file path nor a sqlite: or postgres:// URL"
+            ));
+        }
+        Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+}
+
+/// Shown without the password, so the URL can be logged.
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            Self::Postgres(url) => match url::Url::parse(url) {
+                Ok(mut parsed) => {
+                    if parsed.password().is_some() {
+                        let _ = parsed.set_password(Some("***"));
+                    }
+                    f.write_str(parsed.as_str())
+                }
+                Err(_) => f.write_str("postgres://(unparsable)"),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<PathBuf> for DbUrl {
+    fn from(path: PathBuf) -> Self {
+        Self::Sqlite(path)
+    }
+}
+
+impl From<&Path> for DbUrl {
+    fn from(path: &Path) -> Self {
+        Self::Sqlite(path.to_path_buf())
+    }
+}
+
+/// The SQL dialect a [`Db`] speaks, for the few statements that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite: one writer at a time, so a write transaction takes the lock up front.
+    Sqlite,
+    /// PostgreSQL: row locks and guarded updates, many writers at once.
+    Postgres,
+}
+
+/// A service's schema for each backend: each crate's `sqlx::migrate!("./migrations/sqlite")`
+/// and `sqlx::migrate!("./migrations/postgres")`, the same tables in each dialect.
+#[derive(Debug)]
+pub struct Migrations {
+    /// Applied to a SQLite file.
+    pub sqlite: Migrator,
+    /// Applied to a PostgreSQL database.
+    pub postgres: Migrator,
+}
+
+/// An open, migrated database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// A transaction on a [`Db`].
+pub type Tx = Transaction<'static, Any>;
+
+impl Db {
+    /// Opens the database `url` names and applies `migrations`.
+    ///
+    /// SQLite: created if missing, WAL (reads proceed during a write), foreign keys on, a busy
+    /// timeout so concurrent writers wait for each other instead of failing with `SQLITE_BUSY`.
+    /// PostgreSQL: a pool of 8; sqlx's migrator takes an advisory lock, so replicas starting
+    /// together migrate once. A database that cannot be reached or opened is the operator's
+    /// configuration (exit 64 naming `--db`); a failed migration is not.
+    pub async fn open(url: &DbUrl, migrations: &Migrations) -> Result<Self, StartError> {
+        install_default_drivers();
+        let (pool, dialect, migrator) = match url {
+            DbUrl::Sqlite(path) => {
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .to_url_lossy();
+                let pool = AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+                                 PRAGMA busy_timeout = 10000;",
+                            )
+                            .await
+                            .map(|_| ())
+                        })
+                    })
+                    .connect(options.as_str())
+                    .await;
+                (pool, Dialect::Sqlite, &migrations.sqlite)
+            }
+            DbUrl::Postgres(raw) => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(raw)
+                    .await;
+                (pool, Dialect::Postgres, &migrations.postgres)
+            }
+        };
+        let pool = pool.map_err(|e| StartError::config("--db", format!("{url}: {e}")))?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| StartError::runtime(format!("migrate {url}"), e))?;
+        Ok(Self { pool, dialect })
+    }
+
+    /// The pool, for single statements.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// A transaction that reads and then writes rows. SQLite takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so two of them queue instead of one failing to upgrade its read
+    /// lock; PostgreSQL begins at READ COMMITTED, and the statement that writes must guard
+    /// itself: a `WHERE` on the state it expects, a unique constraint, or rows read
+    /// [`Db::for_update`].
+    pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// A transaction that runs alone among all those with the same `name`, on every replica:
+    /// for rare steps that check a whole table and then change it (creating the first signing
+    /// key, a key rotation, a CA step). SQLite's write lock gives that already; PostgreSQL takes
+    /// a transaction-scoped advisory lock on the name.
+    pub async fn begin_serialized(&self, name: &str) -> Result<Tx, sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::text")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// What ends a `SELECT` whose rows the transaction is about to update: `FOR UPDATE` on
+    /// PostgreSQL (a row lock other writers wait on); nothing on SQLite, where the transaction
+    /// already holds the database's write lock.
+    pub fn for_update(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Whether another process may write the same rows (a shared PostgreSQL), so state cached
+    /// in memory must be re-read rather than trusted.
+    pub fn shared(&self) -> bool {
+        self.dialect == Dialect::Postgres
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DbUrl;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_db_flag_takes_a_path_a_sqlite_url_or_a_postgres_url() {
+        assert_eq!(
+            "data/orders.db".parse::<DbUrl>(),
+            Ok(DbUrl::Sqlite(PathBuf::from("data/orders.db")))
+        );
+        assert_eq!(
+            "sqlite:///var/lib/x.db".parse::<DbUrl>(),
+            Ok(DbUrl::Sqlite(PathBuf::from("/var/lib/x.db")))
+        );
+        assert_eq!(
+            "sqlite:x.db".parse::<DbUrl>(),
+            Ok(DbUrl::Sqlite(PathBuf::from("x.db")))
+        );
+        let pg: DbUrl = "postgres://mesh:s3cret@db:5432/orders".parse().expect("pg");
+        assert_eq!(pg.backend(), "postgres");
+        assert_eq!(pg.to_string(), "postgres://mesh:***@db:5432/orders");
+        for bad in [
+            "",
+            "postgres://db:5432/",
+            "postgres:///orders",
+            "mysql://db/x",
+        ] {
+            assert!(bad.parse::<DbUrl>().is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod forge;
+pub mod postgres;
 
 use std::path::Path;
 
@@ -31,6 +32,28 @@ pub struct TestMesh {
     pub mesh: DevMesh,
 
     dir: TempDir,
+    /// The PostgreSQL server of a mesh on [`Backend::Postgres`]; dropped (stopped) last.
+    postgres: Option<postgres::PgServer>,
+}
+
+/// The database backend a test mesh runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite files in the mesh's temporary directory.
+    Sqlite,
+    /// A PostgreSQL server of its own ([`postgres::PgServer`]).
+    Postgres,
+}
+
+impl Backend {
+    /// The backend `MESH_TEST_DB` asks for (`postgres` or `sqlite`, the default): how the
+    /// whole suite runs again on PostgreSQL.
+    pub fn from_env() -> Self {
+        match std::env::var("MESH_TEST_DB").as_deref() {
+            Ok("postgres") => Self::Postgres,
+            _ => Self::Sqlite,
+        }
+    }
 }
 
 impl TestMesh {
@@ -39,12 +62,61 @@ impl TestMesh {
         Self::start_with(mesh_dev::devmesh::DevOptions::default()).await
     }
 
-    /// [`TestMesh::start`] with `options` (a short certificate lifetime, say).
+    /// [`TestMesh::start`] with `options` (a short certificate lifetime, say), on the backend
+    /// [`Backend::from_env`] names.
     pub async fn start_with(options: mesh_dev::devmesh::DevOptions) -> anyhow::Result<Self> {
+        match Self::start_on(Backend::from_env(), options).await? {
+            Some(mesh) => Ok(mesh),
+            None => anyhow::bail!("MESH_TEST_DB=postgres, but PostgreSQL is not installed"),
+        }
+    }
+
+    /// A mesh on `backend`; `None` when that is PostgreSQL and it is not installed (the skip
+    /// is announced on stderr; under `CI` it is an error instead).
+    pub async fn start_on(
+        backend: Backend,
+        mut options: mesh_dev::devmesh::DevOptions,
+    ) -> anyhow::Result<Option<Self>> {
         init_logs();
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let Some(server) =
+                    postgres::PgServer::start(&["auth", "orders", "inventory"]).await?
+                else {
+                    return Ok(None);
+                };
+                options.database = mesh_dev::devmesh::DevDatabase::Postgres(server.server_url());
+                Some(server)
+            }
+        };
         let dir = tempfile::tempdir()?;
         let mesh = DevMesh::start_with(dir.path(), options).await?;
-        Ok(Self { mesh, dir })
+        Ok(Some(Self {
+            mesh,
+            dir,
+            postgres,
+        }))
+    }
+
+    /// The backend this mesh runs on.
+    pub fn backend(&self) -> Backend {
+        if self.postgres.is_some() {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    /// A connection pool on `service`'s database (`auth`, `orders`, `inventory`), whichever
+    /// the backend: for tests that inspect rows or move time forward. Write `$1` placeholders.
+    pub async fn db(&self, service: &str) -> anyhow::Result<sqlx::AnyPool> {
+        sqlx::any::install_default_drivers();
+        let url = match self.mesh.db_url(service) {
+            mesh_service::DbUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            mesh_service::DbUrl::Postgres(url) => url,
+        };
+        Ok(sqlx::AnyPool::connect(&url).await?)
     }
 
     /// The temporary directory (certs/, auth.toml, *.db).
@@ -100,9 +172,8 @@ impl TestMesh {
     }
 
     /// The auth service's database, for tests that must move time forward (expire a code).
-    pub async fn auth_db(&self) -> anyhow::Result<sqlx::SqlitePool> {
-        let url = format!("sqlite://{}", self.dir().join("auth.db").display());
-        Ok(sqlx::SqlitePool::connect(&url).await?)
+    pub async fn auth_db(&self) -> anyhow::Result<sqlx::AnyPool> {
+        self.db("auth").await
     }
 
     /// A token of the `meshctl` client (scope `inventory:read`, audience inventory).
@@ -142,8 +213,7 @@ impl TestMesh {
     /// The issuer's current signing key, read from the auth service's database and opened
     /// with its key-encryption key (both are needed), for forging.
     pub async fn issuer_key(&self) -> anyhow::Result<forge::SigningKey> {
-        let url = format!("sqlite://{}?mode=ro", self.dir().join("auth.db").display());
-        let pool = sqlx::SqlitePool::connect(&url).await?;
+        let pool = self.auth_db().await?;
         let (kid, sealed): (String, Vec<u8>) = sqlx::query_as(
             "SELECT kid, sealed FROM signing_keys \
              WHERE activated_at IS NOT NULL AND retired_at IS NULL",

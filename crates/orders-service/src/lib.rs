@@ -101,7 +101,7 @@ impl ServiceBinary for Application {
         let runtime = Runtime::start("orders", args.listen, &args.mesh, &args.audience).await?;
         let auth = runtime.client("auth", &args.mesh.auth_url, "--auth-url")?;
         let inventory = runtime.client("inventory", &args.inventory_url, "--inventory-url")?;
-        let store = Store::new(mesh_service::open_sqlite(&args.mesh.db, &store::MIGRATIONS).await?);
+        let store = Store::new(mesh_service::Db::open(&args.mesh.db, &store::MIGRATIONS).await?);
         let policy = policy(runtime.trust_domain());
         Ok(Self {
             api: OrdersApi::new(store, TokenExchanger::new(auth), inventory),

@@ -1,12 +1,12 @@
-//! Orders in SQLite (WAL, migrations): created once per idempotency key, moved from PENDING to
-//! their outcome exactly once.
+//! Orders in SQLite or PostgreSQL: created once per idempotency key, moved from PENDING to their
+//! outcome exactly once, also across replicas sharing one database.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_proto::domain::{Line, Quantity, RequestKey, Sku, lines_key};
 use mesh_proto::orders::v1::OrderState;
+use mesh_service::{Db, Migrations};
 use rand::RngCore;
-use sqlx::SqlitePool;
 
 /// A new order id: 128 random bits, base64url, never starting with `-` or `_`. An id that
 /// starts with `-` reads as a flag on every command line (`meshctl orders cancel -Ox…` fails
@@ -22,8 +22,11 @@ pub fn new_order_id() -> String {
     }
 }
 
-/// The schema, applied in order when the service opens its database.
-pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The schema for each backend, applied in order when the service opens its database.
+pub static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +34,7 @@ pub enum StoreError {
     /// The idempotency key was used before with other lines.
     #[error("idempotency key already used with other lines")]
     KeyReused,
-    /// SQLite failed.
+    /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -65,7 +68,7 @@ impl StoredOrder {
 /// The orders database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    db: Db,
 }
 
 #[derive(sqlx::FromRow)]
@@ -81,10 +84,9 @@ struct OrderRow {
 const SELECT: &str = "SELECT rowid AS seq, order_id, owner, state, reason, created_at FROM orders";
 
 impl Store {
-    /// The store over `pool`, opened and migrated with [`MIGRATIONS`] by
-    /// `mesh_service::open_sqlite`.
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    /// The store over `db`, opened and migrated with [`MIGRATIONS`].
+    pub fn new(db: Db) -> Self {
+        Self { db }
     }
 
     /// The order of `owner` under `key`: the existing one if the key was used before with the
@@ -96,42 +98,46 @@ impl Store {
         lines: &[Line],
     ) -> Result<StoredOrder, StoreError> {
         let lines_key = lines_key(lines);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let existing: Option<(String, String)> = sqlx::query_as(
-            "SELECT order_id, lines_key FROM orders WHERE owner = ? AND idempotency_key = ?",
+        let mut tx = self.db.begin_write().await?;
+        // The unique (owner, idempotency_key) lets one insert win; a concurrent one with the same
+        // key waits for it and then finds its order.
+        let order_id = new_order_id();
+        let created = sqlx::query(
+            "INSERT INTO orders (order_id, owner, idempotency_key, lines_key, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (owner, idempotency_key) DO NOTHING",
         )
+        .bind(&order_id)
         .bind(owner)
         .bind(key.as_str())
-        .fetch_optional(&mut *tx)
+        .bind(&lines_key)
+        .bind(OrderState::Pending as i32)
+        .bind(rfc3339_now())
+        .execute(&mut *tx)
         .await?;
-        let order_id = match existing {
-            Some((order_id, stored)) if stored == lines_key => order_id,
-            Some(_) => return Err(StoreError::KeyReused),
-            None => {
-                let order_id = new_order_id();
+        let order_id = if created.rows_affected() == 1 {
+            for line in lines {
                 sqlx::query(
-                    "INSERT INTO orders (order_id, owner, idempotency_key, lines_key, state, created_at) \
-                     VALUES (?, ?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+                    "INSERT INTO order_lines (order_id, sku, quantity) VALUES ($1, $2, $3)",
                 )
                 .bind(&order_id)
-                .bind(owner)
-                .bind(key.as_str())
-                .bind(&lines_key)
-                .bind(OrderState::Pending as i32)
+                .bind(line.sku.as_str())
+                .bind(i64::from(line.quantity.get()))
                 .execute(&mut *tx)
                 .await?;
-                for line in lines {
-                    sqlx::query(
-                        "INSERT INTO order_lines (order_id, sku, quantity) VALUES (?, ?, ?)",
-                    )
-                    .bind(&order_id)
-                    .bind(line.sku.as_str())
-                    .bind(i64::from(line.quantity.get()))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                order_id
             }
+            order_id
+        } else {
+            let (existing, stored): (String, String) = sqlx::query_as(
+                "SELECT order_id, lines_key FROM orders WHERE owner = $1 AND idempotency_key = $2",
+            )
+            .bind(owner)
+            .bind(key.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if stored != lines_key {
+                return Err(StoreError::KeyReused);
+            }
+            existing
         };
         tx.commit().await?;
         self.get(&order_id)
@@ -149,22 +155,24 @@ impl Store {
         reason: &str,
     ) -> Result<Option<StoredOrder>, StoreError> {
         for state in from {
-            sqlx::query("UPDATE orders SET state = ?, reason = ? WHERE order_id = ? AND state = ?")
-                .bind(to as i32)
-                .bind(reason)
-                .bind(order_id)
-                .bind(*state as i32)
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(
+                "UPDATE orders SET state = $1, reason = $2 WHERE order_id = $3 AND state = $4",
+            )
+            .bind(to as i32)
+            .bind(reason)
+            .bind(order_id)
+            .bind(*state as i32)
+            .execute(self.db.pool())
+            .await?;
         }
         self.get(order_id).await
     }
 
     /// One order.
     pub async fn get(&self, order_id: &str) -> Result<Option<StoredOrder>, StoreError> {
-        let row: Option<OrderRow> = sqlx::query_as(&format!("{SELECT} WHERE order_id = ?"))
+        let row: Option<OrderRow> = sqlx::query_as(&format!("{SELECT} WHERE order_id = $1"))
             .bind(order_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db.pool())
             .await?;
         match row {
             Some(row) => Ok(Some(self.with_lines(row).await?)),
@@ -180,12 +188,12 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredOrder>, StoreError> {
         let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-            "{SELECT} WHERE (?1 IS NULL OR owner = ?1) AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3"
+            "{SELECT} WHERE ($1 IS NULL OR owner = $1) AND rowid < $2 ORDER BY rowid DESC LIMIT $3"
         ))
         .bind(owner)
         .bind(before.unwrap_or(i64::MAX))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await?;
         let mut orders = Vec::with_capacity(rows.len());
         for row in rows {
@@ -195,11 +203,12 @@ impl Store {
     }
 
     async fn with_lines(&self, row: OrderRow) -> Result<StoredOrder, StoreError> {
-        let lines: Vec<(String, i64)> =
-            sqlx::query_as("SELECT sku, quantity FROM order_lines WHERE order_id = ? ORDER BY sku")
-                .bind(&row.order_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let lines: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY sku",
+        )
+        .bind(&row.order_id)
+        .fetch_all(self.db.pool())
+        .await?;
         let lines = lines
             .into_iter()
             .filter_map(|(sku, quantity)| {
@@ -219,6 +228,20 @@ impl Store {
             seq: row.seq,
         })
     }
+}
+
+/// Now as RFC 3339 in UTC to the second, the `created_at` of an order.
+fn rfc3339_now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use mesh_proto::identity::v1::{
 use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_proto::orders::v1::{OrderLine, PlaceOrderRequest};
 use mesh_service::identity::Renewed;
-use mesh_test_support::{TestMesh, bearer};
+use mesh_test_support::{Backend, TestMesh, bearer};
 use mesh_tls::certs::new_key_and_request;
 use mesh_tls::client::MeshConnector;
 use mesh_tls::material::parse_pem_certs;
@@ -164,7 +164,7 @@ async fn a_join_token_is_single_use_bound_to_one_identity_and_expires() {
     // An expired token (its expiry moved into the past in the CA's database).
     let expiring = join_token(&mesh, "reports").await;
     let pool = mesh.auth_db().await.expect("db");
-    sqlx::query("UPDATE join_tokens SET expires_at = 1 WHERE hash = ?")
+    sqlx::query("UPDATE join_tokens SET expires_at = 1 WHERE hash = $1")
         .bind(auth_service::join::token_hash(&expiring))
         .execute(&pool)
         .await
@@ -501,6 +501,7 @@ async fn services_renew_their_certificates_under_load_with_no_failed_call() {
     let mesh = Arc::new(
         TestMesh::start_with(DevOptions {
             cert_ttl: Duration::from_secs(3),
+            ..Default::default()
         })
         .await
         .expect("mesh"),
@@ -535,9 +536,12 @@ async fn services_renew_their_certificates_under_load_with_no_failed_call() {
 async fn the_ca_rotates_add_activate_retire_under_load_with_no_failed_call() {
     let ttl = Duration::from_secs(3);
     let mesh = Arc::new(
-        TestMesh::start_with(DevOptions { cert_ttl: ttl })
-            .await
-            .expect("mesh"),
+        TestMesh::start_with(DevOptions {
+            cert_ttl: ttl,
+            ..Default::default()
+        })
+        .await
+        .expect("mesh"),
     );
     let client = Arc::new(RenewingClient::start(&mesh).await);
     let old_ca = std::fs::read_to_string(mesh.dir().join("certs/ca.pem")).expect("ca");
@@ -626,6 +630,7 @@ async fn a_service_that_cannot_renew_before_expiry_reports_not_serving_and_rejoi
  {
     let mut mesh = TestMesh::start_with(DevOptions {
         cert_ttl: Duration::from_secs(4),
+        ..Default::default()
     })
     .await
     .expect("mesh");
@@ -701,7 +706,6 @@ async fn a_service_that_cannot_renew_before_expiry_reports_not_serving_and_rejoi
 async fn the_database_alone_holds_no_usable_private_key_and_a_wrong_kek_stops_the_start() {
     let mesh = TestMesh::start().await.expect("mesh");
     let ca_key = std::fs::read_to_string(mesh.dir().join("auth-secrets/ca.key")).expect("key");
-    let db_path = mesh.dir().join("auth.db");
     mesh.mesh.key_rotator.rotate().await.expect("a few keys");
     let pool = mesh.auth_db().await.expect("db");
     let plain: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT pkcs8 FROM signing_keys")
@@ -713,10 +717,30 @@ async fn the_database_alone_holds_no_usable_private_key_and_a_wrong_kek_stops_th
         plain.iter().all(|(k,)| k.is_empty()),
         "no plaintext signing key"
     );
+    // Nothing of the CA key appears in what the database stores, in any line of its PEM body:
+    // the SQLite file and its WAL, or every stored key and certificate column on PostgreSQL.
+    let (bytes, wal) = match mesh.backend() {
+        Backend::Sqlite => {
+            let db_path = mesh.dir().join("auth.db");
+            let wal = std::fs::read(db_path.with_extension("db-wal")).unwrap_or_default();
+            (std::fs::read(&db_path).expect("db file"), wal)
+        }
+        Backend::Postgres => {
+            let mut stored = Vec::new();
+            for query in [
+                "SELECT sealed_key FROM authorities",
+                "SELECT CAST(cert_pem AS BYTEA) FROM authorities",
+                "SELECT sealed FROM signing_keys",
+                "SELECT pkcs8 FROM signing_keys",
+            ] {
+                let rows: Vec<(Vec<u8>,)> =
+                    sqlx::query_as(query).fetch_all(&pool).await.expect(query);
+                stored.extend(rows.into_iter().flat_map(|(b,)| b));
+            }
+            (stored, Vec::new())
+        }
+    };
     pool.close().await;
-    // Nothing of the CA key appears in the file, in any line of its PEM body.
-    let bytes = std::fs::read(&db_path).expect("db file");
-    let wal = std::fs::read(db_path.with_extension("db-wal")).unwrap_or_default();
     for line in ca_key
         .lines()
         .filter(|l| !l.starts_with("-----") && l.len() > 16)
@@ -744,7 +768,7 @@ async fn the_database_alone_holds_no_usable_private_key_and_a_wrong_kek_stops_th
             telemetry: mesh_telemetry::trace::TelemetryFlags::default(),
             issuer: None,
             auth_config: mesh.dir().join("auth.toml"),
-            db: db_path.clone(),
+            db: mesh.mesh.db_url("auth"),
             signing_key_rotation: Duration::from_secs(86_400),
             kek_file: Some(kek.to_owned()),
             kek: None,

@@ -273,17 +273,13 @@ async fn place_with(mesh: &TestMesh, token: &str, key: &str) -> Result<String, t
 
 /// Rows in orders' database, and SKU-001's available stock in inventory's.
 async fn stored_state(mesh: &TestMesh) -> (i64, i64) {
-    let open = |name: &str| {
-        let url = format!("sqlite://{}?mode=ro", mesh.dir().join(name).display());
-        async move { sqlx::SqlitePool::connect(&url).await.expect("db") }
-    };
-    let orders = open("orders.db").await;
+    let orders = mesh.db("orders").await.expect("db");
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&orders)
         .await
         .expect("count");
     orders.close().await;
-    let inventory = open("inventory.db").await;
+    let inventory = mesh.db("inventory").await.expect("db");
     let available: i64 = sqlx::query_scalar("SELECT available FROM items WHERE sku = 'SKU-001'")
         .fetch_one(&inventory)
         .await

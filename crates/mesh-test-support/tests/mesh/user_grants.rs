@@ -255,7 +255,7 @@ async fn an_expired_code_is_invalid_grant() {
     let (code, pkce) = code_for(&mesh, "alice").await;
     // Codes live 60 s; move this one's expiry into the past instead of waiting.
     let db = mesh.auth_db().await.expect("db");
-    sqlx::query("UPDATE auth_codes SET expires_at = unixepoch() - 1")
+    sqlx::query("UPDATE auth_codes SET expires_at = 1")
         .execute(&db)
         .await
         .expect("expire");

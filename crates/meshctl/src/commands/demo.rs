@@ -167,6 +167,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     // Short-lived certificates, so that the demo can show one renewed.
     let options = mesh_dev::devmesh::DevOptions {
         cert_ttl: DEMO_CERT_TTL,
+        ..Default::default()
     };
     let mesh = DevMesh::start_with(dir.path(), options)
         .await
