@@ -354,3 +354,23 @@ async fn load(db: &Db, sealer: &Sealer, trust_domain: &str) -> Result<Loaded, Au
         previous_retired_at,
     })
 }
+
+/// How often a replica re-reads the CAs for a rotation step another replica took.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// Re-reads the CAs every [`REFRESH_EVERY`] while `store` lives, so every replica on one
+/// database follows a rotation step taken at any of them: its trust bundle and signing CA
+/// change, and [`AuthorityStore::changes`] makes it renew its own certificate.
+pub fn spawn_refresh(store: std::sync::Weak<AuthorityStore>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(REFRESH_EVERY).await;
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            if let Err(error) = store.refresh().await {
+                tracing::warn!(%error, "re-reading the CAs failed; retrying");
+            }
+        }
+    });
+}

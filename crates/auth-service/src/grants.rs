@@ -109,12 +109,6 @@ impl Grants {
         }
     }
 
-    /// Whether other replicas write the same database, so a revocation may be recorded
-    /// without this process's [`Grants::revocation_ticks`] firing.
-    pub fn shared(&self) -> bool {
-        self.db.shared()
-    }
-
     /// A receiver that is marked changed after every revocation.
     pub fn revocation_ticks(&self) -> watch::Receiver<()> {
         self.revoked.subscribe()

@@ -23,7 +23,7 @@
 //! - [`local`]: the issuer verifying its own tokens (exchange, revocation, introspection).
 //! - [`keys`]: signing keys in SQLite, rotation, the JWKS.
 //! - [`sealing`]: envelope encryption of the keys at rest under a key-encryption key.
-//! - [`authority`]: the mesh CA in SQLite, its trust bundle and its rotation.
+//! - [`authority`]: the mesh CA in the database, its trust bundle and its rotation.
 //! - [`join`]: join tokens, a workload's proof of identity before it has a certificate.
 //! - [`identity`]: `mesh.identity.v1`, the CA's API (certify, join tokens, CA rotation).
 //! - [`issuer`]: minting tokens.
@@ -229,6 +229,7 @@ impl Application {
         runtime.listen_health(settings.health_listen).await?;
         let audit = audit::IssuerAudit::new(runtime.audit_log());
         if let Some(ca) = &authority {
+            authority::spawn_refresh(Arc::downgrade(ca));
             let (ca, id) = (ca.clone(), runtime.workload().spiffe_id.clone());
             let nudge = ca.changes();
             runtime.renew_with(

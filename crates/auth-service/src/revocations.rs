@@ -14,8 +14,8 @@ use crate::grants::{Grants, RevocationRecord, RevokedTarget};
 const BATCH: u32 = 512;
 
 /// How often the log is cleared of revocations whose tokens have all expired.
-/// How often a follower re-reads the log when other replicas may append to it.
-const SHARED_POLL: Duration = Duration::from_millis(500);
+/// How often a follower re-reads the log for what other replicas appended to it.
+const REPLICA_POLL: Duration = Duration::from_millis(500);
 
 /// Prune interval.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -69,17 +69,11 @@ where
         if full {
             continue;
         }
-        // Another replica's revocations tick only there: on a shared database, poll as well.
-        let poll = async {
-            if grants.shared() {
-                tokio::time::sleep(SHARED_POLL).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
+        // A revocation written by another replica on the same database ticks only there: poll
+        // as well.
         tokio::select! {
             changed = ticks.changed() => if changed.is_err() { return Ok(()); },
-            () = poll => {}
+            () = tokio::time::sleep(REPLICA_POLL) => {}
         }
     }
 }

@@ -230,12 +230,6 @@ impl Db {
             Dialect::Postgres => " FOR UPDATE",
         }
     }
-
-    /// Whether another process may write the same rows (a shared PostgreSQL), so state cached
-    /// in memory must be re-read rather than trusted.
-    pub fn shared(&self) -> bool {
-        self.dialect == Dialect::Postgres
-    }
 }
 
 #[cfg(test)]

@@ -144,7 +144,8 @@ impl PgServer {
             .output()
             .context("running pg_ctl start")?;
         if !out.status.success() {
-            let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
             bail!(
                 "pg_ctl start failed: {}{log}",
                 String::from_utf8_lossy(&out.stderr)

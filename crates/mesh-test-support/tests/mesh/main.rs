@@ -9,6 +9,7 @@ mod hop;
 mod identity;
 mod keys;
 mod refusals;
+mod replicas;
 mod revocation;
 mod tidy;
 mod tls;

@@ -31,7 +31,7 @@ async fn authorize(mesh: &TestMesh, params: &[(&str, &str)]) -> (u16, String) {
 }
 
 /// Logs in through the form and returns the code and the PKCE pair, without exchanging it.
-async fn code_for(mesh: &TestMesh, user: &str) -> (String, Pkce) {
+pub(crate) async fn code_for(mesh: &TestMesh, user: &str) -> (String, Pkce) {
     let pkce = Pkce::new();
     let mut form = vec![
         ("response_type", "code".to_owned()),

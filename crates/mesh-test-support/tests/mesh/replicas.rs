@@ -1,0 +1,240 @@
+//! Replicas on one database, on each backend: orders and inventory ×2 sell the stock exactly
+//! once, two auth replicas spend a code exactly once, and a revocation written by one auth
+//! replica reaches the verifiers following the other.
+//!
+//! Every test runs on SQLite (replicas open the same file) and on PostgreSQL (a real server
+//! started for the test; skipped, loudly, only where PostgreSQL is not installed and `CI` is
+//! not set).
+
+use std::net::SocketAddr;
+
+use mesh_dev::devmesh::DevOptions;
+use mesh_dev::oauth::{CLIENT_ID, REDIRECT_URI};
+use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
+use mesh_proto::orders::v1::{ListOrdersRequest, OrderLine, OrderState, PlaceOrderRequest};
+use mesh_test_support::{Backend, TestMesh, bearer};
+
+async fn mesh_on(backend: Backend) -> Option<TestMesh> {
+    TestMesh::start_on(backend, DevOptions::default())
+        .await
+        .expect("mesh")
+}
+
+/// Allowed calls to `method` in `service`'s audit log.
+fn allowed_calls(mesh: &TestMesh, service: &str, method: &str) -> usize {
+    std::fs::read_to_string(mesh.mesh.audit.log(service))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(method) && l.contains("\"allow\""))
+        .count()
+}
+
+async fn fifty_orders_over_two_orders_and_two_inventory_replicas(backend: Backend) {
+    let Some(mut mesh) = mesh_on(backend).await else {
+        return;
+    };
+    assert_eq!(mesh.backend(), backend);
+    let second_inventory = mesh
+        .mesh
+        .start_inventory_replica("inventory-2")
+        .await
+        .expect("inventory-2");
+    let inventories = format!("{},{second_inventory}", mesh.mesh.inventory_addr);
+    let mut orders: Vec<SocketAddr> = Vec::new();
+    for name in ["orders-a", "orders-b"] {
+        orders.push(
+            mesh.mesh
+                .start_orders_replica(name, &inventories)
+                .await
+                .expect("orders replica"),
+        );
+    }
+    let token = mesh.user_token("alice", "orders").await.expect("login");
+    let calls = (0..50).map(|i| {
+        let addr = orders[i % 2].to_string();
+        let channel = mesh
+            .mesh
+            .traced_channel("meshctl", "orders", &addr)
+            .expect("channel");
+        let request = bearer(
+            PlaceOrderRequest {
+                idempotency_key: format!("replicas-{i:04}"),
+                lines: vec![OrderLine {
+                    sku: "SKU-004".into(),
+                    quantity: 1,
+                }],
+            },
+            &token,
+        );
+        async move { OrdersServiceClient::new(channel).place_order(request).await }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let (mut confirmed, mut rejected) = (0, 0);
+    for result in results {
+        match result
+            .expect("every order gets an answer")
+            .into_inner()
+            .state()
+        {
+            OrderState::Confirmed => confirmed += 1,
+            OrderState::Rejected => rejected += 1,
+            other => panic!("unexpected state {other:?}"),
+        }
+    }
+    assert_eq!((confirmed, rejected), (10, 40), "{backend:?}");
+
+    // The shared database agrees: no stock left, ten reservations, fifty orders.
+    let inventory = mesh.db("inventory").await.expect("db");
+    let (available,): (i64,) = sqlx::query_as("SELECT available FROM items WHERE sku = $1")
+        .bind("SKU-004")
+        .fetch_one(&inventory)
+        .await
+        .expect("stock");
+    let (reserved,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM reservations WHERE reserved = 1")
+            .fetch_one(&inventory)
+            .await
+            .expect("reservations");
+    assert_eq!((available, reserved), (0, 10), "{backend:?}");
+    let orders_db = mesh.db("orders").await.expect("db");
+    let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders")
+        .fetch_one(&orders_db)
+        .await
+        .expect("orders");
+    assert_eq!(stored, 50);
+
+    // Both orders replicas took calls, and both inventory replicas got reservations.
+    for (service, method) in [
+        ("orders-a", "/PlaceOrder"),
+        ("orders-b", "/PlaceOrder"),
+        ("inventory", "/Reserve"),
+        ("inventory-2", "/Reserve"),
+    ] {
+        let calls = allowed_calls(&mesh, service, method);
+        assert!(calls > 0, "{service} took no {method} ({backend:?})");
+    }
+    inventory.close().await;
+    orders_db.close().await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_orders_over_two_orders_and_two_inventory_replicas_on_sqlite_confirm_exactly_ten() {
+    fifty_orders_over_two_orders_and_two_inventory_replicas(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_orders_over_two_orders_and_two_inventory_replicas_on_postgres_confirm_exactly_ten() {
+    fifty_orders_over_two_orders_and_two_inventory_replicas(Backend::Postgres).await;
+}
+
+/// POSTs the code exchange to the token endpoint of the auth replica at `public`.
+async fn redeem_at(
+    mesh: &TestMesh,
+    public: SocketAddr,
+    code: &str,
+    verifier: &str,
+) -> (u16, serde_json::Value) {
+    let response = mesh
+        .https()
+        .expect("https")
+        .post(format!("https://localhost:{}/oauth2/token", public.port()))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT_URI),
+            ("client_id", CLIENT_ID),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .expect("send");
+    (
+        response.status().as_u16(),
+        response.json().await.expect("json"),
+    )
+}
+
+async fn a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once(backend: Backend) {
+    let Some(mut mesh) = mesh_on(backend).await else {
+        return;
+    };
+    let (_, second) = mesh
+        .mesh
+        .start_auth_replica("auth-2")
+        .await
+        .expect("auth-2");
+    let first = mesh.mesh.auth_public_addr;
+    for round in 0..5 {
+        let (code, pkce) = crate::user_grants::code_for(&mesh, "alice").await;
+        let (a, b) = tokio::join!(
+            redeem_at(&mesh, first, &code, &pkce.verifier),
+            redeem_at(&mesh, second, &code, &pkce.verifier)
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort_unstable();
+        assert_eq!(
+            statuses,
+            [200, 400],
+            "round {round} ({backend:?}): {a:?} {b:?}"
+        );
+        let refused = if a.0 == 400 { &a.1 } else { &b.1 };
+        assert_eq!(refused["error"], "invalid_grant", "{refused}");
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once_on_sqlite() {
+    a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once_on_postgres() {
+    a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once(Backend::Postgres).await;
+}
+
+async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(backend: Backend) {
+    let Some(mut mesh) = mesh_on(backend).await else {
+        return;
+    };
+    let (_, second) = mesh
+        .mesh
+        .start_auth_replica("auth-2")
+        .await
+        .expect("auth-2");
+    let token = mesh.user_token("alice", "orders").await.expect("login");
+    let mut orders = OrdersServiceClient::new(mesh.orders_channel("meshctl").expect("channel"));
+    let list = || bearer(ListOrdersRequest::default(), &token);
+    orders.list_orders(list()).await.expect("valid before");
+    // Revoked through the second replica; orders follows the first one's revocation stream.
+    mesh_dev::oauth::revoke(
+        &mesh.https().expect("https"),
+        &format!("https://localhost:{}", second.port()),
+        &token,
+    )
+    .await
+    .expect("revoke");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match orders.list_orders(list()).await {
+            Err(status) if status.code() == tonic::Code::Unauthenticated => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "still accepted 3 s after the revocation ({backend:?}): {other:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_on_sqlite() {
+    a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_on_postgres() {
+    a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(Backend::Postgres).await;
+}
