@@ -23,9 +23,10 @@ RUN groupadd --system --gid 10001 mesh \
     && mkdir -p /var/lib/mesh/certs /var/lib/mesh/data /var/lib/mesh/cli \
         /var/lib/mesh/identity /var/lib/mesh/secrets /var/lib/mesh/meshctl \
         /var/lib/mesh/init/auth /var/lib/mesh/init/orders /var/lib/mesh/init/inventory \
+        /var/lib/mesh/init/orders-2 /var/lib/mesh/init/inventory-2 /var/lib/mesh/init/postgres \
         /var/lib/mesh/init/meshctl \
     && chown -R mesh:mesh /var/lib/mesh
-COPY docker/mesh-init /usr/local/bin/mesh-init
+COPY docker/mesh-init docker/postgres-secrets /usr/local/bin/
 COPY --from=build /out/ /usr/local/bin/
 USER mesh
 WORKDIR /var/lib/mesh

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Proves docker-compose.yml on a machine whose Docker engine cannot pull images:
-#   1. builds the base image locally (scripts/local-base-image.sh: debootstrap + docker import)
-#      and packs host-built binaries with docker/prebuilt.Dockerfile as zero-trust-mesh:local;
+#   1. builds the base image locally (scripts/local-base-image.sh: debootstrap + docker import),
+#      packs host-built binaries with docker/prebuilt.Dockerfile as zero-trust-mesh:local, and
+#      builds PostgreSQL from Debian's package (docker/postgres) as zero-trust-mesh-postgres:local;
 #   2. runs the stack with docker-compose.trace-sink.yml (our OTLP receiver instead of Jaeger);
-#   3. checks: every service healthy, a second certs run keeps the certificates, no private key
+#   3. checks: every service healthy (orders and inventory ×2 on one PostgreSQL), calls spread
+#      over both replicas of each, a second certs run keeps the certificates, no private key
 #      on the shared volume or in orders' and inventory's volumes (their keys live in memory),
 #      each service's certificate renewed online at least twice under load (MESH_CERT_TTL=1m),
-#      a trace spans at least three services, kill -9 of inventory under load (orders answers
+#      a trace spans at least three services, kill -9 of every inventory replica under load (orders answers
 #      UNAVAILABLE quickly, keeps serving reads, recovers with no manual step), no confirmed
 #      order lost, no stock reserved twice, the signing key rotated twice under load with 0
 #      unexpected answers, every audit chain intact;
@@ -23,6 +25,8 @@ export COMPOSE_PROJECT_NAME=$project
 # Random free host ports: the smoke must not collide with anything else on the machine.
 export MESH_AUTH_HTTPS_PORT='' MESH_AUTH_PORT='' MESH_ORDERS_PORT='' MESH_INVENTORY_PORT=''
 export MESH_JAEGER_UI_PORT=''
+# PostgreSQL from Debian's package, built below (no registry for the official image).
+export MESH_POSTGRES_IMAGE=zero-trust-mesh-postgres:local
 # Short-lived certificates, so that renewals happen while the smoke watches.
 export MESH_CERT_TTL=1m
 
@@ -50,7 +54,7 @@ cleanup() {
     if [ "$status" -ne 0 ]; then
         echo
         echo "compose smoke FAILED during: $current"
-        for service in ${failing:-certs auth inventory orders loadgen jaeger}; do
+        for service in ${failing:-certs postgres auth inventory inventory-2 orders orders-2 loadgen jaeger}; do
             echo "==== logs of $service (last 80 lines)"
             "${compose[@]}" logs --no-color --tail=80 "$service" 2>&1
         done
@@ -113,17 +117,19 @@ mkdir -p "$context/bin"
 for binary in auth-service orders-service inventory-service meshctl; do
     strip -o "$context/bin/$binary" "target/$profile/$binary"
 done
-cp docker/mesh-init "$context/"
+cp docker/mesh-init docker/postgres-secrets "$context/"
 
-step "images: debian:bookworm-slim (local) and zero-trust-mesh:local"
+step "images: debian:bookworm-slim (local), zero-trust-mesh:local, zero-trust-mesh-postgres:local"
 scripts/local-base-image.sh
 docker build -q -f docker/prebuilt.Dockerfile -t zero-trust-mesh:local "$context" >/dev/null
+docker build -q -t "$MESH_POSTGRES_IMAGE" docker/postgres >/dev/null
 docker image ls zero-trust-mesh:local
+docker image ls "$MESH_POSTGRES_IMAGE"
 
-step "up: certs, auth, inventory, orders, trace sink; all healthy over mTLS"
+step "up: certs, postgres, auth, inventory ×2, orders ×2, trace sink; all healthy over mTLS"
 "${compose[@]}" --profile tools down -v --remove-orphans >/dev/null 2>&1 || true
-"${compose[@]}" up -d --no-build auth inventory orders jaeger
-for service in auth inventory orders; do
+"${compose[@]}" up -d --no-build auth inventory inventory-2 orders orders-2 jaeger
+for service in postgres auth inventory inventory-2 orders orders-2; do
     wait_healthy "$service" 90
     echo "$service: healthy"
 done
@@ -143,7 +149,7 @@ step "keys: none on the shared volume, none on disk for orders and inventory"
 shared=$(docker exec "$(container_of auth)" ls /var/lib/mesh/certs)
 echo "shared certs volume: $shared"
 [ "$shared" = ca.pem ] || fail "the shared volume holds more than the CA certificate: $shared"
-for service in orders inventory; do
+for service in orders orders-2 inventory inventory-2; do
     keys=$(docker exec "$(container_of "$service")" grep -rl 'PRIVATE KEY' /var/lib/mesh 2>/dev/null || true)
     [ -z "$keys" ] || { failing=$service; fail "$service has a private key on disk: $keys"; }
     token=$(docker exec "$(container_of "$service")" ls -l /var/lib/mesh/identity/join-token)
@@ -200,20 +206,38 @@ for target in auth:50051 inventory:50053 orders:50052; do
     echo "$target served:${serials[$target]}"
 done
 
+step "replicas: calls spread over both orders and both inventory replicas (their audit logs)"
+# Allowed calls of METHOD in SERVICE's audit log.
+allowed() {
+    docker exec "$(container_of "$1")" awk -v m="$2" \
+        'index($0, m) && index($0, "\"allow\"") { n++ } END { print n + 0 }' /var/lib/mesh/data/audit.log
+}
+for pair in orders:/PlaceOrder orders-2:/PlaceOrder inventory:/Reserve inventory-2:/Reserve; do
+    service=${pair%%:*} method=${pair#*:}
+    calls=$(allowed "$service" "$method")
+    echo "$service: $calls allowed $method"
+    [ "${calls:-0}" -gt 0 ] || { failing=$service; fail "$service took no $method: no balancing"; }
+done
+
 placed=$(as_user alice orders place --line SKU-003:1 --idempotency-key smoke-before-crash)
 echo "$placed"
 known=$(awk '{ print $1 }' <<<"$placed")
 grep -q CONFIRMED <<<"$placed" || fail "an order before the crash was not confirmed"
 
-step "kill -9 inventory under load (restart held back to measure the outage)"
+step "kill -9 every inventory replica under load (restarts held back to measure the outage)"
 inventory=$(container_of inventory)
-docker update --restart=no "$inventory" >/dev/null
-kill -9 "$(docker inspect -f '{{.State.Pid}}' "$inventory")"
-for _ in $(seq 50); do
-    [ "$(docker inspect -f '{{.State.Running}}' "$inventory")" = false ] && break
-    sleep 0.2
+inventory2=$(container_of inventory-2)
+for container in "$inventory" "$inventory2"; do
+    docker update --restart=no "$container" >/dev/null
+    kill -9 "$(docker inspect -f '{{.State.Pid}}' "$container")"
 done
-echo "inventory: exited with $(docker inspect -f '{{.State.ExitCode}}' "$inventory")"
+for container in "$inventory" "$inventory2"; do
+    for _ in $(seq 50); do
+        [ "$(docker inspect -f '{{.State.Running}}' "$container")" = false ] && break
+        sleep 0.2
+    done
+    echo "$(docker inspect -f '{{.Name}}' "$container"): exited with $(docker inspect -f '{{.State.ExitCode}}' "$container")"
+done
 started=$(now_ms)
 if outage=$(as_user alice orders place --line SKU-002:1 --idempotency-key smoke-during-outage 2>&1); then
     fail "an order was placed while inventory was down: $outage"
@@ -229,9 +253,12 @@ echo "orders keeps serving reads while inventory is down"
 sleep 3  # the load meets the outage too
 
 step "inventory restarts; orders recovers by itself"
-docker update --restart=unless-stopped "$inventory" >/dev/null
-docker start "$inventory" >/dev/null
+for container in "$inventory" "$inventory2"; do
+    docker update --restart=unless-stopped "$container" >/dev/null
+    docker start "$container" >/dev/null
+done
 wait_healthy inventory 60
+wait_healthy inventory-2 60
 retried=$(as_user alice orders place --line SKU-002:1 --idempotency-key smoke-during-outage)
 echo "$retried"
 grep -q CONFIRMED <<<"$retried" || { failing=orders; fail "the retried order was not confirmed"; }
@@ -282,7 +309,7 @@ while read -r sku before; do
 done <<<"$stock_before"
 
 step "audit chains intact in every service"
-for service in auth orders inventory; do
+for service in auth orders orders-2 inventory inventory-2; do
     key=/var/lib/mesh/identity/audit.key
     [ "$service" = auth ] && key=/var/lib/mesh/secrets/audit.key
     docker exec "$(container_of "$service")" meshctl audit verify /var/lib/mesh/data/audit.log \

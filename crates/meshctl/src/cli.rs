@@ -492,10 +492,11 @@ pub struct LoadgenArgs {
     /// Reach the issuer at this IP (see `meshctl login --help`).
     #[arg(long, env = "MESH_ISSUER_IP")]
     pub issuer_ip: Option<std::net::IpAddr>,
-    /// Orders' mesh address.
+    /// Orders' mesh address: `host:port` (balanced over every replica the name resolves to) or
+    /// a comma-separated list.
     #[arg(long, env = "MESH_ORDERS_URL", default_value = "localhost:50052")]
     pub orders_addr: String,
-    /// Inventory's mesh address (for the direct call that must be refused).
+    /// Inventory's mesh address (for the direct call that must be refused), balanced likewise.
     #[arg(long, env = "MESH_INVENTORY_URL", default_value = "localhost:50053")]
     pub inventory_addr: String,
     /// meshctl's certificate.

@@ -24,7 +24,6 @@ use mesh_proto::orders::v1::{
     CancelOrderRequest, GetOrderRequest, ListOrdersRequest, Order, OrderLine, OrderState,
     PlaceOrderRequest,
 };
-use mesh_service::traced;
 use mesh_telemetry::trace::Telemetry;
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
 use rand::Rng as _;
@@ -33,7 +32,7 @@ use tonic::Code;
 use crate::cli::LoadgenArgs;
 use mesh_dev::oauth::login_with_password;
 
-use super::connect;
+use super::connect_balanced;
 use crate::session::Session;
 use crate::{CliError, failed};
 
@@ -475,14 +474,21 @@ pub async fn run(args: LoadgenArgs) -> Result<(), CliError> {
     let users = parse_users(&args.users)?;
     let telemetry =
         Telemetry::new(&args.telemetry, "loadgen").map_err(|e| CliError::Usage(e.to_string()))?;
-    let orders = traced(
-        connect(&args.tls, "orders", &args.orders_addr)?,
-        &telemetry.client_layer(&args.orders_addr),
-    );
-    let inventory = traced(
-        connect(&args.tls, "inventory", &args.inventory_addr)?,
-        &telemetry.client_layer(&args.inventory_addr),
-    );
+    // Balanced: the load spreads over every replica behind each name, as a service's would.
+    let orders = connect_balanced(
+        &args.tls,
+        "orders",
+        &args.orders_addr,
+        "--orders-addr",
+        &telemetry,
+    )?;
+    let inventory = connect_balanced(
+        &args.tls,
+        "inventory",
+        &args.inventory_addr,
+        "--inventory-addr",
+        &telemetry,
+    )?;
     let mut load = Loadgen {
         users,
         http: super::https(super::ca_file(&args.tls)?, &args.issuer, args.issuer_ip)?,

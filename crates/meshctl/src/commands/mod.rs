@@ -97,6 +97,35 @@ pub(crate) fn connect(
     workload: &str,
     addr: &str,
 ) -> Result<tonic::transport::Channel, CliError> {
+    connector(tls, workload)?
+        .channel(addr)
+        .map_err(|e| CliError::Usage(format!("--addr: {e}")))
+}
+
+/// Like [`connect`], for a long-running client: balanced over every replica `addr` resolves to
+/// (re-resolved as replicas come and go) or lists, each pinned to `workload`'s SPIFFE ID, and
+/// traced with `telemetry`'s client layer.
+pub(crate) fn connect_balanced(
+    tls: &TlsArgs,
+    workload: &str,
+    addr: &str,
+    flag: &str,
+    telemetry: &mesh_telemetry::trace::Telemetry,
+) -> Result<auth_interceptor::client::Transport, CliError> {
+    let balanced = mesh_service::balance::Balanced::new(
+        connector(tls, workload)?,
+        addr,
+        std::sync::Arc::new(mesh_service::balance::Dns),
+        mesh_service::balance::RESOLVE_EVERY,
+    )
+    .map_err(|e| CliError::Usage(format!("{flag}: {e}")))?;
+    Ok(auth_interceptor::client::Transport::new(
+        tower::Layer::layer(&telemetry.client_layer(addr), balanced),
+    ))
+}
+
+/// meshctl's certificate, trusting `--tls-ca`, expecting workload `workload`.
+fn connector(tls: &TlsArgs, workload: &str) -> Result<MeshConnector, CliError> {
     let files = tls.files().map_err(|e| CliError::Usage(e.to_string()))?;
     let roots = files
         .trust_bundle()
@@ -106,6 +135,5 @@ pub(crate) fn connect(
     let expected = SpiffeId::workload(&tls.trust_domain, workload)
         .map_err(|e| CliError::Usage(format!("--workload/--trust-domain: {e}")))?;
     MeshConnector::new(identity, roots, expected)
-        .and_then(|c| c.channel(addr))
-        .map_err(|e| CliError::Usage(format!("--addr: {e}")))
+        .map_err(|e| CliError::Usage(format!("--tls: {e}")))
 }
