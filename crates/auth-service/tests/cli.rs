@@ -64,6 +64,18 @@ fn missing_required_settings_exit_64() {
 }
 
 #[test]
+fn a_database_url_of_another_kind_exits_64_naming_db() {
+    for db in [
+        "mysql://db/auth",
+        "postgres://db:5432/",
+        "postgres:///auth",
+        " ",
+    ] {
+        assert_exit_64_naming(&[("MESH_DB", db)], "--db");
+    }
+}
+
+#[test]
 fn bad_keys_at_rest_and_ca_flags_exit_64_naming_the_flag() {
     let dir = tempfile::tempdir().expect("dir");
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();

@@ -15,7 +15,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
+use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 
 use crate::error::StartError;
 
@@ -168,6 +168,7 @@ impl Db {
                 (pool, Dialect::Sqlite, &migrations.sqlite)
             }
             DbUrl::Postgres(raw) => {
+                wait_for_postgres(url, raw).await?;
                 let pool = AnyPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(10))
@@ -228,6 +229,35 @@ impl Db {
         match self.dialect {
             Dialect::Sqlite => "",
             Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+/// How long a service waits at start for a PostgreSQL server that does not answer yet (one
+/// starting beside it, in compose or a cluster).
+const POSTGRES_WAIT: Duration = Duration::from_secs(10);
+
+/// Connects once to `raw` to see that the server is there and lets us in, retrying for
+/// [`POSTGRES_WAIT`] while the server cannot be reached. A refusal that waiting cannot mend (a
+/// wrong password, an unknown database or role) ends the wait at once; either way the error is
+/// the server's own, not a pool timeout.
+async fn wait_for_postgres(url: &DbUrl, raw: &str) -> Result<(), StartError> {
+    let deadline = tokio::time::Instant::now() + POSTGRES_WAIT;
+    loop {
+        match sqlx::AnyConnection::connect(raw).await {
+            Ok(connection) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Err(error @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(db = %url, %error, "database not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => {
+                return Err(StartError::config("--db", format!("{url}: {error}")));
+            }
         }
     }
 }

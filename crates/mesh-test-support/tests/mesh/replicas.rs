@@ -238,3 +238,24 @@ async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_
 async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_on_postgres() {
     a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(Backend::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_does_not_exist_stops_the_start_with_exit_64_naming_db() {
+    let Some(server) = mesh_test_support::postgres::PgServer::start(&[])
+        .await
+        .expect("postgres")
+    else {
+        return;
+    };
+    let url = mesh_service::DbUrl::Postgres(server.url("missing"));
+    let error = mesh_service::Db::open(&url, &inventory_service::store::MIGRATIONS)
+        .await
+        .expect_err("no such database");
+    assert!(error.is_config(), "exit 64: {error}");
+    let message = error.to_string();
+    assert!(message.starts_with("--db: "), "{message}");
+    assert!(
+        message.contains("does not exist"),
+        "the server's own reason: {message}"
+    );
+}
