@@ -227,6 +227,7 @@ impl Application {
         )
         .await?;
         runtime.listen_health(settings.health_listen).await?;
+        runtime.set_shutdown_grace(settings.shutdown_grace);
         let audit = audit::IssuerAudit::new(runtime.audit_log());
         if let Some(ca) = &authority {
             authority::spawn_refresh(Arc::downgrade(ca));

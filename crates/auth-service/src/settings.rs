@@ -86,6 +86,11 @@ pub struct Args {
     /// loopback or a probe-only interface.
     #[arg(long, env = "MESH_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// On SIGTERM the mesh listener reports NOT_SERVING, stops accepting, and lets the calls in
+    /// flight finish for at most this long (`10s`; 0 s to 60 s).
+    #[arg(long, env = "MESH_SHUTDOWN_GRACE", default_value = "10s",
+          value_parser = mesh_service::config::shutdown_grace)]
+    pub shutdown_grace: Duration,
 }
 
 /// The bounds of `--cert-ttl`.
@@ -159,6 +164,7 @@ impl Args {
             join_tokens: self.join_tokens,
             rejoin_token_ttl: self.rejoin_token_ttl,
             health_listen: self.health_listen,
+            shutdown_grace: self.shutdown_grace,
         })
     }
 }
@@ -196,6 +202,8 @@ pub struct Settings {
     pub rejoin_token_ttl: Duration,
     /// The plaintext health listener.
     pub health_listen: Option<SocketAddr>,
+    /// How long calls in flight may run on after shutdown begins.
+    pub shutdown_grace: Duration,
 }
 
 /// A CA to import: its certificate and PKCS#8 key, PEM. The key is never printed.

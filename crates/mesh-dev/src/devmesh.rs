@@ -220,6 +220,7 @@ impl DevMesh {
             join_tokens: Some(join_tokens),
             rejoin_token_ttl: Duration::from_secs(86_400),
             health_listen: None,
+            shutdown_grace: Duration::from_secs(5),
         };
         let auth = auth_service::Application::build(auth_args.clone().into_settings()?).await?;
         let issuer = auth.issuer().to_owned();
@@ -252,6 +253,7 @@ impl DevMesh {
             db: options.database.url(dir, name),
             join_token_file: Some(identity_dir.join(format!("{name}.join"))),
             health_listen: Some("127.0.0.1:0".parse().expect("address")),
+            shutdown_grace: Duration::from_secs(5),
         };
         let mut inventory_args = inventory_service::Args {
             listen: "127.0.0.1:0".parse()?,
@@ -433,6 +435,7 @@ impl DevMesh {
         args.mesh.health_listen = None;
         let replica = inventory_service::Application::build(args).await?;
         let addr = replica.server().addr();
+        self.tracers.push(replica.server().telemetry().clone());
         self.services
             .push(spawn(name, |stop| replica.run_until_stopped(stop)));
         Ok(addr)
@@ -454,6 +457,7 @@ impl DevMesh {
         args.mesh.health_listen = None;
         let replica = orders_service::Application::build(args).await?;
         let addr = replica.server().addr();
+        self.tracers.push(replica.server().telemetry().clone());
         self.services
             .push(spawn(name, |stop| replica.run_until_stopped(stop)));
         Ok(addr)
@@ -473,6 +477,7 @@ impl DevMesh {
         args.audit = self.audit.flags(name);
         let replica = auth_service::Application::build(args.into_settings()?).await?;
         let addrs = (replica.mesh_addr(), replica.public_addr());
+        self.tracers.push(replica.telemetry());
         self.services
             .push(spawn(name, |stop| replica.run_until_stopped(stop)));
         Ok(addrs)

@@ -4,25 +4,39 @@
 //! headless Service or a compose service with replicas gives) or a comma-separated list of them.
 //! Each resolved address gets its own lazily connecting mTLS channel from the same connector, so
 //! every replica must still present the SPIFFE ID the connector pins. Each call goes to the less
-//! loaded (fewer calls in flight) of two replicas picked at random, the power-of-two-choices rule;
-//! a replica whose connection failed is passed over for a second, and the name is resolved again
-//! at once (the replica may have moved). Replicas that appear are used from the next call on;
-//! replicas that leave are dropped once their calls finish.
+//! loaded (fewer calls in flight) of two replicas picked at random, the power-of-two-choices rule.
+//! Replicas that appear are used from the next call on; replicas that leave are dropped once
+//! their calls finish.
+//!
+//! The resilience a sidecar would add, in process, in this order (outermost first, as
+//! `Runtime::client` stacks them): the deadline ([`auth_interceptor::deadline`]), then here
+//! **retries** and **outlier ejection**:
+//! - a replica whose connection fails is *ejected*: passed over for 250 ms, twice as long at
+//!   each failure in a row (at most 4 s), and probed by the first call after that; a success
+//!   clears it. The name is resolved again at once (the replica may have moved). When every
+//!   replica is ejected, a call fails at once with UNAVAILABLE instead of waiting on them;
+//! - a call of an idempotent method ([`idempotent`]) that failed with a connection error or
+//!   UNAVAILABLE is retried, at most twice, on another replica when there is one, after a
+//!   jittered backoff, only while its deadline allows, and only while the **retry budget** has
+//!   room: retries may be at most 20 % of the calls of the last 10 s plus 1 a second, so a
+//!   struggling dependency never sees a retry storm. Never on any other status.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use mesh_tls::client::MeshConnector;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::transport::Channel;
+use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Service, ServiceExt};
 
 use crate::identity::TaskGuard;
@@ -30,8 +44,61 @@ use crate::identity::TaskGuard;
 /// How often a DNS name is resolved again.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(2);
 
-/// How long a replica whose connection failed is passed over.
-const PASS_OVER: Duration = Duration::from_secs(1);
+/// How long a replica whose connection failed is ejected the first time; doubled for each
+/// failure in a row, up to [`EJECT_MAX`].
+const EJECT_BASE: Duration = Duration::from_millis(250);
+
+/// The longest ejection.
+const EJECT_MAX: Duration = Duration::from_secs(4);
+
+/// Attempts of one call, the first included.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// The first retry's backoff; doubled for the next, each jittered down to half.
+const RETRY_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Methods that may be sent twice with the same effect as once: reads, and writes keyed by the
+/// caller (a reservation id, an idempotency key). Only these are retried.
+pub fn idempotent(path: &str) -> bool {
+    matches!(
+        path,
+        "/mesh.inventory.v1.InventoryService/ListItems"
+            | "/mesh.inventory.v1.InventoryService/GetItem"
+            | "/mesh.inventory.v1.InventoryService/Reserve"
+            | "/mesh.inventory.v1.InventoryService/Release"
+            | "/mesh.orders.v1.OrdersService/GetOrder"
+            | "/mesh.orders.v1.OrdersService/ListOrders"
+            | "/mesh.orders.v1.OrdersService/PlaceOrder"
+            | "/mesh.orders.v1.OrdersService/CancelOrder"
+            | "/mesh.auth.v1.AuthService/ExchangeToken"
+            | "/mesh.auth.v1.AuthService/IssueServiceToken"
+            | "/grpc.health.v1.Health/Check"
+    )
+}
+
+/// What a balanced client has done, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct BalanceStats {
+    /// Calls made through it.
+    pub calls: AtomicU64,
+    /// Attempts sent to a replica (first tries and retries).
+    pub attempts: AtomicU64,
+    /// Retries sent.
+    pub retries: AtomicU64,
+    /// Retries the budget refused.
+    pub budget_exhausted: AtomicU64,
+    /// Replicas ejected (each failure that ejected one).
+    pub ejections: AtomicU64,
+    /// Calls failed at once because every replica was ejected.
+    pub fast_failures: AtomicU64,
+}
+
+impl BalanceStats {
+    /// A counter's value now.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
 
 /// How long a call waits for the first resolution before it tries the target as given.
 const FIRST_RESOLUTION: Duration = Duration::from_secs(3);
@@ -103,22 +170,42 @@ struct Replica {
     addr: SocketAddr,
     channel: Channel,
     in_flight: AtomicUsize,
-    passed_over_until: Mutex<Option<Instant>>,
+    /// Connection failures in a row.
+    failures: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
 }
 
 impl Replica {
+    fn new(addr: SocketAddr, channel: Channel) -> Self {
+        Self {
+            addr,
+            channel,
+            in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+        }
+    }
+
     fn available(&self) -> bool {
-        self.passed_over_until
+        self.ejected_until
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_none_or(|until| Instant::now() >= until)
     }
 
-    fn pass_over(&self) {
-        *self
-            .passed_over_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + PASS_OVER);
+    /// A connection failure: ejected for twice as long as the last time, up to [`EJECT_MAX`].
+    fn eject(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
+        let period = (EJECT_BASE * 2u32.pow(failures)).min(EJECT_MAX);
+        *self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + period);
+        tracing::debug!(addr = %self.addr, ?period, "replica ejected");
+    }
+
+    fn succeeded(&self) {
+        if self.failures.swap(0, Ordering::Relaxed) > 0 {
+            *self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
     }
 }
 
@@ -148,6 +235,9 @@ struct Shared {
     /// The target as given, for calls made before any address is known: its error is the
     /// caller's answer.
     fallback: Channel,
+    target: String,
+    budget: TpsBudget,
+    stats: Arc<BalanceStats>,
     _resolver: TaskGuard,
 }
 
@@ -183,6 +273,7 @@ impl Balanced {
         every: Duration,
     ) -> Result<Self, mesh_tls::TlsError> {
         let first = entries(target).next().unwrap_or(target).to_owned();
+        let name = target.to_owned();
         let fallback = connector.channel(&first)?;
         let (publish, replicas) = watch::channel(Replicas::default());
         let resolve_now = Arc::new(tokio::sync::Notify::new());
@@ -202,15 +293,7 @@ impl Balanced {
                         }
                         match connector.channel(&addr.to_string()) {
                             Ok(channel) => {
-                                known.insert(
-                                    *addr,
-                                    Arc::new(Replica {
-                                        addr: *addr,
-                                        channel,
-                                        in_flight: AtomicUsize::new(0),
-                                        passed_over_until: Mutex::new(None),
-                                    }),
-                                );
+                                known.insert(*addr, Arc::new(Replica::new(*addr, channel)));
                             }
                             Err(error) => tracing::warn!(%addr, %error, "replica not usable"),
                         }
@@ -235,6 +318,10 @@ impl Balanced {
                 replicas,
                 resolve_now,
                 fallback,
+                target: name,
+                // 20 % of the calls of the last 10 s, and 1 a second, may be retried.
+                budget: TpsBudget::new(Duration::from_secs(10), 1, 0.2),
+                stats: Arc::new(BalanceStats::default()),
                 _resolver: resolver,
             }),
         })
@@ -250,24 +337,43 @@ impl Balanced {
             .collect()
     }
 
-    /// Power of two choices among the replicas not passed over (all of them if every one is).
-    async fn pick(shared: &Shared) -> Option<Arc<Replica>> {
+    /// What this client has done.
+    pub fn stats(&self) -> Arc<BalanceStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Power of two choices among the replicas that are not ejected, preferring those this
+    /// call has not tried yet. `Err(())` when every replica is ejected; `Ok(None)` when none is
+    /// known (the target as given answers).
+    async fn pick(shared: &Shared, tried: &[SocketAddr]) -> Result<Option<Arc<Replica>>, ()> {
         let mut replicas = shared.replicas.clone();
         if replicas.borrow().is_none() {
             let _ =
                 tokio::time::timeout(FIRST_RESOLUTION, replicas.wait_for(Option::is_some)).await;
         }
         // No answer yet, or no replica there: the target as given answers (and fails fast).
-        let set = replicas.borrow().clone()?;
-        let available: Vec<&Arc<Replica>> = set.iter().filter(|r| r.available()).collect();
-        let candidates: Vec<&Arc<Replica>> = if available.is_empty() {
-            set.iter().collect()
-        } else {
-            available
+        let Some(set) = replicas.borrow().clone() else {
+            return Ok(None);
         };
-        match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0].clone()),
+        if set.is_empty() {
+            return Ok(None);
+        }
+        let available: Vec<&Arc<Replica>> = set.iter().filter(|r| r.available()).collect();
+        if available.is_empty() {
+            return Err(());
+        }
+        let untried: Vec<&Arc<Replica>> = available
+            .iter()
+            .copied()
+            .filter(|r| !tried.contains(&r.addr))
+            .collect();
+        let candidates = if untried.is_empty() {
+            available
+        } else {
+            untried
+        };
+        Ok(Some(match candidates.len() {
+            1 => candidates[0].clone(),
             n => {
                 let a = random_below(n);
                 let b = (a + 1 + random_below(n - 1)) % n;
@@ -278,9 +384,115 @@ impl Balanced {
                     } else {
                         a
                     };
-                Some(lighter.clone())
+                lighter.clone()
             }
+        }))
+    }
+
+    /// One attempt: a replica picked (not one of `tried` when another is there), the request
+    /// sent, the replica ejected on a connection failure. Returns the answer and the replica.
+    async fn attempt(
+        shared: &Shared,
+        request: http::Request<Body>,
+        tried: &[SocketAddr],
+    ) -> (Answer, Option<SocketAddr>) {
+        let replica = match Self::pick(shared, tried).await {
+            Ok(Some(replica)) => replica,
+            Ok(None) => return (shared.fallback.clone().oneshot(request).await, None),
+            Err(()) => {
+                shared.stats.fast_failures.fetch_add(1, Ordering::Relaxed);
+                shared.resolve_now.notify_one();
+                let status = tonic::Status::unavailable(format!(
+                    "no replica of {} is available: each one failed just now",
+                    shared.target
+                ));
+                return (Ok(status.into_http()), None);
+            }
+        };
+        shared.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let _counted = InFlight::new(replica.clone());
+        let answer = replica.channel.clone().oneshot(request).await;
+        if answer.is_err() {
+            replica.eject();
+            shared.stats.ejections.fetch_add(1, Ordering::Relaxed);
+            shared.resolve_now.notify_one();
+        } else {
+            replica.succeeded();
         }
+        (answer, Some(replica.addr))
+    }
+
+    /// A call, retried as the module says.
+    async fn call_with_retries(shared: Arc<Shared>, request: http::Request<Body>) -> Answer {
+        shared.stats.calls.fetch_add(1, Ordering::Relaxed);
+        shared.budget.deposit();
+        if !idempotent(request.uri().path()) {
+            return Self::attempt(&shared, request, &[]).await.0;
+        }
+        // The body is sent again on a retry, so it is read once into memory (unary calls: one
+        // message, bounded by the server's message limit).
+        let (parts, body) = request.into_parts();
+        let body = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                return Ok(
+                    tonic::Status::internal(format!("reading the request: {error}")).into_http(),
+                );
+            }
+        };
+        let rebuild = || {
+            let mut request =
+                http::Request::new(Body::new(http_body_util::Full::new(body.clone())));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            request
+        };
+        let mut tried = Vec::new();
+        let mut backoff = RETRY_BACKOFF;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let (answer, replica) = Self::attempt(&shared, rebuild(), &tried).await;
+            if !retryable(&answer) || attempt == MAX_ATTEMPTS {
+                return answer;
+            }
+            tried.extend(replica);
+            // Half to all of the backoff, so that callers that failed together do not return
+            // together.
+            let wait = backoff / 2 + backoff.mul_f64(random_below(1000) as f64 / 2000.0);
+            let out_of_time = auth_interceptor::deadline::current()
+                .is_some_and(|deadline| Instant::now() + wait >= deadline);
+            if out_of_time {
+                return answer;
+            }
+            if !shared.budget.withdraw() {
+                shared
+                    .stats
+                    .budget_exhausted
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target = %shared.target, "retry budget exhausted: not retried");
+                return answer;
+            }
+            shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+            backoff *= 2;
+        }
+        unreachable!("the last attempt returns")
+    }
+}
+
+/// What one attempt came to.
+type Answer = Result<http::Response<Body>, tonic::transport::Error>;
+
+/// Whether an answer may be retried: a connection failure, or UNAVAILABLE from the server
+/// (load shed, draining, or its own dependency down). Any other status is the answer.
+fn retryable(answer: &Answer) -> bool {
+    match answer {
+        Err(_) => true,
+        Ok(response) => response
+            .headers()
+            .get("grpc-status")
+            .is_some_and(|code| code.as_bytes() == b"14"),
     }
 }
 
@@ -296,19 +508,7 @@ impl Service<http::Request<Body>> for Balanced {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let Some(replica) = Self::pick(&shared).await else {
-                return shared.fallback.clone().oneshot(request).await;
-            };
-            let _counted = InFlight::new(replica.clone());
-            let answer = replica.channel.clone().oneshot(request).await;
-            if answer.is_err() {
-                replica.pass_over();
-                shared.resolve_now.notify_one();
-            }
-            answer
-        })
+        Box::pin(Self::call_with_retries(self.shared.clone(), request))
     }
 }
 

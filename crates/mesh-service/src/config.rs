@@ -223,6 +223,19 @@ pub struct ServiceFlags {
     /// loopback or a probe-only interface.
     #[arg(long, env = "MESH_HEALTH_LISTEN")]
     pub health_listen: Option<std::net::SocketAddr>,
+    /// On SIGTERM the service reports NOT_SERVING, stops accepting, and lets the calls in
+    /// flight finish for at most this long (`10s`; 0 s to 60 s) before it closes them.
+    #[arg(long, env = "MESH_SHUTDOWN_GRACE", default_value = "10s", value_parser = shutdown_grace)]
+    pub shutdown_grace: std::time::Duration,
+}
+
+/// The bounds of `--shutdown-grace` (shared by every service).
+pub fn shutdown_grace(raw: &str) -> Result<std::time::Duration, String> {
+    parse_bounded_duration(
+        raw,
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(60),
+    )
 }
 
 /// Reads a duration written as a number and a unit: `90s`, `30m`, `24h`, `7d`.

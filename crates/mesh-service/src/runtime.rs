@@ -45,7 +45,11 @@ pub struct Runtime {
     file_watch: Option<Arc<WatchStatus>>,
     tasks: Vec<TaskGuard>,
     health_listener: Option<TcpListener>,
+    shutdown_grace: std::time::Duration,
 }
+
+/// The shutdown grace when none is set (`--shutdown-grace`'s default).
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Runtime {
     /// Loads the workload's certificate (from files, or from the mesh CA with a join token),
@@ -89,7 +93,13 @@ impl Runtime {
             runtime.renew_from_mesh_ca(auth, token_file, rejoin, &flags.issuer)?;
         }
         runtime.listen_health(flags.health_listen).await?;
+        runtime.shutdown_grace = flags.shutdown_grace;
         Ok(runtime)
+    }
+
+    /// How long calls in flight may run on once shutdown begins (`--shutdown-grace`).
+    pub fn set_shutdown_grace(&mut self, grace: std::time::Duration) {
+        self.shutdown_grace = grace;
     }
 
     /// Renews the certificate at the mesh CA over `auth` (mTLS with the current certificate),
@@ -207,6 +217,7 @@ impl Runtime {
             file_watch,
             tasks,
             health_listener: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         })
     }
 
@@ -269,7 +280,9 @@ impl Runtime {
     }
 
     /// A traced, lazily connecting mTLS transport to the mesh workload `peer` at `url` (the
-    /// value of `flag`), which must present `spiffe://<trust domain>/sa/<peer>`.
+    /// value of `flag`), which must present `spiffe://<trust domain>/sa/<peer>`, for the calls
+    /// a handler makes: each carries the remaining deadline of the request being served
+    /// ([`auth_interceptor::deadline`]).
     pub fn client(
         &self,
         peer: &str,
@@ -277,9 +290,9 @@ impl Runtime {
         flag: &'static str,
     ) -> Result<Transport, StartError> {
         let transport = self.transport(peer, url, flag)?;
-        Ok(Transport::new(
-            self.telemetry.client_layer(url).layer(transport),
-        ))
+        Ok(Transport::new(self.telemetry.client_layer(url).layer(
+            auth_interceptor::deadline::ClientDeadlineLayer.layer(transport),
+        )))
     }
 
     /// An untraced mTLS transport to the mesh workload `peer` at `url`: balanced over every
@@ -331,6 +344,7 @@ impl Runtime {
             tasks: self.tasks,
             extra: Default::default(),
             health_listener: self.health_listener,
+            shutdown_grace: self.shutdown_grace,
         }
     }
 }

@@ -87,6 +87,8 @@ pub struct MeshServer {
     pub(crate) extra: ExtraServices,
     /// The plaintext health listener, when one was asked for.
     pub(crate) health_listener: Option<tokio::net::TcpListener>,
+    /// How long the calls in flight may run on after shutdown begins.
+    pub(crate) shutdown_grace: Duration,
 }
 
 /// More gRPC services on the same listener, behind the same layers.
@@ -199,10 +201,29 @@ impl MeshServer {
         health
             .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
             .await;
-        let _reporting = self
+        let reporting = self
             .renewal
             .as_ref()
-            .map(|renewal| report_renewal(health, S::NAME, renewal.subscribe()));
+            .map(|renewal| report_renewal(health.clone(), S::NAME, renewal.subscribe()));
+        // Shutdown drains: NOT_SERVING first (probes and balancers stop sending), then no new
+        // connections, then the calls in flight finish, for at most the grace.
+        let (draining, mut drain_started) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            drop(reporting);
+            for service in [S::NAME, ""] {
+                health
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            tracing::info!("draining: NOT_SERVING, accepting no new connections");
+            let _ = draining.send(true);
+        };
+        let grace = self.shutdown_grace;
+        let grace_over = async move {
+            let _ = drain_started.wait_for(|started| *started).await;
+            tokio::time::sleep(grace).await;
+        };
         let reflection =
             mesh_proto::reflection(S::NAME).map_err(|e| StartError::runtime("reflection", e))?;
         // The same health answers in plaintext, for probes without a client certificate.
@@ -226,14 +247,26 @@ impl MeshServer {
             routes = add(routes);
         }
         let _tasks = self.tasks;
-        grpc_server(&self.limits)
+        let served = grpc_server(&self.limits)
             // Continue the caller's trace first, so every decision below belongs to it.
             .layer(self.telemetry.server_layer())
+            // The caller's deadline, for everything below (key discovery included) and every
+            // call the handler makes; DEADLINE_EXCEEDED when it passes.
+            .layer(auth_interceptor::deadline::ServerDeadlineLayer::new(
+                self.limits.request_timeout,
+            ))
             // Authenticate, then authorize against the full method path; deny by default.
             .layer(self.auth)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
-            .await
-            .map_err(|e| StartError::runtime(format!("serve {}", self.addr), e))
+            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown);
+        tokio::select! {
+            served = served => {
+                served.map_err(|e| StartError::runtime(format!("serve {}", self.addr), e))
+            }
+            () = grace_over => {
+                tracing::warn!(grace = ?grace, "shutdown grace over: closing the calls still in flight");
+                Ok(())
+            }
+        }
     }
 }

@@ -1,17 +1,20 @@
 //! Test support: the whole mesh on `127.0.0.1:0`, and the tokens an attacker would forge.
 //!
 //! Tests get real parts only: certificates from a fresh dev CA, real TLS handshakes, tokens
-//! from the real auth service, real SQLite files in a temporary directory. Logs are shown only
+//! from the real auth service, real SQLite files in a temporary directory (or a real PostgreSQL). Logs are shown only
 //! with `TEST_LOG=1`.
 //!
 //! # Layout
 //! - [`TestMesh`]: a [`mesh_dev::devmesh::DevMesh`] in a temp dir, with helpers for clients.
 //! - [`forge`]: hand-made JWTs (any header, any claims), signed with the issuer's real key,
 //!   a foreign key, HMAC over the public key, or nothing.
+//! - [`chaos`]: a proxy that slows a replica down, an address that never answers.
+//! - [`postgres`]: a real PostgreSQL server per test ([`Backend::Postgres`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chaos;
 pub mod forge;
 pub mod postgres;
 

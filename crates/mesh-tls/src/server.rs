@@ -101,29 +101,87 @@ pub fn public_server_config(identity: Arc<Reloadable>) -> Result<Arc<ServerConfi
 }
 
 /// How the accept loop treats connections before they are handed to the HTTP/2 server.
+///
+/// A connection goes through two stages. Until its first byte (the TLS ClientHello) it costs a
+/// socket and a parked task, nothing a real client needs: it waits at most
+/// `first_byte_timeout`, and at most `max_silent` such connections are held (more are closed at
+/// once). Only then does it take one of the `max_pending_handshakes` handshake slots, of which
+/// one source address may hold `max_handshakes_per_source`, for at most `handshake_timeout`.
+/// So a flood of silent sockets, the cheapest attack there is, never takes a handshake slot,
+/// and one slow sender cannot take them all.
 #[derive(Debug, Clone, Copy)]
 pub struct AcceptOptions {
-    /// A peer that has not finished its TLS handshake by then is dropped, so idle sockets cannot
-    /// pin server resources.
+    /// A peer that has sent nothing by then is dropped.
+    pub first_byte_timeout: Duration,
+    /// Accepted connections that have sent nothing yet, held at once; beyond it new ones are
+    /// closed at once.
+    pub max_silent: usize,
+    /// A peer that has not finished its TLS handshake by then (counted from its first byte) is
+    /// dropped, so slow senders cannot pin server resources.
     pub handshake_timeout: Duration,
-    /// Handshakes in flight at once; further sockets wait in the kernel's backlog.
+    /// Handshakes in flight at once; further peers wait (with their first byte sent).
     pub max_pending_handshakes: usize,
+    /// Handshakes in flight at once from one source address; beyond it its connections are
+    /// closed.
+    pub max_handshakes_per_source: usize,
 }
 
 impl Default for AcceptOptions {
     fn default() -> Self {
         Self {
-            handshake_timeout: Duration::from_secs(10),
-            max_pending_handshakes: 256,
+            first_byte_timeout: Duration::from_secs(2),
+            max_silent: 16 * 1024,
+            handshake_timeout: Duration::from_secs(5),
+            max_pending_handshakes: 1024,
+            max_handshakes_per_source: 64,
         }
     }
 }
 
-/// Accepts TCP connections, runs each TLS handshake in its own task under a timeout, and yields
-/// the established streams, ready for `tonic::transport::Server::serve_with_incoming`.
+/// Handshakes in flight per source address.
+#[derive(Debug, Default)]
+struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// A handshake counted against its source until dropped.
+struct SourceSlot {
+    sources: Arc<PerSource>,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, cap: usize) -> Option<SourceSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.sources.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts TCP connections, runs each TLS handshake in its own task under the limits of
+/// [`AcceptOptions`], and yields the established streams, ready for
+/// `tonic::transport::Server::serve_with_incoming`.
 ///
-/// Failed handshakes (plaintext, no client certificate, a foreign CA, a timeout) are logged at
-/// debug level and never reach the server. The loop stops when the returned stream is dropped.
+/// Failed handshakes (plaintext, no client certificate, a foreign CA, a timeout, a source over
+/// its cap) are logged at debug level and never reach the server. The loop stops when the
+/// returned stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
@@ -131,7 +189,9 @@ pub fn incoming(
 ) -> ReceiverStream<Result<MeshStream, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    let permits = Arc::new(Semaphore::new(options.max_pending_handshakes));
+    let handshakes = Arc::new(Semaphore::new(options.max_pending_handshakes));
+    let silent = Arc::new(Semaphore::new(options.max_silent));
+    let sources = Arc::new(PerSource::default());
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -147,14 +207,32 @@ pub fn incoming(
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
+            let Ok(waiting) = silent.clone().try_acquire_owned() else {
+                tracing::debug!(%remote_addr, "too many silent connections: closed");
+                continue;
             };
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (handshakes, sources) = (handshakes.clone(), sources.clone());
             tokio::spawn(async move {
-                let _permit = permit;
                 let _ = tcp.set_nodelay(true);
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(options.first_byte_timeout, tcp.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => {
+                        tracing::debug!(%remote_addr, "no handshake started in time: closed");
+                        return;
+                    }
+                }
+                drop(waiting);
+                let Some(_source) =
+                    sources.take(remote_addr.ip(), options.max_handshakes_per_source)
+                else {
+                    tracing::debug!(%remote_addr, "too many handshakes from one source: closed");
+                    return;
+                };
+                let Ok(_permit) = handshakes.acquire_owned().await else {
+                    return;
+                };
                 let handshake =
                     tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp)).await;
                 let tls = match handshake {

@@ -20,7 +20,8 @@ use crate::store::{Store, StoreError, StoredOrder};
 /// The scope that lets a user read and cancel every order, not just their own.
 pub const ADMIN_SCOPE: &str = "orders:admin";
 
-/// The longest orders waits for inventory, whatever budget the caller gave.
+/// The longest orders waits for inventory; less when the caller's deadline is nearer (the
+/// mesh client carries the remaining deadline, [`auth_interceptor::deadline`]).
 const INVENTORY_BUDGET: Duration = Duration::from_secs(5);
 
 /// The gRPC API: a store, and the way to inventory on the caller's behalf.
@@ -48,7 +49,6 @@ impl OrdersApi {
         &self,
         authorization: &BearerToken,
         order: StoredOrder,
-        budget: Duration,
     ) -> Result<StoredOrder, Status> {
         let mut request = Request::new(ReserveRequest {
             reservation_id: order.reservation_id(),
@@ -62,7 +62,7 @@ impl OrdersApi {
                 .collect(),
         });
         authorization.attach(&mut request);
-        request.set_timeout(budget);
+        request.set_timeout(INVENTORY_BUDGET);
         let outcome = InventoryServiceClient::new(self.inventory.clone())
             .reserve(request)
             .await
@@ -81,7 +81,7 @@ impl OrdersApi {
             .ok_or_else(|| Status::internal("order vanished"))?;
         if settled.state == OrderState::Cancelled && outcome.reserved {
             // Cancelled while the reservation was in flight: give the stock back.
-            self.release(authorization, &settled, budget).await?;
+            self.release(authorization, &settled).await?;
         }
         Ok(settled)
     }
@@ -91,13 +91,12 @@ impl OrdersApi {
         &self,
         authorization: &BearerToken,
         order: &StoredOrder,
-        budget: Duration,
     ) -> Result<(), Status> {
         let mut request = Request::new(ReleaseRequest {
             reservation_id: order.reservation_id(),
         });
         authorization.attach(&mut request);
-        request.set_timeout(budget);
+        request.set_timeout(INVENTORY_BUDGET);
         InventoryServiceClient::new(self.inventory.clone())
             .release(request)
             .await
@@ -149,11 +148,14 @@ impl OrdersApi {
 /// when it could not be reached, as an internal error when it refused us.
 fn dependency_failure(dependency: &str, status: &Status) -> Status {
     match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            Status::unavailable(format!(
-                "{dependency} is unavailable; retry with the same idempotency key"
-            ))
-        }
+        // Out of time (the caller's deadline, or our own budget for inventory): say so, and
+        // how to finish the order.
+        Code::DeadlineExceeded => Status::deadline_exceeded(format!(
+            "{dependency} did not answer in time; retry with the same idempotency key"
+        )),
+        Code::Unavailable | Code::Cancelled | Code::Unknown => Status::unavailable(format!(
+            "{dependency} is unavailable; retry with the same idempotency key"
+        )),
         Code::InvalidArgument | Code::AlreadyExists => {
             Status::invalid_argument(format!("{dependency}: {}", status.message()))
         }
@@ -196,35 +198,6 @@ fn to_proto(order: StoredOrder) -> Order {
     }
 }
 
-/// The time the caller still allows (its `grpc-timeout`), capped at our own budget: tonic does
-/// not pass deadlines on by itself.
-fn budget<T>(request: &Request<T>) -> Duration {
-    request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .map_or(INVENTORY_BUDGET, |d| d.min(INVENTORY_BUDGET))
-}
-
-/// `grpc-timeout` is up to 8 digits and a unit: H, M, S, m (milli), u (micro), n (nano).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[tonic::async_trait]
 impl OrdersService for OrdersApi {
     async fn place_order(
@@ -232,7 +205,6 @@ impl OrdersService for OrdersApi {
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<Order>, Status> {
         let user = Principal::user(&request)?;
-        let budget = budget(&request);
         let body = request.into_inner();
         let key = RequestKey::parse("idempotency_key", &body.idempotency_key);
         let lines = domain::parse_lines(
@@ -255,7 +227,7 @@ impl OrdersService for OrdersApi {
             .await?;
         // A retry of an order that already settled returns it as it is: one reservation.
         let order = if order.state == OrderState::Pending {
-            self.reserve(&authorization, order, budget).await?
+            self.reserve(&authorization, order).await?
         } else {
             order
         };
@@ -301,7 +273,6 @@ impl OrdersService for OrdersApi {
         request: Request<CancelOrderRequest>,
     ) -> Result<Response<Order>, Status> {
         let user = Principal::user(&request)?;
-        let budget = budget(&request);
         let order = self.visible(&user, &request.get_ref().order_id).await?;
         match order.state {
             OrderState::Cancelled => return Ok(Response::new(to_proto(order))),
@@ -313,7 +284,7 @@ impl OrdersService for OrdersApi {
             _ => {}
         }
         let authorization = self.delegate(&user).await?;
-        self.release(&authorization, &order, budget).await?;
+        self.release(&authorization, &order).await?;
         let order = self
             .store
             .transition(
@@ -326,20 +297,5 @@ impl OrdersService for OrdersApi {
             .ok_or_else(|| Status::internal("order vanished"))?;
         tracing::info!(order_id = %order.order_id, by = user.subject(), "order cancelled");
         Ok(Response::new(to_proto(order)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse_by_unit_and_refuse_garbage() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        for bad in ["", "m", "123456789S", "5x", "-1S"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
-        }
     }
 }

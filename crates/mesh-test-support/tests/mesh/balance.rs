@@ -161,10 +161,6 @@ async fn a_replica_with_another_spiffe_id_is_never_called() {
         ),
         "{refused:?}"
     );
-    assert!(
-        refused.metadata().is_empty(),
-        "no server answered: {refused:?}"
-    );
     assert_eq!(
         std::fs::read_to_string(mesh.mesh.audit.log("orders")).unwrap_or_default(),
         orders_records,

@@ -360,13 +360,27 @@ async fn inventory_down_means_unavailable_reads_keep_working_and_a_retry_recover
         .await
         .expect("get works without inventory");
 
-    // Inventory comes back; the retry with the same key finishes the same order.
+    // Inventory comes back; a retry with the same key finishes the same order. Orders probes
+    // the ejected replica again within its ejection period (at most 4 s), so a client that
+    // retries, as the hint says, gets through within a few seconds.
     mesh.mesh.restart_inventory().await.expect("restart");
-    let retried = orders(&mesh)
-        .place_order(bearer(place("during-outage-01", "SKU-001", 1), &token))
-        .await
-        .expect("recovered")
-        .into_inner();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    let retried = loop {
+        match orders(&mesh)
+            .place_order(bearer(place("during-outage-01", "SKU-001", 1), &token))
+            .await
+        {
+            Ok(order) => break order.into_inner(),
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not recovered: {status:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("recovered with {status:?}"),
+        }
+    };
     assert_eq!(retried.order_id, listed.orders[0].order_id);
     assert_eq!(retried.state(), OrderState::Confirmed);
     assert_eq!(available(&mesh, "SKU-001").await, 97);

@@ -778,6 +778,7 @@ async fn the_database_alone_holds_no_usable_private_key_and_a_wrong_kek_stops_th
             join_tokens: None,
             rejoin_token_ttl: Duration::from_secs(86_400),
             health_listen: None,
+            shutdown_grace: Duration::from_secs(5),
         }
         .into_settings()
         .expect("settings")

@@ -10,6 +10,7 @@ mod identity;
 mod keys;
 mod refusals;
 mod replicas;
+mod resilience;
 mod revocation;
 mod tidy;
 mod tls;

@@ -156,7 +156,7 @@ async fn client_refuses_a_server_with_another_spiffe_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
+async fn a_silent_peer_and_a_slow_sender_are_dropped_after_their_timeouts() {
     let mesh = TestMesh::start().await.expect("mesh");
     let files = mesh.mesh.tls_files("inventory");
     let roots = files.trust_bundle().expect("roots");
@@ -166,18 +166,30 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
     let listener = TlsListener::mesh(tcp, Reloadable::load(files).expect("cert"), roots)
         .expect("listener")
         .with_options(AcceptOptions {
-            handshake_timeout: Duration::from_millis(300),
-            max_pending_handshakes: 8,
+            first_byte_timeout: Duration::from_millis(300),
+            handshake_timeout: Duration::from_millis(600),
+            ..AcceptOptions::default()
         });
     let addr = listener.local_addr().expect("addr");
     let _incoming = listener.incoming();
 
+    // Silent: never a byte. Slow: the first byte of a ClientHello, then nothing.
     let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
-        .await
-        .expect("the server must close the connection, not wait forever");
-    assert_eq!(read.expect("read"), 0, "connection closed without data");
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(&[0x16]).await.expect("one byte");
+    for (name, stream) in [("silent", &mut silent), ("slow", &mut slow)] {
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the server must close the connection, not wait forever");
+        assert_eq!(read.unwrap_or(0), 0, "{name}: closed without data");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{name}: closed after {:?}",
+            started.elapsed()
+        );
+    }
     mesh.stop().await;
 }
 

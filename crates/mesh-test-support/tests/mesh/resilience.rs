@@ -1,0 +1,467 @@
+//! Fault tolerance in process, proven under load: a replica gone mid-load fails no order, a
+//! slow replica gets less traffic, a dependency with no replica left fails fast while reads
+//! answer, a client's deadline is honoured end to end, retries stay within their budget, a
+//! draining service finishes the call in flight, and silent sockets cannot lock clients out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use auth_interceptor::client::Transport;
+use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use mesh_proto::inventory::v1::inventory_service_server::{
+    InventoryService, InventoryServiceServer,
+};
+use mesh_proto::inventory::v1::{
+    GetItemRequest, Item, ListItemsRequest, ListItemsResponse, ReleaseRequest, ReleaseResponse,
+    ReserveRequest, ReserveResponse, RestockRequest,
+};
+use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
+use mesh_proto::orders::v1::{GetOrderRequest, OrderLine, OrderState, PlaceOrderRequest};
+use mesh_service::balance::{BalanceStats, Balanced, Resolve};
+use mesh_test_support::chaos::{BlackHole, DelayProxy};
+use mesh_test_support::{TestMesh, bearer};
+use tonic::{Code, Request, Response, Status};
+
+fn place(key: &str, sku: &str) -> PlaceOrderRequest {
+    PlaceOrderRequest {
+        idempotency_key: key.into(),
+        lines: vec![OrderLine {
+            sku: sku.into(),
+            quantity: 1,
+        }],
+    }
+}
+
+fn orders_at(mesh: &TestMesh, addr: SocketAddr) -> OrdersServiceClient<Transport> {
+    OrdersServiceClient::new(
+        mesh.mesh
+            .traced_channel("meshctl", "orders", &addr.to_string())
+            .expect("channel"),
+    )
+}
+
+/// Allowed calls to `method` in `service`'s audit log.
+fn allowed(mesh: &TestMesh, service: &str, method: &str) -> usize {
+    std::fs::read_to_string(mesh.mesh.audit.log(service))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(method) && l.contains("\"allow\""))
+        .count()
+}
+
+async fn stock(mesh: &TestMesh, sku: &str) -> i64 {
+    let db = mesh.db("inventory").await.expect("db");
+    let (available,): (i64,) = sqlx::query_as("SELECT available FROM items WHERE sku = $1")
+        .bind(sku)
+        .fetch_one(&db)
+        .await
+        .expect("stock");
+    db.close().await;
+    available
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inventory_replica_stopped_mid_load_fails_no_order_and_sells_each_unit_once() {
+    let mut mesh = TestMesh::start().await.expect("mesh");
+    let second = mesh
+        .mesh
+        .start_inventory_replica("inventory-2")
+        .await
+        .expect("inventory-2");
+    let both = format!("{},{second}", mesh.mesh.inventory_addr);
+    let orders = mesh
+        .mesh
+        .start_orders_replica("orders-a", &both)
+        .await
+        .expect("orders-a");
+    let token = mesh.user_token("alice", "orders").await.expect("login");
+    let before = stock(&mesh, "SKU-003").await;
+    let placed = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|worker| {
+            let client = orders_at(&mesh, orders);
+            let (token, placed) = (token.clone(), placed.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                for i in 0..15 {
+                    let request =
+                        bearer(place(&format!("chaos-{worker}-{i:03}"), "SKU-003"), &token);
+                    match client.clone().place_order(request).await {
+                        Ok(order) if order.get_ref().state() == OrderState::Confirmed => {
+                            placed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => failures.push(format!("{other:?}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                failures
+            })
+        })
+        .collect();
+    // A third of the way in, the second replica goes away.
+    while placed.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    mesh.mesh.stop_service("inventory-2").await;
+    let mut failures = Vec::new();
+    for worker in workers {
+        failures.extend(worker.await.expect("worker"));
+    }
+    assert_eq!(failures, Vec::<String>::new(), "no failed order");
+    assert_eq!(placed.load(Ordering::Relaxed), 60);
+    assert!(
+        allowed(&mesh, "inventory-2", "/Reserve") > 0,
+        "both replicas served"
+    );
+    assert_eq!(
+        stock(&mesh, "SKU-003").await,
+        before - 60,
+        "each unit sold once"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replica_gets_a_smaller_share_and_calls_stay_within_their_deadline() {
+    let mut mesh = TestMesh::start().await.expect("mesh");
+    let second = mesh
+        .mesh
+        .start_inventory_replica("inventory-2")
+        .await
+        .expect("inventory-2");
+    // inventory-2 answers 150 ms late; the balancer sees it only as more calls in flight.
+    let slow = DelayProxy::start(second, Duration::from_millis(150))
+        .await
+        .expect("proxy");
+    let answer = Arc::new(FixedAnswer(vec![mesh.mesh.inventory_addr, slow.addr]));
+    let balanced = Balanced::new(
+        mesh.mesh
+            .connector("meshctl", "inventory")
+            .expect("connector"),
+        "inventory.mesh.test:50053",
+        answer,
+        Duration::from_secs(1),
+    )
+    .expect("balanced");
+    let token = mesh.meshctl_token().await.expect("token");
+    let (fast_before, slow_before) = (
+        allowed(&mesh, "inventory", "/ListItems"),
+        allowed(&mesh, "inventory-2", "/ListItems"),
+    );
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let client = InventoryServiceClient::new(Transport::new(balanced.clone()));
+            let token = token.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                for _ in 0..20 {
+                    let mut request = bearer(ListItemsRequest::default(), &token);
+                    request.set_timeout(Duration::from_secs(2));
+                    let started = Instant::now();
+                    client.clone().list_items(request).await.expect("answered");
+                    latencies.push(started.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.expect("worker"));
+    }
+    let fast = allowed(&mesh, "inventory", "/ListItems") - fast_before;
+    let slow_calls = allowed(&mesh, "inventory-2", "/ListItems") - slow_before;
+    assert_eq!(fast + slow_calls, 120);
+    assert!(
+        slow_calls * 3 < fast,
+        "the slow replica got {slow_calls} of 120 calls, the fast one {fast}"
+    );
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100 - 1];
+    assert!(
+        p99 < Duration::from_secs(2),
+        "p99 {p99:?} within the deadline"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_inventory_replica_down_place_order_fails_fast_and_reads_answer() {
+    let mut mesh = TestMesh::start().await.expect("mesh");
+    let token = mesh.user_token("alice", "orders").await.expect("login");
+    let orders = orders_at(&mesh, mesh.mesh.orders_addr);
+    let kept = orders
+        .clone()
+        .place_order(bearer(place("before-down-001", "SKU-001"), &token))
+        .await
+        .expect("placed")
+        .into_inner();
+    mesh.mesh.stop_inventory().await;
+    // The first call finds the replica gone and ejects it; from then on no call waits on it.
+    let first = orders
+        .clone()
+        .place_order(bearer(place("while-down-0001", "SKU-001"), &token))
+        .await
+        .expect_err("inventory is down");
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
+    for i in 0..5 {
+        let started = Instant::now();
+        let refused = orders
+            .clone()
+            .place_order(bearer(
+                place(&format!("while-down-{i:04}"), "SKU-001"),
+                &token,
+            ))
+            .await
+            .expect_err("inventory is down");
+        let took = started.elapsed();
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("retry with the same idempotency key"),
+            "{refused:?}"
+        );
+        assert!(took < Duration::from_millis(100), "failed fast: {took:?}");
+    }
+    let read = orders
+        .clone()
+        .get_order(bearer(
+            GetOrderRequest {
+                order_id: kept.order_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .expect("reads answer");
+    assert_eq!(read.get_ref().state(), OrderState::Confirmed);
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_ms_deadline_set_by_the_client_is_honoured_end_to_end() {
+    let mut mesh = TestMesh::start().await.expect("mesh");
+    // Orders reaches "inventory" at an address that accepts and never answers.
+    let hung = BlackHole::start().await.expect("black hole");
+    let orders = mesh
+        .mesh
+        .start_orders_replica("orders-a", &hung.addr.to_string())
+        .await
+        .expect("orders-a");
+    let token = mesh.user_token("alice", "orders").await.expect("login");
+    let mut request = bearer(place("deadline-00001", "SKU-001"), &token);
+    request.set_timeout(Duration::from_millis(50));
+    let started = Instant::now();
+    let refused = orders_at(&mesh, orders)
+        .place_order(request)
+        .await
+        .expect_err("inventory never answers");
+    let took = started.elapsed();
+    assert_eq!(refused.code(), Code::DeadlineExceeded, "{refused:?}");
+    assert!(
+        took < Duration::from_millis(250),
+        "answered at the deadline: {took:?}"
+    );
+
+    // Orders' own server span for the call ended with the deadline, not after it.
+    mesh.mesh.flush_traces().await;
+    let spans = mesh.mesh.sink.spans();
+    let server = spans
+        .iter()
+        .filter(|s| s.service == "orders" && s.kind == 2 && s.name.contains("PlaceOrder"))
+        .filter(|s| s.attributes.get("rpc.grpc.status_code").map(String::as_str) == Some("4"))
+        .max_by_key(|s| s.start_ns)
+        .expect("orders' server span with DEADLINE_EXCEEDED");
+    let ran = Duration::from_nanos(server.end_ns - server.start_ns);
+    assert!(
+        ran < Duration::from_millis(150),
+        "orders worked on for {ran:?}"
+    );
+    drop(hung);
+    mesh.stop().await;
+}
+
+/// A resolver with a fixed answer.
+struct FixedAnswer(Vec<SocketAddr>);
+
+impl Resolve for FixedAnswer {
+    fn resolve(
+        &self,
+        _target: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<SocketAddr>>> + Send + '_>>
+    {
+        let answer = self.0.clone();
+        Box::pin(async move { Some(answer) })
+    }
+}
+
+/// An inventory that is always UNAVAILABLE, counting the calls that reach it.
+#[derive(Clone, Default)]
+struct Failing {
+    calls: Arc<AtomicU64>,
+}
+
+impl Failing {
+    fn refuse<T>(&self) -> Result<Response<T>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Err(Status::unavailable("overloaded"))
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryService for Failing {
+    async fn list_items(
+        &self,
+        _: Request<ListItemsRequest>,
+    ) -> Result<Response<ListItemsResponse>, Status> {
+        self.refuse()
+    }
+    async fn get_item(&self, _: Request<GetItemRequest>) -> Result<Response<Item>, Status> {
+        self.refuse()
+    }
+    async fn reserve(
+        &self,
+        _: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        self.refuse()
+    }
+    async fn release(
+        &self,
+        _: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        self.refuse()
+    }
+    async fn restock(&self, _: Request<RestockRequest>) -> Result<Response<Item>, Status> {
+        self.refuse()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_within_their_budget_under_a_dependency_that_always_fails() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    // A real mTLS server with inventory's certificate, failing every call.
+    let files = mesh.mesh.tls_files("inventory");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let listener = mesh_tls::server::TlsListener::mesh(
+        tcp,
+        mesh_tls::Reloadable::load(files.clone()).expect("cert"),
+        files.trust_bundle().expect("roots"),
+    )
+    .expect("listener");
+    let addr = listener.local_addr().expect("addr");
+    let failing = Failing::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(InventoryServiceServer::new(failing.clone()))
+            .serve_with_incoming(listener.incoming()),
+    );
+    let balanced = Balanced::new(
+        mesh.mesh
+            .connector("meshctl", "inventory")
+            .expect("connector"),
+        "inventory.mesh.test:50053",
+        Arc::new(FixedAnswer(vec![addr])),
+        Duration::from_secs(1),
+    )
+    .expect("balanced");
+    let stats = balanced.stats();
+    let client = InventoryServiceClient::new(Transport::new(balanced));
+    let calls = 200u64;
+    for _ in 0..calls {
+        let refused = client
+            .clone()
+            .list_items(ListItemsRequest::default())
+            .await
+            .expect_err("always unavailable");
+        assert_eq!(refused.code(), Code::Unavailable);
+    }
+    let reached = failing.calls.load(Ordering::Relaxed);
+    let retries = BalanceStats::get(&stats.retries);
+    // Without a budget each call would be tried 3 times (600). The budget allows 20 % of the
+    // calls plus 1 a second over 10 s: at most 40 + 10 here.
+    assert_eq!(reached, calls + retries);
+    assert!(
+        retries <= calls / 5 + 10,
+        "{retries} retries for {calls} calls"
+    );
+    assert!(retries > 0, "some retries were made");
+    assert!(BalanceStats::get(&stats.budget_exhausted) > 0);
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_orders_replica_finishes_the_place_order_in_flight() {
+    let mut mesh = TestMesh::start().await.expect("mesh");
+    // Orders-a reaches inventory through a proxy that makes each reservation take 400 ms.
+    let slow = DelayProxy::start(mesh.mesh.inventory_addr, Duration::from_millis(400))
+        .await
+        .expect("proxy");
+    let orders = mesh
+        .mesh
+        .start_orders_replica("orders-a", &slow.addr.to_string())
+        .await
+        .expect("orders-a");
+    let token = mesh.user_token("alice", "orders").await.expect("login");
+    let in_flight = {
+        let client = orders_at(&mesh, orders);
+        let request = bearer(place("drain-000001", "SKU-002"), &token);
+        tokio::spawn(async move { client.clone().place_order(request).await })
+    };
+    // Wait until orders-a holds the call (it was allowed at the edge), then stop it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while allowed(&mesh, "orders-a", "/PlaceOrder") == 0 {
+        assert!(Instant::now() < deadline, "the call never reached orders-a");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    mesh.mesh.stop_service("orders-a").await;
+    let drained = started.elapsed();
+    let order = in_flight
+        .await
+        .expect("task")
+        .expect("the call in flight completes")
+        .into_inner();
+    assert_eq!(order.state(), OrderState::Confirmed);
+    assert!(
+        drained < Duration::from_secs(5),
+        "drained within the grace: {drained:?}"
+    );
+    // Stopped: nothing answers there any more.
+    let after = orders_at(&mesh, orders)
+        .place_order(bearer(place("drain-000002", "SKU-002"), &token))
+        .await
+        .expect_err("stopped");
+    assert_eq!(after.code(), Code::Unavailable, "{after:?}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_silent_connections_do_not_keep_a_real_client_out() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let token = mesh.meshctl_token().await.expect("token");
+    let mut silent = Vec::new();
+    for _ in 0..500 {
+        silent.push(
+            tokio::net::TcpStream::connect(mesh.mesh.inventory_addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // A new client: its own connection, a full handshake, a call.
+    let started = Instant::now();
+    InventoryServiceClient::new(mesh.inventory_channel("meshctl").expect("channel"))
+        .list_items(bearer(ListItemsRequest::default(), &token))
+        .await
+        .expect("served");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "a real client waited {took:?}"
+    );
+    drop(silent);
+    mesh.stop().await;
+}
