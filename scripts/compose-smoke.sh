@@ -269,15 +269,39 @@ done
 echo "$retried"
 grep -q CONFIRMED <<<"$retried" || { failing=orders; fail "the retried order was not confirmed"; }
 
-step "kill -9 inventory again: the restart policy alone brings it back"
-restarts=$(docker inspect -f '{{.RestartCount}}' "$inventory")
-kill -9 "$(docker inspect -f '{{.State.Pid}}' "$inventory")"
+# Failed user actions so far: loadgen logs each one with its status.
+unavailable_so_far() {
+    local log
+    log=$("${compose[@]}" logs --no-color loadgen)
+    grep -c 'Unavailable\|DeadlineExceeded' <<<"$log" || true
+}
+
+step "kill -9 one inventory replica under load: no user action fails, the policy restarts it"
+before=$(unavailable_so_far)
+restarts=$(docker inspect -f '{{.RestartCount}}' "$inventory2")
+kill -9 "$(docker inspect -f '{{.State.Pid}}' "$inventory2")"
 sleep 1
-wait_healthy inventory 60
-[ "$(docker inspect -f '{{.RestartCount}}' "$inventory")" -gt "$restarts" ] ||
-    fail "inventory came back without a restart by the policy"
-echo "inventory restarted by the restart policy ($(docker inspect -f '{{.RestartCount}}' "$inventory") restarts)"
-sleep 5
+wait_healthy inventory-2 60
+[ "$(docker inspect -f '{{.RestartCount}}' "$inventory2")" -gt "$restarts" ] ||
+    fail "inventory-2 came back without a restart by the policy"
+sleep 6  # the load goes on over the restarted replica
+after=$(unavailable_so_far)
+echo "inventory-2 killed and restarted by the policy; failed user actions meanwhile: $((after - before))"
+[ "$after" -eq "$before" ] ||
+    { failing="loadgen orders inventory inventory-2"; fail "$((after - before)) user actions failed while one inventory replica was down"; }
+
+step "rolling restart of orders and inventory, one replica at a time: no user action fails"
+before=$(unavailable_so_far)
+for service in inventory inventory-2 orders orders-2; do
+    "${compose[@]}" restart -t 15 "$service" >/dev/null 2>&1
+    wait_healthy "$service" 60
+    echo "$service: restarted and healthy"
+    sleep 3
+done
+after=$(unavailable_so_far)
+echo "failed user actions during the rolling restart: $((after - before))"
+[ "$after" -eq "$before" ] ||
+    { failing="loadgen orders orders-2 inventory inventory-2"; fail "$((after - before)) user actions failed during the rolling restart"; }
 
 step "the signing key rotated twice under load (an admin through meshctl)"
 for round in 1 2; do

@@ -41,6 +41,10 @@ pub async fn scope<F: Future>(deadline: Instant, work: F) -> F::Output {
 
 /// `grpc-timeout`: up to 8 digits and a unit, H, M, S, m (milli), u (micro), n (nano).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    // ASCII only: a header from outside may end in a multi-byte character (found by fuzzing).
+    if !value.is_ascii() {
+        return None;
+    }
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -234,7 +238,7 @@ mod tests {
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        for bad in ["", "m", "123456789S", "5x", "-1S", "+5S", "1 S"] {
+        for bad in ["", "m", "123456789S", "5x", "-1S", "+5S", "1 S", "5é", "é"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
     }

@@ -355,3 +355,37 @@ fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
     (!client_id.is_empty()).then_some(())?;
     Some((client_id, decode(secret)?))
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 10_000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Any body or query string (RFC 6749 forms) parses or is `invalid_request`, never a
+        /// panic; a parsed form holds each parameter once and no empty value.
+        #[test]
+        fn any_form_body_parses_or_is_invalid_request(
+            body in prop::collection::vec(any::<u8>(), 0..300),
+            pairs in prop::collection::vec(("[a-z_%&=+]{0,12}", "[ -~]{0,20}"), 0..8),
+        ) {
+            for input in [body, pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&")
+                .into_bytes()]
+            {
+                match super::parse_form(&input) {
+                    Ok(params) => prop_assert!(params.values().all(|v| !v.is_empty())),
+                    Err(error) => prop_assert_eq!(error.code, "invalid_request"),
+                }
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@ mod attacks;
 mod balance;
 mod capture;
 mod flow;
+mod fuzz;
 mod hop;
 mod identity;
 mod keys;
