@@ -196,8 +196,23 @@ impl JwksSource {
         &self.issuer
     }
 
-    /// Discovers the JWKS URI and fetches the key set.
+    /// Discovers the JWKS URI and fetches the key set. Inside a request (a refetch for an
+    /// unknown `kid`), no longer than the request's deadline ([`crate::deadline`]).
     pub async fn fetch(&self) -> Result<KeySet, JwksError> {
+        match crate::deadline::current() {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.fetch_now())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(JwksError::Fetch {
+                        url: self.issuer.clone(),
+                        detail: "the request's deadline passed first".into(),
+                    })
+                }),
+            None => self.fetch_now().await,
+        }
+    }
+
+    async fn fetch_now(&self) -> Result<KeySet, JwksError> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
