@@ -268,6 +268,18 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
+/// Connects to `addr` with `config` and completes the TLS handshake: a raw stream for speaking
+/// HTTP/2 by hand (tests of the server's protocol limits).
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    config: Arc<ClientConfig>,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(config)
+        .connect(ServerName::from(addr.ip()), tcp)
+        .await
+}
+
 /// Connects to `addr` with `config`, completes the handshake and returns the certificate the
 /// server presented (its leaf, DER): what an operator or a test reads to see which certificate
 /// a workload serves right now.

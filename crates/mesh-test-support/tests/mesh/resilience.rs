@@ -465,3 +465,126 @@ async fn five_hundred_silent_connections_do_not_keep_a_real_client_out() {
     drop(silent);
     mesh.stop().await;
 }
+
+/// A raw HTTP/2 connection to inventory over mTLS, as meshctl: for speaking the protocol by hand.
+/// Returns the sender, the connection's task, and the stream limit the server announced.
+async fn raw_h2(
+    mesh: &TestMesh,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    usize,
+) {
+    let files = mesh.mesh.tls_files("meshctl");
+    let config = mesh_tls::client::mesh_client_config(
+        mesh_tls::Reloadable::load(files.clone()).expect("cert"),
+        files.trust_bundle().expect("roots"),
+        mesh_tls::identity::SpiffeId::workload(mesh_test_support::TRUST_DOMAIN, "inventory")
+            .expect("id"),
+    )
+    .expect("config");
+    let tls = mesh_tls::client::connect(mesh.mesh.inventory_addr, config)
+        .await
+        .expect("tls");
+    let (send, mut connection) = h2::client::handshake(tls).await.expect("h2");
+    // The server's SETTINGS come before its answer to a PING.
+    let mut ping = connection.ping_pong().expect("ping");
+    tokio::select! {
+        closed = &mut connection => panic!("the server closed at once: {closed:?}"),
+        pong = ping.ping(h2::Ping::opaque()) => {
+            pong.expect("pong");
+        }
+    }
+    let streams = connection.max_concurrent_send_streams();
+    (send, tokio::spawn(connection), streams)
+}
+
+fn grpc_request(path: &str) -> http::Request<()> {
+    http::Request::post(format!("https://inventory{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request")
+}
+
+/// A new client can still be served within a second.
+async fn still_serves(mesh: &TestMesh) {
+    let token = mesh.meshctl_token().await.expect("token");
+    let started = Instant::now();
+    InventoryServiceClient::new(mesh.inventory_channel("meshctl").expect("channel"))
+        .list_items(bearer(ListItemsRequest::default(), &token))
+        .await
+        .expect("served");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_ends_its_connection_and_others_are_still_served() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let (send, connection, _) = raw_h2(&mesh).await;
+    let mut sent = 0;
+    for _ in 0..20_000 {
+        let Ok(mut ready) = send.clone().ready().await else {
+            break;
+        };
+        match ready.send_request(
+            grpc_request("/mesh.inventory.v1.InventoryService/ListItems"),
+            false,
+        ) {
+            Ok((_response, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // The server sends GOAWAY (ENHANCE_YOUR_CALM) and closes: the client sees the connection
+    // end, with the reason or with the socket closed under it.
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the server ends a flooding connection")
+        .expect("task");
+    assert!(sent < 20_000, "the server let {sent} resets through");
+    if let Err(error) = ended {
+        assert!(
+            error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || error.is_io(),
+            "{error:?}"
+        );
+    }
+    still_serves(&mesh).await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_limit_is_advertised_and_an_oversized_header_list_is_refused() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let (mut send, connection, streams) = raw_h2(&mesh).await;
+    assert_eq!(streams, 128, "the stream limit the server announces");
+    send = send.ready().await.expect("ready");
+    let mut request = grpc_request("/mesh.inventory.v1.InventoryService/ListItems");
+    request
+        .headers_mut()
+        .insert("x-padding", "a".repeat(32 * 1024).parse().expect("header"));
+    let refused = match send.send_request(request, true) {
+        Ok((response, _)) => match response.await {
+            Ok(response) => {
+                response.status().as_u16() != 200 || {
+                    response
+                        .headers()
+                        .get("grpc-status")
+                        .is_some_and(|s| s != "0")
+                }
+            }
+            Err(_) => true,
+        },
+        Err(_) => true,
+    };
+    assert!(refused, "a 32 KiB header list was served");
+    drop(connection);
+    still_serves(&mesh).await;
+    mesh.stop().await;
+}
