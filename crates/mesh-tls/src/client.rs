@@ -287,9 +287,7 @@ pub async fn peer_certificate(
     addr: std::net::SocketAddr,
     config: Arc<ClientConfig>,
 ) -> io::Result<Vec<u8>> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::from(addr.ip());
-    let tls = TlsConnector::from(config).connect(name, tcp).await?;
+    let tls = connect(addr, config).await?;
     tls.get_ref()
         .1
         .peer_certificates()
