@@ -168,21 +168,32 @@ impl KeyStore {
         })
     }
 
-    /// Retires the current key, starts signing with the next one, and publishes a new next key.
+    /// Retires the current key, starts signing with the next one, and publishes a new next key:
+    /// the key current in the database, whatever this replica last read.
     pub async fn rotate(&self) -> Result<Rotation, KeyError> {
+        self.rotate_from(None).await
+    }
+
+    /// Rotates the key current in the database, or only `expected` when given (a scheduled
+    /// rotation: another replica on the same database may have rotated it first, and then
+    /// this one takes that rotation instead of making a second).
+    async fn rotate_from(&self, expected: Option<String>) -> Result<Rotation, KeyError> {
         let now = crate::unix_now() as i64;
-        let expected = self.current_kid();
         let mut tx = self.db.begin_serialized("signing-keys").await?;
         let current: Option<String> = sqlx::query_scalar(
             "SELECT kid FROM signing_keys WHERE activated_at IS NOT NULL AND retired_at IS NULL",
         )
         .fetch_optional(&mut *tx)
         .await?;
-        // Another replica on the same database rotated first: take its rotation, not a second.
-        if current.as_deref() == Some(expected.as_str()) {
+        let to_retire = match (current, expected) {
+            (Some(current), None) => Some(current),
+            (Some(current), Some(expected)) if current == expected => Some(current),
+            _ => None,
+        };
+        if let Some(current) = to_retire {
             sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE kid = $2")
                 .bind(now)
-                .bind(&expected)
+                .bind(&current)
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("UPDATE signing_keys SET activated_at = $1 WHERE activated_at IS NULL")
@@ -206,15 +217,15 @@ impl KeyStore {
     /// the keys so that retired keys past their retention leave the JWKS. Returns the rotation
     /// if there was one.
     pub async fn rotate_if_due(&self, interval: Duration) -> Result<Option<Rotation>, KeyError> {
-        let activated_at = self
-            .keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .activated_at;
-        if crate::unix_now() >= activated_at.saturating_add(interval.as_secs()) {
-            return self.rotate().await.map(Some);
-        }
+        // Read first: another replica may have rotated since.
         self.reload().await?;
+        let (activated_at, current) = {
+            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            (keys.activated_at, keys.signing.kid.clone())
+        };
+        if crate::unix_now() >= activated_at.saturating_add(interval.as_secs()) {
+            return self.rotate_from(Some(current)).await.map(Some);
+        }
         Ok(None)
     }
 

@@ -259,3 +259,64 @@ async fn a_database_that_does_not_exist_stops_the_start_with_exit_64_naming_db()
         "the server's own reason: {message}"
     );
 }
+
+async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other(backend: Backend) {
+    let Some(mut mesh) = mesh_on(backend).await else {
+        return;
+    };
+    let (_, second) = mesh
+        .mesh
+        .start_auth_replica("auth-2")
+        .await
+        .expect("auth-2");
+    // Two forced rotations back to back at the first replica: the key that signs after the
+    // second was made by the first, seconds ago.
+    mesh.mesh.key_rotator.rotate().await.expect("rotation 1");
+    let signing = mesh
+        .mesh
+        .key_rotator
+        .rotate()
+        .await
+        .expect("rotation 2")
+        .signing_kid;
+    let https = mesh.https().expect("https");
+    let jwks_of_second = || async {
+        let jwks: serde_json::Value = https
+            .get(format!(
+                "https://localhost:{}{}",
+                second.port(),
+                auth_service::http::JWKS_PATH
+            ))
+            .send()
+            .await
+            .expect("jwks")
+            .json()
+            .await
+            .expect("json");
+        jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    while !jwks_of_second().await.contains(&signing) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "auth-2 does not publish {signing} ({backend:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other_on_sqlite() {
+    a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other_on_postgres() {
+    a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other(Backend::Postgres).await;
+}
