@@ -54,7 +54,7 @@ cleanup() {
     if [ "$status" -ne 0 ]; then
         echo
         echo "compose smoke FAILED during: $current"
-        for service in ${failing:-certs postgres auth inventory inventory-2 orders orders-2 loadgen jaeger}; do
+        for service in ${failing:-certs postgres auth auth-2 inventory inventory-2 orders orders-2 loadgen jaeger}; do
             echo "==== logs of $service (last 80 lines)"
             "${compose[@]}" logs --no-color --tail=80 "$service" 2>&1
         done
@@ -126,10 +126,10 @@ docker build -q -t "$MESH_POSTGRES_IMAGE" docker/postgres >/dev/null
 docker image ls zero-trust-mesh:local
 docker image ls "$MESH_POSTGRES_IMAGE"
 
-step "up: certs, postgres, auth, inventory ×2, orders ×2, trace sink; all healthy over mTLS"
+step "up: certs, postgres, auth ×2, inventory ×2, orders ×2, trace sink; all healthy over mTLS"
 "${compose[@]}" --profile tools down -v --remove-orphans >/dev/null 2>&1 || true
-"${compose[@]}" up -d --no-build auth inventory inventory-2 orders orders-2 jaeger
-for service in postgres auth inventory inventory-2 orders orders-2; do
+"${compose[@]}" up -d --no-build auth auth-2 inventory inventory-2 orders orders-2 jaeger
+for service in postgres auth auth-2 inventory inventory-2 orders orders-2; do
     wait_healthy "$service" 90
     echo "$service: healthy"
 done
@@ -290,9 +290,9 @@ echo "inventory-2 killed and restarted by the policy; failed user actions meanwh
 [ "$after" -eq "$before" ] ||
     { failing="loadgen orders inventory inventory-2"; fail "$((after - before)) user actions failed while one inventory replica was down"; }
 
-step "rolling restart of orders and inventory, one replica at a time: no user action fails"
+step "rolling restart of every service, one replica at a time: no user action fails"
 before=$(unavailable_so_far)
-for service in inventory inventory-2 orders orders-2; do
+for service in auth auth-2 inventory inventory-2 orders orders-2; do
     "${compose[@]}" restart -t 15 "$service" >/dev/null 2>&1
     wait_healthy "$service" 60
     echo "$service: restarted and healthy"
@@ -301,7 +301,7 @@ done
 after=$(unavailable_so_far)
 echo "failed user actions during the rolling restart: $((after - before))"
 [ "$after" -eq "$before" ] ||
-    { failing="loadgen orders orders-2 inventory inventory-2"; fail "$((after - before)) user actions failed during the rolling restart"; }
+    { failing="loadgen auth auth-2 orders orders-2 inventory inventory-2"; fail "$((after - before)) user actions failed during the rolling restart"; }
 
 step "the signing key rotated twice under load (an admin through meshctl)"
 for round in 1 2; do
@@ -339,9 +339,9 @@ while read -r sku before; do
 done <<<"$stock_before"
 
 step "audit chains intact in every service"
-for service in auth orders orders-2 inventory inventory-2; do
+for service in auth auth-2 orders orders-2 inventory inventory-2; do
     key=/var/lib/mesh/identity/audit.key
-    [ "$service" = auth ] && key=/var/lib/mesh/secrets/audit.key
+    case $service in auth*) key=/var/lib/mesh/secrets/audit.key ;; esac
     docker exec "$(container_of "$service")" meshctl audit verify /var/lib/mesh/data/audit.log \
         --key-file "$key" | sed "s/^/$service: /" ||
         { failing=$service; fail "$service's audit chain does not verify"; }

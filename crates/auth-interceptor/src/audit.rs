@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::hmac;
@@ -298,6 +299,8 @@ pub struct AuditLog {
     path: PathBuf,
     head_path: PathBuf,
     state: Mutex<Writer>,
+    appended: AtomicU64,
+    failed: AtomicU64,
 }
 
 struct Writer {
@@ -380,6 +383,8 @@ impl AuditLog {
                 next_seq,
                 last_mac,
             }),
+            appended: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         })
     }
 
@@ -388,9 +393,28 @@ impl AuditLog {
         &self.path
     }
 
+    /// Records appended since the log was opened, and appends that failed.
+    pub fn appended_and_failed(&self) -> (u64, u64) {
+        (
+            self.appended.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
     /// Appends one decision. A write failure is reported to the caller, who decides; the chain
     /// stays consistent because the in-memory head only moves after a successful write.
     pub fn append(&self, decision: &Decision<'_>) -> Result<(), AuditError> {
+        let written = self.write_record(decision);
+        let counter = if written.is_ok() {
+            &self.appended
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        written
+    }
+
+    fn write_record(&self, decision: &Decision<'_>) -> Result<(), AuditError> {
         let mut writer = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut record = AuditRecord {
             seq: writer.next_seq,

@@ -16,6 +16,7 @@ use crate::error::AuthError;
 use crate::policy::Policy;
 use crate::principal::Principal;
 use crate::verify::{TokenVerifier, VerifiedToken};
+use mesh_telemetry::metrics::OTHER;
 
 /// Puts [`AuthService`] in front of a tonic server's routes.
 ///
@@ -26,11 +27,12 @@ pub struct AuthLayer {
     state: Arc<State>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct State {
     verifier: Arc<TokenVerifier>,
     policy: Policy,
     audit: Option<Arc<AuditLog>>,
+    decisions: Option<opentelemetry::metrics::Counter<u64>>,
 }
 
 impl AuthLayer {
@@ -41,6 +43,7 @@ impl AuthLayer {
                 verifier,
                 policy,
                 audit: None,
+                decisions: None,
             }),
         }
     }
@@ -48,14 +51,31 @@ impl AuthLayer {
     /// Also appends every decision to the HMAC-chained `log`. A decision whose record cannot be
     /// written is not carried out: the call fails with UNAVAILABLE (fail closed).
     pub fn with_audit(self, log: Option<Arc<AuditLog>>) -> Self {
-        let state = &self.state;
+        let mut state = State::clone(&self.state);
+        state.audit = log;
         Self {
-            state: Arc::new(State {
-                verifier: state.verifier.clone(),
-                policy: state.policy.clone(),
-                audit: log,
-            }),
+            state: Arc::new(state),
         }
+    }
+
+    /// Also counts every decision in `mesh.authz.decisions`, by method (`_OTHER` for a path
+    /// the policy has no row for), decision and reason: labels from closed sets only.
+    pub fn with_metrics(self, meter: &opentelemetry::metrics::Meter) -> Self {
+        let mut state = State::clone(&self.state);
+        state.decisions = Some(
+            meter
+                .u64_counter("mesh.authz.decisions")
+                .with_description("Authorization decisions at the server edge, by reason")
+                .build(),
+        );
+        Self {
+            state: Arc::new(state),
+        }
+    }
+
+    /// The policy enforced.
+    pub fn policy(&self) -> &Policy {
+        &self.state.policy
     }
 }
 
@@ -175,6 +195,21 @@ impl State {
                 KeyValue::new("peer", peer.map_or(String::new(), |p| p.to_string())),
             ],
         );
+        if let Some(decisions) = &self.decisions {
+            let (service, name) = match self.policy.rule(method) {
+                Some(_) => mesh_telemetry::metrics::KnownMethods::any().labels(method),
+                None => (OTHER.to_owned(), OTHER.to_owned()),
+            };
+            decisions.add(
+                1,
+                &[
+                    KeyValue::new("rpc.service", service),
+                    KeyValue::new("rpc.method", name),
+                    KeyValue::new("decision", verdict),
+                    KeyValue::new("reason", reason.to_owned()),
+                ],
+            );
+        }
         let Some(log) = &self.audit else {
             return Ok(());
         };

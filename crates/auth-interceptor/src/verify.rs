@@ -80,6 +80,9 @@ pub struct TokenVerifier {
     source: Option<JwksSource>,
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
     fetches: AtomicU64,
+    fetch_failures: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
     cache: VerifiedCache,
     revocations: Arc<RevocationList>,
 }
@@ -146,6 +149,9 @@ impl TokenVerifier {
             source,
             last_refetch: tokio::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
+            fetch_failures: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
             revocations: RevocationList::new(),
         }
     }
@@ -177,6 +183,20 @@ impl TokenVerifier {
         self.fetches.load(Ordering::Relaxed)
     }
 
+    /// Key fetches that failed (after start-up: background refreshes and refetches).
+    pub fn jwks_fetch_failures(&self) -> u64 {
+        self.fetch_failures.load(Ordering::Relaxed)
+    }
+
+    /// Verifications answered from the verified-token cache, and those that were not (each
+    /// miss checked a signature, or refused the token before that).
+    pub fn cache_hits_and_misses(&self) -> (u64, u64) {
+        (
+            self.cache_hits.load(Ordering::Relaxed),
+            self.cache_misses.load(Ordering::Relaxed),
+        )
+    }
+
     /// Swaps in a new key set.
     pub fn replace_keys(&self, keys: KeySet) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
@@ -196,8 +216,10 @@ impl TokenVerifier {
     async fn verify_signed(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthError> {
         let now = unix_now();
         if let Some(hit) = self.cache.get(token, now) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
         if token.len() > self.config.max_token_bytes {
             return Err(AuthError::InvalidToken("too large"));
         }
@@ -263,7 +285,10 @@ impl TokenVerifier {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         match source.fetch().await {
             Ok(keys) => self.replace_keys(keys),
-            Err(error) => tracing::warn!(%error, "jwks refetch for unknown kid failed"),
+            Err(error) => {
+                self.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "jwks refetch for unknown kid failed");
+            }
         }
         self.current_keys().get(kid).cloned()
     }
@@ -315,7 +340,10 @@ fn spawn_refresher(verifier: Weak<TokenVerifier>) {
             verifier.fetches.fetch_add(1, Ordering::Relaxed);
             match source.fetch().await {
                 Ok(keys) => verifier.replace_keys(keys),
-                Err(error) => tracing::warn!(%error, "background jwks refresh failed"),
+                Err(error) => {
+                    verifier.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, "background jwks refresh failed");
+                }
             }
         }
     });

@@ -227,7 +227,9 @@ impl Application {
         )
         .await?;
         runtime.listen_health(settings.health_listen).await?;
+        runtime.listen_admin(settings.admin_listen).await?;
         runtime.set_shutdown_grace(settings.shutdown_grace);
+        runtime.set_max_in_flight(settings.max_in_flight);
         let audit = audit::IssuerAudit::new(runtime.audit_log());
         if let Some(ca) = &authority {
             authority::spawn_refresh(Arc::downgrade(ca));
@@ -296,6 +298,11 @@ impl Application {
             ttl,
             refresh_ttl: settings::ttl(config.refresh_token_ttl_secs),
             audit,
+            tokens: runtime
+                .meter()
+                .u64_counter("mesh.tokens.issued")
+                .with_description("Token endpoint answers, by grant type and outcome")
+                .build(),
         };
         let policy = mesh_policy(runtime.trust_domain());
         let limits = ServerLimits::default();
@@ -326,6 +333,11 @@ impl Application {
     /// The mesh gRPC address actually bound.
     pub fn mesh_addr(&self) -> SocketAddr {
         self.server.addr()
+    }
+
+    /// The admin listener's address (`/metrics`), when one was asked for.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.server.admin_addr()
     }
 
     /// The public HTTPS address actually bound.

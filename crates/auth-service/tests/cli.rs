@@ -21,6 +21,8 @@ fn auth_service(env: &[(&str, &str)]) -> Output {
         "MESH_ISSUER",
         "MESH_AUTH_CONFIG",
         "MESH_DB",
+        "MESH_SHUTDOWN_GRACE",
+        "MESH_MAX_IN_FLIGHT",
     ] {
         command.env_remove(key);
     }
@@ -60,6 +62,18 @@ fn missing_required_settings_exit_64() {
             "{flag}: {}",
             stderr(&output)
         );
+    }
+}
+
+#[test]
+fn limits_out_of_their_range_exit_64_naming_the_flag() {
+    for (env, flag) in [
+        (("MESH_MAX_IN_FLIGHT", "0"), "--max-in-flight"),
+        (("MESH_MAX_IN_FLIGHT", "many"), "--max-in-flight"),
+        (("MESH_MAX_IN_FLIGHT", "65537"), "--max-in-flight"),
+        (("MESH_SHUTDOWN_GRACE", "61s"), "--shutdown-grace"),
+    ] {
+        assert_exit_64_naming(&[env], flag);
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use auth_interceptor::audit::AuditLog;
 use auth_interceptor::{AuthLayer, Policy, Rule, TokenVerifier, VerifierConfig};
+use mesh_telemetry::metrics::KnownMethods;
 use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
 use mesh_tls::Reloadable;
 use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
@@ -130,7 +131,6 @@ pub async fn serve(
         )?)),
         _ => None,
     };
-    let auth = AuthLayer::new(verifier, policy).with_audit(audit);
     let telemetry = match config {
         Config::Otel | Config::Full => Some(Telemetry::new(
             &TelemetryFlags {
@@ -141,11 +141,18 @@ pub async fn serve(
         )?),
         _ => None,
     };
+    // With telemetry, the auth layer counts its decisions too, as a mesh server's does.
+    let auth = match &telemetry {
+        Some(telemetry) => AuthLayer::new(verifier, policy)
+            .with_audit(audit)
+            .with_metrics(telemetry.metrics().meter()),
+        None => AuthLayer::new(verifier, policy).with_audit(audit),
+    };
     ready(addr);
     match &telemetry {
         Some(telemetry) => {
             server
-                .layer(telemetry.server_layer())
+                .layer(telemetry.server_layer(KnownMethods::new([METHOD])))
                 .layer(auth)
                 .add_service(health_service)
                 .serve_with_incoming_shutdown(listener.incoming(), shutdown)

@@ -71,6 +71,8 @@ pub struct DevMesh {
     /// Each service's certificate renewal (auth renews from its own CA, orders and inventory
     /// at the mesh CA).
     pub renewals: std::collections::BTreeMap<&'static str, Arc<RenewalStatus>>,
+    /// Each service's (and replica's) admin listener, serving `/metrics`, by name.
+    pub metrics_addrs: std::collections::BTreeMap<&'static str, std::net::SocketAddr>,
     inventory_args: inventory_service::Args,
     orders_args: orders_service::Args,
     auth_args: auth_service::Args,
@@ -220,7 +222,9 @@ impl DevMesh {
             join_tokens: Some(join_tokens),
             rejoin_token_ttl: Duration::from_secs(86_400),
             health_listen: None,
+            admin_listen: Some("127.0.0.1:0".parse().expect("address")),
             shutdown_grace: Duration::from_secs(5),
+            max_in_flight: mesh_service::shed::DEFAULT_MAX_IN_FLIGHT,
         };
         let auth = auth_service::Application::build(auth_args.clone().into_settings()?).await?;
         let issuer = auth.issuer().to_owned();
@@ -233,6 +237,8 @@ impl DevMesh {
         auth_args.public_listen = auth_public_addr;
         let mut renewals = std::collections::BTreeMap::new();
         renewals.extend(auth.renewal().map(|r| ("auth", r)));
+        let mut metrics_addrs = std::collections::BTreeMap::new();
+        metrics_addrs.extend(auth.admin_addr().map(|a| ("auth", a)));
         let mut tracers = vec![auth.telemetry()];
         let mut services = Vec::new();
         services.push(spawn("auth", |stop| auth.run_until_stopped(stop)));
@@ -253,7 +259,9 @@ impl DevMesh {
             db: options.database.url(dir, name),
             join_token_file: Some(identity_dir.join(format!("{name}.join"))),
             health_listen: Some("127.0.0.1:0".parse().expect("address")),
+            admin_listen: Some("127.0.0.1:0".parse().expect("address")),
             shutdown_grace: Duration::from_secs(5),
+            max_in_flight: mesh_service::shed::DEFAULT_MAX_IN_FLIGHT,
         };
         let mut inventory_args = inventory_service::Args {
             listen: "127.0.0.1:0".parse()?,
@@ -266,6 +274,7 @@ impl DevMesh {
         inventory_args.listen = inventory_addr;
         let inventory_verifier = inventory.verifier();
         renewals.extend(inventory.server().renewal().map(|r| ("inventory", r)));
+        metrics_addrs.extend(inventory.server().admin_addr().map(|a| ("inventory", a)));
         tracers.push(inventory.server().telemetry().clone());
         services.push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
 
@@ -283,6 +292,7 @@ impl DevMesh {
             .context("orders has a health listener")?;
         let orders_verifier = orders.server().verifier().clone();
         renewals.extend(orders.server().renewal().map(|r| ("orders", r)));
+        metrics_addrs.extend(orders.server().admin_addr().map(|a| ("orders", a)));
         tracers.push(orders.server().telemetry().clone());
         services.push(spawn("orders", |stop| orders.run_until_stopped(stop)));
 
@@ -314,6 +324,7 @@ impl DevMesh {
             inventory_verifier,
             orders_verifier,
             renewals,
+            metrics_addrs,
             services,
         })
     }
@@ -402,6 +413,8 @@ impl DevMesh {
         if let Some(renewal) = inventory.server().renewal() {
             self.renewals.insert("inventory", renewal);
         }
+        self.metrics_addrs
+            .extend(inventory.server().admin_addr().map(|a| ("inventory", a)));
         self.services
             .push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
         Ok(())
@@ -435,6 +448,8 @@ impl DevMesh {
         args.mesh.health_listen = None;
         let replica = inventory_service::Application::build(args).await?;
         let addr = replica.server().addr();
+        self.metrics_addrs
+            .extend(replica.server().admin_addr().map(|a| (name, a)));
         self.tracers.push(replica.server().telemetry().clone());
         self.services
             .push(spawn(name, |stop| replica.run_until_stopped(stop)));
@@ -449,14 +464,29 @@ impl DevMesh {
         name: &'static str,
         inventory_url: &str,
     ) -> anyhow::Result<std::net::SocketAddr> {
+        self.start_orders_replica_with(name, inventory_url, |_| {})
+            .await
+    }
+
+    /// Like [`DevMesh::start_orders_replica`], with its flags changed by `configure` first
+    /// (a lower `--max-in-flight`, say).
+    pub async fn start_orders_replica_with(
+        &mut self,
+        name: &'static str,
+        inventory_url: &str,
+        configure: impl FnOnce(&mut orders_service::Args),
+    ) -> anyhow::Result<std::net::SocketAddr> {
         let mut args = self.orders_args.clone();
         args.listen = "127.0.0.1:0".parse()?;
         args.inventory_url = inventory_url.to_owned();
         args.mesh.join_token_file = Some(self.replica_token("orders", name).await?);
         args.mesh.audit = self.audit.flags(name);
         args.mesh.health_listen = None;
+        configure(&mut args);
         let replica = orders_service::Application::build(args).await?;
         let addr = replica.server().addr();
+        self.metrics_addrs
+            .extend(replica.server().admin_addr().map(|a| (name, a)));
         self.tracers.push(replica.server().telemetry().clone());
         self.services
             .push(spawn(name, |stop| replica.run_until_stopped(stop)));
@@ -477,6 +507,8 @@ impl DevMesh {
         args.audit = self.audit.flags(name);
         let replica = auth_service::Application::build(args.into_settings()?).await?;
         let addrs = (replica.mesh_addr(), replica.public_addr());
+        self.metrics_addrs
+            .extend(replica.admin_addr().map(|a| (name, a)));
         self.tracers.push(replica.telemetry());
         self.services
             .push(spawn(name, |stop| replica.run_until_stopped(stop)));
@@ -491,6 +523,8 @@ impl DevMesh {
         if let Some(renewal) = auth.renewal() {
             self.renewals.insert("auth", renewal);
         }
+        self.metrics_addrs
+            .extend(auth.admin_addr().map(|a| ("auth", a)));
         self.services
             .push(spawn("auth", |stop| auth.run_until_stopped(stop)));
         Ok(())

@@ -11,9 +11,11 @@
 //! The resilience a sidecar would add, in process, in this order (outermost first, as
 //! `Runtime::client` stacks them): the deadline ([`auth_interceptor::deadline`]), then here
 //! **retries** and **outlier ejection**:
-//! - a replica whose connection fails is *ejected*: passed over for 250 ms, twice as long at
-//!   each failure in a row (at most 4 s), and probed by the first call after that; a success
-//!   clears it. The name is resolved again at once (the replica may have moved). When every
+//! - a replica whose connection fails, or that answers "overloaded" (its load shedding, see
+//!   [`crate::shed`]) to 5 calls in a row, is *ejected*: passed over for 250 ms, twice as long
+//!   at each ejection in a row (at most 4 s), and probed by the first call after that; a
+//!   success clears it. An UNAVAILABLE the handler returned (its own dependency is down) does
+//!   not count: the replica still answers its reads, and ejecting it would lose them. The name is resolved again at once (the replica may have moved). When every
 //!   replica is ejected, a call fails at once with UNAVAILABLE instead of waiting on them;
 //! - a call of an idempotent method ([`idempotent`]) that failed with a connection error or
 //!   UNAVAILABLE is retried, at most twice, on another replica when there is one, after a
@@ -50,6 +52,9 @@ const EJECT_BASE: Duration = Duration::from_millis(250);
 
 /// The longest ejection.
 const EJECT_MAX: Duration = Duration::from_secs(4);
+
+/// Overloaded answers in a row that eject a replica.
+const EJECT_AFTER_OVERLOADED: u32 = 5;
 
 /// Attempts of one call, the first included.
 const MAX_ATTEMPTS: u32 = 3;
@@ -170,8 +175,10 @@ struct Replica {
     addr: SocketAddr,
     channel: Channel,
     in_flight: AtomicUsize,
-    /// Connection failures in a row.
+    /// Ejections in a row.
     failures: AtomicU32,
+    /// Overloaded answers in a row.
+    overloaded: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
 }
 
@@ -182,6 +189,7 @@ impl Replica {
             channel,
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
+            overloaded: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
         }
     }
@@ -193,7 +201,7 @@ impl Replica {
             .is_none_or(|until| Instant::now() >= until)
     }
 
-    /// A connection failure: ejected for twice as long as the last time, up to [`EJECT_MAX`].
+    /// Ejected for twice as long as the last time in a row, up to [`EJECT_MAX`].
     fn eject(&self) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
         let period = (EJECT_BASE * 2u32.pow(failures)).min(EJECT_MAX);
@@ -202,7 +210,18 @@ impl Replica {
         tracing::debug!(addr = %self.addr, ?period, "replica ejected");
     }
 
+    /// An overloaded answer: whether it is the one that ejects the replica.
+    fn overloaded(&self) -> bool {
+        let in_a_row = self.overloaded.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row >= EJECT_AFTER_OVERLOADED {
+            self.overloaded.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
     fn succeeded(&self) {
+        self.overloaded.store(0, Ordering::Relaxed);
         if self.failures.swap(0, Ordering::Relaxed) > 0 {
             *self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
@@ -412,10 +431,20 @@ impl Balanced {
         shared.stats.attempts.fetch_add(1, Ordering::Relaxed);
         let _counted = InFlight::new(replica.clone());
         let answer = replica.channel.clone().oneshot(request).await;
+        let overloaded = answer.as_ref().is_ok_and(|response| {
+            response
+                .headers()
+                .contains_key(crate::shed::OVERLOADED_HEADER)
+        });
         if answer.is_err() {
             replica.eject();
             shared.stats.ejections.fetch_add(1, Ordering::Relaxed);
             shared.resolve_now.notify_one();
+        } else if overloaded {
+            if replica.overloaded() {
+                replica.eject();
+                shared.stats.ejections.fetch_add(1, Ordering::Relaxed);
+            }
         } else {
             replica.succeeded();
         }

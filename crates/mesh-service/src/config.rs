@@ -223,10 +223,26 @@ pub struct ServiceFlags {
     /// loopback or a probe-only interface.
     #[arg(long, env = "MESH_HEALTH_LISTEN")]
     pub health_listen: Option<std::net::SocketAddr>,
+    /// A plain HTTP admin listener serving `GET /metrics` (Prometheus text format); bind it
+    /// where only the scraper reaches (see docs/observability.md).
+    #[arg(long, env = "MESH_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// On SIGTERM the service reports NOT_SERVING, stops accepting, and lets the calls in
     /// flight finish for at most this long (`10s`; 0 s to 60 s) before it closes them.
     #[arg(long, env = "MESH_SHUTDOWN_GRACE", default_value = "10s", value_parser = shutdown_grace)]
     pub shutdown_grace: std::time::Duration,
+    /// Calls this server runs at once, over all its connections (1 to 65,536); the next one is
+    /// answered UNAVAILABLE at once instead of queueing. Health checks are never refused.
+    #[arg(long, env = "MESH_MAX_IN_FLIGHT", default_value_t = crate::shed::DEFAULT_MAX_IN_FLIGHT, value_parser = max_in_flight)]
+    pub max_in_flight: usize,
+}
+
+/// The bounds of `--max-in-flight` (shared by every service).
+pub fn max_in_flight(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse::<usize>() {
+        Ok(n) if (1..=65_536).contains(&n) => Ok(n),
+        _ => Err(format!("{raw:?} is not a number of calls from 1 to 65536")),
+    }
 }
 
 /// The bounds of `--shutdown-grace` (shared by every service).

@@ -16,6 +16,8 @@
 //!   dependencies.
 //! - [`server`]: [`MeshServer`], health + reflection + trace layer + auth layer + HTTP/2 limits
 //!   around any tonic service.
+//! - [`admin`], [`observe`]: the `/metrics` listener and the metrics of the shared machinery.
+//! - [`shed`]: [`shed::ShedLayer`], the server-wide bound on calls in flight.
 //! - [`storage`]: [`Db`], the one way a service opens and migrates its database (SQLite or
 //!   PostgreSQL, [`DbUrl`]).
 //! - [`run_binary`], [`shutdown_signal`]: what every `main.rs` does.
@@ -23,12 +25,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod observe;
 pub mod runtime;
 pub mod server;
+pub mod shed;
 pub mod storage;
 
 use std::future::Future;

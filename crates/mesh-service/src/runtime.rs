@@ -8,6 +8,7 @@ use auth_interceptor::audit::AuditLog;
 use auth_interceptor::client::Transport;
 use auth_interceptor::revocation::{self, FeedStatus};
 use auth_interceptor::{AuthLayer, Policy, TokenVerifier};
+use mesh_telemetry::metrics::KnownMethods;
 use mesh_telemetry::trace::{ClientTraceLayer, Telemetry, TelemetryFlags};
 use mesh_tls::SpiffeId;
 use mesh_tls::client::MeshConnector;
@@ -45,7 +46,9 @@ pub struct Runtime {
     file_watch: Option<Arc<WatchStatus>>,
     tasks: Vec<TaskGuard>,
     health_listener: Option<TcpListener>,
+    admin_listener: Option<TcpListener>,
     shutdown_grace: std::time::Duration,
+    max_in_flight: usize,
 }
 
 /// The shutdown grace when none is set (`--shutdown-grace`'s default).
@@ -85,21 +88,27 @@ impl Runtime {
         .await?;
         // Not traced: one stream for the life of the process is no request to draw.
         let auth = runtime.transport("auth", &flags.auth_url, "--auth-url")?;
-        runtime.revocation_feed = Some(revocation::spawn_feed(
-            auth.clone(),
-            runtime.verifier.revocations().clone(),
-        ));
+        let feed = revocation::spawn_feed(auth.clone(), runtime.verifier.revocations().clone());
+        crate::observe::revocation_feed(runtime.meter(), &feed);
+        runtime.revocation_feed = Some(feed);
         if let Some((token_file, rejoin)) = token_file {
             runtime.renew_from_mesh_ca(auth, token_file, rejoin, &flags.issuer)?;
         }
         runtime.listen_health(flags.health_listen).await?;
+        runtime.listen_admin(flags.admin_listen).await?;
         runtime.shutdown_grace = flags.shutdown_grace;
+        runtime.max_in_flight = flags.max_in_flight;
         Ok(runtime)
     }
 
     /// How long calls in flight may run on once shutdown begins (`--shutdown-grace`).
     pub fn set_shutdown_grace(&mut self, grace: std::time::Duration) {
         self.shutdown_grace = grace;
+    }
+
+    /// How many calls the server runs at once before it sheds (`--max-in-flight`).
+    pub fn set_max_in_flight(&mut self, limit: usize) {
+        self.max_in_flight = limit;
     }
 
     /// Renews the certificate at the mesh CA over `auth` (mTLS with the current certificate),
@@ -203,22 +212,48 @@ impl Runtime {
             tasks.push(TaskGuard::new(task));
             file_watch = Some(status);
         }
+        let telemetry = Telemetry::new(telemetry, name)
+            .map_err(|e| StartError::config("--otlp-endpoint", e))?;
+        let audit = audit.open(name)?;
+        let meter = telemetry.metrics().meter();
+        crate::observe::certificate(meter, workload.identity.clone());
+        crate::observe::verifier(meter, &verifier);
+        if let Some(log) = &audit {
+            crate::observe::audit(meter, log);
+        }
         Ok(Self {
             name,
             workload,
             listener,
             addr,
             verifier,
-            audit: audit.open(name)?,
-            telemetry: Telemetry::new(telemetry, name)
-                .map_err(|e| StartError::config("--otlp-endpoint", e))?,
+            audit,
+            telemetry,
             revocation_feed: None,
             renewal: None,
             file_watch,
             tasks,
             health_listener: None,
+            admin_listener: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_in_flight: crate::shed::DEFAULT_MAX_IN_FLIGHT,
         })
+    }
+
+    /// The meter of this service's metrics.
+    pub fn meter(&self) -> &opentelemetry::metrics::Meter {
+        self.telemetry.metrics().meter()
+    }
+
+    /// Binds the admin listener (`/metrics`) on `addr`, when one is asked for.
+    pub async fn listen_admin(
+        &mut self,
+        addr: Option<std::net::SocketAddr>,
+    ) -> Result<(), StartError> {
+        if let Some(addr) = addr {
+            self.admin_listener = Some(bind(addr).await?);
+        }
+        Ok(())
     }
 
     /// The certificate renewal's state, when the certificate is renewed in process.
@@ -289,9 +324,10 @@ impl Runtime {
         url: &str,
         flag: &'static str,
     ) -> Result<Transport, StartError> {
-        let transport = self.transport(peer, url, flag)?;
+        let balanced = self.balanced(peer, url, flag)?;
+        crate::observe::balanced(self.meter(), url, balanced.stats());
         Ok(Transport::new(self.telemetry.client_layer(url).layer(
-            auth_interceptor::deadline::ClientDeadlineLayer.layer(transport),
+            auth_interceptor::deadline::ClientDeadlineLayer.layer(Transport::new(balanced)),
         )))
     }
 
@@ -304,6 +340,11 @@ impl Runtime {
         url: &str,
         flag: &'static str,
     ) -> Result<Transport, StartError> {
+        self.balanced(peer, url, flag).map(Transport::new)
+    }
+
+    /// The balanced client under [`Runtime::transport`].
+    fn balanced(&self, peer: &str, url: &str, flag: &'static str) -> Result<Balanced, StartError> {
         SpiffeId::workload(self.trust_domain(), peer)
             .and_then(|id| {
                 MeshConnector::new(
@@ -320,7 +361,6 @@ impl Runtime {
                     crate::balance::RESOLVE_EVERY,
                 )
             })
-            .map(Transport::new)
             .map_err(|e| StartError::config(flag, e))
     }
 
@@ -331,8 +371,14 @@ impl Runtime {
             rows = policy.methods().len(),
             "policy loaded"
         );
+        let meter = self.telemetry.metrics().meter().clone();
+        let shed = crate::shed::ShedLayer::new(self.max_in_flight);
+        crate::observe::shed(&meter, shed.shed_count());
         MeshServer {
-            auth: AuthLayer::new(self.verifier.clone(), policy).with_audit(self.audit),
+            known: KnownMethods::new(policy.methods()),
+            auth: AuthLayer::new(self.verifier.clone(), policy)
+                .with_audit(self.audit)
+                .with_metrics(&meter),
             listener: self.listener,
             addr: self.addr,
             telemetry: self.telemetry,
@@ -345,6 +391,8 @@ impl Runtime {
             extra: Default::default(),
             health_listener: self.health_listener,
             shutdown_grace: self.shutdown_grace,
+            shed,
+            admin_listener: self.admin_listener,
         }
     }
 }

@@ -89,6 +89,12 @@ pub struct MeshServer {
     pub(crate) health_listener: Option<tokio::net::TcpListener>,
     /// How long the calls in flight may run on after shutdown begins.
     pub(crate) shutdown_grace: Duration,
+    /// The server-wide bound on calls in flight.
+    pub(crate) shed: crate::shed::ShedLayer,
+    /// The methods served: the only ones named in metric labels.
+    pub(crate) known: mesh_telemetry::metrics::KnownMethods,
+    /// The admin listener (`/metrics`), when one was asked for.
+    pub(crate) admin_listener: Option<tokio::net::TcpListener>,
 }
 
 /// More gRPC services on the same listener, behind the same layers.
@@ -125,6 +131,13 @@ impl MeshServer {
     pub fn with_renewal(mut self, renewal: Arc<RenewalStatus>) -> Self {
         self.renewal = Some(renewal);
         self
+    }
+
+    /// The admin listener's address (`/metrics`), when one was asked for.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The plaintext health listener's address, when there is one.
@@ -240,6 +253,9 @@ impl MeshServer {
                 }
             }))
         });
+        let _admin = self
+            .admin_listener
+            .map(|listener| crate::admin::serve(listener, self.telemetry.metrics().clone()));
         let mut routes = Routes::new(health_service)
             .add_service(reflection)
             .add_service(api);
@@ -249,7 +265,10 @@ impl MeshServer {
         let _tasks = self.tasks;
         let served = grpc_server(&self.limits)
             // Continue the caller's trace first, so every decision below belongs to it.
-            .layer(self.telemetry.server_layer())
+            .layer(self.telemetry.server_layer(self.known))
+            // Refuse what is over the server's capacity before any work is done for it: a flood
+            // must not buy signature checks or database calls.
+            .layer(self.shed)
             // The caller's deadline, for everything below (key discovery included) and every
             // call the handler makes; DEADLINE_EXCEEDED when it passes.
             .layer(auth_interceptor::deadline::ServerDeadlineLayer::new(

@@ -1,5 +1,5 @@
-//! Logs and traces: the tracing subscriber every binary installs, and OpenTelemetry tracers with
-//! the tower layers that carry W3C trace context across every hop.
+//! Logs, traces and metrics: the tracing subscriber every binary installs, and OpenTelemetry
+//! tracers and meters with the tower layers that carry W3C trace context across every hop.
 //!
 //! This crate knows nothing of authentication or of how a service starts (that is
 //! `mesh-service`); it depends on no auth crate, so anything may use it.
@@ -8,10 +8,14 @@
 //! - [`init`], [`init_with_default`]: the tracing subscriber (`RUST_LOG` filter, JSON or pretty
 //!   lines per `MESH_LOG_FORMAT`).
 //! - [`trace`]: OpenTelemetry tracers per service and the W3C-propagating gRPC layers.
+//! - [`metrics`]: the meter provider beside each tracer, its Prometheus rendering, and the RPC
+//!   duration histograms the trace layers record; [`prom`], reading a scrape back.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod metrics;
+pub mod prom;
 pub mod trace;
 
 use std::io::IsTerminal;

@@ -29,6 +29,8 @@ use opentelemetry_sdk::trace::{
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
+use crate::metrics::{CallTimer, KnownMethods, Metrics};
+
 /// A tracer that could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -40,6 +42,9 @@ pub enum TelemetryError {
         /// Why the exporter refused it.
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    /// The Prometheus reader could not be made.
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// The OTLP exporter and service name, from the OpenTelemetry environment variables.
@@ -61,6 +66,7 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     service: String,
+    metrics: Metrics,
 }
 
 impl Telemetry {
@@ -75,6 +81,7 @@ impl Telemetry {
             .with_service_name(service.clone())
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
+        let metrics = Metrics::new(resource.clone(), flags.otlp_endpoint.as_deref())?;
         let mut builder = SdkTracerProvider::builder().with_resource(resource);
         if let Some(endpoint) = &flags.otlp_endpoint {
             use opentelemetry_otlp::WithExportConfig as _;
@@ -103,7 +110,13 @@ impl Telemetry {
             provider,
             tracer,
             service,
+            metrics,
         })
+    }
+
+    /// The service's metrics (its meter, and their Prometheus rendering).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The `service.name`.
@@ -111,11 +124,13 @@ impl Telemetry {
         &self.service
     }
 
-    /// The server layer: continue the caller's trace, one server span per RPC.
-    pub fn server_layer(&self) -> ServerTraceLayer {
+    /// The server layer: continue the caller's trace, one server span per RPC, and its
+    /// duration in `rpc.server.call.duration` (methods outside `known` labelled `_OTHER`).
+    pub fn server_layer(&self, known: KnownMethods) -> ServerTraceLayer {
         ServerTraceLayer {
             tracer: self.tracer.clone(),
             http: false,
+            metrics: Some((self.metrics.clone(), known)),
         }
     }
 
@@ -125,14 +140,17 @@ impl Telemetry {
         ServerTraceLayer {
             tracer: self.tracer.clone(),
             http: true,
+            metrics: None,
         }
     }
 
     /// The client layer for calls to `peer` (its address, for `server.address`).
+    /// Its duration goes to `rpc.client.call.duration`.
     pub fn client_layer(&self, peer: &str) -> ClientTraceLayer {
         ClientTraceLayer {
             tracer: self.tracer.clone(),
             peer: peer.to_owned(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -161,6 +179,7 @@ impl Telemetry {
         let provider = self.provider.clone();
         let stop = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(grace));
         let _ = tokio::time::timeout(grace + Duration::from_millis(500), stop).await;
+        self.metrics.shutdown(grace).await;
     }
 }
 
@@ -197,7 +216,7 @@ impl Injector for HeaderInjector<'_> {
 }
 
 /// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
-fn rpc_names(path: &str) -> (String, String) {
+pub(crate) fn rpc_names(path: &str) -> (String, String) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let service = parts.next().unwrap_or_default().to_owned();
     let method = parts.next().unwrap_or_default().to_owned();
@@ -241,6 +260,7 @@ type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 pub struct ServerTraceLayer {
     tracer: SdkTracer,
     http: bool,
+    metrics: Option<(Metrics, KnownMethods)>,
 }
 
 impl<S> Layer<S> for ServerTraceLayer {
@@ -251,6 +271,7 @@ impl<S> Layer<S> for ServerTraceLayer {
             inner,
             tracer: self.tracer.clone(),
             http: self.http,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -261,6 +282,7 @@ pub struct ServerTrace<S> {
     inner: S,
     tracer: SdkTracer,
     http: bool,
+    metrics: Option<(Metrics, KnownMethods)>,
 }
 
 impl<S, B, R> Service<Request<B>> for ServerTrace<S>
@@ -281,6 +303,10 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let timer = self
+            .metrics
+            .as_ref()
+            .map(|(metrics, known)| CallTimer::server(metrics, known, request.uri().path()));
         // A malformed or oversized traceparent/baggage is ignored: the request starts a trace.
         let parent = propagator().extract(&HeaderExtractor(request.headers()));
         let (name, mut attributes) = if self.http {
@@ -342,9 +368,17 @@ where
                 }
                 Ok(response) => {
                     let (code, message) = grpc_status(response.headers());
+                    if let Some(timer) = timer {
+                        timer.finish(code);
+                    }
                     finish(&cx, code, message);
                 }
-                Err(_) => finish(&cx, 2, Some("server error".into())),
+                Err(_) => {
+                    if let Some(timer) = timer {
+                        timer.finish(2);
+                    }
+                    finish(&cx, 2, Some("server error".into()));
+                }
             }
             result
         })
@@ -356,6 +390,7 @@ where
 pub struct ClientTraceLayer {
     tracer: SdkTracer,
     peer: String,
+    metrics: Metrics,
 }
 
 impl<S> Layer<S> for ClientTraceLayer {
@@ -366,6 +401,7 @@ impl<S> Layer<S> for ClientTraceLayer {
             inner,
             tracer: self.tracer.clone(),
             peer: self.peer.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -376,6 +412,7 @@ pub struct ClientTrace<S> {
     inner: S,
     tracer: SdkTracer,
     peer: String,
+    metrics: Metrics,
 }
 
 impl<S, B, R> Service<Request<B>> for ClientTrace<S>
@@ -397,6 +434,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let parent = Context::current();
+        let timer = CallTimer::client(&self.metrics, request.uri().path(), &self.peer);
         let (service, method) = rpc_names(request.uri().path());
         let span = self
             .tracer
@@ -416,10 +454,14 @@ where
             match &result {
                 Ok(response) => {
                     let (code, message) = grpc_status(response.headers());
+                    timer.finish(code);
                     finish(&cx, code, message);
                 }
                 // Unreachable peer: UNAVAILABLE.
-                Err(_) => finish(&cx, 14, Some("transport error".into())),
+                Err(_) => {
+                    timer.finish(14);
+                    finish(&cx, 14, Some("transport error".into()));
+                }
             }
             result
         })

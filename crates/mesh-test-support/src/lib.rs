@@ -213,6 +213,17 @@ impl TestMesh {
         Ok(response.access_token)
     }
 
+    /// What `service`'s admin listener serves at `/metrics` now, parsed.
+    pub async fn scrape(&self, service: &str) -> anyhow::Result<mesh_telemetry::prom::Samples> {
+        let addr = self
+            .mesh
+            .metrics_addrs
+            .get(service)
+            .with_context(|| format!("{service} has no admin listener"))?;
+        let client = mesh_service::admin::scrape_client()?;
+        Ok(mesh_service::admin::scrape(&client, &addr.to_string()).await?)
+    }
+
     /// The issuer's current signing key, read from the auth service's database and opened
     /// with its key-encryption key (both are needed), for forging.
     pub async fn issuer_key(&self) -> anyhow::Result<forge::SigningKey> {

@@ -64,6 +64,15 @@ pub fn https_client_config(roots: TrustBundle) -> Result<ClientConfig, TlsError>
     Ok(config)
 }
 
+/// A client config that trusts no server at all: for an HTTP client that only ever speaks plain
+/// HTTP (a metrics scrape) but whose library wants a TLS config to be built.
+pub fn no_tls_client_config() -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 /// Like [`https_client_config`] for gRPC (ALPN `h2`): what a workload uses to reach the CA on
 /// the public listener before it has a certificate of its own.
 pub fn https_grpc_client_config(roots: TrustBundle) -> Result<Arc<ClientConfig>, TlsError> {

@@ -30,6 +30,7 @@ pub struct OrdersApi {
     store: Store,
     exchanger: TokenExchanger,
     inventory: Transport,
+    placed: Option<opentelemetry::metrics::Counter<u64>>,
 }
 
 impl OrdersApi {
@@ -39,7 +40,69 @@ impl OrdersApi {
             store,
             exchanger,
             inventory,
+            placed: None,
         }
+    }
+
+    /// Also counts PlaceOrder outcomes in `mesh.orders.placed`: `confirmed`, `rejected`,
+    /// `pending` (inventory did not answer in time; a retry with the same key finishes it), or
+    /// the gRPC code of a refusal (`unavailable`, `invalid_argument`, ...).
+    pub fn with_metrics(mut self, meter: &opentelemetry::metrics::Meter) -> Self {
+        self.placed = Some(
+            meter
+                .u64_counter("mesh.orders.placed")
+                .with_description("PlaceOrder calls, by outcome")
+                .build(),
+        );
+        self
+    }
+
+    /// PlaceOrder: validated, stored once per idempotency key, reserved as the caller.
+    async fn place(&self, request: Request<PlaceOrderRequest>) -> Result<Response<Order>, Status> {
+        let user = Principal::user(&request)?;
+        let body = request.into_inner();
+        let key = RequestKey::parse("idempotency_key", &body.idempotency_key);
+        let lines = domain::parse_lines(
+            "lines",
+            body.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
+        );
+        let (key, lines) = match (key, lines) {
+            (Ok(key), Ok(lines)) => (key, lines),
+            (key, lines) => {
+                let mut violations: Vec<FieldViolation> = key.err().into_iter().collect();
+                violations.extend(lines.err().unwrap_or_default());
+                return Err(domain::invalid_argument(violations));
+            }
+        };
+        // Act for the caller before storing anything: a token the issuer refuses leaves no order.
+        let authorization = self.delegate(&user).await?;
+        let order = self
+            .store
+            .create_or_get(user.subject(), &key, &lines)
+            .await?;
+        // A retry of an order that already settled returns it as it is: one reservation.
+        let order = if order.state == OrderState::Pending {
+            self.reserve(&authorization, order).await?
+        } else {
+            order
+        };
+        Ok(Response::new(to_proto(order)))
+    }
+
+    fn count_placed(&self, answer: &Result<Response<Order>, Status>) {
+        let Some(placed) = &self.placed else {
+            return;
+        };
+        let outcome = match answer {
+            Ok(order) => match order.get_ref().state() {
+                OrderState::Confirmed => "confirmed".to_owned(),
+                OrderState::Rejected => "rejected".to_owned(),
+                OrderState::Cancelled => "cancelled".to_owned(),
+                _ => "pending".to_owned(),
+            },
+            Err(status) => mesh_telemetry::metrics::code_label(status.code()),
+        };
+        placed.add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]);
     }
 
     /// Reserves the order's stock in inventory as the caller (`authorization`, from
@@ -204,34 +267,9 @@ impl OrdersService for OrdersApi {
         &self,
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let user = Principal::user(&request)?;
-        let body = request.into_inner();
-        let key = RequestKey::parse("idempotency_key", &body.idempotency_key);
-        let lines = domain::parse_lines(
-            "lines",
-            body.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
-        );
-        let (key, lines) = match (key, lines) {
-            (Ok(key), Ok(lines)) => (key, lines),
-            (key, lines) => {
-                let mut violations: Vec<FieldViolation> = key.err().into_iter().collect();
-                violations.extend(lines.err().unwrap_or_default());
-                return Err(domain::invalid_argument(violations));
-            }
-        };
-        // Act for the caller before storing anything: a token the issuer refuses leaves no order.
-        let authorization = self.delegate(&user).await?;
-        let order = self
-            .store
-            .create_or_get(user.subject(), &key, &lines)
-            .await?;
-        // A retry of an order that already settled returns it as it is: one reservation.
-        let order = if order.state == OrderState::Pending {
-            self.reserve(&authorization, order).await?
-        } else {
-            order
-        };
-        Ok(Response::new(to_proto(order)))
+        let answer = self.place(request).await;
+        self.count_placed(&answer);
+        answer
     }
 
     async fn get_order(

@@ -104,7 +104,8 @@ impl ServiceBinary for Application {
         let store = Store::new(mesh_service::Db::open(&args.mesh.db, &store::MIGRATIONS).await?);
         let policy = policy(runtime.trust_domain());
         Ok(Self {
-            api: OrdersApi::new(store, TokenExchanger::new(auth), inventory),
+            api: OrdersApi::new(store, TokenExchanger::new(auth), inventory)
+                .with_metrics(runtime.meter()),
             server: runtime.into_server(policy),
         })
     }

@@ -62,6 +62,8 @@ pub struct HttpState {
     pub refresh_ttl: Duration,
     /// Where logins, grants and refusals are recorded.
     pub audit: crate::audit::IssuerAudit,
+    /// `mesh.tokens.issued`: token endpoint answers by grant type and outcome.
+    pub tokens: opentelemetry::metrics::Counter<u64>,
 }
 
 /// The public router.

@@ -38,6 +38,19 @@ pub(super) async fn token(
         }
     }
     .await;
+    // `precheck` bounded the grant type to the supported ones; outcomes are OAuth2 codes.
+    let grant_type = params.get("grant_type").map_or("", String::as_str);
+    let outcome = match &result {
+        Ok(_) => "issued",
+        Err(error) => error.code,
+    };
+    state.tokens.add(
+        1,
+        &[
+            opentelemetry::KeyValue::new("grant_type", grant_type.to_owned()),
+            opentelemetry::KeyValue::new("outcome", outcome),
+        ],
+    );
     result.unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -9,6 +9,7 @@ mod fuzz;
 mod hop;
 mod identity;
 mod keys;
+mod metrics;
 mod refusals;
 mod replicas;
 mod resilience;

@@ -251,15 +251,38 @@ async fn a_50_ms_deadline_set_by_the_client_is_honoured_end_to_end() {
         .await
         .expect("orders-a");
     let token = mesh.user_token("alice", "orders").await.expect("login");
-    let mut request = bearer(place("deadline-00001", "SKU-001"), &token);
-    request.set_timeout(Duration::from_millis(50));
+    // Spoken by hand over HTTP/2: a tonic client would end the call on its own timer at the
+    // same instant (CANCELLED), hiding the server's answer this test is about.
+    let (send, _connection, _) = raw_h2(&mesh, orders, "orders").await;
+    let mut send = send.ready().await.expect("ready");
+    let mut request = grpc_request("/mesh.orders.v1.OrdersService/PlaceOrder");
+    let headers = request.headers_mut();
+    headers.insert("grpc-timeout", "50m".parse().expect("header"));
+    headers.insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let message = prost::Message::encode_to_vec(&place("deadline-00001", "SKU-001"));
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("size").to_be_bytes());
+    frame.extend_from_slice(&message);
     let started = Instant::now();
-    let refused = orders_at(&mesh, orders)
-        .place_order(request)
-        .await
-        .expect_err("inventory never answers");
+    let (response, mut body) = send.send_request(request, false).expect("sent");
+    body.send_data(bytes::Bytes::from(frame), true)
+        .expect("body");
+    let response = response.await.expect("answered");
     let took = started.elapsed();
-    assert_eq!(refused.code(), Code::DeadlineExceeded, "{refused:?}");
+    // A trailers-only answer carries its status in the headers.
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    assert_eq!(
+        status.as_deref(),
+        Some("4"),
+        "DEADLINE_EXCEEDED: {:?}",
+        response.headers()
+    );
     assert!(
         took < Duration::from_millis(250),
         "answered at the deadline: {took:?}"
@@ -297,68 +320,15 @@ impl Resolve for FixedAnswer {
     }
 }
 
-/// An inventory that is always UNAVAILABLE, counting the calls that reach it.
-#[derive(Clone, Default)]
-struct Failing {
-    calls: Arc<AtomicU64>,
-}
-
-impl Failing {
-    fn refuse<T>(&self) -> Result<Response<T>, Status> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        Err(Status::unavailable("overloaded"))
-    }
-}
-
-#[tonic::async_trait]
-impl InventoryService for Failing {
-    async fn list_items(
-        &self,
-        _: Request<ListItemsRequest>,
-    ) -> Result<Response<ListItemsResponse>, Status> {
-        self.refuse()
-    }
-    async fn get_item(&self, _: Request<GetItemRequest>) -> Result<Response<Item>, Status> {
-        self.refuse()
-    }
-    async fn reserve(
-        &self,
-        _: Request<ReserveRequest>,
-    ) -> Result<Response<ReserveResponse>, Status> {
-        self.refuse()
-    }
-    async fn release(
-        &self,
-        _: Request<ReleaseRequest>,
-    ) -> Result<Response<ReleaseResponse>, Status> {
-        self.refuse()
-    }
-    async fn restock(&self, _: Request<RestockRequest>) -> Result<Response<Item>, Status> {
-        self.refuse()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stay_within_their_budget_under_a_dependency_that_always_fails() {
     let mesh = TestMesh::start().await.expect("mesh");
     // A real mTLS server with inventory's certificate, failing every call.
-    let files = mesh.mesh.tls_files("inventory");
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let listener = mesh_tls::server::TlsListener::mesh(
-        tcp,
-        mesh_tls::Reloadable::load(files.clone()).expect("cert"),
-        files.trust_bundle().expect("roots"),
-    )
-    .expect("listener");
-    let addr = listener.local_addr().expect("addr");
-    let failing = Failing::default();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(InventoryServiceServer::new(failing.clone()))
-            .serve_with_incoming(listener.incoming()),
-    );
+    let failing = Refusing {
+        calls: Arc::default(),
+        overloaded: false,
+    };
+    let addr = inventory_stub(&mesh, failing.clone()).await;
     let balanced = Balanced::new(
         mesh.mesh
             .connector("meshctl", "inventory")
@@ -466,10 +436,13 @@ async fn five_hundred_silent_connections_do_not_keep_a_real_client_out() {
     mesh.stop().await;
 }
 
-/// A raw HTTP/2 connection to inventory over mTLS, as meshctl: for speaking the protocol by hand.
-/// Returns the sender, the connection's task, and the stream limit the server announced.
+/// A raw HTTP/2 connection over mTLS, as meshctl, to `workload` at `addr`: for speaking the
+/// protocol by hand. Returns the sender, the connection's task, and the stream limit the server
+/// announced.
 async fn raw_h2(
     mesh: &TestMesh,
+    addr: SocketAddr,
+    workload: &str,
 ) -> (
     h2::client::SendRequest<bytes::Bytes>,
     tokio::task::JoinHandle<Result<(), h2::Error>>,
@@ -479,13 +452,11 @@ async fn raw_h2(
     let config = mesh_tls::client::mesh_client_config(
         mesh_tls::Reloadable::load(files.clone()).expect("cert"),
         files.trust_bundle().expect("roots"),
-        mesh_tls::identity::SpiffeId::workload(mesh_test_support::TRUST_DOMAIN, "inventory")
+        mesh_tls::identity::SpiffeId::workload(mesh_test_support::TRUST_DOMAIN, workload)
             .expect("id"),
     )
     .expect("config");
-    let tls = mesh_tls::client::connect(mesh.mesh.inventory_addr, config)
-        .await
-        .expect("tls");
+    let tls = mesh_tls::client::connect(addr, config).await.expect("tls");
     let (send, mut connection) = h2::client::handshake(tls).await.expect("h2");
     // The server's SETTINGS come before its answer to a PING.
     let mut ping = connection.ping_pong().expect("ping");
@@ -525,7 +496,7 @@ async fn still_serves(mesh: &TestMesh) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapid_reset_flood_ends_its_connection_and_others_are_still_served() {
     let mesh = TestMesh::start().await.expect("mesh");
-    let (send, connection, _) = raw_h2(&mesh).await;
+    let (send, connection, _) = raw_h2(&mesh, mesh.mesh.inventory_addr, "inventory").await;
     let mut sent = 0;
     for _ in 0..20_000 {
         let Ok(mut ready) = send.clone().ready().await else {
@@ -562,7 +533,8 @@ async fn a_rapid_reset_flood_ends_its_connection_and_others_are_still_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_limit_is_advertised_and_an_oversized_header_list_is_refused() {
     let mesh = TestMesh::start().await.expect("mesh");
-    let (mut send, connection, streams) = raw_h2(&mesh).await;
+    let (mut send, connection, streams) =
+        raw_h2(&mesh, mesh.mesh.inventory_addr, "inventory").await;
     assert_eq!(streams, 128, "the stream limit the server announces");
     send = send.ready().await.expect("ready");
     let mut request = grpc_request("/mesh.inventory.v1.InventoryService/ListItems");
@@ -586,5 +558,232 @@ async fn the_stream_limit_is_advertised_and_an_oversized_header_list_is_refused(
     assert!(refused, "a 32 KiB header list was served");
     drop(connection);
     still_serves(&mesh).await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_at_its_in_flight_limit_sheds_the_next_call_at_once_and_still_answers_health() {
+    let mut mesh = TestMesh::start().await.expect("mesh");
+    // Orders-a runs at most 4 calls; its inventory accepts and never answers, so 4 PlaceOrders
+    // hold every slot until their deadline.
+    let hung = BlackHole::start().await.expect("black hole");
+    let orders = mesh
+        .mesh
+        .start_orders_replica_with("orders-a", &hung.addr.to_string(), |args| {
+            args.mesh.max_in_flight = 4;
+        })
+        .await
+        .expect("orders-a");
+    let token = mesh.user_token("alice", "orders").await.expect("login");
+    let client = orders_at(&mesh, orders);
+    let held: Vec<_> = (0..4)
+        .map(|i| {
+            let mut request = bearer(place(&format!("held-{i:08}"), "SKU-001"), &token);
+            // Long enough that the server's answer, not the client's own timer, ends the call.
+            request.set_timeout(Duration::from_secs(10));
+            let client = client.clone();
+            tokio::spawn(async move { client.clone().place_order(request).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while allowed(&mesh, "orders-a", "/PlaceOrder") < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the 4 calls never reached orders-a"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The fifth call is refused at once, not queued behind the four.
+    for i in 0..3 {
+        let started = Instant::now();
+        let shed = client
+            .clone()
+            .get_order(bearer(
+                GetOrderRequest {
+                    order_id: format!("shed-{i}"),
+                },
+                &token,
+            ))
+            .await
+            .expect_err("over the limit");
+        let took = started.elapsed();
+        assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
+        assert!(shed.message().contains("overloaded"), "{shed:?}");
+        assert!(took < Duration::from_millis(200), "shed at once: {took:?}");
+    }
+    // Shed before authentication: the refused calls left no audit record.
+    assert_eq!(allowed(&mesh, "orders-a", "/GetOrder"), 0);
+    // Health is never shed.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        mesh.mesh
+            .traced_channel("meshctl", "orders", &orders.to_string())
+            .expect("channel"),
+    );
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health answers while the server sheds")
+        .into_inner();
+    assert_eq!(serving.status, 1, "SERVING");
+    // The held calls end on their own (the connect timeout or their deadline), never shed.
+    for call in held {
+        let refused = call
+            .await
+            .expect("task")
+            .expect_err("inventory never answers");
+        assert!(
+            matches!(refused.code(), Code::DeadlineExceeded | Code::Unavailable)
+                && !refused.message().contains("overloaded"),
+            "{refused:?}"
+        );
+    }
+    // The slots are free again: the next call is served (and finds no such order).
+    let served = client
+        .clone()
+        .get_order(bearer(
+            GetOrderRequest {
+                order_id: "after-the-load".into(),
+            },
+            &token,
+        ))
+        .await
+        .expect_err("no such order");
+    assert_eq!(served.code(), Code::NotFound, "{served:?}");
+    drop(hung);
+    mesh.stop().await;
+}
+
+/// An inventory that answers every call as the load shedder does (UNAVAILABLE, marked
+/// overloaded) or as a handler whose dependency is down (UNAVAILABLE, unmarked), counting calls.
+#[derive(Clone)]
+struct Refusing {
+    calls: Arc<AtomicU64>,
+    overloaded: bool,
+}
+
+impl Refusing {
+    fn refuse<T>(&self) -> Result<Response<T>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut status = Status::unavailable("refused");
+        if self.overloaded {
+            status.metadata_mut().insert(
+                mesh_service::shed::OVERLOADED_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        Err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryService for Refusing {
+    async fn list_items(
+        &self,
+        _: Request<ListItemsRequest>,
+    ) -> Result<Response<ListItemsResponse>, Status> {
+        self.refuse()
+    }
+    async fn get_item(&self, _: Request<GetItemRequest>) -> Result<Response<Item>, Status> {
+        self.refuse()
+    }
+    async fn reserve(
+        &self,
+        _: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        self.refuse()
+    }
+    async fn release(
+        &self,
+        _: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        self.refuse()
+    }
+    async fn restock(&self, _: Request<RestockRequest>) -> Result<Response<Item>, Status> {
+        self.refuse()
+    }
+}
+
+/// Serves `service` with inventory's certificate on a loopback port.
+async fn inventory_stub<S: InventoryService>(mesh: &TestMesh, service: S) -> SocketAddr {
+    let files = mesh.mesh.tls_files("inventory");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let listener = mesh_tls::server::TlsListener::mesh(
+        tcp,
+        mesh_tls::Reloadable::load(files.clone()).expect("cert"),
+        files.trust_bundle().expect("roots"),
+    )
+    .expect("listener");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(InventoryServiceServer::new(service))
+            .serve_with_incoming(listener.incoming()),
+    );
+    addr
+}
+
+/// 100 ListItems over a refusing stub and the real inventory: the stub's share of first tries,
+/// the ejections the balancer made, and the calls that failed.
+async fn share_of_a_refusing_replica(mesh: &TestMesh, overloaded: bool) -> (u64, u64, u64) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let stub = inventory_stub(
+        mesh,
+        Refusing {
+            calls: calls.clone(),
+            overloaded,
+        },
+    )
+    .await;
+    let balanced = Balanced::new(
+        mesh.mesh
+            .connector("meshctl", "inventory")
+            .expect("connector"),
+        "inventory.mesh.test:50053",
+        Arc::new(FixedAnswer(vec![stub, mesh.mesh.inventory_addr])),
+        Duration::from_secs(60),
+    )
+    .expect("balanced");
+    let stats = balanced.stats();
+    let client = InventoryServiceClient::new(Transport::new(balanced));
+    let token = mesh.meshctl_token().await.expect("token");
+    let mut failed = 0;
+    for _ in 0..100 {
+        // A refused first try is retried on the real replica while the budget allows.
+        let listed = client
+            .clone()
+            .list_items(bearer(ListItemsRequest::default(), &token))
+            .await;
+        failed += u64::from(listed.is_err());
+    }
+    let first_tries = calls.load(Ordering::Relaxed);
+    (first_tries, BalanceStats::get(&stats.ejections), failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_keeps_answering_overloaded_is_ejected_and_one_whose_dependency_failed_is_not()
+ {
+    let mesh = TestMesh::start().await.expect("mesh");
+    // Overloaded 5 times in a row: ejected for 250 ms, then 500 ms, ...; 100 calls take less
+    // than that, so it sees the 5 that eject it and few more.
+    let (overloaded_share, ejections, failed) = share_of_a_refusing_replica(&mesh, true).await;
+    assert!(ejections >= 1, "ejected");
+    assert_eq!(
+        failed, 0,
+        "each refused try was retried on the other replica"
+    );
+    assert!(
+        overloaded_share <= 15,
+        "an overloaded replica got {overloaded_share} of 100 calls"
+    );
+    // UNAVAILABLE from the handler is the handler's answer about its own dependency: the
+    // replica keeps its share (about half; it would still answer reads).
+    let (unmarked_share, ejections, _) = share_of_a_refusing_replica(&mesh, false).await;
+    assert_eq!(ejections, 0, "not ejected");
+    assert!(
+        unmarked_share >= 25,
+        "a replica with a failed dependency got only {unmarked_share} of 100 calls"
+    );
     mesh.stop().await;
 }
