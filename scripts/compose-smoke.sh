@@ -27,6 +27,7 @@ export MESH_AUTH_HTTPS_PORT='' MESH_AUTH_PORT='' MESH_ORDERS_PORT='' MESH_INVENT
 export MESH_JAEGER_UI_PORT=''
 # PostgreSQL from Debian's package, built below (no registry for the official image).
 export MESH_POSTGRES_IMAGE=zero-trust-mesh-postgres:local
+export MESH_PROMETHEUS_IMAGE=zero-trust-mesh-prometheus:local MESH_PROMETHEUS_PORT=''
 # Short-lived certificates, so that renewals happen while the smoke watches.
 export MESH_CERT_TTL=1m
 
@@ -119,16 +120,18 @@ for binary in auth-service orders-service inventory-service meshctl; do
 done
 cp docker/mesh-init docker/postgres-secrets "$context/"
 
-step "images: debian:bookworm-slim (local), zero-trust-mesh:local, zero-trust-mesh-postgres:local"
+step "images: debian:bookworm-slim (local), zero-trust-mesh:local, zero-trust-mesh-postgres:local, zero-trust-mesh-prometheus:local"
 scripts/local-base-image.sh
 docker build -q -f docker/prebuilt.Dockerfile -t zero-trust-mesh:local "$context" >/dev/null
 docker build -q -t "$MESH_POSTGRES_IMAGE" docker/postgres >/dev/null
+docker build -q -t "$MESH_PROMETHEUS_IMAGE" docker/prometheus >/dev/null
 docker image ls zero-trust-mesh:local
 docker image ls "$MESH_POSTGRES_IMAGE"
+docker image ls "$MESH_PROMETHEUS_IMAGE"
 
-step "up: certs, postgres, auth ×2, inventory ×2, orders ×2, trace sink; all healthy over mTLS"
+step "up: certs, postgres, auth ×2, inventory ×2, orders ×2, trace sink, prometheus; all healthy over mTLS"
 "${compose[@]}" --profile tools down -v --remove-orphans >/dev/null 2>&1 || true
-"${compose[@]}" up -d --no-build auth auth-2 inventory inventory-2 orders orders-2 jaeger
+"${compose[@]}" up -d --no-build auth auth-2 inventory inventory-2 orders orders-2 jaeger prometheus
 for service in postgres auth auth-2 inventory inventory-2 orders orders-2; do
     wait_healthy "$service" 90
     echo "$service: healthy"
@@ -218,6 +221,45 @@ for pair in orders:/PlaceOrder orders-2:/PlaceOrder inventory:/Reserve inventory
     echo "$service: $calls allowed $method"
     [ "${calls:-0}" -gt 0 ] || { failing=$service; fail "$service took no $method: no balancing"; }
 done
+
+step "prometheus: all 6 replicas scraped (up == 1), PlaceOrder served at a rate > 0; meshctl stat"
+prometheus_addr=$("${compose[@]}" port prometheus 9090)
+# One instant query to the real Prometheus; prints the first result's value (empty if none).
+promql() {
+    python3 - "$prometheus_addr" "$1" <<'PY'
+import json, sys, urllib.parse, urllib.request
+url = "http://%s/api/v1/query?query=%s" % (sys.argv[1], urllib.parse.quote(sys.argv[2]))
+try:
+    body = json.load(urllib.request.urlopen(url, timeout=5))
+except OSError:
+    sys.exit(0)
+result = body.get("data", {}).get("result", [])
+print(result[0]["value"][1] if result else "")
+PY
+}
+deadline=$((SECONDS + 90))
+while true; do
+    up=$(promql 'count(up{job=~"auth|orders|inventory"} == 1)')
+    rate=$(promql 'sum(rate(rpc_server_call_duration_seconds_count{job="orders",rpc_method="PlaceOrder"}[1m]))')
+    [ "${up:-0}" = 6 ] && python3 -c "import sys; sys.exit(0 if float(sys.argv[1] or 0) > 0 else 1)" "${rate:-0}" && break
+    if [ "$SECONDS" -ge "$deadline" ]; then
+        failing="prometheus"
+        fail "prometheus: ${up:-0} of 6 targets up, PlaceOrder rate ${rate:-none} after 90 s"
+    fi
+    sleep 3
+done
+echo "prometheus: $up targets up; PlaceOrder at $rate/s"
+alerting=$(python3 - "$prometheus_addr" <<'PY'
+import json, sys, urllib.request
+body = json.load(urllib.request.urlopen("http://%s/api/v1/rules" % sys.argv[1], timeout=5))
+print(sum(r["type"] == "alerting" for g in body["data"]["groups"] for r in g["rules"]))
+PY
+)
+echo "prometheus: $alerting alert rules loaded from deploy/prometheus/rules"
+[ "$alerting" = 7 ] || { failing=prometheus; fail "prometheus loaded $alerting alert rules, not 7"; }
+docker exec "$cli" meshctl stat --interval 3s \
+    --metrics auth-1:9464,auth-2:9464,orders-1:9464,orders-2:9464,inventory-1:9464,inventory-2:9464 ||
+    fail "meshctl stat failed"
 
 placed=$(as_user alice orders place --line SKU-003:1 --idempotency-key smoke-before-crash)
 echo "$placed"

@@ -247,6 +247,14 @@ impl KeyStore {
         }
     }
 
+    /// When the key that signs now started signing (seconds since the epoch).
+    pub fn activated_at(&self) -> u64 {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .activated_at
+    }
+
     /// The id of the key that signs now.
     pub fn current_kid(&self) -> String {
         self.keys

@@ -230,6 +230,18 @@ impl Application {
         runtime.listen_admin(settings.admin_listen).await?;
         runtime.set_shutdown_grace(settings.shutdown_grace);
         runtime.set_max_in_flight(settings.max_in_flight);
+        let signing = Arc::downgrade(&keys);
+        runtime
+            .meter()
+            .u64_observable_gauge("mesh.signing_key.age")
+            .with_description("Seconds since the key that signs tokens now started signing")
+            .with_unit("s")
+            .with_callback(move |gauge| {
+                if let Some(keys) = signing.upgrade() {
+                    gauge.observe(unix_now().saturating_sub(keys.activated_at()), &[]);
+                }
+            })
+            .build();
         let audit = audit::IssuerAudit::new(runtime.audit_log());
         if let Some(ca) = &authority {
             authority::spawn_refresh(Arc::downgrade(ca));

@@ -53,6 +53,9 @@ pub enum Command {
     /// Keep a running mesh busy as several users (orders placed, read, cancelled, and refused
     /// attempts), each action its own trace.
     Loadgen(LoadgenArgs),
+    /// The RED view per service and method (requests/s, success rate, p50/p99, denials by
+    /// reason), read from the services' /metrics.
+    Stat(StatArgs),
     /// Receive OTLP/gRPC traces and draw each one as a waterfall (a collector for the terminal).
     TraceSink {
         /// Where to listen for OTLP/gRPC (plaintext, like a collector's 4317).
@@ -462,6 +465,32 @@ pub struct DemoArgs {
     /// Leave the mesh running after the scenario and print how to reach it.
     #[arg(long)]
     pub keep_running: bool,
+}
+
+/// `meshctl stat`.
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    /// The services' admin listeners (`host:port`, their `MESH_ADMIN_LISTEN`); repeat, or
+    /// comma-separate. Replicas of one service add up.
+    #[arg(long, env = "MESH_METRICS", value_delimiter = ',', required = true)]
+    pub metrics: Vec<String>,
+    /// The window rates are measured over: two scrapes this far apart (`2s`; 100 ms to 10 m).
+    #[arg(long, default_value = "2s", value_parser = stat_interval)]
+    pub interval: std::time::Duration,
+    /// Counts since each service started, from one scrape, instead of rates.
+    #[arg(long)]
+    pub totals: bool,
+    /// Draw the table again and again until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+fn stat_interval(raw: &str) -> Result<std::time::Duration, String> {
+    mesh_service::config::parse_bounded_duration(
+        raw,
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(600),
+    )
 }
 
 /// `meshctl loadgen`.

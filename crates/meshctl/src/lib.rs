@@ -70,6 +70,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ca(command) => identity::run_ca(command).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Loadgen(args) => loadgen::run(args).await,
+        Command::Stat(args) => stat::run(args).await,
         Command::TraceSink { listen } => trace_sink::run(listen).await,
     }
 }

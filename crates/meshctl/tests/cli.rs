@@ -122,6 +122,18 @@ fn bad_flags_exit_64_naming_the_flag() {
         stderr(&bad_name)
     );
 
+    for (args, flag) in [
+        (&["stat"][..], "--metrics"),
+        (
+            &["stat", "--metrics", "127.0.0.1:9", "--interval", "0s"][..],
+            "--interval",
+        ),
+    ] {
+        let refused = meshctl(args);
+        assert_eq!(refused.status.code(), Some(64), "{args:?}");
+        assert!(stderr(&refused).contains(flag), "{}", stderr(&refused));
+    }
+
     let unknown = meshctl(&["frobnicate"]);
     assert_eq!(unknown.status.code(), Some(64));
 
@@ -136,6 +148,11 @@ fn the_demo_runs_every_step_as_expected_and_exits_0() {
     assert!(output.status.success(), "{stdout}\n{}", stderr(&output));
     assert!(stdout.contains("steps behaved as expected"), "{stdout}");
     assert!(!stdout.contains("FAIL"));
+    // It ends with `meshctl stat` over its own services' metrics.
+    assert!(
+        stdout.contains("OrdersService/PlaceOrder") && stdout.contains("not_owner:1"),
+        "{stdout}"
+    );
 }
 
 /// Runs meshctl against a running dev mesh, as a user would in a shell.

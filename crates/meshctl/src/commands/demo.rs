@@ -197,6 +197,18 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     };
     let result = scenario(&mut demo).await;
     audit_report(&mut demo);
+    // What the services counted, from their own /metrics: `meshctl stat` on the demo mesh.
+    let admin: Vec<String> = demo
+        .mesh
+        .metrics_addrs
+        .values()
+        .map(ToString::to_string)
+        .collect();
+    println!("\nmeshctl stat --totals --metrics {}", admin.join(","));
+    match super::stat::snapshot(&admin, std::time::Duration::ZERO, true).await {
+        Ok(table) => print!("{table}"),
+        Err(error) => println!("  stat failed: {error}"),
+    }
     let passed = demo.outcomes.iter().filter(|ok| **ok).count();
     println!(
         "\n{passed}/{} steps behaved as expected.",

@@ -13,6 +13,7 @@ pub mod loadgen;
 pub mod login;
 pub mod orders;
 pub mod secret;
+pub mod stat;
 pub mod token;
 pub mod trace_sink;
 
