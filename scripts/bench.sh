@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures what each layer of Zero-Trust Mesh costs against plain tonic, on this machine, and
 # writes the markdown report to target/bench/report.md (docs/benchmarks.md quotes one):
-#   - mesh-bench run: the six server configurations (closed loop + fixed rate), the PlaceOrder
+#   - mesh-bench run: the seven configurations (closed loop + fixed rate), the PlaceOrder
 #     path with per-hop latency from traces, idle RSS per service, RSS per mTLS connection;
 #   - cargo bench -p mesh-bench: criterion benches (token verification per algorithm and cached,
 #     policy lookup, audit append, service-token issuance over mTLS).

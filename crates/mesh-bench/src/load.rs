@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tonic::transport::Channel;
+use tonic::codegen::{Body, Bytes, StdError};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -58,8 +58,37 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+/// What the load is driven through: a tonic channel, or a client stack around one.
+pub trait Connection:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Future: Send,
+        Error: Into<StdError>,
+        ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> Connection for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Future: Send,
+            Error: Into<StdError>,
+            ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Drives `shape` over `channels` (one per connection), each call carrying `token`.
-pub async fn drive(channels: &[Channel], token: &str, shape: Shape) -> anyhow::Result<Measured> {
+pub async fn drive<T: Connection>(
+    channels: &[T],
+    token: &str,
+    shape: Shape,
+) -> anyhow::Result<Measured> {
     anyhow::ensure!(!channels.is_empty(), "no connections");
     let header = auth_interceptor::BearerToken::new(token)?;
     let start = Instant::now();

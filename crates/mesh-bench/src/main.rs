@@ -35,7 +35,7 @@ enum Command {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        /// OTLP/gRPC receiver for configurations 5 and 6.
+        /// OTLP/gRPC receiver for configurations 5 to 7.
         #[arg(long)]
         otlp: Option<String>,
     },

@@ -8,12 +8,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use auth_interceptor::client::Transport;
+use auth_interceptor::deadline::ClientDeadlineLayer;
 use mesh_dev::sink::TraceSink;
+use mesh_service::balance::{Balanced, Dns};
+use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
 use mesh_tls::client::MeshConnector;
 use mesh_tls::{Reloadable, SpiffeId};
 use tonic::transport::{Channel, Endpoint};
+use tower::Layer as _;
 
-use crate::load::{Measured, Shape, drive};
+use crate::load::{Connection, Measured, Shape, drive};
 use crate::material::{Material, SERVER};
 use crate::procstat;
 use crate::server::Config;
@@ -120,7 +125,7 @@ pub async fn run(
     closed: Shape,
     open: Shape,
 ) -> anyhow::Result<(Vec<Row>, u64)> {
-    // The collector for configurations 5 and 6: counts spans and drops them.
+    // The collector for configurations 5 to 7: counts spans and drops them.
     let sink = TraceSink::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let otlp = listener.local_addr()?;
@@ -143,49 +148,46 @@ pub async fn run(
     let mut rows = Vec::new();
     for &config in configs {
         let server = ServerProcess::start(config, material, Some(otlp))?;
-        let channels = connect(config, material, server.addr, closed.connections).await?;
-        // Warm up (connections, handshakes, caches, allocator), then measure.
-        drive(
-            &channels,
-            &token,
-            Shape {
-                duration: closed.warmup,
-                warmup: Duration::ZERO,
-                ..closed
-            },
-        )
-        .await?;
-        let cpu_before = procstat::cpu_seconds(server.pid())?;
-        let closed_run = drive(
-            &channels,
-            &token,
-            Shape {
-                warmup: Duration::ZERO,
-                ..closed
-            },
-        )
-        .await?;
-        let cpu = procstat::cpu_seconds(server.pid())? - cpu_before;
-        let open_channels = connect(config, material, server.addr, open.connections).await?;
-        let open_run = drive(&open_channels, &token, open).await?;
-        let rss = procstat::rss_bytes(server.pid())?;
-        eprintln!(
-            "  {:<36} {:>9.0} calls/s  p50 {:.3} ms  p99 {:.3} ms  | fixed rate p50 {:.3} ms  p99 {:.3} ms  ({} errors)",
-            config.label(),
-            closed_run.throughput(),
-            closed_run.quantile_ms(0.5),
-            closed_run.quantile_ms(0.99),
-            open_run.quantile_ms(0.5),
-            open_run.quantile_ms(0.99),
-            closed_run.errors + open_run.errors,
-        );
-        rows.push(Row {
-            config,
-            cpu_us_per_call: cpu * 1e6 / closed_run.ok.max(1) as f64,
-            closed: closed_run,
-            open: open_run,
-            rss,
-        });
+        let row = if config == Config::Client {
+            // The client side's spans go to the same collector, as a service's would.
+            let telemetry = Telemetry::new(
+                &TelemetryFlags {
+                    otlp_endpoint: Some(format!("http://{otlp}")),
+                    service_name: Some("bench-client".into()),
+                },
+                "bench-client",
+            )?;
+            let closed_stacks =
+                client_stacks(material, server.addr, closed.connections, &telemetry)?;
+            let open_stacks = client_stacks(material, server.addr, open.connections, &telemetry)?;
+            let row = measure(
+                config,
+                &server,
+                &closed_stacks,
+                &open_stacks,
+                &token,
+                closed,
+                open,
+            )
+            .await?;
+            telemetry.shutdown(Duration::from_secs(3)).await;
+            row
+        } else {
+            let closed_channels =
+                connect(config, material, server.addr, closed.connections).await?;
+            let open_channels = connect(config, material, server.addr, open.connections).await?;
+            measure(
+                config,
+                &server,
+                &closed_channels,
+                &open_channels,
+                &token,
+                closed,
+                open,
+            )
+            .await?
+        };
+        rows.push(row);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     spans.fetch_add(sink.drain() as u64, Ordering::Relaxed);
@@ -193,4 +195,91 @@ pub async fn run(
     let _ = stop.send(());
     let _ = server.await;
     Ok((rows, spans.load(Ordering::Relaxed)))
+}
+
+/// `connections` client stacks to `addr`, each the stack `Runtime::client` gives a service
+/// (trace, deadline, a balancer with retries and ejection), each balancer on its own connection.
+pub fn client_stacks(
+    material: &Material,
+    addr: SocketAddr,
+    connections: usize,
+    telemetry: &Telemetry,
+) -> anyhow::Result<Vec<Transport>> {
+    let mut stacks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let files = material.client_files();
+        let roots = files.trust_bundle()?;
+        let connector = MeshConnector::new(
+            Reloadable::load(files)?,
+            roots,
+            SpiffeId::workload("mesh.local", SERVER)?,
+        )?;
+        let target = addr.to_string();
+        let balanced = Balanced::new(
+            connector,
+            &target,
+            Arc::new(Dns),
+            mesh_service::balance::RESOLVE_EVERY,
+        )?;
+        stacks.push(Transport::new(
+            telemetry
+                .client_layer(&target)
+                .layer(ClientDeadlineLayer.layer(Transport::new(balanced))),
+        ));
+    }
+    Ok(stacks)
+}
+
+/// One configuration measured: warm-up, the closed loop (with the server's CPU), then the
+/// fixed rate.
+async fn measure<T: Connection>(
+    config: Config,
+    server: &ServerProcess,
+    closed_channels: &[T],
+    open_channels: &[T],
+    token: &str,
+    closed: Shape,
+    open: Shape,
+) -> anyhow::Result<Row> {
+    // Warm up (connections, handshakes, caches, allocator), then measure.
+    drive(
+        closed_channels,
+        token,
+        Shape {
+            duration: closed.warmup,
+            warmup: Duration::ZERO,
+            ..closed
+        },
+    )
+    .await?;
+    let cpu_before = procstat::cpu_seconds(server.pid())?;
+    let closed_run = drive(
+        closed_channels,
+        token,
+        Shape {
+            warmup: Duration::ZERO,
+            ..closed
+        },
+    )
+    .await?;
+    let cpu = procstat::cpu_seconds(server.pid())? - cpu_before;
+    let open_run = drive(open_channels, token, open).await?;
+    let rss = procstat::rss_bytes(server.pid())?;
+    eprintln!(
+        "  {:<40} {:>9.0} calls/s  p50 {:.3} ms  p99 {:.3} ms  | fixed rate p50 {:.3} ms  p99 {:.3} ms  ({} errors)",
+        config.label(),
+        closed_run.throughput(),
+        closed_run.quantile_ms(0.5),
+        closed_run.quantile_ms(0.99),
+        open_run.quantile_ms(0.5),
+        open_run.quantile_ms(0.99),
+        closed_run.errors + open_run.errors,
+    );
+    Ok(Row {
+        config,
+        cpu_us_per_call: cpu * 1e6 / closed_run.ok.max(1) as f64,
+        closed: closed_run,
+        open: open_run,
+        rss,
+    })
 }

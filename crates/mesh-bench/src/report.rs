@@ -15,7 +15,7 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Fixed rate of the open-loop runs.
     pub rate: f64,
-    /// Spans the receiver got during configurations 5 and 6.
+    /// Spans the receiver got during configurations 5 to 7.
     pub spans: u64,
     /// The PlaceOrder scenario.
     pub hops: Vec<Hop>,
@@ -67,7 +67,7 @@ impl Report {
                 .sum();
             let _ = writeln!(
                 out,
-                "\nFailed calls: {errors}. Spans received by the OTLP receiver (configurations 5 and 6): {}.\n",
+                "\nFailed calls: {errors}. Spans received by the OTLP receiver (configurations 5 to 7): {}.\n",
                 self.spans
             );
         }

@@ -33,19 +33,23 @@ pub enum Config {
     Jwt,
     /// + OpenTelemetry server spans, 100 % sampled, batch-exported over OTLP/gRPC.
     Otel,
-    /// + the HMAC-chained audit log: the stack exactly as the services run it.
+    /// + the audit log and the server deadline layer: the server stack the services run.
     Full,
+    /// The full server, called through the client stack every service call goes through
+    /// (`Runtime::client`: trace, deadline, balancer with retries and ejection).
+    Client,
 }
 
 impl Config {
     /// Every configuration, in order.
-    pub const ALL: [Config; 6] = [
+    pub const ALL: [Config; 7] = [
         Config::Plain,
         Config::Mtls,
         Config::JwtNoCache,
         Config::Jwt,
         Config::Otel,
         Config::Full,
+        Config::Client,
     ];
 
     /// A short label for tables.
@@ -56,7 +60,8 @@ impl Config {
             Config::JwtNoCache => "3. + JWT verify, cache off",
             Config::Jwt => "4. + verified-token cache",
             Config::Otel => "5. + OpenTelemetry (100 %, batch)",
-            Config::Full => "6. full stack (+ audit log)",
+            Config::Full => "6. full stack (+ audit log, deadline)",
+            Config::Client => "7. + client layers (deadline, balancer)",
         }
     }
 
@@ -124,7 +129,7 @@ pub async fn serve(
     let policy =
         Policy::new(crate::material::TRUST_DOMAIN).allow(METHOD, Rule::token().scope(SCOPE));
     let audit = match config {
-        Config::Full => Some(Arc::new(AuditLog::open(
+        Config::Full | Config::Client => Some(Arc::new(AuditLog::open(
             "bench",
             &material.dir().join("audit.log"),
             &material.audit_key(),
@@ -132,7 +137,7 @@ pub async fn serve(
         _ => None,
     };
     let telemetry = match config {
-        Config::Otel | Config::Full => Some(Telemetry::new(
+        Config::Otel | Config::Full | Config::Client => Some(Telemetry::new(
             &TelemetryFlags {
                 otlp_endpoint,
                 service_name: Some("bench".into()),
@@ -150,9 +155,23 @@ pub async fn serve(
     };
     ready(addr);
     match &telemetry {
+        Some(telemetry) if config == Config::Otel => {
+            server
+                .layer(telemetry.server_layer(KnownMethods::new([METHOD])))
+                .layer(auth)
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(listener.incoming(), shutdown)
+                .await?;
+            telemetry.shutdown(std::time::Duration::from_secs(3)).await;
+        }
+        // The layers in MeshServer's order. (Its load shedding never applies to health checks,
+        // the method measured here, so it is left out.)
         Some(telemetry) => {
             server
                 .layer(telemetry.server_layer(KnownMethods::new([METHOD])))
+                .layer(auth_interceptor::deadline::ServerDeadlineLayer::new(
+                    limits.request_timeout,
+                ))
                 .layer(auth)
                 .add_service(health_service)
                 .serve_with_incoming_shutdown(listener.incoming(), shutdown)
