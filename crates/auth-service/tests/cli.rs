@@ -23,6 +23,7 @@ fn auth_service(env: &[(&str, &str)]) -> Output {
         "MESH_DB",
         "MESH_SHUTDOWN_GRACE",
         "MESH_MAX_IN_FLIGHT",
+        "OTEL_METRICS_EXPORTER",
     ] {
         command.env_remove(key);
     }
@@ -75,6 +76,14 @@ fn limits_out_of_their_range_exit_64_naming_the_flag() {
     ] {
         assert_exit_64_naming(&[env], flag);
     }
+}
+
+#[test]
+fn an_unknown_metrics_exporter_exits_64_naming_the_flag() {
+    assert_exit_64_naming(
+        &[("OTEL_METRICS_EXPORTER", "prometheus")],
+        "--metrics-exporter",
+    );
 }
 
 #[test]

@@ -154,6 +154,7 @@ pub async fn run(
                 &TelemetryFlags {
                     otlp_endpoint: Some(format!("http://{otlp}")),
                     service_name: Some("bench-client".into()),
+                    metrics_exporter: mesh_telemetry::trace::MetricsExporter::None,
                 },
                 "bench-client",
             )?;

@@ -141,6 +141,7 @@ pub async fn serve(
             &TelemetryFlags {
                 otlp_endpoint,
                 service_name: Some("bench".into()),
+                metrics_exporter: mesh_telemetry::trace::MetricsExporter::None,
             },
             "bench",
         )?),

@@ -199,6 +199,8 @@ impl DevMesh {
         let telemetry_flags = TelemetryFlags {
             otlp_endpoint: Some(otlp.clone()),
             service_name: None,
+            // The in-process receiver takes traces only.
+            metrics_exporter: mesh_telemetry::trace::MetricsExporter::None,
         };
         let mut auth_args = auth_service::Args {
             listen: "127.0.0.1:0".parse()?,
@@ -312,6 +314,8 @@ impl DevMesh {
                 &TelemetryFlags {
                     otlp_endpoint: Some(otlp),
                     service_name: Some("meshctl".into()),
+                    // The in-process receiver takes traces only.
+                    metrics_exporter: mesh_telemetry::trace::MetricsExporter::None,
                 },
                 "meshctl",
             )?,

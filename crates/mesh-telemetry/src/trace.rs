@@ -56,6 +56,20 @@ pub struct TelemetryFlags {
     /// `service.name` of this process's spans (default: the binary's service name).
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub service_name: Option<String>,
+    /// Where metrics go besides `/metrics`: `otlp` (the OTLP endpoint above, the default) or
+    /// `none` (a collector that takes traces only, such as Jaeger).
+    #[arg(long, env = "OTEL_METRICS_EXPORTER", value_enum, default_value_t = MetricsExporter::Otlp)]
+    pub metrics_exporter: MetricsExporter,
+}
+
+/// `OTEL_METRICS_EXPORTER`'s values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsExporter {
+    /// Push over OTLP to `OTEL_EXPORTER_OTLP_ENDPOINT`, when it is set.
+    #[default]
+    Otlp,
+    /// Do not push; Prometheus scrapes `/metrics`.
+    None,
 }
 
 /// A service's tracer. Spans are batched and exported in the background (bounded queue of 2,048;
@@ -81,7 +95,11 @@ impl Telemetry {
             .with_service_name(service.clone())
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
-        let metrics = Metrics::new(resource.clone(), flags.otlp_endpoint.as_deref())?;
+        let metrics_endpoint = match flags.metrics_exporter {
+            MetricsExporter::Otlp => flags.otlp_endpoint.as_deref(),
+            MetricsExporter::None => None,
+        };
+        let metrics = Metrics::new(resource.clone(), metrics_endpoint)?;
         let mut builder = SdkTracerProvider::builder().with_resource(resource);
         if let Some(endpoint) = &flags.otlp_endpoint {
             use opentelemetry_otlp::WithExportConfig as _;
