@@ -25,6 +25,22 @@ pub struct Event<'a> {
     pub actor: &'a str,
 }
 
+/// The longest name recorded as it was given. Names in refusals come from strangers (a failed
+/// login's username may be 16 KiB): past this they are cut, and the cut is marked.
+pub const MAX_RECORDED_NAME: usize = 128;
+
+/// `name`, cut to [`MAX_RECORDED_NAME`] bytes at a character boundary, with `…` when cut.
+fn bounded(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() <= MAX_RECORDED_NAME {
+        return name.into();
+    }
+    let mut end = MAX_RECORDED_NAME;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &name[..end]).into()
+}
+
 /// Where the issuer's decisions go: the service's audit chain, when one is configured.
 #[derive(Debug, Clone, Default)]
 pub struct IssuerAudit {
@@ -40,6 +56,12 @@ impl IssuerAudit {
     /// Records a decision that grants something. An error means the record was not written,
     /// and the grant must not be handed out (fail closed, like the mesh layer).
     pub fn grant(&self, event: Event<'_>) -> Result<(), AuditError> {
+        let (subject, client) = (bounded(event.subject), bounded(event.client));
+        let event = Event {
+            subject: &subject,
+            client: &client,
+            ..event
+        };
         tracing::info!(target: "audit", decision = event.decision, reason = event.reason, method = event.method, subject = event.subject, client = event.client, actor = event.actor);
         self.append(&event)
     }
@@ -47,6 +69,12 @@ impl IssuerAudit {
     /// Records a refusal or a revocation: it stands whether or not the record is written, so a
     /// write failure is logged, not returned.
     pub fn refusal(&self, event: Event<'_>) {
+        let (subject, client) = (bounded(event.subject), bounded(event.client));
+        let event = Event {
+            subject: &subject,
+            client: &client,
+            ..event
+        };
         tracing::warn!(target: "audit", decision = event.decision, reason = event.reason, method = event.method, subject = event.subject, client = event.client, actor = event.actor);
         if let Err(error) = self.append(&event) {
             tracing::error!(%error, "audit record of a refusal not written");
@@ -67,5 +95,21 @@ impl IssuerAudit {
             peer: "",
             trace_id: &current_trace_id(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_names_are_cut_at_a_character_boundary_and_marked() {
+        assert_eq!(super::bounded("alice"), "alice");
+        let long = "é".repeat(10_000);
+        let cut = super::bounded(&long);
+        assert!(
+            cut.len() <= super::MAX_RECORDED_NAME + '…'.len_utf8(),
+            "{}",
+            cut.len()
+        );
+        assert!(cut.ends_with('…'));
     }
 }

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
+use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use mesh_tls::SpiffeId;
 
 use crate::settings::ClientConfig;
@@ -166,18 +166,17 @@ impl Registry {
 
     /// Checks a client secret. Unknown clients, clients without a secret and wrong secrets all
     /// take one Argon2 verification and answer `None`. Call from a blocking thread.
-    pub fn authenticate(&self, client_id: &str, secret: &str) -> Option<&Client> {
+    pub fn authenticate(
+        &self,
+        client_id: &str,
+        secret: &str,
+        slot: &mut crate::passwords::HashSlot,
+    ) -> Option<&Client> {
         let client = self.by_id.get(client_id);
         let hash = client
             .and_then(|c| c.secret_hash.as_deref())
             .unwrap_or(&self.dummy_hash);
-        let matches = PasswordHash::new(hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(secret.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false);
+        let matches = slot.verify(hash, secret.as_bytes());
         match client {
             Some(c) if matches && c.secret_hash.is_some() => Some(c),
             _ => None,
@@ -233,22 +232,27 @@ mod tests {
         );
     }
 
-    #[test]
-    fn secrets_are_checked_against_the_hash_and_unknown_clients_fail_the_same_way() {
+    #[tokio::test]
+    async fn secrets_are_checked_against_the_hash_and_unknown_clients_fail_the_same_way() {
         let registry = registry();
+        let slots = crate::passwords::HashSlots::new(1);
+        let slot = &mut slots
+            .take(std::time::Duration::from_secs(1))
+            .await
+            .expect("slot");
         assert!(
             registry
-                .authenticate("meshctl", "meshctl-demo-secret")
+                .authenticate("meshctl", "meshctl-demo-secret", slot)
                 .is_some()
         );
         assert!(
             registry
-                .authenticate("meshctl", "wrong-secret-value")
+                .authenticate("meshctl", "wrong-secret-value", slot)
                 .is_none()
         );
         assert!(
             registry
-                .authenticate("nobody", "meshctl-demo-secret")
+                .authenticate("nobody", "meshctl-demo-secret", slot)
                 .is_none()
         );
     }

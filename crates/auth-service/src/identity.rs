@@ -29,6 +29,8 @@ const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// The CA's API, on both listeners.
 #[derive(Debug, Clone)]
 pub struct IdentityApi {
+    /// Wrong join tokens are guesses, limited per address like wrong secrets.
+    pub(crate) limiter: crate::ratelimit::FailureLimiter,
     /// The CA; `None` when this auth service holds none (certificates come from elsewhere).
     pub(crate) authority: Option<Arc<AuthorityStore>>,
     pub(crate) tokens: JoinTokens,
@@ -94,6 +96,44 @@ impl IdentityApi {
                 Ok(id.clone())
             }
             Caller::JoinToken => {
+                // Reserved before the lookup and its audit record: a flood of made-up tokens
+                // from one address buys its allowance of records, then 429s.
+                let addr = request
+                    .extensions()
+                    .get::<mesh_tls::PeerIdentity>()
+                    .and_then(|p| p.remote_addr)
+                    .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| {
+                        a.ip()
+                    });
+                let attempt = self
+                    .limiter
+                    .begin(&[crate::ratelimit::FailureLimiter::address(addr)])
+                    .await
+                    .map_err(|refused| {
+                        Status::resource_exhausted(format!(
+                            "join_token: too many failed attempts from this address; retry in {} s",
+                            refused.retry_after().as_secs().max(1)
+                        ))
+                    })?;
+                let decided = self.redeem_join_token(caller, body).await;
+                match &decided {
+                    Ok(_) => attempt.succeeded(),
+                    Err(status) if status.code() == tonic::Code::Unavailable => attempt.succeeded(),
+                    Err(_) => attempt.failed(),
+                }
+                decided
+            }
+        }
+    }
+
+    /// The identity a join token names, spending it.
+    async fn redeem_join_token(
+        &self,
+        caller: &Caller,
+        body: &CertifyRequest,
+    ) -> Result<SpiffeId, Status> {
+        {
+            {
                 if body.join_token.is_empty() {
                     return Err(self.refuse(
                         caller,

@@ -28,7 +28,8 @@
 //! - [`identity`]: `mesh.identity.v1`, the CA's API (certify, join tokens, CA rotation).
 //! - [`issuer`]: minting tokens.
 //! - [`http`]: the public OAuth2/OIDC endpoints.
-//! - [`ratelimit`]: the failed-client-authentication limiter.
+//! - [`ratelimit`]: the failed-authentication limiter (per address and account, reserved first).
+//! - [`passwords`]: Argon2 checks in a few slots, each with its own reused memory.
 //! - [`revocations`]: the revocation log followed, for the verifiers' stream and the issuer's own
 //!   verifiers.
 //! - [`grpc`]: the mesh API.
@@ -48,6 +49,7 @@ pub mod issuer;
 pub mod join;
 pub mod keys;
 pub mod local;
+pub mod passwords;
 pub mod ratelimit;
 pub mod revocations;
 pub mod sealing;
@@ -263,7 +265,11 @@ impl Application {
                 nudge,
             );
         }
+        // One limiter for every door where a stranger can present a guess: the login form, the
+        // token endpoint and the CA's join-token door.
+        let limiter = FailureLimiter::new(config.rate_limit.settings());
         let identity = Arc::new(identity::IdentityApi {
+            limiter: limiter.clone(),
             authority: authority.clone(),
             tokens,
             audit: audit.clone(),
@@ -303,10 +309,7 @@ impl Application {
             users: Arc::new(users::Users::new(config)),
             grants,
             verifiers: verifiers.clone(),
-            limiter: Arc::new(FailureLimiter::new(
-                config.rate_limit.max_failures,
-                Duration::from_secs(config.rate_limit.window_secs),
-            )),
+            limiter: limiter.clone(),
             ttl,
             refresh_ttl: settings::ttl(config.refresh_token_ttl_secs),
             audit,

@@ -290,22 +290,79 @@ fn default_exchange_ttl() -> u64 {
     60
 }
 
-/// The failed-authentication limiter's settings.
+/// The failed-authentication limiter's settings (see [`crate::ratelimit`] for what each bounds).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// Failures allowed per window (default 10).
-    pub max_failures: u32,
+    /// Failures allowed per source address (an IPv6 /64) and window (default 100: many users
+    /// behind one NAT share it). `max_failures` is the name it had before accounts were limited.
+    #[serde(default = "default_per_address", alias = "max_failures")]
+    pub max_failures_per_address: u32,
+    /// Failures allowed per account (client id or username) and window, from any address
+    /// (default 10).
+    #[serde(default = "default_per_account")]
+    pub max_failures_per_account: u32,
     /// Window length in seconds (default 60).
+    #[serde(default = "default_window")]
     pub window_secs: u64,
+    /// Password hashes computed at once (default 2; each Argon2id check of our parameters holds
+    /// ~19 MiB while it runs).
+    #[serde(default = "default_concurrent_hashes")]
+    pub concurrent_hashes: u32,
+}
+
+fn default_per_address() -> u32 {
+    100
+}
+
+fn default_per_account() -> u32 {
+    10
+}
+
+fn default_window() -> u64 {
+    60
+}
+
+fn default_concurrent_hashes() -> u32 {
+    2
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
-            max_failures: 10,
-            window_secs: 60,
+            max_failures_per_address: default_per_address(),
+            max_failures_per_account: default_per_account(),
+            window_secs: default_window(),
+            concurrent_hashes: default_concurrent_hashes(),
         }
+    }
+}
+
+impl RateLimitConfig {
+    /// The limiter's settings.
+    pub fn settings(&self) -> crate::ratelimit::LimitSettings {
+        crate::ratelimit::LimitSettings {
+            per_address: self.max_failures_per_address,
+            per_account: self.max_failures_per_account,
+            window: std::time::Duration::from_secs(self.window_secs),
+            concurrent_hashes: self.concurrent_hashes,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(1..=100_000).contains(&self.max_failures_per_address) {
+            return Err("rate_limit.max_failures_per_address must be between 1 and 100000".into());
+        }
+        if !(1..=100_000).contains(&self.max_failures_per_account) {
+            return Err("rate_limit.max_failures_per_account must be between 1 and 100000".into());
+        }
+        if !(1..=86_400).contains(&self.window_secs) {
+            return Err("rate_limit.window_secs must be between 1 and 86400".into());
+        }
+        if !(1..=64).contains(&self.concurrent_hashes) {
+            return Err("rate_limit.concurrent_hashes must be between 1 and 64".into());
+        }
+        Ok(())
     }
 }
 
@@ -361,6 +418,7 @@ impl AuthConfig {
     }
 
     fn check(&self) -> Result<(), String> {
+        self.rate_limit.check()?;
         if !(10..=86_400).contains(&self.access_token_ttl_secs) {
             return Err("access_token_ttl_secs must be between 10 and 86400".into());
         }
@@ -404,13 +462,8 @@ impl AuthConfig {
                 ));
             }
             for uri in &client.redirect_uris {
-                let ok = (uri.starts_with("https://") || uri.starts_with("http://127.0.0.1"))
-                    && !uri.contains('#');
-                if !ok {
-                    return Err(format!(
-                        "client {id:?}: redirect_uri {uri:?} must be https or http://127.0.0.1, without fragment"
-                    ));
-                }
+                check_redirect_uri(uri)
+                    .map_err(|why| format!("client {id:?}: redirect_uri {uri:?}: {why}"))?;
             }
             if client.grant_types.iter().any(|g| g == "client_credentials")
                 && client.secret_hash.is_none()
@@ -455,6 +508,35 @@ impl AuthConfig {
     }
 }
 
+/// A registered redirect URI: an absolute `https` URL with a host, or a loopback `http` URL for
+/// native apps (RFC 8252 §7.3: the literal `127.0.0.1` or `[::1]`, any port); never user
+/// information (`http://127.0.0.1@evil.example/` sends the code to evil.example), never a
+/// fragment (RFC 6749 §3.1.2), and written the way a URL parser writes it back, so the string
+/// compared at login is the URL the browser goes to.
+pub fn check_redirect_uri(raw: &str) -> Result<(), &'static str> {
+    let url = url::Url::parse(raw).map_err(|_| "not an absolute URL")?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry user information");
+    }
+    if url.fragment().is_some() || raw.contains('#') {
+        return Err("must not have a fragment");
+    }
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => {}
+        ("http", Some(url::Host::Ipv4(ip)))
+            if ip.is_loopback() && ip.octets() == [127, 0, 0, 1] => {}
+        ("http", Some(url::Host::Ipv6(ip))) if ip.is_loopback() => {}
+        ("http", _) => {
+            return Err("http is allowed only for the loopback address 127.0.0.1 or [::1]");
+        }
+        _ => return Err("must be https (or loopback http)"),
+    }
+    if url.as_str() != raw && url.as_str() != format!("{raw}/") {
+        return Err("must be written in its normal form (as a URL parser writes it back)");
+    }
+    Ok(())
+}
+
 /// The grant types the token endpoint knows.
 pub const GRANT_TYPES: [&str; 3] = ["client_credentials", "authorization_code", "refresh_token"];
 
@@ -489,6 +571,54 @@ mod tests {
         let config = AuthConfig::parse(text).expect("the example config is valid");
         assert!(config.clients.iter().any(|c| c.client_id == "orders"));
         assert_eq!(config.access_token_ttl_secs, 300);
+    }
+
+    #[test]
+    fn redirect_uris_that_could_send_a_code_elsewhere_are_refused_at_load() {
+        for good in [
+            "http://127.0.0.1:8976/callback",
+            "http://[::1]:8976/cb",
+            "https://app.example/cb",
+            "https://app.example",
+        ] {
+            assert_eq!(check_redirect_uri(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "http://127.0.0.1.evil.example/cb",
+            "http://127.0.0.1@evil.example/",
+            "https://user:pw@app.example/cb",
+            "http://localhost:8976/cb",
+            "http://127.0.0.2/cb",
+            "https://app.example/cb#frag",
+            "https://app.example/cb#",
+            "HTTPS://App.Example/cb",
+            "ftp://app.example/cb",
+            "/cb",
+        ] {
+            assert!(check_redirect_uri(bad).is_err(), "{bad} accepted");
+        }
+        let config = "[[clients]]\nclient_id = \"x\"\ngrant_types = [\"authorization_code\"]\n\
+                      redirect_uris = [\"http://127.0.0.1@evil.example/\"]\n";
+        let refused = AuthConfig::parse(config).expect_err("refused");
+        assert!(refused.contains("redirect_uri"), "{refused}");
+    }
+
+    #[test]
+    fn rate_limits_out_of_range_are_refused_and_the_old_name_still_reads() {
+        let old = "[rate_limit]\nmax_failures = 7\nwindow_secs = 30\n";
+        let config = AuthConfig::parse(old).expect("old name");
+        assert_eq!(config.rate_limit.max_failures_per_address, 7);
+        assert_eq!(config.rate_limit.max_failures_per_account, 10);
+        for bad in [
+            "max_failures_per_account = 0",
+            "max_failures_per_address = 0",
+            "window_secs = 0",
+            "concurrent_hashes = 0",
+            "concurrent_hashes = 65",
+        ] {
+            let text = format!("[rate_limit]\n{bad}\n");
+            assert!(AuthConfig::parse(&text).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

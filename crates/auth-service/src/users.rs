@@ -2,8 +2,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
-
 use crate::settings::AuthConfig;
 
 /// A user, as tokens see them.
@@ -58,16 +56,15 @@ impl Users {
 
     /// Checks a password; unknown users and wrong passwords both take one Argon2 verification.
     /// Call from a blocking thread.
-    pub fn authenticate(&self, username: &str, password: &str) -> Option<User> {
+    pub fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+        slot: &mut crate::passwords::HashSlot,
+    ) -> Option<User> {
         let entry = self.by_name.get(username);
         let hash = entry.map_or(self.dummy_hash.as_str(), |(hash, _)| hash.as_str());
-        let matches = PasswordHash::new(hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false);
+        let matches = slot.verify(hash, password.as_bytes());
         entry.filter(|_| matches).map(|(_, user)| user.clone())
     }
 }

@@ -1,4 +1,5 @@
-//! The auth-service binary refuses bad configuration with exit code 64 and names the flag.
+//! The auth-service binary as operators run it: it refuses bad configuration with exit code 64
+//! naming the flag, and its memory stays bounded under a flood of guesses.
 
 use std::process::{Command, Output};
 
@@ -209,4 +210,124 @@ fn bad_config_files_and_values_exit_64_naming_the_flag() {
         }
         assert_exit_64_naming(&env, flag);
     }
+}
+
+/// Peak resident set of a process, bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_parallel_wrong_secrets_leave_the_processes_peak_memory_bounded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let certs = dir.path().join("certs");
+    let names: Vec<String> = mesh_tls::certs::DEFAULT_WORKLOADS
+        .iter()
+        .map(|n| (*n).to_owned())
+        .collect();
+    mesh_tls::certs::CertAuthority::generate("mesh.local")
+        .expect("ca")
+        .write_dir(&certs, &names, false)
+        .expect("certs");
+    let kek = dir.path().join("auth.kek");
+    auth_interceptor::audit::write_new_key(&kek).expect("kek");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let issuer = format!("https://localhost:{port}");
+    let config =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/auth.example.toml");
+    let child = Command::new(env!("CARGO_BIN_EXE_auth-service"))
+        .env_clear()
+        .env("MESH_TLS_CERT", certs.join("auth.pem"))
+        .env("MESH_TLS_KEY", certs.join("auth.key"))
+        .env("MESH_TLS_CA", certs.join("ca.pem"))
+        .env("MESH_ISSUER", &issuer)
+        .env("MESH_DB", dir.path().join("auth.db"))
+        .env("MESH_AUTH_CONFIG", &config)
+        .env("MESH_KEK_FILE", &kek)
+        .env("MESH_LISTEN", "127.0.0.1:0")
+        .env("MESH_PUBLIC_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start auth-service");
+    let auth = Killed(child);
+    let pid = auth.0.id();
+
+    let roots = mesh_tls::material::load_trust_bundle(&certs.join("ca.pem")).expect("bundle");
+    // h2 offered, so the 64 requests share one connection once the first has answered.
+    let tls = mesh_tls::client::https_grpc_client_config(roots).expect("tls");
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .build()
+        .expect("client");
+    let discovery = format!("{issuer}/.well-known/openid-configuration");
+    let mut up = false;
+    for _ in 0..100 {
+        if let Ok(answer) = http.get(&discovery).send().await {
+            assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "auth-service did not answer on {issuer}");
+    let guess = |secret: &'static str| {
+        let http = http.clone();
+        let url = format!("{issuer}/oauth2/token");
+        async move {
+            http.post(url)
+                .basic_auth("meshctl", Some(secret))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("audience", "inventory"),
+                ])
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
+        }
+    };
+    // One right secret first: the peak then already holds one hash and the service's warm state.
+    assert_eq!(guess("meshctl-demo-secret").await, 200);
+    let before = peak_rss(pid);
+    let answers = futures_util::future::join_all((0..64).map(|_| guess("not-the-secret"))).await;
+    let after = peak_rss(pid);
+    let hashed = answers.iter().filter(|s| **s == 401).count();
+    assert!(hashed <= 10, "{hashed} wrong secrets hashed: {answers:?}");
+    assert!(
+        answers.iter().all(|s| *s == 401 || *s == 429),
+        "{answers:?}"
+    );
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "64 parallel wrong secrets: {hashed} hashed, peak RSS +{} KiB",
+        grown >> 10
+    );
+    assert!(
+        grown < 100 << 20,
+        "peak RSS grew by {} MiB under 64 parallel wrong secrets",
+        grown >> 20
+    );
 }

@@ -11,6 +11,7 @@ use super::{AUTHORIZE_PATH, HttpState, parse_form};
 use crate::audit::Event;
 use crate::clients::{Client, GrantError};
 use crate::grants::CodeGrant;
+use crate::ratelimit::{FailureLimiter, Refused};
 
 /// How long an authorization code lives.
 const CODE_LIFETIME_SECS: i64 = 60;
@@ -132,6 +133,17 @@ fn validate(
     })
 }
 
+/// What a person is told when the limiter refuses, in words they can act on.
+fn too_many_sentence(refused: Refused) -> &'static str {
+    match refused {
+        Refused::Blocked(_) => {
+            "Too many failed sign-in attempts for this account or from this network. \
+             Wait a minute, then try again."
+        }
+        Refused::Busy => "The sign-in service is busy. Try again in a few seconds.",
+    }
+}
+
 pub(super) async fn page(State(state): State<HttpState>, RawQuery(query): RawQuery) -> Response {
     let params = match parse_form(query.unwrap_or_default().as_bytes()) {
         Ok(params) => params,
@@ -157,26 +169,41 @@ pub(super) async fn login(
         Ok(request) => request,
         Err(refusal) => return refusal.into_response(),
     };
-    if state.limiter.blocked(addr).is_some() {
-        return page_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            &login_page(
-                &request.client,
-                &params,
-                Some("Too many failed attempts. Try again later."),
-            ),
-        );
-    }
     let username = params.get("username").cloned().unwrap_or_default();
     let password = params.get("password").cloned().unwrap_or_default();
+    // Reserved before the hash, per address and per account: parallel guesses cannot buy more
+    // hashes than the allowance, and one account cannot be guessed from many addresses.
+    let address = FailureLimiter::address(addr);
+    let account = state.limiter.account("user", &username);
+    let refused_page = |refused| {
+        page_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &login_page(&request.client, &params, Some(too_many_sentence(refused))),
+        )
+    };
+    let attempt = match state.limiter.begin(&[address, account]).await {
+        Ok(attempt) => attempt,
+        Err(refused) => return refused_page(refused),
+    };
+    let slot = match state.limiter.hash_slot().await {
+        Ok(slot) => slot,
+        Err(refused) => {
+            // No guess was checked: a wait for a hash slot is not a failure.
+            attempt.succeeded();
+            return refused_page(refused);
+        }
+    };
     let users = state.users.clone();
     let name = username.clone();
-    let user = tokio::task::spawn_blocking(move || users.authenticate(&name, &password))
-        .await
-        .ok()
-        .flatten();
+    let user = tokio::task::spawn_blocking(move || {
+        let mut slot = slot;
+        users.authenticate(&name, &password, &mut slot)
+    })
+    .await
+    .ok()
+    .flatten();
     let Some(user) = user else {
-        state.limiter.record_failure(addr);
+        attempt.failed();
         state.audit.refusal(Event {
             decision: "deny",
             reason: "bad_credentials",
@@ -194,6 +221,7 @@ pub(super) async fn login(
             ),
         );
     };
+    attempt.succeeded();
     let scopes =
         match request
             .client

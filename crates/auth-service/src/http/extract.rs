@@ -12,8 +12,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use mesh_tls::PeerIdentity;
 
-use super::{HttpState, OAuthError, authenticate_client, form_body};
+use super::{Authenticated, HttpState, OAuthError, authenticate_client, form_body};
 use crate::clients::Client;
+use crate::ratelimit::Attempt;
 
 /// A form POST to an OAuth2 endpoint: who sent it (for rate limiting) and its parameters, each
 /// present once (a repeated parameter or another content type is `invalid_request`).
@@ -63,8 +64,7 @@ pub(super) trait Endpoint: Send + Sync + 'static {
 }
 
 /// A request whose client authenticated with exactly one method (`client_secret_basic`,
-/// `client_secret_post`, or a public client's `client_id`), behind the per-address failure
-/// limit. Extracting it is the whole opening of the token, revocation and introspection
+/// `client_secret_post`, or a public client's `client_id`), behind the failure limiter. Extracting it is the whole opening of the token, revocation and introspection
 /// handlers.
 #[derive(Debug)]
 pub(super) struct ClientAuth<E> {
@@ -72,6 +72,9 @@ pub(super) struct ClientAuth<E> {
     pub client: Client,
     /// The form parameters.
     pub params: HashMap<String, String>,
+    /// A public client's attempt, open until its grant is checked: the handler settles it
+    /// (dropped, it counts as a failure).
+    pub unproven: Option<Attempt>,
     endpoint: PhantomData<E>,
 }
 
@@ -81,12 +84,14 @@ impl<E: Endpoint> FromRequest<HttpState> for ClientAuth<E> {
     async fn from_request(request: Request, state: &HttpState) -> Result<Self, Response> {
         let form = OAuthForm::from_request(request, state).await?;
         E::precheck(&form.params).map_err(IntoResponse::into_response)?;
-        let client = authenticate_client(state, form.addr, &form.headers, &form.params, E::PATH)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let Authenticated { client, unproven } =
+            authenticate_client(state, form.addr, &form.headers, &form.params, E::PATH)
+                .await
+                .map_err(IntoResponse::into_response)?;
         Ok(Self {
             client,
             params: form.params,
+            unproven,
             endpoint: PhantomData,
         })
     }

@@ -27,7 +27,7 @@ use crate::clients::{Client, Registry};
 use crate::grants::Grants;
 use crate::issuer::Issuer;
 use crate::local::LocalVerifiers;
-use crate::ratelimit::FailureLimiter;
+use crate::ratelimit::{Attempt, FailureLimiter, Refused};
 use crate::users::Users;
 
 /// Path of the JWKS document.
@@ -54,8 +54,8 @@ pub struct HttpState {
     pub grants: Grants,
     /// Verifies our own tokens (revocation, introspection).
     pub verifiers: Arc<LocalVerifiers>,
-    /// Failed client and user authentications per address.
-    pub limiter: Arc<FailureLimiter>,
+    /// Failed client and user authentications per address and account.
+    pub limiter: FailureLimiter,
     /// Access-token lifetime.
     pub ttl: Duration,
     /// Refresh-token lifetime.
@@ -160,12 +160,15 @@ impl OAuthError {
         }
     }
 
-    fn too_many(retry: Duration) -> Self {
+    fn too_many(refused: Refused) -> Self {
         Self {
             status: StatusCode::TOO_MANY_REQUESTS,
             code: "temporarily_unavailable",
-            description: "too many failed authentications; retry later",
-            retry_after: Some(retry.as_secs().max(1)),
+            description: match refused {
+                Refused::Blocked(_) => "too many failed authentications; retry later",
+                Refused::Busy => "too many authentications at once; retry later",
+            },
+            retry_after: Some(refused.retry_after().as_secs().max(1)),
         }
     }
 
@@ -290,52 +293,103 @@ fn presented(
     }
 }
 
-/// Authenticates the client of a token, revocation or introspection request. Failures are
-/// counted per address and limited before any hash is computed.
+/// A client that authenticated, and for a public client the attempt still open: a public
+/// client proves nothing until its code or refresh token is checked, so a wrong one is a failed
+/// authentication like a wrong secret, and the handler settles it.
+pub(crate) struct Authenticated {
+    pub(crate) client: Client,
+    pub(crate) unproven: Option<Attempt>,
+}
+
+/// Authenticates the client of a token, revocation or introspection request. The attempt is
+/// reserved with the limiter (per address, and per client id for a secret) before any hash is
+/// computed, and the hash runs in one of the limiter's few slots.
 async fn authenticate_client(
     state: &HttpState,
     addr: IpAddr,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     endpoint: &'static str,
-) -> Result<Client, OAuthError> {
+) -> Result<Authenticated, OAuthError> {
     let presented = presented(headers, params)?;
-    if let Some(retry) = state.limiter.blocked(addr) {
-        return Err(OAuthError::too_many(retry));
-    }
-    let (client, client_id) = match presented {
+    let address = FailureLimiter::address(addr);
+    let (attempt, client, client_id) = match presented {
         Presented::Secret { client_id, secret } => {
-            // Argon2 is deliberately slow: keep it off the async workers.
+            let account = state.limiter.account("client", &client_id);
+            let attempt = state
+                .limiter
+                .begin(&[address, account])
+                .await
+                .map_err(OAuthError::too_many)?;
+            let slot = match state.limiter.hash_slot().await {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    // No guess was checked: a wait for a hash slot is not a failure.
+                    attempt.succeeded();
+                    return Err(OAuthError::too_many(refused));
+                }
+            };
+            // Argon2 is deliberately slow: keep it off the async workers. The slot moves into
+            // the task, so it is held exactly as long as the hash runs.
             let registry = state.registry.clone();
             let id = client_id.clone();
-            let client =
-                tokio::task::spawn_blocking(move || registry.authenticate(&id, &secret).cloned())
-                    .await
-                    .ok()
-                    .flatten();
-            (client, client_id)
+            let client = tokio::task::spawn_blocking(move || {
+                let mut slot = slot;
+                registry.authenticate(&id, &secret, &mut slot).cloned()
+            })
+            .await
+            .ok()
+            .flatten();
+            (attempt, client, client_id)
         }
         Presented::Public { client_id } => {
+            let attempt = state
+                .limiter
+                .begin(&[address])
+                .await
+                .map_err(OAuthError::too_many)?;
             let client = state
                 .registry
                 .get(&client_id)
                 .filter(|c| c.is_public())
                 .cloned();
-            (client, client_id)
+            if let Some(client) = client {
+                return Ok(Authenticated {
+                    client,
+                    unproven: Some(attempt),
+                });
+            }
+            (attempt, None, client_id)
         }
-        Presented::Nothing => (None, String::new()),
+        Presented::Nothing => {
+            let attempt = state
+                .limiter
+                .begin(&[address])
+                .await
+                .map_err(OAuthError::too_many)?;
+            (attempt, None, String::new())
+        }
     };
-    client.ok_or_else(|| {
-        state.limiter.record_failure(addr);
-        state.audit.refusal(crate::audit::Event {
-            decision: "deny",
-            reason: "invalid_client",
-            method: endpoint,
-            client: &client_id,
-            ..Default::default()
-        });
-        OAuthError::invalid_client()
-    })
+    match client {
+        Some(client) => {
+            attempt.succeeded();
+            Ok(Authenticated {
+                client,
+                unproven: None,
+            })
+        }
+        None => {
+            attempt.failed();
+            state.audit.refusal(crate::audit::Event {
+                decision: "deny",
+                reason: "invalid_client",
+                method: endpoint,
+                client: &client_id,
+                ..Default::default()
+            });
+            Err(OAuthError::invalid_client())
+        }
+    }
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1).

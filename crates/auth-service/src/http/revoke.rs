@@ -28,8 +28,17 @@ impl Endpoint for IntrospectEndpoint {
 /// endpoint cannot be used to probe for valid tokens.
 pub(super) async fn revoke(
     State(state): State<HttpState>,
-    ClientAuth { client, params, .. }: ClientAuth<RevokeEndpoint>,
+    ClientAuth {
+        client,
+        params,
+        unproven,
+        ..
+    }: ClientAuth<RevokeEndpoint>,
 ) -> Response {
+    // Revoking answers the same for any token (RFC 7009 §2.2): there is nothing to guess.
+    if let Some(attempt) = unproven {
+        attempt.succeeded();
+    }
     let result = async {
         let token = params
             .get("token")

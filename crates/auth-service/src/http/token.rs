@@ -20,7 +20,12 @@ use crate::issuer::{IssuedToken, TokenRequest};
 /// The token endpoint; the client is authenticated by [`ClientAuth`] before this runs.
 pub(super) async fn token(
     State(state): State<HttpState>,
-    ClientAuth { client, params, .. }: ClientAuth<TokenEndpoint>,
+    ClientAuth {
+        client,
+        params,
+        unproven,
+        ..
+    }: ClientAuth<TokenEndpoint>,
 ) -> Response {
     let result = async {
         // `precheck` made sure it is there and supported.
@@ -38,6 +43,14 @@ pub(super) async fn token(
         }
     }
     .await;
+    // A public client proved itself only if its code or refresh token held: a wrong one is a
+    // guess, limited like a wrong secret.
+    if let Some(attempt) = unproven {
+        match &result {
+            Err(error) if error.code == "invalid_grant" => attempt.failed(),
+            _ => attempt.succeeded(),
+        }
+    }
     // `precheck` bounded the grant type to the supported ones; outcomes are OAuth2 codes.
     let grant_type = params.get("grant_type").map_or("", String::as_str);
     let outcome = match &result {

@@ -8,6 +8,7 @@ mod flow;
 mod fuzz;
 mod hop;
 mod identity;
+mod issuer_limits;
 mod keys;
 mod metrics;
 mod refusals;
