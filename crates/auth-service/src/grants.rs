@@ -268,7 +268,14 @@ impl Grants {
                 0
             };
             if marked == 0 {
-                revoke_family_in(&mut tx, &stored.family_id, now, self.session_horizon).await?;
+                revoke_family_in(
+                    &self.db,
+                    &mut tx,
+                    &stored.family_id,
+                    now,
+                    self.session_horizon,
+                )
+                .await?;
                 tx.commit().await?;
                 self.revoked.send_replace(());
                 return Ok(Err(RedeemError::Reused));
@@ -316,7 +323,7 @@ impl Grants {
     /// inactive by introspection.
     pub async fn revoke_family(&self, family_id: &str, now: i64) -> Result<(), sqlx::Error> {
         let mut tx = self.db.begin_write().await?;
-        revoke_family_in(&mut tx, family_id, now, self.session_horizon).await?;
+        revoke_family_in(&self.db, &mut tx, family_id, now, self.session_horizon).await?;
         tx.commit().await?;
         self.revoked.send_replace(());
         Ok(())
@@ -340,7 +347,7 @@ impl Grants {
         .execute(&mut *tx)
         .await?;
         let covered_until = expires_at + VERIFIER_LEEWAY.as_secs() as i64;
-        log_revocation(&mut tx, "token", jti, covered_until, now).await?;
+        log_revocation(&self.db, &mut tx, "token", jti, covered_until, now).await?;
         tx.commit().await?;
         self.revoked.send_replace(());
         Ok(())
@@ -464,14 +471,19 @@ impl CodeGrantRow {
 /// the tokens it covers.
 const VERIFIER_LEEWAY: Duration = Duration::from_secs(30);
 
-/// Appends a row to the revocation log, in the transaction that revokes.
+/// Appends a row to the revocation log, in the transaction that revokes. Appenders are
+/// serialized ([`Db::serialize`]) so rows become visible in sequence order: the streams and the
+/// issuer's own list follow the log by "sequence above my cursor" and would skip, for good, a
+/// lower sequence that committed after a higher one.
 async fn log_revocation(
+    db: &Db,
     tx: &mut mesh_service::Tx,
     kind: &str,
     value: &str,
     expires_at: i64,
     now: i64,
 ) -> Result<(), sqlx::Error> {
+    db.serialize(tx, "revocations").await?;
     sqlx::query(
         "INSERT INTO revocations (kind, value, expires_at, revoked_at) VALUES ($1, $2, $3, $4)",
     )
@@ -485,6 +497,7 @@ async fn log_revocation(
 }
 
 async fn revoke_family_in(
+    db: &Db,
     tx: &mut mesh_service::Tx,
     family_id: &str,
     now: i64,
@@ -499,7 +512,7 @@ async fn revoke_family_in(
     .await?;
     if newly.rows_affected() > 0 {
         let covered_until = now + horizon.as_secs() as i64;
-        log_revocation(tx, "session", family_id, covered_until, now).await?;
+        log_revocation(db, tx, "session", family_id, covered_until, now).await?;
     }
     sqlx::query(
         "UPDATE access_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",

@@ -213,13 +213,23 @@ impl Db {
     /// a transaction-scoped advisory lock on the name.
     pub async fn begin_serialized(&self, name: &str) -> Result<Tx, sqlx::Error> {
         let mut tx = self.begin_write().await?;
+        self.serialize(&mut tx, name).await?;
+        Ok(tx)
+    }
+
+    /// From here to its commit, `tx` runs alone among the transactions serialized on `name`.
+    /// For appends to a log that readers follow by sequence number: PostgreSQL assigns an
+    /// identity value at INSERT but shows the row at COMMIT, so two appenders can commit out of
+    /// order and a reader whose cursor passed the later number never sees the earlier row.
+    /// Serialized appenders commit in sequence order. SQLite's write lock does this already.
+    pub async fn serialize(&self, tx: &mut Tx, name: &str) -> Result<(), sqlx::Error> {
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::text")
                 .bind(name)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
-        Ok(tx)
+        Ok(())
     }
 
     /// What ends a `SELECT` whose rows the transaction is about to update: `FOR UPDATE` on
@@ -240,23 +250,36 @@ const POSTGRES_WAIT: Duration = Duration::from_secs(10);
 /// Connects once to `raw` to see that the server is there and lets us in, retrying for
 /// [`POSTGRES_WAIT`] while the server cannot be reached. A refusal that waiting cannot mend (a
 /// wrong password, an unknown database or role) ends the wait at once; either way the error is
-/// the server's own, not a pool timeout.
+/// the server's own, not a pool timeout. Each attempt is bounded by what is left of the wait:
+/// a server that accepts the connection and never answers (sqlx sets no timeout of its own)
+/// ends the start within the wait too.
 async fn wait_for_postgres(url: &DbUrl, raw: &str) -> Result<(), StartError> {
     let deadline = tokio::time::Instant::now() + POSTGRES_WAIT;
     loop {
-        match sqlx::AnyConnection::connect(raw).await {
-            Ok(connection) => {
+        let attempt = tokio::time::timeout_at(deadline, sqlx::AnyConnection::connect(raw)).await;
+        match attempt {
+            Ok(Ok(connection)) => {
                 let _ = connection.close().await;
                 return Ok(());
             }
-            Err(error @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut))
+            Ok(Err(error @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)))
                 if tokio::time::Instant::now() < deadline =>
             {
                 tracing::warn!(db = %url, %error, "database not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 return Err(StartError::config("--db", format!("{url}: {error}")));
+            }
+            Err(_) => {
+                return Err(StartError::config(
+                    "--db",
+                    format!(
+                        "{url}: no answer within {} s (the server accepted the connection but \
+                         did not speak)",
+                        POSTGRES_WAIT.as_secs()
+                    ),
+                ));
             }
         }
     }

@@ -239,6 +239,99 @@ async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_
     a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(Backend::Postgres).await;
 }
 
+/// Fifty logins signed out at once, half through each auth replica: every one of their access
+/// tokens is refused at orders 2 s later. On PostgreSQL the revocation log's sequence numbers are
+/// assigned at INSERT and seen at COMMIT; unless appends are serialized, a lower number that
+/// commits after a higher one is skipped by every follower for good.
+async fn fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later(backend: Backend) {
+    let Some(mut mesh) = mesh_on(backend).await else {
+        return;
+    };
+    let (_, second) = mesh
+        .mesh
+        .start_auth_replica("auth-2")
+        .await
+        .expect("auth-2");
+    let mut sessions = Vec::new();
+    for n in 0..50 {
+        let user = if n % 2 == 0 { "alice" } else { "bob" };
+        sessions.push(mesh.login(user, "orders").await.expect("login"));
+    }
+    let https = mesh.https().expect("https");
+    let issuers = [
+        mesh.mesh.issuer.clone(),
+        format!("https://localhost:{}", second.port()),
+    ];
+    futures_util::future::join_all(sessions.iter().enumerate().map(|(n, session)| {
+        let (https, issuer) = (https.clone(), issuers[n % 2].clone());
+        let refresh = session.refresh_token.clone().expect("a refresh token");
+        async move {
+            mesh_dev::oauth::revoke(&https, &issuer, &refresh)
+                .await
+                .expect("sign out");
+        }
+    }))
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut orders = OrdersServiceClient::new(mesh.orders_channel("meshctl").expect("channel"));
+    let mut still_accepted = 0;
+    for session in &sessions {
+        let answer = orders
+            .list_orders(bearer(ListOrdersRequest::default(), &session.access_token))
+            .await;
+        if !matches!(&answer, Err(status) if status.code() == tonic::Code::Unauthenticated) {
+            still_accepted += 1;
+        }
+    }
+    assert_eq!(
+        still_accepted, 0,
+        "{still_accepted} of 50 signed-out sessions still accepted ({backend:?})"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later_on_sqlite() {
+    fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later_on_postgres() {
+    fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later(Backend::Postgres).await;
+}
+
+/// A "database" that accepts the TCP connection and never says a word (a black-holed port, a
+/// proxy without a backend) ends the start within the documented 10 s wait, as exit 64 naming
+/// `--db`: sqlx's connect has no timeout of its own, and hung there for ever before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_accepts_and_never_answers_stops_the_start_within_the_wait() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let url = mesh_service::DbUrl::Postgres(format!("postgres://mesh@{addr}/inventory"));
+    let started = std::time::Instant::now();
+    let opened = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        mesh_service::Db::open(&url, &inventory_service::store::MIGRATIONS),
+    )
+    .await
+    .expect("the start ends within the wait, not never");
+    let error = opened.expect_err("nobody answers");
+    assert!(error.is_config(), "exit 64: {error}");
+    let message = error.to_string();
+    assert!(message.starts_with("--db: "), "{message}");
+    assert!(message.contains("no answer within 10 s"), "{message}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(12));
+    silent.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_does_not_exist_stops_the_start_with_exit_64_naming_db() {
     let Some(server) = mesh_test_support::postgres::PgServer::start(&[])
