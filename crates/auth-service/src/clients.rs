@@ -29,6 +29,7 @@ pub struct Client {
     audiences: Vec<String>,
     scopes: Vec<String>,
     redirect_uris: Vec<String>,
+    acts_for: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Client {
@@ -66,6 +67,25 @@ impl Client {
         } else {
             Err(GrantError::Scope)
         }
+    }
+
+    /// The scopes of a token this workload gets by exchanging a user's token: like
+    /// [`Client::grant`], narrowed to what the subject token's scopes let it do for the user
+    /// (`acts_for`). A user who may only read orders cannot be turned into one who reserves stock
+    /// by the service acting for them.
+    pub fn grant_for_subject(
+        &self,
+        audience: &str,
+        requested: &[String],
+        subject_scopes: &[String],
+    ) -> Result<Vec<String>, GrantError> {
+        let delegable = subject_scopes
+            .iter()
+            .filter_map(|s| self.acts_for.get(s))
+            .flatten()
+            .cloned()
+            .collect();
+        self.grant_for_user(audience, requested, &delegable)
     }
 
     /// Whether the client may use `grant` on the token endpoint.
@@ -125,6 +145,7 @@ impl Registry {
                 audiences: config.audiences.clone(),
                 scopes: config.scopes.clone(),
                 redirect_uris: config.redirect_uris.clone(),
+                acts_for: config.acts_for.clone(),
             };
             if let Some(id) = &client.spiffe_id {
                 by_spiffe.insert(id.clone(), client.client_id.clone());

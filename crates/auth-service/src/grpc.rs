@@ -229,9 +229,20 @@ impl AuthService for MeshApi {
                 "subject_token_already_exchanged",
             ));
         }
-        let scopes = client
+        client
             .grant(&body.audience, &body.scopes)
             .map_err(grant_status)?;
+        // What the caller may hold is not enough: the user's token must let it act so.
+        let scopes = client
+            .grant_for_subject(&body.audience, &body.scopes, &subject.scopes)
+            .map_err(|_| {
+                refused(
+                    Status::permission_denied(
+                        "scopes: the user's token does not let the caller act with these scopes",
+                    ),
+                    "scope_not_delegated",
+                )
+            })?;
         let remaining = subject.expires_at.saturating_sub(crate::unix_now());
         let lifetime = self.exchange_ttl.min(Duration::from_secs(remaining));
         if lifetime.is_zero() {

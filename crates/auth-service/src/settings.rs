@@ -392,6 +392,12 @@ pub struct ClientConfig {
     /// Redirect URIs for the authorization-code flow, matched exactly.
     #[serde(default)]
     pub redirect_uris: Vec<String>,
+    /// What this workload may do downstream for a user, by the scopes of the user's token:
+    /// `"orders:write" = ["inventory:reserve"]` lets orders reserve for a user whose token may
+    /// write orders, and no one else. An exchanged token carries only scopes that some scope of
+    /// the subject token maps to here (and the client holds).
+    #[serde(default)]
+    pub acts_for: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl ClientConfig {
@@ -464,6 +470,13 @@ impl AuthConfig {
             for uri in &client.redirect_uris {
                 check_redirect_uri(uri)
                     .map_err(|why| format!("client {id:?}: redirect_uri {uri:?}: {why}"))?;
+            }
+            for (user_scope, downstream) in &client.acts_for {
+                if let Some(scope) = downstream.iter().find(|s| !client.scopes.contains(s)) {
+                    return Err(format!(
+                        "client {id:?}: acts_for {user_scope:?} maps to {scope:?}, which the client does not hold"
+                    ));
+                }
             }
             if client.grant_types.iter().any(|g| g == "client_credentials")
                 && client.secret_hash.is_none()

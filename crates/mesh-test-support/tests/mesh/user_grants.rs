@@ -378,3 +378,47 @@ async fn logout_revokes_the_refresh_family_and_introspection_needs_a_confidentia
     assert_eq!(public.status().as_u16(), 401);
     mesh.stop().await;
 }
+
+/// A user whose token may only read orders cannot be made a writer through the exchange: orders
+/// holds `inventory:reserve`, but its registration's `acts_for` gives it that scope only for users
+/// whose token may write orders. The token is signed by the issuer's own key, as a login of a
+/// read-only user would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_users_token_is_not_exchanged_for_a_reservation() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let key = mesh.issuer_key().await.expect("issuer key");
+    let token_with = |scope: &str| {
+        let claims = mesh_test_support::forge::claims(&mesh.mesh.issuer, "orders", scope);
+        key.sign(&key.header(), &claims)
+    };
+    let mut as_orders = AuthServiceClient::new(mesh.auth_channel("orders").expect("channel"));
+    let exchange = |subject: String, scopes: &[&str]| ExchangeTokenRequest {
+        subject_token: subject,
+        audience: "inventory".into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let read_only = token_with("orders:read");
+    let refused = as_orders
+        .exchange_token(exchange(read_only.clone(), &["inventory:reserve"]))
+        .await
+        .expect_err("a reader is not made a writer");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // Asking for nothing in particular gives only what the user's token lets orders do.
+    let narrowed = as_orders
+        .exchange_token(exchange(read_only, &[]))
+        .await
+        .expect("reads may be delegated")
+        .into_inner();
+    assert_eq!(narrowed.scopes, vec!["inventory:read".to_owned()]);
+    // A user who may write orders lets orders reserve for them.
+    let writer = as_orders
+        .exchange_token(exchange(
+            token_with("orders:read orders:write"),
+            &["inventory:reserve"],
+        ))
+        .await
+        .expect("a writer's order may reserve")
+        .into_inner();
+    assert_eq!(writer.scopes, vec!["inventory:reserve".to_owned()]);
+    mesh.stop().await;
+}
