@@ -289,11 +289,6 @@ impl Attempt {
     pub fn failed(self) {
         drop(self);
     }
-
-    /// The limiter, for a hash slot.
-    pub fn limiter(&self) -> &FailureLimiter {
-        &self.limiter
-    }
 }
 
 impl Drop for Attempt {

@@ -43,7 +43,7 @@ fn has_record(mesh: &TestMesh, decision: &str, reason: &str) -> bool {
 }
 
 /// The CA on the auth service's public listener, reached with no client certificate.
-fn public_identity(mesh: &TestMesh) -> IdentityClient<tonic::transport::Channel> {
+pub(crate) fn public_identity(mesh: &TestMesh) -> IdentityClient<tonic::transport::Channel> {
     let bundle = mesh
         .mesh
         .tls_files("meshctl")

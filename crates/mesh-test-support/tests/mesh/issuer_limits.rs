@@ -10,7 +10,6 @@ use futures_util::future::join_all;
 use mesh_dev::devmesh::MESHCTL_DEMO_SECRET;
 use mesh_dev::oauth::{self as login, CLIENT_ID, REDIRECT_URI};
 use mesh_proto::identity::v1::CertifyRequest;
-use mesh_proto::identity::v1::identity_client::IdentityClient;
 use mesh_test_support::TestMesh;
 
 const GRANT: &str = "grant_type=client_credentials&audience=inventory";
@@ -218,19 +217,9 @@ fn audit_records(mesh: &TestMesh, reason: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_join_tokens_at_the_public_door_are_limited_per_address() {
     let mesh = TestMesh::start().await.expect("mesh");
-    let bundle = mesh
-        .mesh
-        .tls_files("meshctl")
-        .trust_bundle()
-        .expect("bundle");
-    let config = mesh_tls::client::https_grpc_client_config(bundle).expect("config");
-    let channel = mesh_tls::client::channel(
-        &format!("localhost:{}", mesh.mesh.auth_public_addr.port()),
-        config,
-    )
-    .expect("channel");
+    let public = crate::identity::public_identity(&mesh);
     let certify = |token: &'static str| {
-        let mut client = IdentityClient::new(channel.clone());
+        let mut client = public.clone();
         async move {
             client
                 .certify(CertifyRequest {
