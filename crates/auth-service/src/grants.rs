@@ -65,6 +65,10 @@ pub struct Family {
     pub client_id: String,
     /// The user.
     pub username: String,
+    /// What the login granted, space-separated: a refresh may ask for less, never more.
+    pub scope: String,
+    /// The audience of the login: a refresh keeps it.
+    pub audience: String,
 }
 
 /// What a revocation covers: one access token, or every token of one login.
@@ -167,12 +171,14 @@ impl Grants {
         let code = new_secret();
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(
-            "INSERT INTO token_families (family_id, client_id, username, created_at) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO token_families (family_id, client_id, username, scope, audience, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&grant.family_id)
         .bind(&grant.client_id)
         .bind(&grant.username)
+        .bind(&grant.scope)
+        .bind(&grant.audience)
         .bind(crate::unix_now() as i64)
         .execute(&mut *tx)
         .await?;
@@ -399,13 +405,15 @@ trait SingleUse: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin {
 struct RefreshRow {
     client_id: String,
     username: String,
+    scope: String,
+    audience: String,
     #[sqlx(flatten)]
     state: UseState,
 }
 
 impl SingleUse for RefreshRow {
     const KIND: &'static str = "refresh_token";
-    const SELECT: &'static str = "SELECT f.family_id, f.client_id, f.username, r.expires_at, \
+    const SELECT: &'static str = "SELECT f.family_id, f.client_id, f.username, f.scope, f.audience, r.expires_at, \
          r.used_at, f.revoked_at FROM refresh_tokens r \
          JOIN token_families f ON f.family_id = r.family_id WHERE r.token_hash = $1";
     const MARK_USED: &'static str =
@@ -422,6 +430,8 @@ impl RefreshRow {
             family_id: self.state.family_id,
             client_id: self.client_id,
             username: self.username,
+            scope: self.scope,
+            audience: self.audience,
         }
     }
 }

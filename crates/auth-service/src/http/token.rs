@@ -1,6 +1,6 @@
 //! `POST /oauth2/token`: client credentials, authorization code with PKCE, refresh token.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +14,7 @@ use super::extract::{ClientAuth, Endpoint};
 use super::{HttpState, OAuthError, TOKEN_PATH, no_store};
 use crate::audit::Event;
 use crate::clients::{Client, GrantError};
-use crate::grants::RedeemError;
+use crate::grants::{Family, RedeemError};
 use crate::issuer::{IssuedToken, TokenRequest};
 
 /// The token endpoint; the client is authenticated by [`ClientAuth`] before this runs.
@@ -244,6 +244,14 @@ async fn refresh_token(
     let token = params
         .get("refresh_token")
         .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
+    // A refresh that asks for more than the login gave is refused before the token is used up:
+    // a bad request must not cost the user their login.
+    if let Ok(Some((family, true))) = state.grants.refresh_family(token).await
+        && family.client_id == client.client_id
+        && let Some(user) = state.users.get(&family.username)
+    {
+        narrowed(client, &family, &user.scopes, params)?;
+    }
     let now = crate::unix_now() as i64;
     let deny = |reason| refused_grant(state, client, reason);
     let family = match state.grants.rotate_refresh(token, now).await {
@@ -263,13 +271,7 @@ async fn refresh_token(
         .get(&family.username)
         .ok_or_else(|| deny("user_removed"))?
         .clone();
-    let audience = match params.get("audience") {
-        Some(audience) => audience.clone(),
-        None => client.default_audience().unwrap_or_default().to_owned(),
-    };
-    let scopes = client
-        .grant_for_user(&audience, &requested_scopes(params), &user.scopes)
-        .map_err(scope_error)?;
+    let (audience, scopes) = narrowed(client, &family, &user.scopes, params)?;
     issue_user_tokens(
         state,
         client,
@@ -279,6 +281,55 @@ async fn refresh_token(
         &family.family_id,
     )
     .await
+}
+
+/// What a refresh may grant (RFC 6749 §6): the login's audience, and the scopes asked for only if
+/// the login granted each of them; none asked for means the login's scopes. Either way narrowed
+/// again to what the client and the user's roles allow today, so a role taken away since the
+/// login is not renewed.
+fn narrowed(
+    client: &Client,
+    family: &Family,
+    user_scopes: &BTreeSet<String>,
+    params: &HashMap<String, String>,
+) -> Result<(String, Vec<String>), OAuthError> {
+    if params
+        .get("audience")
+        .is_some_and(|asked| *asked != family.audience)
+    {
+        return Err(OAuthError::bad_request(
+            "invalid_target",
+            "a refresh keeps the audience of the login",
+        ));
+    }
+    let granted: Vec<&str> = family.scope.split_ascii_whitespace().collect();
+    let asked = requested_scopes(params);
+    if asked.iter().any(|scope| !granted.contains(&scope.as_str())) {
+        return Err(OAuthError::bad_request(
+            "invalid_scope",
+            "a refresh may ask for the login's scopes or fewer, never more",
+        ));
+    }
+    let wanted: Vec<String> = if asked.is_empty() {
+        granted
+            .iter()
+            .filter(|scope| user_scopes.contains(**scope))
+            .map(|scope| (*scope).to_owned())
+            .collect()
+    } else {
+        asked
+    };
+    // An empty request would mean "everything the client may have" to the grant below.
+    if wanted.is_empty() {
+        return Err(OAuthError::bad_request(
+            "invalid_scope",
+            "nothing the login granted is left to renew: sign in again",
+        ));
+    }
+    let scopes = client
+        .grant_for_user(&family.audience, &wanted, user_scopes)
+        .map_err(scope_error)?;
+    Ok((family.audience.clone(), scopes))
 }
 
 /// An access token for the user and the next refresh token of the family.

@@ -295,6 +295,59 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
     mesh.stop().await;
 }
 
+/// POSTs a refresh with extra form fields (audience, scope).
+async fn refresh_asking(mesh: &TestMesh, refresh: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh),
+        ("client_id", CLIENT_ID),
+    ];
+    form.extend_from_slice(extra);
+    token(mesh, &form).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_may_narrow_the_login_but_never_widen_it_or_change_its_audience() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    // The administrator signs in for orders only; the client could also give them `auth:keys`.
+    let login = mesh.login("admin", "orders").await.expect("login");
+    let refresh = login.refresh_token.expect("refresh token");
+
+    let (status, body) = refresh_asking(&mesh, &refresh, &[("audience", "auth")]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{body}"
+    );
+    for wider in ["auth:keys", "orders:read inventory:admin"] {
+        let (status, body) = refresh_asking(&mesh, &refresh, &[("scope", wider)]).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_scope")),
+            "{wider}: {body}"
+        );
+    }
+
+    // The refused requests did not use the token up: it still narrows, then renews the rest.
+    let (status, narrow) = refresh_asking(&mesh, &refresh, &[("scope", "orders:read")]).await;
+    assert_eq!(status, 200, "{narrow}");
+    assert_eq!(narrow["scope"], "orders:read");
+    let next = narrow["refresh_token"].as_str().expect("next refresh");
+    let (status, renewed) = use_refresh(&mesh, next).await;
+    assert_eq!(status, 200, "{renewed}");
+    let access = renewed["access_token"].as_str().expect("access");
+    let active = introspect(&mesh, access).await;
+    assert_eq!(active["aud"], "orders", "{active}");
+    let scopes: Vec<&str> = active["scope"]
+        .as_str()
+        .expect("scope")
+        .split(' ')
+        .collect();
+    assert!(!scopes.contains(&"auth:keys"), "{active}");
+    assert!(scopes.iter().all(|s| s.starts_with("orders:")), "{active}");
+    mesh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_credentials_never_get_a_refresh_token_and_wrong_passwords_are_refused() {
     let mesh = TestMesh::start().await.expect("mesh");
