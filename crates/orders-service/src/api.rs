@@ -312,17 +312,16 @@ impl OrdersService for OrdersApi {
     ) -> Result<Response<Order>, Status> {
         let user = Principal::user(&request)?;
         let order = self.visible(&user, &request.get_ref().order_id).await?;
-        match order.state {
-            OrderState::Cancelled => return Ok(Response::new(to_proto(order))),
-            OrderState::Rejected => {
-                return Err(Status::failed_precondition(
-                    "a rejected order holds no stock to cancel",
-                ));
-            }
-            _ => {}
+        if order.state == OrderState::Rejected {
+            return Err(Status::failed_precondition(
+                "a rejected order holds no stock to cancel",
+            ));
         }
         let authorization = self.delegate(&user).await?;
-        self.release(&authorization, &order).await?;
+        // Cancelled first, released after. A retried PlaceOrder racing this cancel then either
+        // finds the order cancelled before it confirms (and gives back what it reserved) or its
+        // reservation is already made when the release below runs: either way a cancelled order
+        // holds no stock. Releasing the other way round let a reservation land in between.
         let order = self
             .store
             .transition(
@@ -333,6 +332,14 @@ impl OrdersService for OrdersApi {
             )
             .await?
             .ok_or_else(|| Status::internal("order vanished"))?;
+        if order.state != OrderState::Cancelled {
+            return Err(Status::failed_precondition(
+                "a rejected order holds no stock to cancel",
+            ));
+        }
+        // Also for an order cancelled before: a cancel whose release failed is finished by the
+        // next one (a release of nothing is a no-op at inventory).
+        self.release(&authorization, &order).await?;
         tracing::info!(order_id = %order.order_id, by = user.subject(), "order cancelled");
         Ok(Response::new(to_proto(order)))
     }

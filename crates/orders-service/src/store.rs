@@ -154,17 +154,20 @@ impl Store {
         to: OrderState,
         reason: &str,
     ) -> Result<Option<StoredOrder>, StoreError> {
-        for state in from {
-            sqlx::query(
-                "UPDATE orders SET state = $1, reason = $2 WHERE order_id = $3 AND state = $4",
-            )
+        // One guarded statement: the order moves only from a state in `from`.
+        let states: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            "UPDATE orders SET state = $1, reason = $2 WHERE order_id = $3 AND state IN ({})",
+            states.join(", ")
+        );
+        let mut update = sqlx::query(&sql)
             .bind(to as i32)
             .bind(reason)
-            .bind(order_id)
-            .bind(*state as i32)
-            .execute(self.db.pool())
-            .await?;
+            .bind(order_id);
+        for state in from {
+            update = update.bind(*state as i32);
         }
+        update.execute(self.db.pool()).await?;
         self.get(order_id).await
     }
 

@@ -12,7 +12,9 @@ use mesh_proto::orders::v1::{
     CancelOrderRequest, GetOrderRequest, ListOrdersRequest, OrderLine, OrderState,
     PlaceOrderRequest,
 };
+use mesh_test_support::chaos::DelayProxy;
 use mesh_test_support::{TestMesh, bearer};
+use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -384,5 +386,98 @@ async fn inventory_down_means_unavailable_reads_keep_working_and_a_retry_recover
     assert_eq!(retried.order_id, listed.orders[0].order_id);
     assert_eq!(retried.state(), OrderState::Confirmed);
     assert_eq!(available(&mesh, "SKU-001").await, 97);
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_racing_a_retried_order_never_leaves_a_cancelled_order_holding_stock() {
+    const ORDERS: usize = 20;
+    let mut mesh = TestMesh::start().await.expect("mesh");
+    let token = mesh.user_token("alice", "orders").await.expect("login");
+    let before = available(&mesh, "SKU-002").await;
+
+    // Orders placed while inventory is down stay PENDING: each is finished by a retry.
+    mesh.mesh.stop_inventory().await;
+    let keys: Vec<String> = (0..ORDERS).map(|i| format!("raced-{i:04}")).collect();
+    for key in &keys {
+        orders(&mesh)
+            .place_order(bearer(place(key, "SKU-002", 1), &token))
+            .await
+            .expect_err("inventory is down");
+    }
+    mesh.mesh.restart_inventory().await.expect("restart");
+    let pending: Vec<String> = orders(&mesh)
+        .list_orders(bearer(ListOrdersRequest::default(), &token))
+        .await
+        .expect("list")
+        .into_inner()
+        .orders
+        .into_iter()
+        .filter(|o| o.state() == OrderState::Pending)
+        .map(|o| o.order_id)
+        .collect();
+    assert_eq!(pending.len(), ORDERS);
+
+    // A second orders replica whose path to inventory is slow: inventory's answers to a retry's
+    // Reserve and to a cancel's Release come back together, in any order.
+    let slow = DelayProxy::start(mesh.mesh.inventory_addr, Duration::from_millis(100))
+        .await
+        .expect("proxy");
+    let replica = mesh
+        .mesh
+        .start_orders_replica("orders-slow", &slow.addr.to_string())
+        .await
+        .expect("orders-slow");
+    let at_replica = || {
+        OrdersServiceClient::new(
+            mesh.mesh
+                .traced_channel("meshctl", "orders", &replica.to_string())
+                .expect("channel"),
+        )
+    };
+    let races = keys.iter().zip(&pending).map(|(key, id)| {
+        let (mut retry, mut cancel) = (at_replica(), at_replica());
+        let place_request = bearer(place(key, "SKU-002", 1), &token);
+        let cancel_request = bearer(
+            CancelOrderRequest {
+                order_id: id.clone(),
+            },
+            &token,
+        );
+        async move {
+            let (placed, cancelled) = tokio::join!(
+                retry.place_order(place_request),
+                cancel.cancel_order(cancel_request)
+            );
+            (placed, cancelled.map(|r| r.into_inner()))
+        }
+    });
+    for (placed, cancelled) in futures_util::future::join_all(races).await {
+        if let Err(status) = placed {
+            panic!("the retry is answered: {status:?}");
+        }
+        let cancelled = cancelled.expect("a cancel of a pending order is answered");
+        assert_eq!(cancelled.state(), OrderState::Cancelled);
+    }
+
+    // Every order ended cancelled, and the stock they moved is all back.
+    for id in &pending {
+        let order = orders(&mesh)
+            .get_order(bearer(
+                GetOrderRequest {
+                    order_id: id.clone(),
+                },
+                &token,
+            ))
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(order.state(), OrderState::Cancelled, "{id}");
+    }
+    assert_eq!(
+        available(&mesh, "SKU-002").await,
+        before,
+        "stock held by cancelled orders"
+    );
     mesh.stop().await;
 }
