@@ -186,6 +186,10 @@ impl Identity for IdentityApi {
             None => Caller::JoinToken,
         };
         let id = self.decide(&caller, &request).await?;
+        let presented_serial = request
+            .extensions()
+            .get::<mesh_tls::PeerIdentity>()
+            .and_then(|peer| peer.certificate_serial.clone());
         let body = request.into_inner();
         let leaf = match authority.sign(&body.certificate_request, &id) {
             Ok(leaf) => leaf,
@@ -218,14 +222,16 @@ impl Identity for IdentityApi {
             }
         };
         let (rejoin_token, rejoin_token_expires_at) = if body.rejoin {
-            if !body.replaces_rejoin_token.is_empty() {
-                // Spent, so that the token it replaces cannot be used beside it.
-                let _ = self.tokens.redeem(&body.replaces_rejoin_token).await;
-            }
-            let ttl = self.rejoin_ttl;
+            // The token handed out with the certificate presented is withdrawn by the server,
+            // whatever the client names: one live rejoin token per replica.
+            let presented = match caller {
+                Caller::Certificate(_) => presented_serial.as_deref(),
+                Caller::JoinToken => None,
+            };
+            let named = Some(body.replaces_rejoin_token.as_str()).filter(|t| !t.is_empty());
             let token = self
                 .tokens
-                .create(&id, ttl)
+                .create_rejoin(&id, self.rejoin_ttl, &leaf.serial, presented, named)
                 .await
                 .map_err(|_| Status::unavailable("join tokens unavailable"))?;
             (token.token, token.expires_at)

@@ -44,6 +44,10 @@ impl JoinRefusal {
     }
 }
 
+/// The most rejoin tokens one SPIFFE ID holds at once: one per replica, and replicas of one
+/// workload share its ID. Past it, the oldest is withdrawn.
+pub const MAX_LIVE_REJOIN_TOKENS: u32 = 32;
+
 /// A freshly created token.
 #[derive(Debug, Clone)]
 pub struct NewToken {
@@ -109,6 +113,77 @@ impl JoinTokens {
         .bind(spiffe_id.as_str())
         .bind(now)
         .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(NewToken { token, expires_at })
+    }
+
+    /// A rejoin token for `spiffe_id`, handed out with the certificate `issued_with` (its
+    /// serial), valid for `ttl`. In the same transaction it withdraws the rejoin tokens this one
+    /// replaces: those handed out with the certificate the caller presented (`presented`) or to
+    /// a caller presenting it before (a renewal over a connection opened with an older
+    /// certificate presents that one), the one the caller names (`named`, only if it is the
+    /// caller's own), and, past
+    /// [`MAX_LIVE_REJOIN_TOKENS`] of the identity, the oldest. A workload that renews and
+    /// restarts as it should holds exactly one; one that asks again and again holds no more than
+    /// the cap.
+    pub async fn create_rejoin(
+        &self,
+        spiffe_id: &SpiffeId,
+        ttl: Duration,
+        issued_with: &str,
+        presented: Option<&str>,
+        named: Option<&str>,
+    ) -> Result<NewToken, sqlx::Error> {
+        let token = new_token()?;
+        let now = crate::unix_now() as i64;
+        let expires_at = now + ttl.as_secs() as i64;
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
+            .bind(now - 86_400)
+            .execute(&mut *tx)
+            .await?;
+        let withdraw = "DELETE FROM join_tokens WHERE spiffe_id = $1 AND used_at IS NULL \
+                        AND issued_with IS NOT NULL";
+        if let Some(serial) = presented {
+            sqlx::query(&format!(
+                "{withdraw} AND (issued_with = $2 OR renewed_from = $2)"
+            ))
+            .bind(spiffe_id.as_str())
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(named) = named {
+            sqlx::query(&format!("{withdraw} AND hash = $2"))
+                .bind(spiffe_id.as_str())
+                .bind(token_hash(named))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let hash = token_hash(&token);
+        sqlx::query(
+            "INSERT INTO join_tokens (hash, spiffe_id, created_at, expires_at, issued_with, \
+             renewed_from) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&hash)
+        .bind(spiffe_id.as_str())
+        .bind(now)
+        .bind(expires_at)
+        .bind(issued_with)
+        .bind(presented)
+        .execute(&mut *tx)
+        .await?;
+        // The new token stays; of the others, the newest `MAX - 1`.
+        sqlx::query(&format!(
+            "{withdraw} AND hash <> $2 AND hash NOT IN (SELECT hash FROM join_tokens \
+             WHERE spiffe_id = $1 AND used_at IS NULL AND issued_with IS NOT NULL AND hash <> $2 \
+             ORDER BY created_at DESC, hash LIMIT {})",
+            MAX_LIVE_REJOIN_TOKENS - 1
+        ))
+        .bind(spiffe_id.as_str())
+        .bind(&hash)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -95,6 +95,8 @@ pub struct PeerIdentity {
     /// The SPIFFE ID of the peer's verified client certificate; `None` on listeners that do not
     /// ask for one (the public HTTPS listener).
     pub spiffe_id: Option<SpiffeId>,
+    /// The serial (hex) of that certificate: which of the workload's certificates it is.
+    pub certificate_serial: Option<String>,
 }
 
 /// Reads the one SPIFFE ID from a DER certificate's URI SANs.

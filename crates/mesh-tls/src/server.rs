@@ -246,15 +246,15 @@ pub fn incoming(
                         return;
                     }
                 };
-                let spiffe_id = tls
+                let leaf = tls
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(|leaf| spiffe_id_of(leaf));
+                    .and_then(|chain| chain.first());
                 let peer = PeerIdentity {
                     remote_addr: Some(remote_addr),
-                    spiffe_id,
+                    spiffe_id: leaf.and_then(|leaf| spiffe_id_of(leaf)),
+                    certificate_serial: leaf.map(|leaf| crate::certs::serial_of(leaf)),
                 };
                 let _ = tx.send(Ok(MeshStream { inner: tls, peer })).await;
             });

@@ -210,6 +210,137 @@ async fn a_join_token_is_single_use_bound_to_one_identity_and_expires() {
     mesh.stop().await;
 }
 
+/// Joins as `workload` with a join token on the public listener, asking for a rejoin token.
+async fn join_with_rejoin(mesh: &TestMesh, token: &str) -> (Arc<Reloadable>, CertifyResponse) {
+    let (key, csr) = new_key_and_request(None).expect("csr");
+    let joined = public_identity(mesh)
+        .certify(CertifyRequest {
+            rejoin: true,
+            ..certify_with_token(token, csr)
+        })
+        .await
+        .expect("joined")
+        .into_inner();
+    let chain = parse_pem_certs(&joined.certificate_chain_pem).expect("pem");
+    (Reloadable::in_memory(chain, key).expect("identity"), joined)
+}
+
+/// Live rejoin tokens of `workload` in the CA's database.
+async fn live_rejoin_tokens(mesh: &TestMesh, workload: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM join_tokens WHERE spiffe_id = $1 AND used_at IS NULL \
+         AND issued_with IS NOT NULL",
+    )
+    .bind(id(workload).to_string())
+    .fetch_one(&mesh.auth_db().await.expect("db"))
+    .await
+    .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_withdraws_the_rejoin_token_of_the_certificate_it_presents() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let (identity, joined) = join_with_rejoin(&mesh, &join_token(&mesh, "reports").await).await;
+    let (_, billing) = join_with_rejoin(&mesh, &join_token(&mesh, "billing").await).await;
+    let trust = mesh
+        .mesh
+        .tls_files("meshctl")
+        .trust_bundle()
+        .expect("trust");
+    let connector = MeshConnector::new(identity.clone(), trust, id("auth")).expect("connector");
+    let mut ca = IdentityClient::new(
+        connector
+            .channel(&mesh.mesh.auth_addr.to_string())
+            .expect("channel"),
+    );
+
+    // Five renewals, each with the certificate the last one gave, naming no token to replace
+    // (and the last one naming billing's): the server withdraws each predecessor itself.
+    let mut tokens = vec![joined.rejoin_token];
+    for round in 0..5 {
+        let (key, csr) = new_key_and_request(None).expect("csr");
+        let renewed = ca
+            .certify(CertifyRequest {
+                certificate_request: csr,
+                rejoin: true,
+                replaces_rejoin_token: if round == 4 {
+                    billing.rejoin_token.clone()
+                } else {
+                    String::new()
+                },
+                ..CertifyRequest::default()
+            })
+            .await
+            .expect("renewed")
+            .into_inner();
+        identity
+            .install(
+                parse_pem_certs(&renewed.certificate_chain_pem).expect("pem"),
+                key,
+            )
+            .expect("install");
+        tokens.push(renewed.rejoin_token);
+    }
+    assert_eq!(live_rejoin_tokens(&mesh, "reports").await, 1);
+
+    // A caller asking again and again over one connection still holds one: the last it got.
+    for _ in 0..10 {
+        let (_, csr) = new_key_and_request(None).expect("csr");
+        let renewed_token = ca
+            .certify(CertifyRequest {
+                certificate_request: csr,
+                rejoin: true,
+                ..CertifyRequest::default()
+            })
+            .await
+            .expect("renewed")
+            .into_inner()
+            .rejoin_token;
+        tokens.push(renewed_token);
+    }
+    assert_eq!(live_rejoin_tokens(&mesh, "reports").await, 1);
+
+    let (last, withdrawn) = tokens.split_last().expect("tokens");
+    for token in withdrawn {
+        let (_, csr) = new_key_and_request(None).expect("csr");
+        let refused = public_identity(&mesh)
+            .certify(certify_with_token(token, csr))
+            .await
+            .expect_err("a withdrawn rejoin token");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+    // Another workload's token is not the caller's to withdraw.
+    assert_eq!(live_rejoin_tokens(&mesh, "billing").await, 1);
+    let (_, rejoined) = join_with_rejoin(&mesh, &billing.rejoin_token).await;
+    assert_eq!(leaf_id(&rejoined), Some(id("billing")));
+    let (_, rejoined) = join_with_rejoin(&mesh, last).await;
+    assert_eq!(leaf_id(&rejoined), Some(id("reports")));
+
+    // Replicas share their workload's ID: each holds its own, up to the cap.
+    let admin = mesh.user_token("admin", "auth").await.expect("admin");
+    let mut admin_client = IdentityAdminClient::new(mesh.auth_channel("meshctl").expect("channel"));
+    for _ in 0..auth_service::join::MAX_LIVE_REJOIN_TOKENS + 3 {
+        let token = admin_client
+            .create_join_token(bearer(
+                CreateJoinTokenRequest {
+                    workload: "reports".into(),
+                    ttl_seconds: 600,
+                },
+                &admin,
+            ))
+            .await
+            .expect("join token")
+            .into_inner()
+            .token;
+        join_with_rejoin(&mesh, &token).await;
+    }
+    assert_eq!(
+        live_rejoin_tokens(&mesh, "reports").await,
+        i64::from(auth_service::join::MAX_LIVE_REJOIN_TOKENS)
+    );
+    mesh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_request_for_another_identity_is_refused_and_audited() {
     let mesh = TestMesh::start().await.expect("mesh");
