@@ -149,14 +149,6 @@ impl Grants {
             .collect())
     }
 
-    /// The highest sequence number ever recorded (0 on an empty log).
-    pub async fn last_revocation(&self) -> Result<u64, sqlx::Error> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM revocations")
-            .fetch_one(self.db.pool())
-            .await?;
-        Ok(last.unwrap_or(0) as u64)
-    }
-
     /// Forgets revocations whose tokens have all expired.
     pub async fn prune_revocations(&self, now: u64) -> Result<u64, sqlx::Error> {
         let done = sqlx::query("DELETE FROM revocations WHERE expires_at <= $1")

@@ -41,6 +41,8 @@ pub struct MeshApi {
     pub(crate) audit: IssuerAudit,
     /// Rotates the signing key on an administrator's request.
     pub(crate) rotator: KeyRotator,
+    /// The revocation log as last read: what every revocation stream serves.
+    pub(crate) hub: Arc<revocations::RevocationHub>,
     /// Changes when the service stops: every revocation stream ends, so the drain can finish.
     pub(crate) stopping: tokio::sync::watch::Receiver<()>,
 }
@@ -88,28 +90,24 @@ impl AuthService for MeshApi {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<RevocationStream>, Status> {
-        let grants = self.grants.clone();
-        let start = revocations::starting_point(&grants, request.get_ref().after_sequence)
-            .await
-            .map_err(|_| Status::unavailable("revocation log unavailable"))?;
+        let caller = Principal::workload(&request)?;
+        let slot = self.hub.open_stream(caller.as_str()).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "{caller} holds {} revocation streams already; close one first",
+                revocations::MAX_STREAMS_PER_IDENTITY
+            ))
+        })?;
+        let start = self
+            .hub
+            .starting_point(request.get_ref().after_sequence)
+            .await;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let mut stopping = self.stopping.clone();
         stopping.borrow_and_update();
+        let hub = self.hub.clone();
         tokio::spawn(async move {
-            let follow = revocations::follow(&grants, start, |revocation| {
-                let tx = tx.clone();
-                async move { tx.send(Ok(revocation)).await.is_ok() }
-            });
-            let followed = tokio::select! {
-                followed = follow => followed,
-                _ = stopping.changed() => Ok(()),
-            };
-            if let Err(error) = followed {
-                tracing::warn!(%error, "revocation stream ended: the log could not be read");
-                let _ = tx
-                    .send(Err(Status::unavailable("revocation log unavailable")))
-                    .await;
-            }
+            let _slot = slot;
+            revocations::serve_stream(hub, start, tx, stopping).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

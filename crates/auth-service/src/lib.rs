@@ -211,7 +211,8 @@ impl Application {
         let issuer = Arc::new(Issuer::new(issuer_url, keys.clone()));
         // Every verifier of the issuer reads one revocation list, fed from its own log.
         let revoked = RevocationList::new();
-        revocations::spawn_local_feed(grants.clone(), revoked.clone());
+        let hub = revocations::RevocationHub::new();
+        revocations::spawn_feed(grants.clone(), revoked.clone(), hub.clone());
         // The mesh side verifies tokens for audience `auth` with the issuer's own keys: no
         // discovery round trip to itself.
         let mesh_verifier = TokenVerifier::with_keys_and_revocations(
@@ -301,6 +302,7 @@ impl Application {
             grants: grants.clone(),
             audit: audit.clone(),
             rotator: rotator.clone(),
+            hub,
             stopping: stop_rx,
         });
         let http = http::HttpState {

@@ -9,8 +9,9 @@ use auth_interceptor::revocation::spawn_feed;
 use auth_interceptor::{RevocationList, VerifiedToken};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mesh_proto::auth::v1::ExchangeTokenRequest;
 use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use mesh_proto::auth::v1::revocation::Target;
+use mesh_proto::auth::v1::{ExchangeTokenRequest, WatchRevocationsRequest};
 use mesh_proto::inventory::v1::ListItemsRequest;
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_proto::orders::v1::ListOrdersRequest;
@@ -209,6 +210,73 @@ async fn a_verifier_that_lost_the_stream_keeps_serving_and_catches_up_on_reconne
         status.received(),
         2,
         "resumed after the last applied sequence: nothing sent twice"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_streams_end_with_their_clients_and_one_identity_holds_at_most_its_cap() {
+    const CAP: usize = auth_service::revocations::MAX_STREAMS_PER_IDENTITY;
+    let mesh = TestMesh::start().await.expect("mesh");
+    let mut auth = AuthServiceClient::new(mesh.auth_channel("meshctl").expect("channel"));
+    let open = |auth: &mut AuthServiceClient<tonic::transport::Channel>| {
+        let mut auth = auth.clone();
+        async move {
+            auth.watch_revocations(WatchRevocationsRequest { after_sequence: 0 })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    // 5,000 streams opened and cancelled, a cap's worth at a time. Each round can only open its
+    // streams once the server has ended the last round's: a stream whose client left frees its
+    // place.
+    let mut opened = 0;
+    while opened < 5_000 {
+        let mut streams = Vec::with_capacity(CAP);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while streams.len() < CAP {
+            match open(&mut auth).await {
+                Ok(stream) => streams.push(stream),
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cancelled streams still held at the issuer after 5 s: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(status) => panic!("{status:?}"),
+            }
+        }
+        if opened == 0 {
+            let refused = open(&mut auth).await.expect_err("past the cap");
+            assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        }
+        opened += streams.len();
+        drop(streams);
+    }
+
+    // The streams that stay still get every new revocation at once.
+    let mut stream = loop {
+        match open(&mut auth).await {
+            Ok(stream) => break stream,
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    let login = mesh.login("alice", "orders").await.expect("login");
+    revoke(&mesh, &login.access_token).await;
+    let jti = jti_of(&login.access_token);
+    let delivered = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let revocation = stream.message().await.expect("stream").expect("open");
+            if revocation.target == Some(Target::TokenId(jti.clone())) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        delivered.is_ok(),
+        "the revocation reached the stream within 2 s"
     );
     mesh.stop().await;
 }
