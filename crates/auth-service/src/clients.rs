@@ -49,6 +49,40 @@ impl Client {
         self.audiences.first().map(String::as_str)
     }
 
+    /// What a user's login for `audiences` (RFC 8707-style: one login, several resources)
+    /// grants: for each audience, [`Client::grant_for_user`] with the requested scopes that
+    /// belong to it. Every requested scope must belong to one of the audiences.
+    pub fn grant_login(
+        &self,
+        audiences: &[String],
+        requested: &[String],
+        user_scopes: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>, GrantError> {
+        if requested
+            .iter()
+            .any(|scope| !audiences.iter().any(|a| scope_audience(scope) == a))
+        {
+            return Err(GrantError::Scope);
+        }
+        let mut granted = Vec::new();
+        for audience in audiences {
+            let asked: Vec<String> = requested
+                .iter()
+                .filter(|scope| scope_audience(scope) == audience)
+                .cloned()
+                .collect();
+            // Scopes were asked for, none of them for this audience: it gets none.
+            if asked.is_empty() && !requested.is_empty() {
+                if !self.audiences.contains(audience) {
+                    return Err(GrantError::Audience);
+                }
+                continue;
+            }
+            granted.extend(self.grant_for_user(audience, &asked, user_scopes)?);
+        }
+        Ok(granted)
+    }
+
     /// Like [`Client::grant`], further narrowed to what the user's roles allow.
     pub fn grant_for_user(
         &self,
@@ -277,4 +311,9 @@ mod tests {
                 .is_none()
         );
     }
+}
+
+/// The audience a scope belongs to: what comes before its first `:` (`orders:read` → `orders`).
+pub fn scope_audience(scope: &str) -> &str {
+    scope.split(':').next().unwrap_or_default()
 }

@@ -24,6 +24,8 @@ fn auth_service(env: &[(&str, &str)]) -> Output {
         "MESH_DB",
         "MESH_SHUTDOWN_GRACE",
         "MESH_MAX_IN_FLIGHT",
+        "MESH_AUDIT_SEGMENT_MIB",
+        "MESH_AUDIT_SEGMENT_AGE",
         "OTEL_METRICS_EXPORTER",
     ] {
         command.env_remove(key);
@@ -74,6 +76,10 @@ fn limits_out_of_their_range_exit_64_naming_the_flag() {
         (("MESH_MAX_IN_FLIGHT", "many"), "--max-in-flight"),
         (("MESH_MAX_IN_FLIGHT", "65537"), "--max-in-flight"),
         (("MESH_SHUTDOWN_GRACE", "61s"), "--shutdown-grace"),
+        (("MESH_AUDIT_SEGMENT_MIB", "0"), "--audit-segment-mib"),
+        (("MESH_AUDIT_SEGMENT_MIB", "65537"), "--audit-segment-mib"),
+        (("MESH_AUDIT_SEGMENT_AGE", "30s"), "--audit-segment-age"),
+        (("MESH_AUDIT_SEGMENT_AGE", "soon"), "--audit-segment-age"),
     ] {
         assert_exit_64_naming(&[env], flag);
     }
@@ -233,10 +239,21 @@ impl Drop for Killed {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_four_parallel_wrong_secrets_leave_the_processes_peak_memory_bounded() {
-    let dir = tempfile::tempdir().expect("dir");
-    let certs = dir.path().join("certs");
+/// The auth binary running on `127.0.0.1:<port>` (a fresh CA and database in `dir`), and an
+/// HTTP/2 client for its public listener. `wrap` runs it under another program (`unshare …`),
+/// which must end by exec'ing it; `env` adds settings.
+struct Running {
+    auth: Killed,
+    http: reqwest::Client,
+    issuer: String,
+}
+
+async fn start_auth(
+    dir: &std::path::Path,
+    wrap: &[&str],
+    env: &[(&str, &std::path::Path)],
+) -> Running {
+    let certs = dir.join("certs");
     let names: Vec<String> = mesh_tls::certs::DEFAULT_WORKLOADS
         .iter()
         .map(|n| (*n).to_owned())
@@ -245,7 +262,7 @@ async fn sixty_four_parallel_wrong_secrets_leave_the_processes_peak_memory_bound
         .expect("ca")
         .write_dir(&certs, &names, false)
         .expect("certs");
-    let kek = dir.path().join("auth.kek");
+    let kek = dir.join("auth.kek");
     auth_interceptor::audit::write_new_key(&kek).expect("kek");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -254,27 +271,37 @@ async fn sixty_four_parallel_wrong_secrets_leave_the_processes_peak_memory_bound
     let issuer = format!("https://localhost:{port}");
     let config =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/auth.example.toml");
-    let child = Command::new(env!("CARGO_BIN_EXE_auth-service"))
+    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_auth-service"));
+    let mut command = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(&binary);
+            command
+        }
+        None => Command::new(&binary),
+    };
+    let child = command
         .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("MESH_TLS_CERT", certs.join("auth.pem"))
         .env("MESH_TLS_KEY", certs.join("auth.key"))
         .env("MESH_TLS_CA", certs.join("ca.pem"))
         .env("MESH_ISSUER", &issuer)
-        .env("MESH_DB", dir.path().join("auth.db"))
+        .env("MESH_DB", dir.join("auth.db"))
         .env("MESH_AUTH_CONFIG", &config)
         .env("MESH_KEK_FILE", &kek)
         .env("MESH_LISTEN", "127.0.0.1:0")
         .env("MESH_PUBLIC_LISTEN", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "error")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start auth-service");
     let auth = Killed(child);
-    let pid = auth.0.id();
 
     let roots = mesh_tls::material::load_trust_bundle(&certs.join("ca.pem")).expect("bundle");
-    // h2 offered, so the 64 requests share one connection once the first has answered.
+    // h2 offered, so parallel requests share one connection once the first has answered.
     let tls = mesh_tls::client::https_grpc_client_config(roots).expect("tls");
     let http = reqwest::Client::builder()
         .use_preconfigured_tls((*tls).clone())
@@ -292,22 +319,34 @@ async fn sixty_four_parallel_wrong_secrets_leave_the_processes_peak_memory_bound
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(up, "auth-service did not answer on {issuer}");
+    Running { auth, http, issuer }
+}
+
+/// A client-credentials request with `secret`; the answer's status and body.
+async fn client_credentials(running: &Running, secret: &str) -> (u16, String) {
+    let answer = running
+        .http
+        .post(format!("{}/oauth2/token", running.issuer))
+        .basic_auth("meshctl", Some(secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("audience", "inventory"),
+        ])
+        .send()
+        .await
+        .expect("send");
+    let status = answer.status().as_u16();
+    (status, answer.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_parallel_wrong_secrets_leave_the_processes_peak_memory_bounded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let running = start_auth(dir.path(), &[], &[]).await;
+    let pid = running.auth.0.id();
     let guess = |secret: &'static str| {
-        let http = http.clone();
-        let url = format!("{issuer}/oauth2/token");
-        async move {
-            http.post(url)
-                .basic_auth("meshctl", Some(secret))
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("audience", "inventory"),
-                ])
-                .send()
-                .await
-                .expect("send")
-                .status()
-                .as_u16()
-        }
+        let running = &running;
+        async move { client_credentials(running, secret).await.0 }
     };
     // One right secret first: the peak then already holds one hash and the service's warm state.
     assert_eq!(guess("meshctl-demo-secret").await, 200);
@@ -330,4 +369,70 @@ async fn sixty_four_parallel_wrong_secrets_leave_the_processes_peak_memory_bound
         "peak RSS grew by {} MiB under 64 parallel wrong secrets",
         grown >> 20
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_grants_with_503_and_they_resume_when_space_returns() {
+    let dir = tempfile::tempdir().expect("dir");
+    // The audit log alone lives on a 1 MiB tmpfs that only the service's mount namespace sees
+    // (`unshare -rm`: no privilege needed where user namespaces are allowed); the test reaches it through /proc/<pid>/root.
+    let audit_dir = dir.path().join("audit");
+    std::fs::create_dir(&audit_dir).expect("audit dir");
+    let key = dir.path().join("audit.key");
+    auth_interceptor::audit::write_new_key(&key).expect("key");
+    let log = audit_dir.join("auth.jsonl");
+    let mount = format!(
+        "mount -t tmpfs -o size=1m tmpfs {} && exec \"$0\"",
+        audit_dir.display()
+    );
+    let running = start_auth(
+        dir.path(),
+        &["unshare", "-rm", "sh", "-c", &mount],
+        &[("MESH_AUDIT_LOG", &log), ("MESH_AUDIT_KEY_FILE", &key)],
+    )
+    .await;
+    let seen = |path: &std::path::Path| {
+        std::path::PathBuf::from(format!("/proc/{}/root", running.auth.0.id()))
+            .join(path.strip_prefix("/").expect("absolute"))
+    };
+    assert_eq!(
+        client_credentials(&running, "meshctl-demo-secret").await.0,
+        200
+    );
+
+    // Fill the disk.
+    let filler = seen(&audit_dir.join("filler"));
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+    }
+    // The log's last page may still hold a few records; then every grant is refused.
+    let mut granted_on_a_full_disk = 0;
+    let (status, body) = loop {
+        let (status, body) = client_credentials(&running, "meshctl-demo-secret").await;
+        if status != 200 || granted_on_a_full_disk == 20 {
+            break (status, body);
+        }
+        granted_on_a_full_disk += 1;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("temporarily_unavailable"), "{body}");
+    assert!(body.contains("audit log"), "{body}");
+    for _ in 0..3 {
+        assert_eq!(
+            client_credentials(&running, "meshctl-demo-secret").await.0,
+            503
+        );
+    }
+
+    // Space returns: grants resume, and the chain is whole.
+    std::fs::remove_file(&filler).expect("free");
+    assert_eq!(
+        client_credentials(&running, "meshctl-demo-secret").await.0,
+        200
+    );
+    let verified = auth_interceptor::audit::verify(&seen(&log), &key).expect("the chain verifies");
+    assert!(verified.records >= 2, "{verified:?}");
 }

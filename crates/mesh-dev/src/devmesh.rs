@@ -587,6 +587,7 @@ impl AuditFiles {
         mesh_service::AuditFlags {
             audit_log: Some(self.log(service)),
             audit_key_file: Some(self.key.clone()),
+            ..mesh_service::AuditFlags::default()
         }
     }
 }

@@ -172,13 +172,55 @@ pub struct AuditFlags {
     /// Never logged.
     #[arg(long, env = "MESH_AUDIT_KEY_FILE", requires = "audit_log")]
     pub audit_key_file: Option<PathBuf>,
+    /// The active segment of the log is sealed (renamed `<log>.<first sequence>`) once it holds
+    /// this many MiB (default 64; 1 to 65536). The chain runs on across segments.
+    #[arg(long, env = "MESH_AUDIT_SEGMENT_MIB", value_parser = audit_segment_mib)]
+    pub audit_segment_mib: Option<u64>,
+    /// ...or once its first record is this old (default `24h`; `1m` to `365d`; `off`: by size
+    /// only).
+    #[arg(long, env = "MESH_AUDIT_SEGMENT_AGE", value_parser = audit_segment_age)]
+    pub audit_segment_age: Option<AuditSegmentAge>,
+}
+
+/// `--audit-segment-age`: a duration, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditSegmentAge(pub Option<Duration>);
+
+fn audit_segment_mib(raw: &str) -> Result<u64, String> {
+    match raw.trim().parse::<u64>() {
+        Ok(n) if (1..=65_536).contains(&n) => Ok(n),
+        _ => Err(format!("{raw:?} is not a number of MiB from 1 to 65536")),
+    }
+}
+
+fn audit_segment_age(raw: &str) -> Result<AuditSegmentAge, String> {
+    if raw.trim() == "off" {
+        return Ok(AuditSegmentAge(None));
+    }
+    parse_bounded_duration(
+        raw,
+        Duration::from_secs(60),
+        Duration::from_secs(365 * 86_400),
+    )
+    .map(|age| AuditSegmentAge(Some(age)))
 }
 
 impl AuditFlags {
+    /// When the log seals a segment.
+    pub fn rotation(&self) -> auth_interceptor::audit::Rotation {
+        let default = auth_interceptor::audit::Rotation::default();
+        auth_interceptor::audit::Rotation {
+            max_bytes: self
+                .audit_segment_mib
+                .map_or(default.max_bytes, |mib| mib << 20),
+            max_age: self.audit_segment_age.map_or(default.max_age, |age| age.0),
+        }
+    }
+
     /// Opens the log for `service`, if one is configured.
     pub fn open(&self, service: &str) -> Result<Option<Arc<AuditLog>>, StartError> {
         match (&self.audit_log, &self.audit_key_file) {
-            (Some(log), Some(key)) => AuditLog::open(service, log, key)
+            (Some(log), Some(key)) => AuditLog::open_with(service, log, key, self.rotation())
                 .map(|log| Some(Arc::new(log)))
                 .map_err(|e| StartError::config("--audit-log/--audit-key-file", e)),
             _ => Ok(None),

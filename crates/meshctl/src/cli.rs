@@ -273,8 +273,10 @@ pub struct LoginArgs {
     /// The password for `--username` (prefer the env var).
     #[arg(long, env = "MESH_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
-    /// The audience of the first access token.
-    #[arg(long, default_value = "orders")]
+    /// The audiences the login is for, space-separated; the first is the first access
+    /// token's. The session can later get tokens for these audiences only (a refresh never
+    /// widens a login).
+    #[arg(long, default_value = "orders inventory")]
     pub audience: String,
     /// Session file (0600); default `$HOME/.config/meshctl/session.json`.
     #[arg(long, env = "MESH_SESSION_FILE")]

@@ -111,18 +111,38 @@ fn validate(
             "code_challenge is not a base64url SHA-256",
         ));
     }
-    let audience = match params.get("audience") {
-        Some(audience) => audience.clone(),
-        None => client.default_audience().unwrap_or_default().to_owned(),
+    // One login may be for several audiences (space-separated; the first is the first access
+    // token's): later refreshes may ask for any of them, and for nothing else.
+    let mut audiences: Vec<String> = match params.get("audience") {
+        Some(audience) => audience
+            .split_ascii_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        None => client
+            .default_audience()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
     };
+    let mut seen = std::collections::BTreeSet::new();
+    audiences.retain(|audience| seen.insert(audience.clone()));
+    if audiences.is_empty() {
+        return Err(refuse("invalid_request", "audience is empty"));
+    }
     let requested: Vec<String> = params
         .get("scope")
         .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
-    client.grant(&audience, &requested).map_err(|e| match e {
-        GrantError::Audience => refuse("invalid_request", "the client may not reach this audience"),
-        GrantError::Scope => refuse("invalid_scope", "a requested scope is not allowed"),
-    })?;
+    let everything = std::collections::BTreeSet::from_iter(requested.iter().cloned());
+    client
+        .grant_login(&audiences, &requested, &everything)
+        .map_err(|e| match e {
+            GrantError::Audience => {
+                refuse("invalid_request", "the client may not reach this audience")
+            }
+            GrantError::Scope => refuse("invalid_scope", "a requested scope is not allowed"),
+        })?;
+    let audience = audiences.join(" ");
     Ok(AuthorizeRequest {
         redirect_uri: redirect_uri.clone(),
         state: params.get("state").cloned(),
@@ -222,22 +242,22 @@ pub(super) async fn login(
         );
     };
     attempt.succeeded();
-    let scopes =
-        match request
-            .client
-            .grant_for_user(&request.audience, &request.requested, &user.scopes)
-        {
-            Ok(scopes) => scopes,
-            Err(_) => {
-                return Refusal::Redirect {
-                    redirect_uri: request.redirect_uri,
-                    state: request.state,
-                    error: "invalid_scope",
-                    description: "the user may not have the requested scopes",
-                }
-                .into_response();
+    let scopes = match request.client.grant_login(
+        &audiences_of(&request.audience),
+        &request.requested,
+        &user.scopes,
+    ) {
+        Ok(scopes) => scopes,
+        Err(_) => {
+            return Refusal::Redirect {
+                redirect_uri: request.redirect_uri,
+                state: request.state,
+                error: "invalid_scope",
+                description: "the user may not have the requested scopes",
             }
-        };
+            .into_response();
+        }
+    };
     let grant = CodeGrant {
         family_id: crate::grants::new_secret(),
         client_id: request.client.client_id.clone(),
@@ -265,8 +285,11 @@ pub(super) async fn login(
         ..Event::default()
     });
     if recorded.is_err() {
-        return Refusal::Page(StatusCode::INTERNAL_SERVER_ERROR, "Please try again.")
-            .into_response();
+        return Refusal::Page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The sign-in cannot be recorded right now. Please try again in a minute.",
+        )
+        .into_response();
     }
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair("code", &code);
@@ -378,4 +401,9 @@ fn escape(text: &str) -> String {
             c => c.to_string(),
         })
         .collect()
+}
+
+/// The audiences of a login, as stored (space-separated).
+pub(crate) fn audiences_of(stored: &str) -> Vec<String> {
+    stored.split_ascii_whitespace().map(str::to_owned).collect()
 }

@@ -172,6 +172,16 @@ impl OAuthError {
         }
     }
 
+    /// The audit chain cannot be written (a full disk, say): nothing is granted until it can.
+    fn audit_unavailable() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "temporarily_unavailable",
+            description: "the audit log cannot be written; retry later",
+            retry_after: Some(5),
+        }
+    }
+
     fn server_error() -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::extract::{ClientAuth, Endpoint};
 use super::{HttpState, OAuthError, TOKEN_PATH, no_store};
 use crate::audit::Event;
-use crate::clients::{Client, GrantError};
+use crate::clients::{Client, GrantError, scope_audience};
 use crate::grants::{Family, RedeemError};
 use crate::issuer::{IssuedToken, TokenRequest};
 
@@ -167,7 +167,7 @@ async fn client_credentials(
             client: &client.client_id,
             ..Event::default()
         })
-        .map_err(|_| OAuthError::server_error())?;
+        .map_err(|_| OAuthError::audit_unavailable())?;
     // Client credentials never get a refresh token: the client can always ask again.
     Ok(success(&issued, None))
 }
@@ -220,16 +220,24 @@ async fn authorization_code(
     {
         return Err(deny("pkce_verifier_mismatch"));
     }
+    // The first access token is for the login's first audience.
+    let audience = grant
+        .audience
+        .split_ascii_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let scopes: Vec<String> = grant
         .scope
         .split_ascii_whitespace()
+        .filter(|scope| scope_audience(scope) == audience)
         .map(str::to_owned)
         .collect();
     issue_user_tokens(
         state,
         client,
         &grant.username,
-        &grant.audience,
+        &audience,
         scopes,
         &grant.family_id,
     )
@@ -283,26 +291,33 @@ async fn refresh_token(
     .await
 }
 
-/// What a refresh may grant (RFC 6749 §6): the login's audience, and the scopes asked for only if
-/// the login granted each of them; none asked for means the login's scopes. Either way narrowed
-/// again to what the client and the user's roles allow today, so a role taken away since the
-/// login is not renewed.
+/// What a refresh may grant (RFC 6749 §6): an access token for one of the login's audiences
+/// (the first when none is named), with the scopes asked for only if the login granted each of
+/// them for that audience; none asked for means all the login granted for it. Either way
+/// narrowed again to what the client and the user's roles allow today, so a role taken away
+/// since the login is not renewed.
 fn narrowed(
     client: &Client,
     family: &Family,
     user_scopes: &BTreeSet<String>,
     params: &HashMap<String, String>,
 ) -> Result<(String, Vec<String>), OAuthError> {
-    if params
-        .get("audience")
-        .is_some_and(|asked| *asked != family.audience)
-    {
-        return Err(OAuthError::bad_request(
-            "invalid_target",
-            "a refresh keeps the audience of the login",
-        ));
-    }
-    let granted: Vec<&str> = family.scope.split_ascii_whitespace().collect();
+    let audiences: Vec<&str> = family.audience.split_ascii_whitespace().collect();
+    let audience = match params.get("audience") {
+        Some(asked) if audiences.contains(&asked.as_str()) => asked.clone(),
+        Some(_) => {
+            return Err(OAuthError::bad_request(
+                "invalid_target",
+                "a refresh may ask only for an audience the login was for",
+            ));
+        }
+        None => audiences.first().copied().unwrap_or_default().to_owned(),
+    };
+    let granted: Vec<&str> = family
+        .scope
+        .split_ascii_whitespace()
+        .filter(|scope| scope_audience(scope) == audience)
+        .collect();
     let asked = requested_scopes(params);
     if asked.iter().any(|scope| !granted.contains(&scope.as_str())) {
         return Err(OAuthError::bad_request(
@@ -323,13 +338,13 @@ fn narrowed(
     if wanted.is_empty() {
         return Err(OAuthError::bad_request(
             "invalid_scope",
-            "nothing the login granted is left to renew: sign in again",
+            "nothing the login granted for this audience is left to renew: sign in again",
         ));
     }
     let scopes = client
-        .grant_for_user(&family.audience, &wanted, user_scopes)
+        .grant_for_user(&audience, &wanted, user_scopes)
         .map_err(scope_error)?;
-    Ok((family.audience.clone(), scopes))
+    Ok((audience, scopes))
 }
 
 /// An access token for the user and the next refresh token of the family.
@@ -378,6 +393,6 @@ async fn issue_user_tokens(
             client: &client.client_id,
             ..Event::default()
         })
-        .map_err(|_| OAuthError::server_error())?;
+        .map_err(|_| OAuthError::audit_unavailable())?;
     Ok(success(&issued, Some(refresh)))
 }

@@ -206,7 +206,7 @@ proptest! {
         std::fs::write(&log, lines.join("\n")).expect("write");
         match auth_interceptor::audit::verify(&log, key) {
             // Only an empty log verifies without a key's MAC on every record.
-            Ok(records) => prop_assert_eq!(records, 0),
+            Ok(verified) => prop_assert_eq!(verified.records, 0),
             Err(error) => prop_assert!(!error.to_string().is_empty()),
         }
     }

@@ -453,7 +453,9 @@ async fn every_decision_is_appended_to_the_service_audit_chain() {
         "never the token"
     );
     assert_eq!(
-        verify(&path, &mesh.mesh.audit.key).expect("chain verifies"),
+        verify(&path, &mesh.mesh.audit.key)
+            .expect("chain verifies")
+            .records,
         2
     );
     mesh.stop().await;

@@ -345,6 +345,25 @@ async fn a_refresh_may_narrow_the_login_but_never_widen_it_or_change_its_audienc
         .collect();
     assert!(!scopes.contains(&"auth:keys"), "{active}");
     assert!(scopes.iter().all(|s| s.starts_with("orders:")), "{active}");
+
+    // A login for two audiences (RFC 8707-style) refreshes into either, and no third.
+    let both = mesh
+        .login("alice", "orders inventory")
+        .await
+        .expect("login");
+    let access = introspect(&mesh, &both.access_token).await;
+    assert_eq!(access["aud"], "orders", "{access}");
+    let refresh = both.refresh_token.expect("refresh token");
+    let (status, body) = refresh_asking(&mesh, &refresh, &[("audience", "inventory")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "inventory:read", "{body}");
+    let next = body["refresh_token"].as_str().expect("next");
+    let (status, body) = refresh_asking(&mesh, next, &[("audience", "auth")]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{body}"
+    );
     mesh.stop().await;
 }
 

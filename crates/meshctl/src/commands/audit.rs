@@ -17,8 +17,19 @@ pub fn run(command: AuditCommand) -> Result<(), CliError> {
 fn verify(file: PathBuf, key_file: PathBuf) -> Result<(), CliError> {
     use auth_interceptor::audit::{VerifyError, verify};
     match verify(&file, &key_file) {
-        Ok(count) => {
-            println!("audit verify: OK ({count} records)");
+        Ok(verified) => {
+            let segments = match verified.sealed_segments {
+                0 => String::new(),
+                n => format!(" in {} segments", n + 1),
+            };
+            let from = match verified.first_seq {
+                0 => String::new(),
+                first => format!(", from record {first}: older segments were removed"),
+            };
+            println!(
+                "audit verify: OK ({} records{segments}{from})",
+                verified.records
+            );
             Ok(())
         }
         Err(VerifyError::Open(error)) => Err(CliError::Usage(error.to_string())),

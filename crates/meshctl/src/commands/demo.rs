@@ -273,7 +273,10 @@ fn audit_report(demo: &mut Demo) {
         let verdict = verify(&path, &demo.mesh.audit.key);
         let ok = verdict.is_ok();
         match verdict {
-            Ok(count) => println!("  audit verify {service}: OK ({count} records)"),
+            Ok(verified) => println!(
+                "  audit verify {service}: OK ({} records)",
+                verified.records
+            ),
             Err(error) => println!("  audit verify {service}: FAILED: {error}"),
         }
         demo.outcomes.push(ok);

@@ -185,7 +185,7 @@ impl Loadgen {
                 &self.issuer,
                 &user.name,
                 &user.password,
-                "orders",
+                "orders inventory",
             )
             .await
             .map_err(|e| format!("login: {e}"))?;

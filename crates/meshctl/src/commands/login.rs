@@ -18,7 +18,8 @@ pub async fn run(args: LoginArgs) -> Result<(), CliError> {
         }
         _ => browser_login(&http, &args).await?,
     };
-    let session = Session::from_login(&args.issuer, &args.audience, response)
+    let first = args.audience.split_whitespace().next().unwrap_or_default();
+    let session = Session::from_login(&args.issuer, first, response)
         .ok_or_else(|| failed("the issuer returned no refresh token"))?;
     let path = session_path(&args.session_file);
     session.save(&path).map_err(failed)?;
