@@ -247,6 +247,11 @@ pub fn hash_secret(secret: &str) -> Result<String, argon2::password_hash::Error>
         .to_string())
 }
 
+/// The audience a scope belongs to: what comes before its first `:` (`orders:read` → `orders`).
+pub fn scope_audience(scope: &str) -> &str {
+    scope.split(':').next().unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,9 +316,4 @@ mod tests {
                 .is_none()
         );
     }
-}
-
-/// The audience a scope belongs to: what comes before its first `:` (`orders:read` → `orders`).
-pub fn scope_audience(scope: &str) -> &str {
-    scope.split(':').next().unwrap_or_default()
 }
