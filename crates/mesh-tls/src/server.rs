@@ -334,9 +334,11 @@ pub struct ServerLimits {
     /// Streams a peer may make the server reset before the connection is closed: the mitigation
     /// for the HTTP/2 reset-flood attacks, which tonic switches off when this is unset.
     pub max_local_error_reset_streams: usize,
-    /// Reset streams not yet accepted that a peer may queue.
+    /// Streams a peer may reset before the server accepted them (Rapid Reset); past it the
+    /// connection ends with GOAWAY ENHANCE_YOUR_CALM. 10: stricter than h2's own 20.
     pub max_pending_accept_reset_streams: usize,
-    /// Total size of one request's headers, in bytes.
+    /// Total size of one request's headers, in bytes; past it the answer is 431. 8 KiB:
+    /// stricter than hyper's 16 KiB, ample for a token and a trace context.
     pub max_header_list_size: u32,
     /// Requests in flight per connection; beyond it the server sheds load with UNAVAILABLE
     /// instead of queueing without bound.
@@ -353,8 +355,8 @@ impl Default for ServerLimits {
         Self {
             max_concurrent_streams: 128,
             max_local_error_reset_streams: 1024,
-            max_pending_accept_reset_streams: 128,
-            max_header_list_size: 16 * 1024,
+            max_pending_accept_reset_streams: 10,
+            max_header_list_size: 8 * 1024,
             concurrency_limit_per_connection: 256,
             request_timeout: Duration::from_secs(30),
             max_message_bytes: 1024 * 1024,

@@ -530,32 +530,92 @@ async fn a_rapid_reset_flood_ends_its_connection_and_others_are_still_served() {
     mesh.stop().await;
 }
 
+/// A ListItems call with `token` and a header of `padding` bytes over a raw HTTP/2 stream: the
+/// response's HTTP status and its grpc-status (from the trailers, or the headers of a
+/// trailers-only answer), or the stream error the server answered with.
+async fn padded_call(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    token: &str,
+    padding: usize,
+) -> Result<(u16, String), h2::Error> {
+    let mut request = grpc_request("/mesh.inventory.v1.InventoryService/ListItems");
+    let headers = request.headers_mut();
+    headers.insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    headers.insert("x-padding", "a".repeat(padding).parse().expect("header"));
+    let ready = send.clone().ready().await?;
+    *send = ready;
+    let (response, mut stream) = send.send_request(request, false)?;
+    // An empty ListItemsRequest: one uncompressed gRPC frame of length 0.
+    stream.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)?;
+    let response = response.await?;
+    let status = response.status().as_u16();
+    let in_headers = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await?;
+    let grpc_status = in_headers
+        .or_else(|| {
+            trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .map(|v| v.to_str().unwrap_or_default().to_owned())
+        })
+        .unwrap_or_default();
+    Ok((status, grpc_status))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifteen_streams_reset_before_the_server_accepts_them_end_the_connection() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let (send, connection, _) = raw_h2(&mesh, mesh.mesh.inventory_addr, "inventory").await;
+    // Fifteen requests each cancelled at once, written in one burst: more than our 10 pending
+    // resets, fewer than h2's default of 20.
+    for _ in 0..15 {
+        let mut ready = send.clone().ready().await.expect("ready");
+        let (_response, mut stream) = ready
+            .send_request(
+                grpc_request("/mesh.inventory.v1.InventoryService/ListItems"),
+                false,
+            )
+            .expect("request");
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the server ends the connection")
+        .expect("task");
+    let error = ended.expect_err("ended by the server");
+    assert!(
+        error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || error.is_io(),
+        "{error:?}"
+    );
+    still_serves(&mesh).await;
+    mesh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_limit_is_advertised_and_an_oversized_header_list_is_refused() {
     let mesh = TestMesh::start().await.expect("mesh");
+    let token = mesh.meshctl_token().await.expect("token");
     let (mut send, connection, streams) =
         raw_h2(&mesh, mesh.mesh.inventory_addr, "inventory").await;
     assert_eq!(streams, 128, "the stream limit the server announces");
-    send = send.ready().await.expect("ready");
-    let mut request = grpc_request("/mesh.inventory.v1.InventoryService/ListItems");
-    request
-        .headers_mut()
-        .insert("x-padding", "a".repeat(32 * 1024).parse().expect("header"));
-    let refused = match send.send_request(request, true) {
-        Ok((response, _)) => match response.await {
-            Ok(response) => {
-                response.status().as_u16() != 200 || {
-                    response
-                        .headers()
-                        .get("grpc-status")
-                        .is_some_and(|s| s != "0")
-                }
-            }
-            Err(_) => true,
-        },
-        Err(_) => true,
-    };
-    assert!(refused, "a 32 KiB header list was served");
+    // The same authorized call is served with 1 KiB of headers...
+    let served = padded_call(&mut send, &token, 1024).await;
+    assert_eq!(served.expect("served"), (200, "0".to_owned()));
+    // ...and refused with 12 KiB: within h2's own default (16 KiB), past ours (8 KiB).
+    let refused = padded_call(&mut send, &token, 12 * 1024).await;
+    eprintln!("12 KiB header list: {refused:?}");
+    assert_eq!(refused.expect("an answer").0, 431, "a 12 KiB header list was served");
     drop(connection);
     still_serves(&mesh).await;
     mesh.stop().await;
