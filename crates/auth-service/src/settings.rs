@@ -579,6 +579,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_binarys_workload_certificates_last_an_hour_by_default() {
+        use clap::Parser as _;
+        // The parser the binary runs, with only what is required: what an operator gets
+        // (the dev harness sets its own lifetime, so no mesh test shows this one).
+        let required = [
+            "auth-service",
+            "--auth-config=auth.toml",
+            "--db=auth.db",
+            "--kek-file=auth.kek",
+        ];
+        let args = Args::try_parse_from(required).expect("parses with defaults");
+        assert_eq!(args.cert_ttl, Duration::from_secs(3600));
+        let args =
+            Args::try_parse_from(required.iter().chain(&["--cert-ttl=10m"])).expect("parses");
+        assert_eq!(args.cert_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
     fn the_shipped_example_parses() {
         let text = include_str!("../../../config/auth.example.toml");
         let config = AuthConfig::parse(text).expect("the example config is valid");

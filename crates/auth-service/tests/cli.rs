@@ -241,7 +241,7 @@ impl Drop for Killed {
 
 /// The auth binary running on `127.0.0.1:<port>` (a fresh CA and database in `dir`), and an
 /// HTTP/2 client for its public listener. `wrap` runs it under another program (`unshare …`),
-/// which must end by exec'ing it; `env` adds settings.
+/// which must end by exec'ing it; `env` adds settings (and `LOG_TO`: where its stderr goes).
 struct Running {
     auth: Killed,
     http: reqwest::Client,
@@ -295,7 +295,10 @@ async fn start_auth(
         .env("RUST_LOG", "error")
         .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(match env.iter().find(|(k, _)| *k == "LOG_TO") {
+            Some((_, path)) => std::fs::File::create(path).expect("log file").into(),
+            None => std::process::Stdio::null(),
+        })
         .spawn()
         .expect("start auth-service");
     let auth = Killed(child);
@@ -435,4 +438,53 @@ async fn a_full_disk_refuses_grants_with_503_and_they_resume_when_space_returns(
     );
     let verified = auth_interceptor::audit::verify(&seen(&log), &key).expect("the chain verifies");
     assert!(verified.records >= 2, "{verified:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_line_written_inside_a_request_carries_the_callers_trace_id() {
+    let dir = tempfile::tempdir().expect("dir");
+    let logs = dir.path().join("auth.log");
+    let running = start_auth(
+        dir.path(),
+        &[],
+        &[
+            ("LOG_TO", &logs),
+            ("MESH_LOG_FORMAT", std::path::Path::new("json")),
+            ("RUST_LOG", std::path::Path::new("info")),
+        ],
+    )
+    .await;
+    // A caller's W3C trace context, and a refusal the issuer logs while handling it.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let answer = running
+        .http
+        .post(format!("{}/oauth2/token", running.issuer))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .basic_auth("meshctl", Some("not-the-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status().as_u16(), 401);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let line = loop {
+        let text = std::fs::read_to_string(&logs).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("\"target\":\"audit\"") && l.contains("\"deny\""))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit line in: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    let spans = json["spans"].as_array().cloned().unwrap_or_default();
+    assert!(
+        spans.iter().any(|span| span["trace_id"] == trace_id),
+        "the line logged inside the request carries the caller's trace id: {line}"
+    );
 }

@@ -460,3 +460,55 @@ async fn every_decision_is_appended_to_the_service_audit_chain() {
     );
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_records_of_a_delegated_call_name_the_user_and_the_service_acting_for_them() {
+    use auth_interceptor::audit::AuditRecord;
+    use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
+    use mesh_proto::orders::v1::{OrderLine, PlaceOrderRequest};
+    let mesh = TestMesh::start().await.expect("mesh");
+    let token = mesh.user_token("alice", "orders").await.expect("login");
+    OrdersServiceClient::new(mesh.orders_channel("meshctl").expect("channel"))
+        .place_order(bearer(
+            PlaceOrderRequest {
+                idempotency_key: "actor-0001".into(),
+                lines: vec![OrderLine {
+                    sku: "SKU-001".into(),
+                    quantity: 1,
+                }],
+            },
+            &token,
+        ))
+        .await
+        .expect("placed");
+    let records = |service: &str| -> Vec<AuditRecord> {
+        std::fs::read_to_string(mesh.mesh.audit.log(service))
+            .expect("audit log")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("record"))
+            .collect()
+    };
+    let by_method = |records: &[AuditRecord], method: &str| -> AuditRecord {
+        records
+            .iter()
+            .find(|r| r.method.ends_with(method) && r.decision == "allow")
+            .unwrap_or_else(|| panic!("no allow record for {method}: {records:?}"))
+            .clone()
+    };
+    // At orders, alice acts for herself; at inventory, orders acts on her behalf.
+    let placed = by_method(&records("orders"), "/PlaceOrder");
+    assert_eq!(
+        (placed.subject.as_str(), placed.actor.as_str()),
+        ("alice", "")
+    );
+    let reserved = by_method(&records("inventory"), "/Reserve");
+    assert_eq!(
+        (
+            reserved.subject.as_str(),
+            reserved.actor.as_str(),
+            reserved.peer.as_str()
+        ),
+        ("alice", "orders", "spiffe://mesh.local/sa/orders")
+    );
+    mesh.stop().await;
+}

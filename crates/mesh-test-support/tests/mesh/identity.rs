@@ -884,6 +884,24 @@ async fn the_database_alone_holds_no_usable_private_key_and_a_wrong_kek_stops_th
         }
     }
     assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"));
+    // Nor the key's raw bytes (its DER, in 24-byte pieces), the form a careless store would use.
+    let der = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        ca_key
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<String>(),
+    )
+    .expect("PEM body");
+    assert!(der.len() > 64, "a real key");
+    for piece in der.chunks_exact(24) {
+        for file in [&bytes, &wal] {
+            assert!(
+                !file.windows(piece.len()).any(|w| w == piece),
+                "raw CA key bytes in the database"
+            );
+        }
+    }
     let settings = |kek: &std::path::Path| {
         auth_service::Args {
             listen: "127.0.0.1:0".parse().expect("addr"),

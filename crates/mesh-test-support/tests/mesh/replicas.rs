@@ -14,7 +14,7 @@ use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_proto::orders::v1::{ListOrdersRequest, OrderLine, OrderState, PlaceOrderRequest};
 use mesh_test_support::{Backend, TestMesh, bearer};
 
-async fn mesh_on(backend: Backend) -> Option<TestMesh> {
+async fn mesh_on(backend: Backend) -> TestMesh {
     TestMesh::start_on(backend, DevOptions::default())
         .await
         .expect("mesh")
@@ -30,9 +30,7 @@ fn allowed_calls(mesh: &TestMesh, service: &str, method: &str) -> usize {
 }
 
 async fn fifty_orders_over_two_orders_and_two_inventory_replicas(backend: Backend) {
-    let Some(mut mesh) = mesh_on(backend).await else {
-        return;
-    };
+    let mut mesh = mesh_on(backend).await;
     assert_eq!(mesh.backend(), backend);
     let second_inventory = mesh
         .mesh
@@ -124,6 +122,10 @@ async fn fifty_orders_over_two_orders_and_two_inventory_replicas_on_sqlite_confi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mesh_postgres),
+    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
+)]
 async fn fifty_orders_over_two_orders_and_two_inventory_replicas_on_postgres_confirm_exactly_ten() {
     fifty_orders_over_two_orders_and_two_inventory_replicas(Backend::Postgres).await;
 }
@@ -156,9 +158,7 @@ async fn redeem_at(
 }
 
 async fn a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once(backend: Backend) {
-    let Some(mut mesh) = mesh_on(backend).await else {
-        return;
-    };
+    let mut mesh = mesh_on(backend).await;
     let (_, second) = mesh
         .mesh
         .start_auth_replica("auth-2")
@@ -190,14 +190,16 @@ async fn a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once_on_sqlite() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mesh_postgres),
+    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
+)]
 async fn a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once_on_postgres() {
     a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once(Backend::Postgres).await;
 }
 
 async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(backend: Backend) {
-    let Some(mut mesh) = mesh_on(backend).await else {
-        return;
-    };
+    let mut mesh = mesh_on(backend).await;
     let (_, second) = mesh
         .mesh
         .start_auth_replica("auth-2")
@@ -235,6 +237,10 @@ async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mesh_postgres),
+    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
+)]
 async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_on_postgres() {
     a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(Backend::Postgres).await;
 }
@@ -244,9 +250,7 @@ async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_
 /// assigned at INSERT and seen at COMMIT; unless appends are serialized, a lower number that
 /// commits after a higher one is skipped by every follower for good.
 async fn fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later(backend: Backend) {
-    let Some(mut mesh) = mesh_on(backend).await else {
-        return;
-    };
+    let mut mesh = mesh_on(backend).await;
     let (_, second) = mesh
         .mesh
         .start_auth_replica("auth-2")
@@ -296,6 +300,10 @@ async fn fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later_on_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mesh_postgres),
+    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
+)]
 async fn fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later_on_postgres() {
     fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later(Backend::Postgres).await;
 }
@@ -333,13 +341,14 @@ async fn a_database_that_accepts_and_never_answers_stops_the_start_within_the_wa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mesh_postgres),
+    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
+)]
 async fn a_database_that_does_not_exist_stops_the_start_with_exit_64_naming_db() {
-    let Some(server) = mesh_test_support::postgres::PgServer::start(&[])
+    let server = mesh_test_support::postgres::PgServer::start(&[])
         .await
-        .expect("postgres")
-    else {
-        return;
-    };
+        .expect("postgres");
     let url = mesh_service::DbUrl::Postgres(server.url("missing"));
     let error = mesh_service::Db::open(&url, &inventory_service::store::MIGRATIONS)
         .await
@@ -354,9 +363,7 @@ async fn a_database_that_does_not_exist_stops_the_start_with_exit_64_naming_db()
 }
 
 async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other(backend: Backend) {
-    let Some(mut mesh) = mesh_on(backend).await else {
-        return;
-    };
+    let mut mesh = mesh_on(backend).await;
     let (_, second) = mesh
         .mesh
         .start_auth_replica("auth-2")
@@ -410,6 +417,10 @@ async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other_on_sq
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mesh_postgres),
+    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
+)]
 async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other_on_postgres() {
     a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other(Backend::Postgres).await;
 }

@@ -615,7 +615,11 @@ async fn the_stream_limit_is_advertised_and_an_oversized_header_list_is_refused(
     // ...and refused with 12 KiB: within h2's own default (16 KiB), past ours (8 KiB).
     let refused = padded_call(&mut send, &token, 12 * 1024).await;
     eprintln!("12 KiB header list: {refused:?}");
-    assert_eq!(refused.expect("an answer").0, 431, "a 12 KiB header list was served");
+    assert_eq!(
+        refused.expect("an answer").0,
+        431,
+        "a 12 KiB header list was served"
+    );
     drop(connection);
     still_serves(&mesh).await;
     mesh.stop().await;

@@ -398,3 +398,60 @@ async fn file_watch_follows_renewed_files_and_keeps_serving_through_a_broken_or_
         .expect("the bundle in service stays");
     mesh.stop().await;
 }
+
+/// `openssl s_client` (a TLS stack we did not write) to `addr`, offering only `version`
+/// (`-tls1_2`, `-tls1_3`), with the meshctl certificate when `with_cert`: whether the handshake
+/// completed, and what it printed.
+async fn openssl_handshake(
+    mesh: &TestMesh,
+    addr: std::net::SocketAddr,
+    version: &str,
+    with_cert: bool,
+) -> (bool, String) {
+    let files = mesh.mesh.tls_files("meshctl");
+    // `timeout`: a hung handshake ends the test instead of hanging it.
+    let mut command = std::process::Command::new("timeout");
+    command
+        .args(["10", "openssl", "s_client", "-brief", version, "-connect"])
+        .arg(addr.to_string())
+        .args(["-servername", "localhost", "-CAfile"])
+        .arg(&files.ca);
+    if with_cert {
+        command
+            .arg("-cert")
+            .arg(&files.cert)
+            .arg("-key")
+            .arg(&files.key);
+    }
+    let output = tokio::task::spawn_blocking(move || {
+        command
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl runs")
+    })
+    .await
+    .expect("task");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (text.contains("CONNECTION ESTABLISHED"), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_2_client_hello_is_refused_on_the_mesh_and_public_listeners() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    for (addr, with_cert) in [
+        (mesh.mesh.inventory_addr, true),
+        (mesh.mesh.auth_addr, true),
+        (mesh.mesh.auth_public_addr, false),
+    ] {
+        let (established, text) = openssl_handshake(&mesh, addr, "-tls1_3", with_cert).await;
+        assert!(established, "TLS 1.3 to {addr}: {text}");
+        let (established, text) = openssl_handshake(&mesh, addr, "-tls1_2", with_cert).await;
+        assert!(!established, "TLS 1.2 to {addr} was accepted: {text}");
+        assert!(text.contains("protocol version"), "{addr}: {text}");
+    }
+    mesh.stop().await;
+}
