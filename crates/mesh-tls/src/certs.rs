@@ -38,6 +38,33 @@ pub const CA_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 
 /// slightly behind accepts them at once.
 const BACKDATE: Duration = Duration::minutes(5);
 
+/// The smallest RSA key a certificate request may carry (NIST SP 800-131A). Smaller ones are
+/// refused by name: the crypto library will not even check their signatures, which would
+/// otherwise surface as a puzzling "invalid signature".
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// Refuses a request whose RSA key is shorter than [`MIN_RSA_BITS`], saying so. Anything this
+/// cannot read is left to the full parse, which names the problem.
+fn check_key_size(csr: &[u8]) -> Result<(), CsrError> {
+    use x509_parser::prelude::FromDer as _;
+    use x509_parser::public_key::PublicKey;
+    let Ok((_, request)) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+    else {
+        return Ok(());
+    };
+    if let Ok(PublicKey::RSA(rsa)) = request.certification_request_info.subject_pki.parsed() {
+        let bits = rsa.key_size();
+        if bits < MIN_RSA_BITS {
+            return Err(CsrError::Malformed(format!(
+                "the RSA key is {bits} bits; at least {MIN_RSA_BITS} are required \
+                 (or use an EC P-256 key)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A leaf signed for a certificate request.
 #[derive(Debug, Clone)]
 pub struct SignedLeaf {
@@ -171,6 +198,7 @@ impl CertAuthority {
         spiffe_id: &SpiffeId,
         lifetime: std::time::Duration,
     ) -> Result<SignedLeaf, CsrError> {
+        check_key_size(csr)?;
         let request = CertificateSigningRequestParams::from_der(
             &CertificateSigningRequestDer::from(csr.to_vec()),
         )
@@ -454,6 +482,41 @@ mod tests {
             .sign_request(&csr, &id("orders"), hour)
             .expect_err("bad signature");
         assert!(matches!(refused, CsrError::Malformed(_)), "{refused}");
+    }
+
+    /// A CSR made by `openssl req` (a tool we did not write) for a new RSA key of `bits`.
+    fn openssl_rsa_csr(bits: u32) -> Vec<u8> {
+        let dir = tempfile::tempdir().expect("dir");
+        let csr = dir.path().join("csr.der");
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-new", "-newkey"])
+            .arg(format!("rsa:{bits}"))
+            .args(["-nodes", "-subj", "/CN=reports", "-outform", "DER", "-keyout"])
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(&csr)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl req");
+        std::fs::read(csr).expect("csr")
+    }
+
+    #[test]
+    fn an_rsa_key_under_2048_bits_is_refused_by_its_size() {
+        let ca = CertAuthority::generate("mesh.local").expect("ca");
+        let hour = std::time::Duration::from_secs(3600);
+        let refused = ca
+            .sign_request(&openssl_rsa_csr(1024), &id("reports"), hour)
+            .expect_err("RSA-1024");
+        assert!(
+            refused.to_string().contains("1024 bits; at least 2048"),
+            "{refused}"
+        );
+        let signed = ca
+            .sign_request(&openssl_rsa_csr(2048), &id("reports"), hour)
+            .expect("RSA-2048 is signed");
+        assert!(signed.cert_pem.contains("BEGIN CERTIFICATE"));
     }
 
     #[test]
