@@ -124,6 +124,12 @@ pub struct AcceptOptions {
     /// Handshakes in flight at once from one source address; beyond it its connections are
     /// closed.
     pub max_handshakes_per_source: usize,
+    /// Connections past their first byte (handshaking or established) held at once; beyond it
+    /// new ones are closed before their handshake.
+    pub max_connections: usize,
+    /// The same, per source address: one client (or a flood from one address) cannot take the
+    /// whole allowance.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for AcceptOptions {
@@ -134,6 +140,8 @@ impl Default for AcceptOptions {
             handshake_timeout: Duration::from_secs(5),
             max_pending_handshakes: 1024,
             max_handshakes_per_source: 64,
+            max_connections: 8192,
+            max_connections_per_source: 512,
         }
     }
 }
@@ -192,6 +200,8 @@ pub fn incoming(
     let handshakes = Arc::new(Semaphore::new(options.max_pending_handshakes));
     let silent = Arc::new(Semaphore::new(options.max_silent));
     let sources = Arc::new(PerSource::default());
+    let connections = Arc::new(Semaphore::new(options.max_connections));
+    let connected_sources = Arc::new(PerSource::default());
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -213,6 +223,8 @@ pub fn incoming(
             };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             let (handshakes, sources) = (handshakes.clone(), sources.clone());
+            let (connections, connected_sources) =
+                (connections.clone(), connected_sources.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let mut first = [0u8; 1];
@@ -224,6 +236,17 @@ pub fn incoming(
                     }
                 }
                 drop(waiting);
+                // Counted from here to the connection's end, before any handshake work.
+                let Some(source_held) = connected_sources
+                    .take(remote_addr.ip(), options.max_connections_per_source)
+                else {
+                    tracing::debug!(%remote_addr, "too many connections from one source: closed");
+                    return;
+                };
+                let Ok(total_held) = connections.try_acquire_owned() else {
+                    tracing::debug!(%remote_addr, "too many connections: closed");
+                    return;
+                };
                 let Some(_source) =
                     sources.take(remote_addr.ip(), options.max_handshakes_per_source)
                 else {
@@ -251,16 +274,38 @@ pub fn incoming(
                     .1
                     .peer_certificates()
                     .and_then(|chain| chain.first());
+                let held = ConnectionSlot {
+                    _source: source_held,
+                    _total: total_held,
+                };
                 let peer = PeerIdentity {
                     remote_addr: Some(remote_addr),
                     spiffe_id: leaf.and_then(|leaf| spiffe_id_of(leaf)),
                     certificate_serial: leaf.map(|leaf| crate::certs::serial_of(leaf)),
                 };
-                let _ = tx.send(Ok(MeshStream { inner: tls, peer })).await;
+                let _ = tx
+                    .send(Ok(MeshStream {
+                        inner: tls,
+                        peer,
+                        _held: held,
+                    }))
+                    .await;
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// A connection's place in the listener's connection limits, given back when it closes.
+struct ConnectionSlot {
+    _source: SourceSlot,
+    _total: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionSlot")
+    }
 }
 
 /// An established server-side TLS connection and the identity its handshake proved.
@@ -268,6 +313,7 @@ pub fn incoming(
 pub struct MeshStream {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerIdentity,
+    _held: ConnectionSlot,
 }
 
 impl MeshStream {

@@ -455,3 +455,72 @@ async fn a_tls_1_2_client_hello_is_refused_on_the_mesh_and_public_listeners() {
     }
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_held_per_source_are_capped_and_a_closed_one_frees_its_place() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let files = mesh.mesh.tls_files("inventory");
+    let roots = files.trust_bundle().expect("roots");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let listener = TlsListener::mesh(tcp, Reloadable::load(files).expect("cert"), roots)
+        .expect("listener")
+        .with_options(AcceptOptions {
+            max_connections_per_source: 3,
+            ..AcceptOptions::default()
+        });
+    let addr = listener.local_addr().expect("addr");
+    // The server side holds each connection until its client closes it.
+    let mut incoming = listener.incoming();
+    tokio::spawn(async move {
+        use tonic::codegen::tokio_stream::StreamExt as _;
+        while let Some(Ok(mut stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let client = mesh.mesh.tls_files("meshctl");
+    let config = || {
+        mesh_tls::client::mesh_client_config(
+            Reloadable::load(client.clone()).expect("cert"),
+            client.trust_bundle().expect("roots"),
+            SpiffeId::workload(TRUST_DOMAIN, "inventory").expect("id"),
+        )
+        .expect("config")
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            mesh_tls::client::connect(addr, config())
+                .await
+                .expect("within the cap"),
+        );
+    }
+    // The fourth from the same address is closed before its handshake.
+    assert!(
+        mesh_tls::client::connect(addr, config()).await.is_err(),
+        "a fourth connection from one source"
+    );
+    // One closes: its place is free again.
+    let mut first = held.remove(0);
+    first.shutdown().await.expect("close");
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match mesh_tls::client::connect(addr, config()).await {
+            Ok(stream) => {
+                held.push(stream);
+                break;
+            }
+            Err(error) => assert!(
+                std::time::Instant::now() < deadline,
+                "the closed connection's place was not freed: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mesh.stop().await;
+}
