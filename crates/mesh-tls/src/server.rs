@@ -383,8 +383,8 @@ pub struct ServerLimits {
     /// Streams a peer may reset before the server accepted them (Rapid Reset); past it the
     /// connection ends with GOAWAY ENHANCE_YOUR_CALM. 10: stricter than h2's own 20.
     pub max_pending_accept_reset_streams: usize,
-    /// Total size of one request's headers, in bytes; past it the answer is 431. 8 KiB:
-    /// stricter than hyper's 16 KiB, ample for a token and a trace context.
+    /// Total size of one request's headers, in bytes; past it the answer is 431. 12 KiB:
+    /// stricter than hyper's 16 KiB, room for a token and the 8 KiB of baggage W3C allows.
     pub max_header_list_size: u32,
     /// Requests in flight per connection; beyond it the server sheds load with UNAVAILABLE
     /// instead of queueing without bound.
@@ -402,7 +402,7 @@ impl Default for ServerLimits {
             max_concurrent_streams: 128,
             max_local_error_reset_streams: 1024,
             max_pending_accept_reset_streams: 10,
-            max_header_list_size: 8 * 1024,
+            max_header_list_size: 12 * 1024,
             concurrency_limit_per_connection: 256,
             request_timeout: Duration::from_secs(30),
             max_message_bytes: 1024 * 1024,
