@@ -85,6 +85,40 @@ pub fn expiry(ttl: Duration) -> i64 {
     (crate::unix_now() + ttl.as_secs()) as i64
 }
 
+/// Stores a new token in `tx` (forgetting those a day past their expiry): a join token, or a
+/// rejoin token handed out with certificate `issued_with` to a caller presenting `renewed_from`.
+/// Returns it and its hash.
+async fn insert_token(
+    tx: &mut mesh_service::Tx,
+    spiffe_id: &SpiffeId,
+    ttl: Duration,
+    issued_with: Option<&str>,
+    renewed_from: Option<&str>,
+) -> Result<(NewToken, String), sqlx::Error> {
+    let token = new_token()?;
+    let now = crate::unix_now() as i64;
+    let expires_at = now + ttl.as_secs() as i64;
+    // A token a day past its expiry tells nobody anything: forget it.
+    sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
+        .bind(now - 86_400)
+        .execute(&mut **tx)
+        .await?;
+    let hash = token_hash(&token);
+    sqlx::query(
+        "INSERT INTO join_tokens (hash, spiffe_id, created_at, expires_at, issued_with, \
+         renewed_from) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&hash)
+    .bind(spiffe_id.as_str())
+    .bind(now)
+    .bind(expires_at)
+    .bind(issued_with)
+    .bind(renewed_from)
+    .execute(&mut **tx)
+    .await?;
+    Ok((NewToken { token, expires_at }, hash))
+}
+
 impl JoinTokens {
     /// The tokens in `db`.
     pub fn new(db: Db) -> Self {
@@ -97,26 +131,10 @@ impl JoinTokens {
         spiffe_id: &SpiffeId,
         ttl: Duration,
     ) -> Result<NewToken, sqlx::Error> {
-        let token = new_token()?;
-        let now = crate::unix_now() as i64;
-        let expires_at = now + ttl.as_secs() as i64;
         let mut tx = self.db.begin_write().await?;
-        // A token a day past its expiry tells nobody anything: forget it.
-        sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
-            .bind(now - 86_400)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO join_tokens (hash, spiffe_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(token_hash(&token))
-        .bind(spiffe_id.as_str())
-        .bind(now)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await?;
+        let (token, _) = insert_token(&mut tx, spiffe_id, ttl, None, None).await?;
         tx.commit().await?;
-        Ok(NewToken { token, expires_at })
+        Ok(token)
     }
 
     /// A rejoin token for `spiffe_id`, handed out with the certificate `issued_with` (its
@@ -136,14 +154,7 @@ impl JoinTokens {
         presented: Option<&str>,
         named: Option<&str>,
     ) -> Result<NewToken, sqlx::Error> {
-        let token = new_token()?;
-        let now = crate::unix_now() as i64;
-        let expires_at = now + ttl.as_secs() as i64;
         let mut tx = self.db.begin_write().await?;
-        sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
-            .bind(now - 86_400)
-            .execute(&mut *tx)
-            .await?;
         let withdraw = "DELETE FROM join_tokens WHERE spiffe_id = $1 AND used_at IS NULL \
                         AND issued_with IS NOT NULL";
         if let Some(serial) = presented {
@@ -162,19 +173,8 @@ impl JoinTokens {
                 .execute(&mut *tx)
                 .await?;
         }
-        let hash = token_hash(&token);
-        sqlx::query(
-            "INSERT INTO join_tokens (hash, spiffe_id, created_at, expires_at, issued_with, \
-             renewed_from) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&hash)
-        .bind(spiffe_id.as_str())
-        .bind(now)
-        .bind(expires_at)
-        .bind(issued_with)
-        .bind(presented)
-        .execute(&mut *tx)
-        .await?;
+        let (token, hash) =
+            insert_token(&mut tx, spiffe_id, ttl, Some(issued_with), presented).await?;
         // The new token stays; of the others, the newest `MAX - 1`.
         sqlx::query(&format!(
             "{withdraw} AND hash <> $2 AND hash NOT IN (SELECT hash FROM join_tokens \
@@ -187,7 +187,7 @@ impl JoinTokens {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(NewToken { token, expires_at })
+        Ok(token)
     }
 
     /// Spends `token`: the SPIFFE ID it was bound to, or why it is refused. Of two concurrent

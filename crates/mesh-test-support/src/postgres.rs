@@ -24,11 +24,27 @@ pub struct PgServer {
     bin: PathBuf,
     port: u16,
     run_as: Option<&'static str>,
+    /// Serving TLS, and refusing TCP connections without it.
+    tls: bool,
 }
 
 impl PgServer {
     /// Starts a fresh server with `databases` created in it.
     pub async fn start(databases: &[&str]) -> anyhow::Result<Self> {
+        Self::start_inner(databases, None).await
+    }
+
+    /// Like [`PgServer::start`], serving TLS (1.3 only) with the certificate chain and key in
+    /// these files, and refusing every connection over TCP that does not use it (`hostssl`).
+    pub async fn start_with_tls(
+        databases: &[&str],
+        cert: &Path,
+        key: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(databases, Some((cert, key))).await
+    }
+
+    async fn start_inner(databases: &[&str], tls: Option<(&Path, &Path)>) -> anyhow::Result<Self> {
         let Some(bin) = binaries() else {
             bail!(
                 "PostgreSQL binaries not found (apt-get install postgresql, or MESH_PG_BIN); \
@@ -51,8 +67,12 @@ impl PgServer {
             bin,
             port: 0,
             run_as,
+            tls: tls.is_some(),
         };
         server.initdb()?;
+        if let Some((cert, key)) = tls {
+            server.serve_tls(cert, key)?;
+        }
         // A port found free can be taken before the server binds it: try a few.
         let mut last = None;
         for _ in 0..5 {
@@ -123,13 +143,45 @@ impl PgServer {
         Ok(())
     }
 
+    /// The certificate and key in the data directory (the key owned by the server's user,
+    /// 0600, as PostgreSQL requires), and client authentication over TCP only with TLS.
+    fn serve_tls(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        let data = self.data();
+        std::fs::copy(cert, data.join("server.crt"))?;
+        std::fs::copy(key, data.join("server.key"))?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )?;
+        if let Some(user) = self.run_as {
+            for file in ["server.crt", "server.key", "pg_hba.conf"] {
+                let owned = Command::new("chown")
+                    .arg(format!("{user}:{user}"))
+                    .arg(data.join(file))
+                    .status()?;
+                if !owned.success() {
+                    bail!("chown {user} {file}: {owned}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn pg_ctl_start(&self) -> anyhow::Result<()> {
         // Durability is not under test: fsync off makes a cluster start and commit fast.
-        let options = format!(
+        let mut options = format!(
             "-h 127.0.0.1 -p {} -k {} -F -c max_connections=300 -c shared_buffers=32MB",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            options.push_str(" -c ssl=on -c ssl_min_protocol_version=TLSv1.3");
+        }
         let out = self
             .command("pg_ctl")
             .arg("-D")

@@ -491,7 +491,14 @@ mod tests {
         let status = std::process::Command::new("openssl")
             .args(["req", "-new", "-newkey"])
             .arg(format!("rsa:{bits}"))
-            .args(["-nodes", "-subj", "/CN=reports", "-outform", "DER", "-keyout"])
+            .args([
+                "-nodes",
+                "-subj",
+                "/CN=reports",
+                "-outform",
+                "DER",
+                "-keyout",
+            ])
             .arg(dir.path().join("key.pem"))
             .arg("-out")
             .arg(&csr)

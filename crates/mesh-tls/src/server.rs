@@ -223,8 +223,7 @@ pub fn incoming(
             };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             let (handshakes, sources) = (handshakes.clone(), sources.clone());
-            let (connections, connected_sources) =
-                (connections.clone(), connected_sources.clone());
+            let (connections, connected_sources) = (connections.clone(), connected_sources.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let mut first = [0u8; 1];
@@ -237,8 +236,8 @@ pub fn incoming(
                 }
                 drop(waiting);
                 // Counted from here to the connection's end, before any handshake work.
-                let Some(source_held) = connected_sources
-                    .take(remote_addr.ip(), options.max_connections_per_source)
+                let Some(source_held) =
+                    connected_sources.take(remote_addr.ip(), options.max_connections_per_source)
                 else {
                     tracing::debug!(%remote_addr, "too many connections from one source: closed");
                     return;

@@ -69,6 +69,10 @@ pub enum Command {
 pub enum CertsCommand {
     /// Write a dev CA and a certificate for every workload.
     Init(CertsInitArgs),
+    /// Sign a certificate and key for a server outside the mesh that workloads reach by host
+    /// name (the database): `<name>.pem` (its certificate, then the CA's) and `<name>.key`, DNS
+    /// SAN `<name>`, 90 days. Clients verify it with the mesh CA (`sslmode=verify-full`).
+    Server(CertsServerArgs),
     /// Show the certificate a workload serves right now: SPIFFE ID, serial, time left.
     Show {
         /// The workload's mesh address (`host:port`).
@@ -81,6 +85,26 @@ pub enum CertsCommand {
         #[command(flatten)]
         tls: TlsArgs,
     },
+}
+
+/// `meshctl certs server`.
+#[derive(Debug, Args)]
+pub struct CertsServerArgs {
+    /// The server's host name, as clients name it (and the file names).
+    #[arg(long)]
+    pub name: String,
+    /// The CA's certificate (`ca.pem`).
+    #[arg(long)]
+    pub ca_cert: PathBuf,
+    /// The CA's private key (what `certs init --ca-key` wrote).
+    #[arg(long)]
+    pub ca_key: PathBuf,
+    /// Directory to write `<name>.pem` and `<name>.key` (0600) into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Trust domain of the CA.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
+    pub trust_domain: String,
 }
 
 /// `meshctl certs init`.

@@ -52,6 +52,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     use commands::*;
     match cli.command {
         Command::Certs(CertsCommand::Init(args)) => certs::run(args),
+        Command::Certs(CertsCommand::Server(args)) => certs::server(args),
         Command::Certs(CertsCommand::Show {
             addr,
             workload,

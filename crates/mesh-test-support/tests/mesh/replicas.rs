@@ -424,3 +424,52 @@ async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other_on_sq
 async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other_on_postgres() {
     a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other(Backend::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mesh_postgres),
+    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
+)]
+async fn the_database_is_reached_over_tls_verified_against_the_mesh_ca_and_nothing_else() {
+    use mesh_tls::certs::CertAuthority;
+    let dir = tempfile::tempdir().expect("dir");
+    // What `meshctl certs server` writes: a certificate from the mesh CA, chain included.
+    let ca = CertAuthority::generate("mesh.local").expect("ca");
+    let mut issued = ca.issue("postgres").expect("server certificate");
+    issued.cert_pem.push_str(ca.cert_pem());
+    CertAuthority::write_issued(dir.path(), "postgres", &issued).expect("write");
+    let (mesh_ca, other_ca) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&mesh_ca, ca.cert_pem()).expect("ca.pem");
+    let other = CertAuthority::generate("mesh.local").expect("another CA");
+    std::fs::write(&other_ca, other.cert_pem()).expect("other.pem");
+    let server = mesh_test_support::postgres::PgServer::start_with_tls(
+        &["inventory"],
+        &dir.path().join("postgres.pem"),
+        &dir.path().join("postgres.key"),
+    )
+    .await
+    .expect("postgres with TLS");
+    let open = |query: String| {
+        let url = mesh_service::DbUrl::Postgres(format!("{}?{query}", server.url("inventory")));
+        async move { mesh_service::Db::open(&url, &inventory_service::store::MIGRATIONS).await }
+    };
+    open(format!(
+        "sslmode=verify-full&sslrootcert={}",
+        mesh_ca.display()
+    ))
+    .await
+    .expect("verify-full against the mesh CA");
+    // A server whose certificate another CA signed (an on-path attacker's) is refused.
+    let error = open(format!(
+        "sslmode=verify-full&sslrootcert={}",
+        other_ca.display()
+    ))
+    .await
+    .expect_err("a certificate from another CA");
+    assert!(error.to_string().starts_with("--db: "), "{error}");
+    // And the server takes no connection without TLS.
+    let error = open("sslmode=disable".to_owned())
+        .await
+        .expect_err("plaintext");
+    assert!(error.to_string().contains("no encryption"), "{error}");
+}

@@ -155,9 +155,17 @@ async fn client_refuses_a_server_with_another_spiffe_id() {
     mesh.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_peer_and_a_slow_sender_are_dropped_after_their_timeouts() {
-    let mesh = TestMesh::start().await.expect("mesh");
+/// A mesh listener with inventory's certificate on a fresh loopback port, accepting with
+/// `options`: its address and its stream of established connections.
+async fn inventory_listener(
+    mesh: &TestMesh,
+    options: AcceptOptions,
+) -> (
+    std::net::SocketAddr,
+    tonic::codegen::tokio_stream::wrappers::ReceiverStream<
+        std::io::Result<mesh_tls::server::MeshStream>,
+    >,
+) {
     let files = mesh.mesh.tls_files("inventory");
     let roots = files.trust_bundle().expect("roots");
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -165,13 +173,23 @@ async fn a_silent_peer_and_a_slow_sender_are_dropped_after_their_timeouts() {
         .expect("bind");
     let listener = TlsListener::mesh(tcp, Reloadable::load(files).expect("cert"), roots)
         .expect("listener")
-        .with_options(AcceptOptions {
+        .with_options(options);
+    let addr = listener.local_addr().expect("addr");
+    (addr, listener.incoming())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_and_a_slow_sender_are_dropped_after_their_timeouts() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let (addr, _incoming) = inventory_listener(
+        &mesh,
+        AcceptOptions {
             first_byte_timeout: Duration::from_millis(300),
             handshake_timeout: Duration::from_millis(600),
             ..AcceptOptions::default()
-        });
-    let addr = listener.local_addr().expect("addr");
-    let _incoming = listener.incoming();
+        },
+    )
+    .await;
 
     // Silent: never a byte. Slow: the first byte of a ClientHello, then nothing.
     let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -459,20 +477,15 @@ async fn a_tls_1_2_client_hello_is_refused_on_the_mesh_and_public_listeners() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_held_per_source_are_capped_and_a_closed_one_frees_its_place() {
     let mesh = TestMesh::start().await.expect("mesh");
-    let files = mesh.mesh.tls_files("inventory");
-    let roots = files.trust_bundle().expect("roots");
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let listener = TlsListener::mesh(tcp, Reloadable::load(files).expect("cert"), roots)
-        .expect("listener")
-        .with_options(AcceptOptions {
+    let (addr, mut incoming) = inventory_listener(
+        &mesh,
+        AcceptOptions {
             max_connections_per_source: 3,
             ..AcceptOptions::default()
-        });
-    let addr = listener.local_addr().expect("addr");
+        },
+    )
+    .await;
     // The server side holds each connection until its client closes it.
-    let mut incoming = listener.incoming();
     tokio::spawn(async move {
         use tonic::codegen::tokio_stream::StreamExt as _;
         while let Some(Ok(mut stream)) = incoming.next().await {

@@ -70,6 +70,36 @@ pub fn run(args: CertsInitArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `meshctl certs server`: a certificate from the mesh CA for a server named by host name.
+pub fn server(args: crate::cli::CertsServerArgs) -> Result<(), CliError> {
+    validate_workload_name(&args.name).map_err(|e| CliError::Usage(format!("--name: {e}")))?;
+    let read = |path: &Path, flag: &str| {
+        std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("{flag}: {e}")))
+    };
+    let ca_pem = read(&args.ca_cert, "--ca-cert")?;
+    let ca = CertAuthority::from_pem(
+        &args.trust_domain,
+        &ca_pem,
+        &read(&args.ca_key, "--ca-key")?,
+    )
+    .map_err(|e| CliError::Usage(format!("--ca-key: {e}")))?;
+    let mut issued = ca
+        .issue(&args.name)
+        .map_err(|e| CliError::Usage(format!("--name: {e}")))?;
+    // The chain a client verifies: the server's certificate, then the CA's.
+    issued.cert_pem.push_str(&ca_pem);
+    std::fs::create_dir_all(&args.out).map_err(|e| CliError::Usage(format!("--out: {e}")))?;
+    CertAuthority::write_issued(&args.out, &args.name, &issued)
+        .map_err(|e| CliError::Usage(format!("--out: {e}")))?;
+    println!(
+        "wrote {}/{}.pem and .key (DNS name {}, 90 days)",
+        args.out.display(),
+        args.name,
+        args.name
+    );
+    Ok(())
+}
+
 /// Writes one join token per `--join` and their hashes to `list`.
 fn write_join_tokens(args: &CertsInitArgs, list: &Path) -> Result<(), CliError> {
     let expires = auth_service::join::expiry(args.join_ttl);

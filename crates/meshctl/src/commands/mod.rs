@@ -68,7 +68,17 @@ pub(crate) async fn token_for(
     let path = session_path(&session.session_file);
     let mut stored = Session::load(&path).map_err(CliError::Usage)?;
     let http = https(ca_file(tls)?, &stored.issuer, session.issuer_ip)?;
-    let token = stored.access_token(&http, audience).await.map_err(failed)?;
+    let token = stored
+        .access_token(&http, audience)
+        .await
+        .map_err(|error| match error.to_string() {
+            // A refresh never widens a login: say how to get one that covers the audience.
+            text if text.contains("invalid_target") => failed(format!(
+                "{text}; log in again for it: meshctl login --audience \"orders inventory \
+                 {audience}\""
+            )),
+            text => failed(text),
+        })?;
     stored.save(&path).map_err(failed)?;
     bearer(token)
 }
