@@ -1,20 +1,13 @@
-//! Per-method authorization: one table per service, keyed by full gRPC method path, default deny.
+//! Per-method authorization: one table per service, a row per method (a typed [`Rpc`], so a
+//! method that does not exist cannot be named), looked up by the request's path, default deny.
 
 use std::collections::HashMap;
 
+use mesh_proto::rpc::{self, Rpc};
 use mesh_tls::SpiffeId;
 
 use crate::error::AuthError;
 use crate::verify::VerifiedToken;
-
-/// The gRPC health-checking methods; services add them as explicit public rows.
-pub const HEALTH_METHODS: [&str; 2] = [
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-];
-
-/// The gRPC reflection method; services add it as an explicit certificate-only row.
-pub const REFLECTION_METHOD: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
 
 /// What a method requires of its caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +129,7 @@ impl Rule {
 #[derive(Debug, Clone)]
 pub struct Policy {
     trust_domain: String,
-    rules: HashMap<String, Rule>,
+    rules: HashMap<&'static str, (Rpc, Rule)>,
 }
 
 impl Policy {
@@ -164,16 +157,25 @@ impl Policy {
         }
     }
 
-    /// Adds (or replaces) the row for `method`, a full path such as
-    /// `/mesh.inventory.v1.InventoryService/ListItems`.
-    pub fn allow(mut self, method: impl Into<String>, rule: Rule) -> Self {
-        self.rules.insert(method.into(), rule);
+    /// Adds the row for `method` (a generated constant, e.g.
+    /// `mesh_proto::inventory::v1::rpc::inventory_service::LIST_ITEMS`).
+    ///
+    /// # Panics
+    /// When `method` has a row already: a method has exactly one, and a second would silently
+    /// replace the first. Every service builds its policy at start, so every test sees this.
+    pub fn allow(mut self, method: Rpc, rule: Rule) -> Self {
+        let replaced = self.rules.insert(method.path, (method, rule));
+        assert!(
+            replaced.is_none(),
+            "{}: a second policy row for one method",
+            method.path
+        );
         self
     }
 
     /// Adds the gRPC health-checking methods as public rows.
     pub fn with_health(self) -> Self {
-        HEALTH_METHODS
+        rpc::health::ALL
             .iter()
             .fold(self, |policy, method| policy.allow(*method, Rule::public()))
     }
@@ -181,18 +183,18 @@ impl Policy {
     /// Adds gRPC reflection as a row for mesh workloads only (certificate required, no token):
     /// the schema is no secret inside the mesh, but it is nobody else's business.
     pub fn with_reflection(self) -> Self {
-        self.allow(REFLECTION_METHOD, Rule::certificate())
+        self.allow(rpc::reflection::SERVER_REFLECTION_INFO, Rule::certificate())
     }
 
-    /// The row for `method`.
+    /// The row for the request path `method`.
     pub fn rule(&self, method: &str) -> Option<&Rule> {
-        self.rules.get(method)
+        self.rules.get(method).map(|(_, rule)| rule)
     }
 
-    /// Every method with a row, sorted (for docs and tests).
-    pub fn methods(&self) -> Vec<&str> {
-        let mut methods: Vec<&str> = self.rules.keys().map(String::as_str).collect();
-        methods.sort_unstable();
+    /// Every method with a row, sorted by path (for docs and tests).
+    pub fn methods(&self) -> Vec<Rpc> {
+        let mut methods: Vec<Rpc> = self.rules.values().map(|(rpc, _)| *rpc).collect();
+        methods.sort_unstable_by_key(|rpc| rpc.path);
         methods
     }
 }
@@ -217,17 +219,37 @@ mod tests {
         SpiffeId::workload(domain, name).expect("id")
     }
 
+    /// A method of a made-up service `s.S`.
+    const fn method(path: &'static str, name: &'static str) -> Rpc {
+        Rpc {
+            path,
+            service: "s.S",
+            method: name,
+            idempotency: rpc::Idempotency::Unknown,
+            client_streaming: false,
+            server_streaming: false,
+        }
+    }
+    const READ: Rpc = method("/s.S/Read", "Read");
+    const RESERVE: Rpc = method("/s.S/Reserve", "Reserve");
+
     fn policy() -> Policy {
         Policy::new("mesh.local")
             .with_health()
-            .allow("/s.S/Read", Rule::token().scope("s:read"))
+            .allow(READ, Rule::token().scope("s:read"))
             .allow(
-                "/s.S/Reserve",
+                RESERVE,
                 Rule::token()
                     .scope("s:reserve")
                     .callers([id("mesh.local", "orders")])
                     .actors(["orders"]),
             )
+    }
+
+    #[test]
+    #[should_panic(expected = "a second policy row for one method")]
+    fn a_second_row_for_one_method_is_a_mistake_caught_at_start() {
+        let _ = policy().allow(READ, Rule::public());
     }
 
     #[test]
@@ -238,7 +260,11 @@ mod tests {
             assert!(policy.rule(unknown).is_none(), "{unknown:?}");
         }
         assert_eq!(
-            policy.methods(),
+            policy
+                .methods()
+                .iter()
+                .map(|rpc| rpc.path)
+                .collect::<Vec<_>>(),
             [
                 "/grpc.health.v1.Health/Check",
                 "/grpc.health.v1.Health/Watch",
@@ -251,7 +277,7 @@ mod tests {
     #[test]
     fn foreign_trust_domains_get_only_the_public_rows() {
         let policy = policy();
-        let health = policy.rule(HEALTH_METHODS[0]).expect("health");
+        let health = policy.rule(rpc::health::CHECK.path).expect("health");
         let read = policy.rule("/s.S/Read").expect("read");
         let foreign = id("evil.example", "orders");
         assert_eq!(policy.admits(health, Some(&foreign)), Ok(()));

@@ -23,6 +23,7 @@ use crate::grants::Grants;
 use crate::issuer::{Issuer, TokenRequest};
 use crate::local::LocalVerifiers;
 use crate::revocations;
+use mesh_proto::auth::v1::rpc::auth_service;
 
 /// The gRPC API of the auth service.
 #[derive(Debug)]
@@ -125,7 +126,7 @@ impl AuthService for MeshApi {
             .grant(Event {
                 decision: "allow",
                 reason: "signing_key_rotated",
-                method: "/mesh.auth.v1.AuthService/RotateSigningKey",
+                method: auth_service::ROTATE_SIGNING_KEY.path,
                 subject: admin.subject(),
                 client: admin.client_id(),
                 ..Event::default()
@@ -166,7 +167,7 @@ impl AuthService for MeshApi {
             .grant(Event {
                 decision: "allow",
                 reason: "service_token",
-                method: "/mesh.auth.v1.AuthService/IssueServiceToken",
+                method: auth_service::ISSUE_SERVICE_TOKEN.path,
                 subject: &client.client_id,
                 client: &client.client_id,
                 ..Event::default()
@@ -265,7 +266,7 @@ impl AuthService for MeshApi {
             .grant(Event {
                 decision: "allow",
                 reason: "token_exchange",
-                method: "/mesh.auth.v1.AuthService/ExchangeToken",
+                method: auth_service::EXCHANGE_TOKEN.path,
                 subject: &subject.subject,
                 client: &subject.client_id,
                 actor: &client.client_id,

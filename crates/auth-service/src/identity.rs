@@ -21,7 +21,7 @@ use crate::audit::{Event, IssuerAudit};
 use crate::authority::{AuthorityError, AuthorityStore};
 use crate::join::JoinTokens;
 
-const CERTIFY: &str = "/mesh.identity.v1.Identity/Certify";
+const CERTIFY: &str = mesh_proto::identity::v1::rpc::identity::CERTIFY.path;
 
 /// The longest a created join token may wait for its first use.
 const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(86_400);
@@ -301,7 +301,7 @@ impl IdentityAdmin for IdentityApi {
             .grant(Event {
                 decision: "allow",
                 reason: "join_token_created",
-                method: "/mesh.identity.v1.IdentityAdmin/CreateJoinToken",
+                method: mesh_proto::identity::v1::rpc::identity_admin::CREATE_JOIN_TOKEN.path,
                 subject: id.as_str(),
                 client: admin.client_id(),
                 actor: admin.subject(),
@@ -333,7 +333,7 @@ impl IdentityAdmin for IdentityApi {
             .grant(Event {
                 decision: "allow",
                 reason,
-                method: "/mesh.identity.v1.IdentityAdmin/RotateAuthority",
+                method: mesh_proto::identity::v1::rpc::identity_admin::ROTATE_AUTHORITY.path,
                 subject: admin.subject(),
                 client: admin.client_id(),
                 ..Event::default()

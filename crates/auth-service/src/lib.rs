@@ -92,41 +92,24 @@ pub(crate) fn unix_now() -> u64 {
 /// methods authenticate the caller by its certificate, which the handlers then map to a
 /// registered client.
 pub fn mesh_policy(trust_domain: &str) -> Policy {
+    use mesh_proto::auth::v1::rpc::auth_service;
+    use mesh_proto::identity::v1::rpc::{identity, identity_admin};
+    let admin = || {
+        Rule::token()
+            .scope(KEYS_ADMIN_SCOPE)
+            .callers(SpiffeId::workload(trust_domain, "meshctl"))
+    };
     Policy::new(trust_domain)
         .with_health()
         .with_reflection()
-        .allow(
-            "/mesh.auth.v1.AuthService/IssueServiceToken",
-            Rule::certificate(),
-        )
-        .allow(
-            "/mesh.auth.v1.AuthService/ExchangeToken",
-            Rule::certificate(),
-        )
-        .allow(
-            "/mesh.auth.v1.AuthService/WatchRevocations",
-            Rule::certificate(),
-        )
-        .allow(
-            "/mesh.auth.v1.AuthService/RotateSigningKey",
-            Rule::token()
-                .scope(KEYS_ADMIN_SCOPE)
-                .callers(SpiffeId::workload(trust_domain, "meshctl")),
-        )
+        .allow(auth_service::ISSUE_SERVICE_TOKEN, Rule::certificate())
+        .allow(auth_service::EXCHANGE_TOKEN, Rule::certificate())
+        .allow(auth_service::WATCH_REVOCATIONS, Rule::certificate())
+        .allow(auth_service::ROTATE_SIGNING_KEY, admin())
         // Renewal: the certificate is the proof; the CA certifies the identity it names.
-        .allow("/mesh.identity.v1.Identity/Certify", Rule::certificate())
-        .allow(
-            "/mesh.identity.v1.IdentityAdmin/CreateJoinToken",
-            Rule::token()
-                .scope(KEYS_ADMIN_SCOPE)
-                .callers(SpiffeId::workload(trust_domain, "meshctl")),
-        )
-        .allow(
-            "/mesh.identity.v1.IdentityAdmin/RotateAuthority",
-            Rule::token()
-                .scope(KEYS_ADMIN_SCOPE)
-                .callers(SpiffeId::workload(trust_domain, "meshctl")),
-        )
+        .allow(identity::CERTIFY, Rule::certificate())
+        .allow(identity_admin::CREATE_JOIN_TOKEN, admin())
+        .allow(identity_admin::ROTATE_AUTHORITY, admin())
 }
 
 /// The scope an administrator's token needs to rotate the signing key or the CA, or to create

@@ -50,36 +50,27 @@ pub struct Args {
 /// The inventory policy for the workloads of `trust_domain`. `orders` is the SPIFFE ID of the
 /// orders workload, the only caller that may reserve and release.
 pub fn policy(trust_domain: &str, orders: SpiffeId) -> Policy {
-    let service = "/mesh.inventory.v1.InventoryService";
+    use mesh_proto::inventory::v1::rpc::inventory_service as rpc;
     Policy::new(trust_domain)
         .with_health()
         .with_reflection()
+        .allow(rpc::LIST_ITEMS, Rule::token().scope("inventory:read"))
+        .allow(rpc::GET_ITEM, Rule::token().scope("inventory:read"))
         .allow(
-            format!("{service}/ListItems"),
-            Rule::token().scope("inventory:read"),
-        )
-        .allow(
-            format!("{service}/GetItem"),
-            Rule::token().scope("inventory:read"),
-        )
-        .allow(
-            format!("{service}/Reserve"),
+            rpc::RESERVE,
             Rule::token()
                 .scope("inventory:reserve")
                 .callers([orders.clone()])
                 .actors(["orders"]),
         )
         .allow(
-            format!("{service}/Release"),
+            rpc::RELEASE,
             Rule::token()
                 .scope("inventory:reserve")
                 .callers([orders])
                 .actors(["orders"]),
         )
-        .allow(
-            format!("{service}/Restock"),
-            Rule::token().scope("inventory:admin"),
-        )
+        .allow(rpc::RESTOCK, Rule::token().scope("inventory:admin"))
 }
 
 /// A built, bound inventory service: its state and the shared server around it.

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::material::{AUDIENCE, ISSUER, Material, SCOPE};
 
 /// The method every configuration serves.
-pub const METHOD: &str = "/grpc.health.v1.Health/Check";
+pub const METHOD: &str = mesh_proto::rpc::health::CHECK.path;
 
 /// One server configuration; each includes everything of the ones before it (except `Plain`,
 /// which is the baseline).
@@ -126,8 +126,8 @@ pub async fn serve(
     }
     let verifier: Arc<TokenVerifier> =
         TokenVerifier::with_keys(verifier_config, material.key_set()?);
-    let policy =
-        Policy::new(crate::material::TRUST_DOMAIN).allow(METHOD, Rule::token().scope(SCOPE));
+    let policy = Policy::new(crate::material::TRUST_DOMAIN)
+        .allow(mesh_proto::rpc::health::CHECK, Rule::token().scope(SCOPE));
     let audit = match config {
         Config::Full | Config::Client => Some(Arc::new(AuditLog::open(
             "bench",

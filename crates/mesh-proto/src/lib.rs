@@ -7,6 +7,8 @@
 //! - [`auth::v1`]: `mesh.auth.v1.AuthService`, token issuance and exchange for workloads.
 //! - [`inventory::v1`]: `mesh.inventory.v1.InventoryService`, stock and reservations.
 //! - [`orders::v1`]: `mesh.orders.v1.OrdersService`, orders placed on behalf of users.
+//! - [`rpc`]: what an RPC is, once: a typed constant per method (path, service, idempotency from
+//!   the proto's `idempotency_level`), and lookups by path.
 //! - [`domain`]: parsed domain types (`Sku`, `Quantity`, …) and `INVALID_ARGUMENT` with field
 //!   violations.
 //! - [`FILE_DESCRIPTOR_SET`], [`reflection`]: the encoded descriptors, and a gRPC reflection
@@ -16,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod domain;
+pub mod rpc;
 
 /// `mesh.auth.v1`.
 pub mod auth {
@@ -23,6 +26,11 @@ pub mod auth {
     pub mod v1 {
         #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
         tonic::include_proto!("mesh.auth.v1");
+
+        /// One typed constant per method of this package's services (see [`crate::rpc`]).
+        pub mod rpc {
+            include!(concat!(env!("OUT_DIR"), "/mesh.auth.v1.rpc.rs"));
+        }
     }
 }
 
@@ -32,6 +40,11 @@ pub mod identity {
     pub mod v1 {
         #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
         tonic::include_proto!("mesh.identity.v1");
+
+        /// One typed constant per method of this package's services (see [`crate::rpc`]).
+        pub mod rpc {
+            include!(concat!(env!("OUT_DIR"), "/mesh.identity.v1.rpc.rs"));
+        }
     }
 }
 
@@ -41,6 +54,11 @@ pub mod inventory {
     pub mod v1 {
         #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
         tonic::include_proto!("mesh.inventory.v1");
+
+        /// One typed constant per method of this package's services (see [`crate::rpc`]).
+        pub mod rpc {
+            include!(concat!(env!("OUT_DIR"), "/mesh.inventory.v1.rpc.rs"));
+        }
     }
 }
 
@@ -50,6 +68,11 @@ pub mod orders {
     pub mod v1 {
         #![allow(missing_docs, unreachable_pub, missing_debug_implementations)]
         tonic::include_proto!("mesh.orders.v1");
+
+        /// One typed constant per method of this package's services (see [`crate::rpc`]).
+        pub mod rpc {
+            include!(concat!(env!("OUT_DIR"), "/mesh.orders.v1.rpc.rs"));
+        }
     }
 }
 

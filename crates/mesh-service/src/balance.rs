@@ -62,23 +62,11 @@ const MAX_ATTEMPTS: u32 = 3;
 /// The first retry's backoff; doubled for the next, each jittered down to half.
 const RETRY_BACKOFF: Duration = Duration::from_millis(10);
 
-/// Methods that may be sent twice with the same effect as once: reads, and writes keyed by the
-/// caller (a reservation id, an idempotency key). Only these are retried.
+/// Whether a call to `path` may be sent again: what its proto says (`idempotency_level`
+/// `IDEMPOTENT` or `NO_SIDE_EFFECTS` on a unary method, see [`mesh_proto::rpc`]). Only these are
+/// retried.
 pub fn idempotent(path: &str) -> bool {
-    matches!(
-        path,
-        "/mesh.inventory.v1.InventoryService/ListItems"
-            | "/mesh.inventory.v1.InventoryService/GetItem"
-            | "/mesh.inventory.v1.InventoryService/Reserve"
-            | "/mesh.inventory.v1.InventoryService/Release"
-            | "/mesh.orders.v1.OrdersService/GetOrder"
-            | "/mesh.orders.v1.OrdersService/ListOrders"
-            | "/mesh.orders.v1.OrdersService/PlaceOrder"
-            | "/mesh.orders.v1.OrdersService/CancelOrder"
-            | "/mesh.auth.v1.AuthService/ExchangeToken"
-            | "/mesh.auth.v1.AuthService/IssueServiceToken"
-            | "/grpc.health.v1.Health/Check"
-    )
+    mesh_proto::rpc::by_path(path).is_some_and(mesh_proto::rpc::Rpc::is_retryable)
 }
 
 /// What a balanced client has done, for tests and metrics.

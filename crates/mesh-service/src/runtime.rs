@@ -375,7 +375,7 @@ impl Runtime {
         let shed = crate::shed::ShedLayer::new(self.max_in_flight);
         crate::observe::shed(&meter, shed.shed_count());
         MeshServer {
-            known: KnownMethods::new(policy.methods()),
+            known: KnownMethods::new(policy.methods().iter().map(|rpc| rpc.path)),
             auth: AuthLayer::new(self.verifier.clone(), policy)
                 .with_audit(self.audit)
                 .with_metrics(&meter),

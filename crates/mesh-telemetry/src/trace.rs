@@ -493,8 +493,8 @@ mod tests {
     #[test]
     fn names_and_statuses_are_read_from_paths_and_headers() {
         assert_eq!(
-            rpc_names("/mesh.orders.v1.OrdersService/PlaceOrder"),
-            ("mesh.orders.v1.OrdersService".into(), "PlaceOrder".into())
+            rpc_names("/shop.v1.Shop/Buy"),
+            ("shop.v1.Shop".into(), "Buy".into())
         );
         let mut headers = HeaderMap::new();
         assert_eq!(grpc_status(&headers).0, 0);

@@ -56,26 +56,14 @@ pub struct Args {
 /// and cancelling `orders:write`; which orders a caller may touch is decided per object in the
 /// handlers.
 pub fn policy(trust_domain: &str) -> Policy {
-    let service = "/mesh.orders.v1.OrdersService";
+    use mesh_proto::orders::v1::rpc::orders_service as rpc;
     Policy::new(trust_domain)
         .with_health()
         .with_reflection()
-        .allow(
-            format!("{service}/PlaceOrder"),
-            Rule::token().scope("orders:write"),
-        )
-        .allow(
-            format!("{service}/CancelOrder"),
-            Rule::token().scope("orders:write"),
-        )
-        .allow(
-            format!("{service}/GetOrder"),
-            Rule::token().scope("orders:read"),
-        )
-        .allow(
-            format!("{service}/ListOrders"),
-            Rule::token().scope("orders:read"),
-        )
+        .allow(rpc::PLACE_ORDER, Rule::token().scope("orders:write"))
+        .allow(rpc::CANCEL_ORDER, Rule::token().scope("orders:write"))
+        .allow(rpc::GET_ORDER, Rule::token().scope("orders:read"))
+        .allow(rpc::LIST_ORDERS, Rule::token().scope("orders:read"))
 }
 
 /// A built, bound orders service: its state and the shared server around it.

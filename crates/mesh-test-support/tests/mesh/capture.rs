@@ -101,21 +101,15 @@ impl InventoryService for Recorder {
 /// no row at all.
 pub(crate) fn policy() -> Policy {
     let orders = SpiffeId::workload(TRUST_DOMAIN, "orders").expect("spiffe id");
-    let service = "/mesh.inventory.v1.InventoryService";
+    use mesh_proto::inventory::v1::rpc::inventory_service as rpc;
     Policy::new(TRUST_DOMAIN)
         .with_health()
+        .allow(rpc::LIST_ITEMS, Rule::token().scope("inventory:read"))
         .allow(
-            format!("{service}/ListItems"),
-            Rule::token().scope("inventory:read"),
-        )
-        .allow(
-            format!("{service}/Reserve"),
+            rpc::RESERVE,
             Rule::token().scope("inventory:read").callers([orders]),
         )
-        .allow(
-            format!("{service}/Restock"),
-            Rule::token().scope("inventory:admin"),
-        )
+        .allow(rpc::RESTOCK, Rule::token().scope("inventory:admin"))
 }
 
 /// A running capture server, posing as the inventory workload.

@@ -299,3 +299,72 @@ fn the_kubernetes_dev_overlay_ships_the_example_registry_unchanged() {
         "deploy/k8s/overlays/dev/auth.toml differs from config/auth.example.toml: copy it again"
     );
 }
+
+/// Every method of every service a server serves has exactly one policy row, and every row
+/// names a real method (a generated constant: `Policy::allow` panics on a second row for one
+/// method, and only takes `mesh_proto::rpc::Rpc`). A new RPC is the proto line, its handler and
+/// one row; forgetting the row fails here.
+#[test]
+fn every_served_method_has_one_policy_row_and_every_row_a_real_method() {
+    use mesh_proto::rpc::{self, Rpc};
+    let domain = mesh_test_support::TRUST_DOMAIN;
+    let orders_id = mesh_tls::SpiffeId::workload(domain, "orders").expect("id");
+    let servers: [(&str, auth_interceptor::Policy, Vec<&[Rpc]>); 3] = [
+        (
+            "orders",
+            orders_service::policy(domain),
+            vec![mesh_proto::orders::v1::rpc::orders_service::ALL],
+        ),
+        (
+            "inventory",
+            inventory_service::policy(domain, orders_id),
+            vec![mesh_proto::inventory::v1::rpc::inventory_service::ALL],
+        ),
+        (
+            "auth",
+            auth_service::mesh_policy(domain),
+            vec![
+                mesh_proto::auth::v1::rpc::auth_service::ALL,
+                mesh_proto::identity::v1::rpc::identity::ALL,
+                mesh_proto::identity::v1::rpc::identity_admin::ALL,
+            ],
+        ),
+    ];
+    for (server, policy, services) in servers {
+        let mut expected: Vec<Rpc> = services
+            .into_iter()
+            .chain([rpc::health::ALL, rpc::reflection::ALL])
+            .flatten()
+            .copied()
+            .collect();
+        expected.sort_unstable_by_key(|rpc| rpc.path);
+        let paths = |rpcs: &[Rpc]| rpcs.iter().map(|rpc| rpc.path).collect::<Vec<_>>();
+        assert_eq!(
+            paths(&policy.methods()),
+            paths(&expected),
+            "{server}: rows and methods differ"
+        );
+        for row in policy.methods() {
+            assert_eq!(rpc::by_path(row.path), Some(&row), "{server}: {}", row.path);
+        }
+    }
+}
+
+/// The generic crates name no mesh method: what a method is (its path, whether it may be
+/// retried) comes from the generated constants, never from a string in the runtime.
+#[test]
+fn the_generic_crates_write_no_mesh_method_path() {
+    for krate in ["mesh-service", "auth-interceptor", "mesh-telemetry"] {
+        let mut files = Vec::new();
+        rust_files(&crates_dir().join(krate).join("src"), &mut files);
+        assert!(!files.is_empty(), "{krate}");
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("read");
+            assert!(
+                !text.contains("\"/mesh."),
+                "{} writes a mesh method path",
+                file.display()
+            );
+        }
+    }
+}
