@@ -267,11 +267,7 @@ fn handler_refusal(headers: &mut HeaderMap) -> Option<String> {
     if let Some(reason) = headers.remove(crate::error::DENY_REASON_KEY) {
         return Some(reason.to_str().unwrap_or("handler_refused").to_owned());
     }
-    let code = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(tonic::Code::from_i32);
+    let code = mesh_telemetry::trace::status_in_headers(headers);
     matches!(
         code,
         Some(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated)

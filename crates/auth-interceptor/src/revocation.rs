@@ -170,10 +170,7 @@ pub fn spawn_feed(auth: Transport, list: Arc<RevocationList>) -> Arc<FeedStatus>
 /// back in the same instant.
 fn jittered(base: Duration) -> Duration {
     let spread = base.as_millis() as u64 / 4;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    base + Duration::from_millis(nanos % (spread + 1))
+    base + Duration::from_millis(rand::random_range(0..=spread))
 }
 
 #[cfg(test)]

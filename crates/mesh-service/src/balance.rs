@@ -24,7 +24,6 @@
 //!   struggling dependency never sees a retry storm. Never on any other status.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -263,11 +262,9 @@ impl std::fmt::Debug for Balanced {
     }
 }
 
-/// A random index below `n` (n > 0), from the standard library's randomly keyed hasher.
+/// A random index below `n` (n > 0).
 fn random_below(n: usize) -> usize {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_usize(n);
-    (hasher.finish() % n as u64) as usize
+    rand::random_range(0..n)
 }
 
 impl Balanced {
@@ -506,10 +503,10 @@ type Answer = Result<http::Response<Body>, tonic::transport::Error>;
 fn retryable(answer: &Answer) -> bool {
     match answer {
         Err(_) => true,
-        Ok(response) => response
-            .headers()
-            .get("grpc-status")
-            .is_some_and(|code| code.as_bytes() == b"14"),
+        Ok(response) => {
+            mesh_telemetry::trace::status_in_headers(response.headers())
+                == Some(tonic::Code::Unavailable)
+        }
     }
 }
 

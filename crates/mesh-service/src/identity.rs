@@ -8,7 +8,6 @@
 //! is about to expire without a successor, the service reports NOT_SERVING and logs why; once
 //! it has expired, the next attempt joins again with the rejoin token.
 
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,11 +97,9 @@ impl Drop for TaskGuard {
     }
 }
 
-/// A random fraction in `[0, 1)`, from the standard library's randomly keyed hasher.
+/// A random fraction in `[0, 1)`.
 fn random_fraction() -> f64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(0);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+    rand::random::<f64>()
 }
 
 /// When to renew a certificate with `remaining` validity: between 40 % and 60 % of it.

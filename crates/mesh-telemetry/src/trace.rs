@@ -241,14 +241,20 @@ pub(crate) fn rpc_names(path: &str) -> (String, String) {
     (service, method)
 }
 
+/// The gRPC status code in a response's headers: what a trailers-only answer (every error)
+/// carries; `None` when the status is still to come in the trailers. The one reader of
+/// `grpc-status` in the mesh (the auth layer and the balancer use it too); an unreadable value
+/// is `Unknown`, as tonic reads it.
+pub fn status_in_headers(headers: &HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .map(|value| tonic::Code::from_bytes(value.as_bytes()))
+}
+
 /// The gRPC status of a response: from its headers (errors are trailers-only responses), else
 /// OK (a streamed success reports its status in the trailers).
 fn grpc_status(headers: &HeaderMap) -> (i64, Option<String>) {
-    let code = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let code = status_in_headers(headers).map_or(0, |code| i64::from(code as i32));
     let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())

@@ -368,3 +368,28 @@ fn the_generic_crates_write_no_mesh_method_path() {
         }
     }
 }
+
+/// One reader of the `grpc-status` header (`mesh_telemetry::trace::status_in_headers`), and
+/// random numbers from `rand`, not from hashers or clocks.
+#[test]
+fn grpc_status_is_read_in_one_place_and_randomness_comes_from_rand() {
+    let mut files = Vec::new();
+    rust_files(&crates_dir(), &mut files);
+    for file in files {
+        if !file.components().any(|c| c.as_os_str() == "src") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("read");
+        let name = file.display().to_string();
+        if !name.ends_with("mesh-telemetry/src/trace.rs") {
+            assert!(
+                !text.contains(".get(\"grpc-status\")"),
+                "{name} reads grpc-status by hand"
+            );
+        }
+        assert!(
+            !text.contains("build_hasher()") && !text.contains("subsec_nanos()"),
+            "{name} makes its own random numbers"
+        );
+    }
+}
