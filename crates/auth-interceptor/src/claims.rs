@@ -1,5 +1,7 @@
 //! The claims of a mesh access token (RFC 9068 profile).
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
 
 /// What the auth service signs and every verifier reads.
@@ -69,4 +71,30 @@ impl AccessClaims {
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
         self.scope.split_ascii_whitespace()
     }
+}
+
+/// What a verified token says, kept in the cache and shared by every request that presents it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// `sub`.
+    pub subject: String,
+    /// `client_id`.
+    pub client_id: String,
+    /// `scope`, split.
+    pub scopes: Vec<String>,
+    /// `jti`.
+    pub token_id: String,
+    /// `act.sub`, for exchanged tokens.
+    pub actor: Option<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+    /// `sid`: the login the token belongs to, if it came from one.
+    pub session: Option<String>,
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -13,6 +13,8 @@ use tokio::sync::RwLock;
 use tonic::transport::Channel;
 use tower::{Layer, Service};
 
+use mesh_client::Transport;
+
 use crate::bearer::BearerToken;
 use crate::principal::User;
 
@@ -81,22 +83,6 @@ impl ServiceTokenSource {
         });
         Ok(token)
     }
-}
-
-/// A boxed, cloneable, shareable gRPC transport: a mesh `Channel`, possibly wrapped in layers
-/// (tracing, tokens). Clients built on it have one type whatever the layers are.
-///
-/// The error stays the channel's concrete error type: a boxed `dyn Error` here trips the
-/// compiler's higher-ranked lifetime checks inside async handlers.
-pub type Transport = tower::util::BoxCloneSyncService<
-    http::Request<tonic::body::Body>,
-    http::Response<tonic::body::Body>,
-    tonic::transport::Error,
->;
-
-/// A bare channel as a [`Transport`].
-pub fn transport(channel: Channel) -> Transport {
-    Transport::new(channel)
 }
 
 /// Acts for the caller of the current request: exchanges the token it presented (kept inside its

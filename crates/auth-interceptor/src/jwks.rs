@@ -197,9 +197,9 @@ impl JwksSource {
     }
 
     /// Discovers the JWKS URI and fetches the key set. Inside a request (a refetch for an
-    /// unknown `kid`), no longer than the request's deadline ([`crate::deadline`]).
+    /// unknown `kid`), no longer than the request's deadline ([`mesh_client::deadline`]).
     pub async fn fetch(&self) -> Result<KeySet, JwksError> {
-        match crate::deadline::current() {
+        match mesh_client::deadline::current() {
             Some(deadline) => tokio::time::timeout_at(deadline, self.fetch_now())
                 .await
                 .unwrap_or_else(|_| {

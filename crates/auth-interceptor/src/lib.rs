@@ -35,7 +35,6 @@ pub mod audit;
 pub mod bearer;
 pub mod claims;
 pub mod client;
-pub mod deadline;
 pub mod error;
 pub mod jwks;
 pub mod layer;

@@ -16,8 +16,8 @@ use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_proto::auth::v1::revocation::Target;
 use mesh_proto::auth::v1::{Revocation, WatchRevocationsRequest};
 
-use crate::client::Transport;
-use crate::verify::{VerifiedToken, unix_now};
+use crate::claims::{VerifiedToken, unix_now};
+use mesh_client::Transport;
 
 /// Revoked token ids and logins, each kept until the last token it covers has expired.
 #[derive(Debug, Default)]

@@ -3,12 +3,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Validation, decode, decode_header};
 
 use crate::ACCESS_TOKEN_TYP;
+pub use crate::claims::{VerifiedToken, unix_now};
+
 use crate::claims::AccessClaims;
 use crate::error::AuthError;
 use crate::jwks::{JwksError, JwksSource, KeySet, VerifyKey};
@@ -46,25 +48,6 @@ impl VerifierConfig {
             max_token_bytes: 8 * 1024,
         }
     }
-}
-
-/// What a verified token says, kept in the cache and shared by every request that presents it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedToken {
-    /// `sub`.
-    pub subject: String,
-    /// `client_id`.
-    pub client_id: String,
-    /// `scope`, split.
-    pub scopes: Vec<String>,
-    /// `jti`.
-    pub token_id: String,
-    /// `act.sub`, for exchanged tokens.
-    pub actor: Option<String>,
-    /// `exp`, seconds since the epoch.
-    pub expires_at: u64,
-    /// `sid`: the login the token belongs to, if it came from one.
-    pub session: Option<String>,
 }
 
 /// Verifies access tokens for one service.
@@ -347,13 +330,6 @@ fn spawn_refresher(verifier: Weak<TokenVerifier>) {
             }
         }
     });
-}
-
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Verified tokens by their full text, each valid until its `exp`. Bounded: when full, expired

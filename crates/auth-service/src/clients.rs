@@ -2,8 +2,6 @@
 
 use std::collections::HashMap;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHasher, SaltString};
 use mesh_tls::SpiffeId;
 
 use crate::settings::ClientConfig;
@@ -239,13 +237,7 @@ impl Registry {
     }
 }
 
-/// Hashes a secret as an Argon2id PHC string (what `meshctl hash-secret` prints).
-pub fn hash_secret(secret: &str) -> Result<String, argon2::password_hash::Error> {
-    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    Ok(Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)?
-        .to_string())
-}
+pub use crate::passwords::hash_secret;
 
 /// The audience a scope belongs to: what comes before its first `:` (`orders:read` → `orders`).
 pub fn scope_audience(scope: &str) -> &str {

@@ -100,6 +100,16 @@ impl Drop for HashSlot {
     }
 }
 
+/// Hashes a secret as an Argon2id PHC string (what `meshctl hash-secret` prints).
+pub fn hash_secret(secret: &str) -> Result<String, argon2::password_hash::Error> {
+    use argon2::password_hash::PasswordHasher as _;
+    let salt =
+        argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Ok(argon2::Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)?
+        .to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,7 +118,7 @@ mod tests {
     #[tokio::test]
     async fn a_slot_verifies_what_the_library_hashed_and_refuses_anything_else() {
         let slots = HashSlots::new(1);
-        let phc = crate::clients::hash_secret("s3cret").expect("hash");
+        let phc = hash_secret("s3cret").expect("hash");
         let mut slot = slots.take(Duration::from_secs(1)).await.expect("slot");
         assert!(slot.verify(&phc, b"s3cret"));
         assert!(!slot.verify(&phc, b"s3cre"));

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use auth_interceptor::client::Transport;
-use auth_interceptor::deadline::ClientDeadlineLayer;
+use mesh_client::Transport;
+use mesh_client::deadline::ClientDeadlineLayer;
+use mesh_client::{Balanced, Dns};
 use mesh_dev::sink::TraceSink;
-use mesh_service::balance::{Balanced, Dns};
 use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
 use mesh_tls::client::MeshConnector;
 use mesh_tls::{Reloadable, SpiffeId};
@@ -220,7 +220,7 @@ pub fn client_stacks(
             connector,
             &target,
             Arc::new(Dns),
-            mesh_service::balance::RESOLVE_EVERY,
+            mesh_client::RESOLVE_EVERY,
         )?;
         stacks.push(Transport::new(
             telemetry

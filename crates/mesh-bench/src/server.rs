@@ -170,7 +170,7 @@ pub async fn serve(
         Some(telemetry) => {
             server
                 .layer(telemetry.server_layer(KnownMethods::new([METHOD])))
-                .layer(auth_interceptor::deadline::ServerDeadlineLayer::new(
+                .layer(mesh_client::deadline::ServerDeadlineLayer::new(
                     limits.request_timeout,
                 ))
                 .layer(auth)

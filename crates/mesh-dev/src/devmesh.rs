@@ -372,7 +372,7 @@ impl DevMesh {
         as_workload: &str,
         to_workload: &str,
         addr: &str,
-    ) -> anyhow::Result<auth_interceptor::client::Transport> {
+    ) -> anyhow::Result<mesh_client::Transport> {
         let channel = self.connector(as_workload, to_workload)?.channel(addr)?;
         Ok(traced(channel, &self.client_telemetry.client_layer(addr)))
     }

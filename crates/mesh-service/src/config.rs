@@ -11,8 +11,7 @@ use mesh_tls::{Reloadable, SpiffeId, TlsFiles, TrustBundle};
 
 use crate::error::StartError;
 
-/// `EX_USAGE` from sysexits.h: the command was used incorrectly (a bad flag, env var or file).
-pub const EXIT_USAGE: i32 = 64;
+pub use crate::error::EXIT_USAGE;
 
 /// Parses the process's arguments (and their env twins). `--help` and `--version` print and
 /// exit 0; any error prints clap's message, which names the flag, and exits 64.

@@ -1,6 +1,7 @@
 //! Why a service could not start: the flag at fault and the cause, which decide the exit code.
 
-use crate::config::EXIT_USAGE;
+/// `EX_USAGE` from sysexits.h: the command was used incorrectly (a bad flag, env var or file).
+pub const EXIT_USAGE: i32 = 64;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

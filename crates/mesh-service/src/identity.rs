@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use auth_interceptor::client::Transport;
+use mesh_client::Transport;
 use mesh_proto::identity::v1::identity_client::IdentityClient;
 use mesh_proto::identity::v1::{CertifyRequest, CertifyResponse};
 use mesh_tls::material::parse_pem_certs;
@@ -80,22 +80,7 @@ impl RenewalStatus {
     }
 }
 
-/// Aborts a background task when dropped, so a stopped service leaves nothing running.
-#[derive(Debug)]
-pub struct TaskGuard(tokio::task::JoinHandle<()>);
-
-impl TaskGuard {
-    /// Guards `task`.
-    pub fn new(task: tokio::task::JoinHandle<()>) -> Self {
-        Self(task)
-    }
-}
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+pub use mesh_client::TaskGuard;
 
 /// A random fraction in `[0, 1)`.
 fn random_fraction() -> f64 {
@@ -285,13 +270,7 @@ pub async fn join(
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
     let mut backoff = Duration::from_millis(200);
     let (renewed, response) = loop {
-        match certify(
-            auth_interceptor::client::transport(channel.clone()),
-            &token,
-            "",
-        )
-        .await
-        {
+        match certify(mesh_client::transport(channel.clone()), &token, "").await {
             Ok(certified) => break certified,
             // The CA's certificate does not chain to the bootstrap bundle: no retry mends that.
             Err(status) if status.message().contains("invalid peer certificate") => {

@@ -26,7 +26,6 @@
 #![warn(missing_docs)]
 
 pub mod admin;
-pub mod balance;
 pub mod config;
 pub mod error;
 pub mod identity;

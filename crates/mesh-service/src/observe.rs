@@ -16,7 +16,7 @@ use mesh_tls::Reloadable;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 
-use crate::balance::BalanceStats;
+use mesh_client::BalanceStats;
 
 /// `mesh.certificate.remaining`: seconds until the served certificate expires.
 pub fn certificate(meter: &Meter, identity: Arc<Reloadable>) {

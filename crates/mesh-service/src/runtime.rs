@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use auth_interceptor::audit::AuditLog;
-use auth_interceptor::client::Transport;
 use auth_interceptor::revocation::{self, FeedStatus};
 use auth_interceptor::{AuthLayer, Policy, TokenVerifier};
+use mesh_client::Transport;
 use mesh_telemetry::metrics::KnownMethods;
 use mesh_telemetry::trace::{ClientTraceLayer, Telemetry, TelemetryFlags};
 use mesh_tls::SpiffeId;
@@ -16,7 +16,7 @@ use mesh_tls::server::{ServerLimits, TlsListener};
 use tokio::net::TcpListener;
 use tower::Layer as _;
 
-use crate::balance::Balanced;
+use mesh_client::balance::Balanced;
 
 use mesh_tls::watch::WatchStatus;
 
@@ -128,7 +128,7 @@ impl Runtime {
         let config = mesh_tls::client::https_grpc_client_config(self.workload.roots.clone())
             .map_err(|e| StartError::config("--tls-ca", e))?;
         let public = mesh_tls::client::channel(issuer, config)
-            .map(auth_interceptor::client::transport)
+            .map(mesh_client::transport)
             .map_err(|e| StartError::config("--issuer", e))?;
         let identity = self.workload.identity.clone();
         let renew = move || {
@@ -317,7 +317,7 @@ impl Runtime {
     /// A traced, lazily connecting mTLS transport to the mesh workload `peer` at `url` (the
     /// value of `flag`), which must present `spiffe://<trust domain>/sa/<peer>`, for the calls
     /// a handler makes: each carries the remaining deadline of the request being served
-    /// ([`auth_interceptor::deadline`]).
+    /// ([`mesh_client::deadline`]).
     pub fn client(
         &self,
         peer: &str,
@@ -327,7 +327,7 @@ impl Runtime {
         let balanced = self.balanced(peer, url, flag)?;
         crate::observe::balanced(self.meter(), url, balanced.stats());
         Ok(Transport::new(self.telemetry.client_layer(url).layer(
-            auth_interceptor::deadline::ClientDeadlineLayer.layer(Transport::new(balanced)),
+            mesh_client::deadline::ClientDeadlineLayer.layer(Transport::new(balanced)),
         )))
     }
 
@@ -357,8 +357,8 @@ impl Runtime {
                 Balanced::new(
                     connector,
                     url,
-                    Arc::new(crate::balance::Dns),
-                    crate::balance::RESOLVE_EVERY,
+                    Arc::new(mesh_client::Dns),
+                    mesh_client::RESOLVE_EVERY,
                 )
             })
             .map_err(|e| StartError::config(flag, e))

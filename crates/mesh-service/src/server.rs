@@ -271,7 +271,7 @@ impl MeshServer {
             .layer(self.shed)
             // The caller's deadline, for everything below (key discovery included) and every
             // call the handler makes; DEADLINE_EXCEEDED when it passes.
-            .layer(auth_interceptor::deadline::ServerDeadlineLayer::new(
+            .layer(mesh_client::deadline::ServerDeadlineLayer::new(
                 self.limits.request_timeout,
             ))
             // Authenticate, then authorize against the full method path; deny by default.

@@ -22,9 +22,8 @@ use tower::{Layer, Service};
 /// Calls in flight when `--max-in-flight` is not set.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
-/// The header a shed answer carries, so that a caller's balancer can tell "this replica is
-/// overloaded" from an UNAVAILABLE the handler returned about its own dependencies.
-pub const OVERLOADED_HEADER: &str = "mesh-overloaded";
+/// The header a shed answer carries (the client's balancer reads it; defined beside it).
+pub use mesh_client::replica::OVERLOADED_HEADER;
 
 /// The path prefix that is never shed.
 const HEALTH: &str = "/grpc.health.v1.Health/";

@@ -16,7 +16,7 @@ use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
-use crate::trace::TelemetryError;
+use crate::error::TelemetryError;
 
 /// The histogram buckets of call durations, in seconds: 0.5 ms to 30 s (the longest request).
 const DURATION_BUCKETS: [f64; 15] = [
@@ -171,7 +171,7 @@ impl KnownMethods {
     pub fn labels(&self, path: &str) -> (String, String) {
         match &self.0 {
             Some(known) if !known.contains(path) => (OTHER.to_owned(), OTHER.to_owned()),
-            _ => crate::trace::rpc_names(path),
+            _ => rpc_names(path),
         }
     }
 }
@@ -221,4 +221,12 @@ impl CallTimer {
         self.histogram
             .record(self.started.elapsed().as_secs_f64(), &self.labels);
     }
+}
+
+/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
+pub(crate) fn rpc_names(path: &str) -> (String, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default().to_owned();
+    let method = parts.next().unwrap_or_default().to_owned();
+    (service, method)
 }

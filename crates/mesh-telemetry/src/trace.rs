@@ -29,23 +29,9 @@ use opentelemetry_sdk::trace::{
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
+pub use crate::error::TelemetryError;
+pub(crate) use crate::metrics::rpc_names;
 use crate::metrics::{CallTimer, KnownMethods, Metrics};
-
-/// A tracer that could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TelemetryError {
-    /// The OTLP exporter refused the endpoint.
-    #[error("OTLP endpoint {endpoint}: {source}")]
-    Exporter {
-        /// The endpoint as configured.
-        endpoint: String,
-        /// Why the exporter refused it.
-        source: opentelemetry_otlp::ExporterBuildError,
-    },
-    /// The Prometheus reader could not be made.
-    #[error("metrics: {0}")]
-    Metrics(String),
-}
 
 /// The OTLP exporter and service name, from the OpenTelemetry environment variables.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -231,14 +217,6 @@ impl Injector for HeaderInjector<'_> {
             self.0.insert(name, value);
         }
     }
-}
-
-/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
-pub(crate) fn rpc_names(path: &str) -> (String, String) {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or_default().to_owned();
-    let method = parts.next().unwrap_or_default().to_owned();
-    (service, method)
 }
 
 /// The gRPC status code in a response's headers: what a trailers-only answer (every error)

@@ -365,13 +365,7 @@ fn leaf_params(
     Ok(params)
 }
 
-/// The serial number of a certificate, hex, as `openssl x509 -serial` prints it.
-pub fn serial_of(cert: &[u8]) -> String {
-    use x509_parser::prelude::FromDer;
-    x509_parser::certificate::X509Certificate::from_der(cert)
-        .map(|(_, parsed)| parsed.raw_serial_as_string().replace(':', ""))
-        .unwrap_or_default()
-}
+pub use crate::identity::serial_of;
 
 /// Makes a P-256 key in memory and a certificate request for it (DER), naming `spiffe_id`.
 /// The key never leaves the returned value: a workload keeps it to serve the certificate the

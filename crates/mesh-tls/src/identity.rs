@@ -121,6 +121,13 @@ pub fn spiffe_id_of(cert_der: &[u8]) -> Option<SpiffeId> {
     first.parse().ok()
 }
 
+/// The serial number of a certificate, hex, as `openssl x509 -serial` prints it.
+pub fn serial_of(cert: &[u8]) -> String {
+    X509Certificate::from_der(cert)
+        .map(|(_, parsed)| parsed.raw_serial_as_string().replace(':', ""))
+        .unwrap_or_default()
+}
+
 /// The validity window (not before, not after) of a DER certificate.
 pub fn validity_of(cert_der: &[u8]) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
     let (_, cert) = X509Certificate::from_der(cert_der).ok()?;

@@ -344,7 +344,7 @@ impl Served {
                 detail: "the leaf certificate does not parse".into(),
             })?;
         let spiffe_id = spiffe_id_of(leaf);
-        let serial = crate::certs::serial_of(leaf);
+        let serial = crate::identity::serial_of(leaf);
         let certified = CertifiedKey::from_der(chain, key, &provider())?;
         // from_der lets an undecidable comparison pass; a mesh certificate must prove it.
         certified.keys_match()?;

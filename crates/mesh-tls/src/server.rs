@@ -280,7 +280,7 @@ pub fn incoming(
                 let peer = PeerIdentity {
                     remote_addr: Some(remote_addr),
                     spiffe_id: leaf.and_then(|leaf| spiffe_id_of(leaf)),
-                    certificate_serial: leaf.map(|leaf| crate::certs::serial_of(leaf)),
+                    certificate_serial: leaf.map(|leaf| crate::identity::serial_of(leaf)),
                 };
                 let _ = tx
                     .send(Ok(MeshStream {

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use auth_interceptor::client::Transport;
 use auth_interceptor::error::refused;
 use auth_interceptor::{BearerToken, Principal, TokenExchanger, User};
+use mesh_client::Transport;
 use mesh_proto::domain::{self, FieldViolation, RequestKey};
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_proto::inventory::v1::{ReleaseRequest, ReservationLine, ReserveRequest};
@@ -21,7 +21,7 @@ use crate::store::{Store, StoreError, StoredOrder};
 pub const ADMIN_SCOPE: &str = "orders:admin";
 
 /// The longest orders waits for inventory; less when the caller's deadline is nearer (the
-/// mesh client carries the remaining deadline, [`auth_interceptor::deadline`]).
+/// mesh client carries the remaining deadline, [`mesh_client::deadline`]).
 const INVENTORY_BUDGET: Duration = Duration::from_secs(5);
 
 /// The gRPC API: a store, and the way to inventory on the caller's behalf.

@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use auth_interceptor::client::Transport;
+use mesh_client::Transport;
+use mesh_client::{Balanced, Resolve};
 use mesh_proto::inventory::v1::ListItemsRequest;
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
-use mesh_service::balance::{Balanced, Resolve};
 use mesh_test_support::{TestMesh, bearer};
 
 /// A resolver whose answer the test sets.
@@ -89,7 +89,7 @@ async fn calls_spread_over_every_replica_and_follow_the_replica_set() {
     // A list target over both replicas, resolved by the system resolver.
     let both = balanced(
         &mesh,
-        Arc::new(mesh_service::balance::Dns),
+        Arc::new(mesh_client::Dns),
         &format!("{first},{second}"),
     );
     let mut client = InventoryServiceClient::new(Transport::new(both));

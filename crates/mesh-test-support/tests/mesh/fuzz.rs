@@ -147,7 +147,7 @@ proptest! {
 
     #[test]
     fn grpc_timeouts_and_database_urls_parse_or_are_refused(raw in ".{0,40}") {
-        if let Some(timeout) = auth_interceptor::deadline::parse_grpc_timeout(&raw) {
+        if let Some(timeout) = mesh_client::deadline::parse_grpc_timeout(&raw) {
             prop_assert!(timeout <= Duration::from_secs(99_999_999 * 3600));
         }
         let _ = raw.parse::<mesh_service::DbUrl>();

@@ -490,7 +490,7 @@ impl RenewingClient {
         let connector =
             MeshConnector::new(identity.clone(), trust.clone(), id("auth")).expect("connector");
         let (first, _) = mesh_service::identity::certify(
-            auth_interceptor::client::transport(connector.channel(&auth_addr).expect("channel")),
+            mesh_client::transport(connector.channel(&auth_addr).expect("channel")),
             "",
             "",
         )
@@ -503,13 +503,10 @@ impl RenewingClient {
             let channel = connector.channel(&auth_addr);
             async move {
                 let channel = channel.map_err(|e| e.to_string())?;
-                let (renewed, _): (Renewed, _) = mesh_service::identity::certify(
-                    auth_interceptor::client::transport(channel),
-                    "",
-                    "",
-                )
-                .await
-                .map_err(|s| s.message().to_owned())?;
+                let (renewed, _): (Renewed, _) =
+                    mesh_service::identity::certify(mesh_client::transport(channel), "", "")
+                        .await
+                        .map_err(|s| s.message().to_owned())?;
                 Ok(renewed)
             }
         };

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use auth_interceptor::client::Transport;
+use mesh_client::Transport;
+use mesh_client::{BalanceStats, Balanced, Resolve};
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_proto::inventory::v1::inventory_service_server::{
     InventoryService, InventoryServiceServer,
@@ -19,7 +20,6 @@ use mesh_proto::inventory::v1::{
 };
 use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_proto::orders::v1::{GetOrderRequest, OrderLine, OrderState, PlaceOrderRequest};
-use mesh_service::balance::{BalanceStats, Balanced, Resolve};
 use mesh_test_support::chaos::{BlackHole, DelayProxy};
 use mesh_test_support::{TestMesh, bearer};
 use tonic::{Code, Request, Response, Status};

@@ -393,3 +393,99 @@ fn grpc_status_is_read_in_one_place_and_randomness_comes_from_rand() {
         );
     }
 }
+
+/// The modules of one crate's `src`: file stem (or directory name) → the sibling modules its
+/// code names through `crate::`.
+fn module_graph(
+    src: &Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph = std::collections::BTreeMap::new();
+    let mut names = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(src).expect("src").flatten() {
+        let path = entry.path();
+        let name = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_owned();
+        if name != "lib" && name != "main" {
+            names.insert(name);
+        }
+    }
+    for name in &names {
+        let mut files = Vec::new();
+        let dir = src.join(name);
+        if dir.is_dir() {
+            rust_files(&dir, &mut files);
+        }
+        let file = src.join(format!("{name}.rs"));
+        if file.exists() {
+            files.push(file);
+        }
+        let mut uses = std::collections::BTreeSet::new();
+        for file in files {
+            // Code only: a doc link is a pointer for the reader, not a dependency.
+            let text: String = std::fs::read_to_string(&file)
+                .expect("read")
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for (index, _) in text.match_indices("crate::") {
+                let rest = &text[index + "crate::".len()..];
+                let used: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if names.contains(&used) && used != *name {
+                    uses.insert(used);
+                }
+            }
+        }
+        graph.insert(name.clone(), uses);
+    }
+    graph
+}
+
+/// No crate's modules name each other in a circle: each file can be read after the ones it uses.
+#[test]
+fn no_crate_has_a_cycle_between_its_files() {
+    for (name, _) in manifests() {
+        let src = crates_dir().join(&name).join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        let graph = module_graph(&src);
+        // Depth-first search for a back edge.
+        fn visit<'a>(
+            node: &'a str,
+            graph: &'a std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+            path: &mut Vec<&'a str>,
+            done: &mut std::collections::BTreeSet<&'a str>,
+        ) -> Option<Vec<String>> {
+            if let Some(start) = path.iter().position(|n| *n == node) {
+                let mut cycle: Vec<String> =
+                    path[start..].iter().map(|n| (*n).to_owned()).collect();
+                cycle.push(node.to_owned());
+                return Some(cycle);
+            }
+            if done.contains(node) {
+                return None;
+            }
+            path.push(node);
+            for next in graph.get(node).into_iter().flatten() {
+                if let Some(cycle) = visit(next, graph, path, done) {
+                    return Some(cycle);
+                }
+            }
+            path.pop();
+            done.insert(node);
+            None
+        }
+        let mut done = std::collections::BTreeSet::new();
+        for node in graph.keys() {
+            let cycle = visit(node, &graph, &mut Vec::new(), &mut done);
+            assert!(cycle.is_none(), "{name}: files in a cycle: {cycle:?}");
+        }
+    }
+}

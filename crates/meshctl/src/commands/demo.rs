@@ -11,7 +11,7 @@ use mesh_proto::orders::v1::{
 use std::future::Future;
 use std::time::Duration;
 
-use auth_interceptor::client::Transport;
+use mesh_client::Transport;
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
 use tonic::Code;
 

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use auth_interceptor::client::Transport;
+use mesh_client::Transport;
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_proto::inventory::v1::{ReservationLine, ReserveRequest};
 use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;

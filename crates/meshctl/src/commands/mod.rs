@@ -122,17 +122,18 @@ pub(crate) fn connect_balanced(
     addr: &str,
     flag: &str,
     telemetry: &mesh_telemetry::trace::Telemetry,
-) -> Result<auth_interceptor::client::Transport, CliError> {
-    let balanced = mesh_service::balance::Balanced::new(
+) -> Result<mesh_client::Transport, CliError> {
+    let balanced = mesh_client::balance::Balanced::new(
         connector(tls, workload)?,
         addr,
-        std::sync::Arc::new(mesh_service::balance::Dns),
-        mesh_service::balance::RESOLVE_EVERY,
+        std::sync::Arc::new(mesh_client::Dns),
+        mesh_client::RESOLVE_EVERY,
     )
     .map_err(|e| CliError::Usage(format!("{flag}: {e}")))?;
-    Ok(auth_interceptor::client::Transport::new(
-        tower::Layer::layer(&telemetry.client_layer(addr), balanced),
-    ))
+    Ok(mesh_client::Transport::new(tower::Layer::layer(
+        &telemetry.client_layer(addr),
+        balanced,
+    )))
 }
 
 /// meshctl's certificate, trusting `--tls-ca`, expecting workload `workload`.

@@ -9,15 +9,15 @@
 //! their calls finish.
 //!
 //! The resilience a sidecar would add, in process, in this order (outermost first, as
-//! `Runtime::client` stacks them): the deadline ([`auth_interceptor::deadline`]), then here
+//! `Runtime::client` stacks them): the deadline ([`crate::deadline`]), then here
 //! **retries** and **outlier ejection**:
 //! - a replica whose connection fails, or that answers "overloaded" (its load shedding, see
-//!   [`crate::shed`]) to 5 calls in a row, is *ejected*: passed over for 250 ms, twice as long
+//!   the server's shedder) to 5 calls in a row, is *ejected*: passed over for 250 ms, twice as long
 //!   at each ejection in a row (at most 4 s), and probed by the first call after that; a
 //!   success clears it. An UNAVAILABLE the handler returned (its own dependency is down) does
 //!   not count: the replica still answers its reads, and ejecting it would lose them. The name is resolved again at once (the replica may have moved). When every
 //!   replica is ejected, a call fails at once with UNAVAILABLE instead of waiting on them;
-//! - a call of an idempotent method ([`idempotent`]) that failed with a connection error or
+//! - a call of an idempotent method ([`crate::retry::idempotent`]) that failed with a connection error or
 //!   UNAVAILABLE is retried, at most twice, on another replica when there is one, after a
 //!   jittered backoff, only while its deadline allows, and only while the **retry budget** has
 //!   room: retries may be at most 20 % of the calls of the last 10 s plus 1 a second, so a
@@ -26,8 +26,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,196 +40,11 @@ use tonic::transport::Channel;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Service, ServiceExt};
 
-use crate::identity::TaskGuard;
-
-/// How often a DNS name is resolved again.
-pub const RESOLVE_EVERY: Duration = Duration::from_secs(2);
-
-/// How long a replica whose connection failed is ejected the first time; doubled for each
-/// failure in a row, up to [`EJECT_MAX`].
-const EJECT_BASE: Duration = Duration::from_millis(250);
-
-/// The longest ejection.
-const EJECT_MAX: Duration = Duration::from_secs(4);
-
-/// Overloaded answers in a row that eject a replica.
-const EJECT_AFTER_OVERLOADED: u32 = 5;
-
-/// Attempts of one call, the first included.
-const MAX_ATTEMPTS: u32 = 3;
-
-/// The first retry's backoff; doubled for the next, each jittered down to half.
-const RETRY_BACKOFF: Duration = Duration::from_millis(10);
-
-/// Whether a call to `path` may be sent again: what its proto says (`idempotency_level`
-/// `IDEMPOTENT` or `NO_SIDE_EFFECTS` on a unary method, see [`mesh_proto::rpc`]). Only these are
-/// retried.
-pub fn idempotent(path: &str) -> bool {
-    mesh_proto::rpc::by_path(path).is_some_and(mesh_proto::rpc::Rpc::is_retryable)
-}
-
-/// What a balanced client has done, for tests and metrics.
-#[derive(Debug, Default)]
-pub struct BalanceStats {
-    /// Calls made through it.
-    pub calls: AtomicU64,
-    /// Attempts sent to a replica (first tries and retries).
-    pub attempts: AtomicU64,
-    /// Retries sent.
-    pub retries: AtomicU64,
-    /// Retries the budget refused.
-    pub budget_exhausted: AtomicU64,
-    /// Replicas ejected (each failure that ejected one).
-    pub ejections: AtomicU64,
-    /// Calls failed at once because every replica was ejected.
-    pub fast_failures: AtomicU64,
-}
-
-impl BalanceStats {
-    /// A counter's value now.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
-
-/// How long a call waits for the first resolution before it tries the target as given.
-const FIRST_RESOLUTION: Duration = Duration::from_secs(3);
-
-/// Where a target's addresses come from: DNS in production, a fixed answer in tests.
-pub trait Resolve: Send + Sync + 'static {
-    /// Every address behind `target` now: `Some` when the answer is authoritative (an empty list
-    /// means no replica is there, e.g. every pod of a headless Service is gone), `None` when
-    /// the resolver could not tell (the replicas known so far are kept).
-    fn resolve(
-        &self,
-        target: &str,
-    ) -> Pin<Box<dyn std::future::Future<Output = Option<Vec<SocketAddr>>> + Send + '_>>;
-}
-
-/// Whether a lookup error says the name does not exist (as opposed to a resolver that could
-/// not answer): getaddrinfo's EAI_NONAME and EAI_NODATA.
-fn no_such_name(error: &std::io::Error) -> bool {
-    let text = error.to_string();
-    text.contains("not known") || text.contains("No address associated")
-}
-
-/// The system resolver: each comma-separated entry looked up, the answers joined.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Dns;
-
-impl Resolve for Dns {
-    fn resolve(
-        &self,
-        target: &str,
-    ) -> Pin<Box<dyn std::future::Future<Output = Option<Vec<SocketAddr>>> + Send + '_>> {
-        let entries: Vec<String> = entries(target).map(str::to_owned).collect();
-        Box::pin(async move {
-            let mut found = Vec::new();
-            let mut authoritative = true;
-            for entry in entries {
-                match tokio::net::lookup_host(entry.as_str()).await {
-                    Ok(addrs) => found.extend(addrs),
-                    Err(error) => {
-                        authoritative &= no_such_name(&error);
-                        tracing::debug!(%entry, %error, "no address for a replica entry");
-                    }
-                }
-            }
-            found.sort();
-            found.dedup();
-            (authoritative || !found.is_empty()).then_some(found)
-        })
-    }
-}
-
-/// The entries of a target, without scheme or trailing slash.
-fn entries(target: &str) -> impl Iterator<Item = &str> {
-    target
-        .split(',')
-        .map(|entry| {
-            entry
-                .trim()
-                .trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-        })
-        .filter(|entry| !entry.is_empty())
-}
-
-/// One replica: its channel and what the balancer knows of it.
-#[derive(Debug)]
-struct Replica {
-    addr: SocketAddr,
-    channel: Channel,
-    in_flight: AtomicUsize,
-    /// Ejections in a row.
-    failures: AtomicU32,
-    /// Overloaded answers in a row.
-    overloaded: AtomicU32,
-    ejected_until: Mutex<Option<Instant>>,
-}
-
-impl Replica {
-    fn new(addr: SocketAddr, channel: Channel) -> Self {
-        Self {
-            addr,
-            channel,
-            in_flight: AtomicUsize::new(0),
-            failures: AtomicU32::new(0),
-            overloaded: AtomicU32::new(0),
-            ejected_until: Mutex::new(None),
-        }
-    }
-
-    fn available(&self) -> bool {
-        self.ejected_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none_or(|until| Instant::now() >= until)
-    }
-
-    /// Ejected for twice as long as the last time in a row, up to [`EJECT_MAX`].
-    fn eject(&self) {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed).min(8);
-        let period = (EJECT_BASE * 2u32.pow(failures)).min(EJECT_MAX);
-        *self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + period);
-        tracing::debug!(addr = %self.addr, ?period, "replica ejected");
-    }
-
-    /// An overloaded answer: whether it is the one that ejects the replica.
-    fn overloaded(&self) -> bool {
-        let in_a_row = self.overloaded.fetch_add(1, Ordering::Relaxed) + 1;
-        if in_a_row >= EJECT_AFTER_OVERLOADED {
-            self.overloaded.store(0, Ordering::Relaxed);
-            return true;
-        }
-        false
-    }
-
-    fn succeeded(&self) {
-        self.overloaded.store(0, Ordering::Relaxed);
-        if self.failures.swap(0, Ordering::Relaxed) > 0 {
-            *self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        }
-    }
-}
-
-/// Counts a call in flight on a replica until dropped.
-struct InFlight(Arc<Replica>);
-
-impl InFlight {
-    fn new(replica: Arc<Replica>) -> Self {
-        replica.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(replica)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use crate::TaskGuard;
+use crate::discovery::{FIRST_RESOLUTION, Resolve, entries};
+use crate::replica::{InFlight, Replica};
+use crate::retry::{Answer, MAX_ATTEMPTS, RETRY_BACKOFF, idempotent, retryable};
+use crate::stats::BalanceStats;
 
 /// The replicas as last resolved; `None` until the first answer.
 type Replicas = Option<Arc<Vec<Arc<Replica>>>>;
@@ -419,7 +234,7 @@ impl Balanced {
         let overloaded = answer.as_ref().is_ok_and(|response| {
             response
                 .headers()
-                .contains_key(crate::shed::OVERLOADED_HEADER)
+                .contains_key(crate::replica::OVERLOADED_HEADER)
         });
         if answer.is_err() {
             replica.eject();
@@ -474,7 +289,7 @@ impl Balanced {
             // Half to all of the backoff, so that callers that failed together do not return
             // together.
             let wait = backoff / 2 + backoff.mul_f64(random_below(1000) as f64 / 2000.0);
-            let out_of_time = auth_interceptor::deadline::current()
+            let out_of_time = crate::deadline::current()
                 .is_some_and(|deadline| Instant::now() + wait >= deadline);
             if out_of_time {
                 return answer;
@@ -492,21 +307,6 @@ impl Balanced {
             backoff *= 2;
         }
         unreachable!("the last attempt returns")
-    }
-}
-
-/// What one attempt came to.
-type Answer = Result<http::Response<Body>, tonic::transport::Error>;
-
-/// Whether an answer may be retried: a connection failure, or UNAVAILABLE from the server
-/// (load shed, draining, or its own dependency down). Any other status is the answer.
-fn retryable(answer: &Answer) -> bool {
-    match answer {
-        Err(_) => true,
-        Ok(response) => {
-            mesh_telemetry::trace::status_in_headers(response.headers())
-                == Some(tonic::Code::Unavailable)
-        }
     }
 }
 
@@ -529,24 +329,6 @@ impl Service<http::Request<Body>> for Balanced {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets_are_lists_of_entries_with_or_without_a_scheme() {
-        let found: Vec<&str> = entries("https://a:1, b:2,,http://c:3/").collect();
-        assert_eq!(found, ["a:1", "b:2", "c:3"]);
-    }
-
-    #[test]
-    fn only_a_name_that_does_not_exist_empties_the_replica_set() {
-        let gone = std::io::Error::other(
-            "failed to lookup address information: Name or service not known",
-        );
-        let flaky = std::io::Error::other(
-            "failed to lookup address information: Temporary failure in name resolution",
-        );
-        assert!(no_such_name(&gone));
-        assert!(!no_such_name(&flaky));
-    }
 
     #[test]
     fn random_picks_cover_the_range() {
