@@ -419,6 +419,14 @@ impl ServiceBinary for Application {
         Self::build(args.into_settings()?).await
     }
 
+    fn observed(&self) -> mesh_service::Observed {
+        mesh_service::Observed {
+            renewal: self.renewal(),
+            admin_addr: self.admin_addr(),
+            telemetry: self.telemetry(),
+        }
+    }
+
     fn describe(&self) -> String {
         format!(
             "auth service listening: mesh {}, public {}, issuer {}",

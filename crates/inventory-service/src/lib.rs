@@ -110,6 +110,10 @@ impl ServiceBinary for Application {
         })
     }
 
+    fn observed(&self) -> mesh_service::Observed {
+        self.server.observed()
+    }
+
     fn describe(&self) -> String {
         format!("inventory service listening on {}", self.server.addr())
     }

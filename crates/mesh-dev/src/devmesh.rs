@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use auth_interceptor::jwks::JwksSource;
 use mesh_service::identity::RenewalStatus;
-use mesh_service::{ServiceBinary as _, traced};
+use mesh_service::{ServiceBinary, traced};
 use mesh_telemetry::trace::{Telemetry, TelemetryFlags};
 
 use crate::sink::TraceSink;
@@ -85,7 +85,7 @@ pub struct DevMesh {
     pub sink: TraceSink,
     tracers: Vec<Telemetry>,
     sink_service: Option<SinkTask>,
-    services: Vec<(&'static str, oneshot::Sender<()>, JoinHandle<()>)>,
+    services: Vec<Running>,
 }
 
 /// How a dev mesh runs, where it differs from the defaults.
@@ -238,12 +238,16 @@ impl DevMesh {
         auth_args.listen = auth_addr;
         auth_args.public_listen = auth_public_addr;
         let mut renewals = std::collections::BTreeMap::new();
-        renewals.extend(auth.renewal().map(|r| ("auth", r)));
         let mut metrics_addrs = std::collections::BTreeMap::new();
-        metrics_addrs.extend(auth.admin_addr().map(|a| ("auth", a)));
-        let mut tracers = vec![auth.telemetry()];
+        let mut tracers = Vec::new();
         let mut services = Vec::new();
-        services.push(spawn("auth", |stop| auth.run_until_stopped(stop)));
+        let mut watched = Watched {
+            renewals: &mut renewals,
+            metrics_addrs: &mut metrics_addrs,
+            tracers: &mut tracers,
+            services: &mut services,
+        };
+        watched.launch("auth", auth, true);
 
         // Orders and inventory are configured as their binaries are: the shared service flags
         // plus their own.
@@ -275,10 +279,7 @@ impl DevMesh {
         // A restart must come back on the same address, as a restarted container would.
         inventory_args.listen = inventory_addr;
         let inventory_verifier = inventory.verifier();
-        renewals.extend(inventory.server().renewal().map(|r| ("inventory", r)));
-        metrics_addrs.extend(inventory.server().admin_addr().map(|a| ("inventory", a)));
-        tracers.push(inventory.server().telemetry().clone());
-        services.push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
+        watched.launch("inventory", inventory, true);
 
         let orders_args = orders_service::Args {
             listen: "127.0.0.1:0".parse()?,
@@ -293,10 +294,7 @@ impl DevMesh {
             .health_addr()
             .context("orders has a health listener")?;
         let orders_verifier = orders.server().verifier().clone();
-        renewals.extend(orders.server().renewal().map(|r| ("orders", r)));
-        metrics_addrs.extend(orders.server().admin_addr().map(|a| ("orders", a)));
-        tracers.push(orders.server().telemetry().clone());
-        services.push(spawn("orders", |stop| orders.run_until_stopped(stop)));
+        watched.launch("orders", orders, true);
 
         Ok(Self {
             dir: dir.to_owned(),
@@ -397,6 +395,16 @@ impl DevMesh {
         self.stop_service("inventory").await;
     }
 
+    /// Where a launched service is registered.
+    fn watched(&mut self) -> Watched<'_> {
+        Watched {
+            renewals: &mut self.renewals,
+            metrics_addrs: &mut self.metrics_addrs,
+            tracers: &mut self.tracers,
+            services: &mut self.services,
+        }
+    }
+
     /// Stops service `name` (`auth`, `inventory`, `orders`), leaving the others running.
     pub async fn stop_service(&mut self, name: &str) {
         if let Some(index) = self
@@ -414,13 +422,7 @@ impl DevMesh {
     pub async fn restart_inventory(&mut self) -> anyhow::Result<()> {
         let inventory = inventory_service::Application::build(self.inventory_args.clone()).await?;
         self.inventory_verifier = inventory.verifier();
-        if let Some(renewal) = inventory.server().renewal() {
-            self.renewals.insert("inventory", renewal);
-        }
-        self.metrics_addrs
-            .extend(inventory.server().admin_addr().map(|a| ("inventory", a)));
-        self.services
-            .push(spawn("inventory", |stop| inventory.run_until_stopped(stop)));
+        self.watched().launch("inventory", inventory, true);
         Ok(())
     }
 
@@ -452,11 +454,7 @@ impl DevMesh {
         args.mesh.health_listen = None;
         let replica = inventory_service::Application::build(args).await?;
         let addr = replica.server().addr();
-        self.metrics_addrs
-            .extend(replica.server().admin_addr().map(|a| (name, a)));
-        self.tracers.push(replica.server().telemetry().clone());
-        self.services
-            .push(spawn(name, |stop| replica.run_until_stopped(stop)));
+        self.watched().launch(name, replica, false);
         Ok(addr)
     }
 
@@ -489,11 +487,7 @@ impl DevMesh {
         configure(&mut args);
         let replica = orders_service::Application::build(args).await?;
         let addr = replica.server().addr();
-        self.metrics_addrs
-            .extend(replica.server().admin_addr().map(|a| (name, a)));
-        self.tracers.push(replica.server().telemetry().clone());
-        self.services
-            .push(spawn(name, |stop| replica.run_until_stopped(stop)));
+        self.watched().launch(name, replica, false);
         Ok(addr)
     }
 
@@ -511,11 +505,7 @@ impl DevMesh {
         args.audit = self.audit.flags(name);
         let replica = auth_service::Application::build(args.into_settings()?).await?;
         let addrs = (replica.mesh_addr(), replica.public_addr());
-        self.metrics_addrs
-            .extend(replica.admin_addr().map(|a| (name, a)));
-        self.tracers.push(replica.telemetry());
-        self.services
-            .push(spawn(name, |stop| replica.run_until_stopped(stop)));
+        self.watched().launch(name, replica, false);
         Ok(addrs)
     }
 
@@ -524,13 +514,7 @@ impl DevMesh {
         let auth =
             auth_service::Application::build(self.auth_args.clone().into_settings()?).await?;
         self.key_rotator = auth.key_rotator();
-        if let Some(renewal) = auth.renewal() {
-            self.renewals.insert("auth", renewal);
-        }
-        self.metrics_addrs
-            .extend(auth.admin_addr().map(|a| ("auth", a)));
-        self.services
-            .push(spawn("auth", |stop| auth.run_until_stopped(stop)));
+        self.watched().launch("auth", auth, true);
         Ok(())
     }
 
@@ -602,24 +586,44 @@ fn tls_flags(certs: &Path, name: &str) -> mesh_service::TlsFlags {
     }
 }
 
-fn spawn<F, Fut, E>(
-    name: &'static str,
-    run: F,
-) -> (&'static str, oneshot::Sender<()>, JoinHandle<()>)
-where
-    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
-    E: std::fmt::Display,
-{
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let stop = Box::pin(async move {
-        let _ = stop_rx.await;
-    });
-    let future = run(stop);
-    let handle = tokio::spawn(async move {
-        if let Err(error) = future.await {
-            tracing::error!(service = name, %error, "service stopped with an error");
+/// A service the harness runs: its task, and what it exposes, by name.
+type Running = (&'static str, oneshot::Sender<()>, JoinHandle<()>);
+
+/// The harness's books: what every running service exposes, and its task.
+struct Watched<'a> {
+    renewals: &'a mut std::collections::BTreeMap<&'static str, Arc<RenewalStatus>>,
+    metrics_addrs: &'a mut std::collections::BTreeMap<&'static str, std::net::SocketAddr>,
+    tracers: &'a mut Vec<Telemetry>,
+    services: &'a mut Vec<Running>,
+}
+
+impl Watched<'_> {
+    /// Runs `app` as `name` until it is stopped, and registers its admin listener and tracer
+    /// (and its certificate renewal, for the first instance of a workload: `renewal`). The one
+    /// way every start, restart and replica of every service is launched.
+    fn launch<S: ServiceBinary + Send + 'static>(
+        &mut self,
+        name: &'static str,
+        app: S,
+        renewal: bool,
+    ) {
+        let observed = app.observed();
+        if renewal && let Some(status) = observed.renewal {
+            self.renewals.insert(name, status);
         }
-    });
-    (name, stop_tx, handle)
+        if let Some(addr) = observed.admin_addr {
+            self.metrics_addrs.insert(name, addr);
+        }
+        self.tracers.push(observed.telemetry);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let run = app.run_until_stopped(async move {
+            let _ = stop_rx.await;
+        });
+        let handle = tokio::spawn(async move {
+            if let Err(error) = run.await {
+                tracing::error!(service = name, %error, "service stopped with an error");
+            }
+        });
+        self.services.push((name, stop_tx, handle));
+    }
 }

@@ -56,11 +56,26 @@ pub trait ServiceBinary: Sized {
     /// One line for the log once the service listens (addresses, issuer).
     fn describe(&self) -> String;
 
+    /// What it exposes to whoever watches it: its certificate renewal, its admin listener, its
+    /// tracer.
+    fn observed(&self) -> Observed;
+
     /// Serves until `shutdown` resolves, then drains.
     fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> impl Future<Output = Result<(), StartError>>;
+    ) -> impl Future<Output = Result<(), StartError>> + Send;
+}
+
+/// What a running service exposes to an operator's tools and the dev harness.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Its certificate renewal, when it renews one.
+    pub renewal: Option<std::sync::Arc<identity::RenewalStatus>>,
+    /// Its admin listener (`/metrics`), when it has one.
+    pub admin_addr: Option<std::net::SocketAddr>,
+    /// Its tracer.
+    pub telemetry: mesh_telemetry::trace::Telemetry,
 }
 
 /// What every service's `main.rs` does: parse flags (exit 64 on a bad one), install logging,

@@ -147,6 +147,15 @@ impl MeshServer {
             .and_then(|listener| listener.local_addr().ok())
     }
 
+    /// What the server exposes to whoever watches it.
+    pub fn observed(&self) -> crate::Observed {
+        crate::Observed {
+            renewal: self.renewal(),
+            admin_addr: self.admin_addr(),
+            telemetry: self.telemetry().clone(),
+        }
+    }
+
     /// The certificate renewal's state, when the certificate is renewed in process.
     pub fn renewal(&self) -> Option<Arc<RenewalStatus>> {
         self.renewal.clone()

@@ -98,6 +98,10 @@ impl ServiceBinary for Application {
         })
     }
 
+    fn observed(&self) -> mesh_service::Observed {
+        self.server.observed()
+    }
+
     fn describe(&self) -> String {
         format!("orders service listening on {}", self.server.addr())
     }
