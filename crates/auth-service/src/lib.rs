@@ -212,10 +212,7 @@ impl Application {
             &settings.telemetry,
         )
         .await?;
-        runtime.listen_health(settings.health_listen).await?;
-        runtime.listen_admin(settings.admin_listen).await?;
-        runtime.set_shutdown_grace(settings.shutdown_grace);
-        runtime.set_max_in_flight(settings.max_in_flight);
+        runtime.serve_with(&settings.server).await?;
         let signing = Arc::downgrade(&keys);
         runtime
             .meter()

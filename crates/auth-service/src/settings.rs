@@ -82,25 +82,10 @@ pub struct Args {
     /// to 30 d): the longest a workload may stay down and still restart on its own.
     #[arg(long, env = "MESH_REJOIN_TOKEN_TTL", default_value = "7d", value_parser = rejoin_ttl)]
     pub rejoin_token_ttl: Duration,
-    /// A plaintext grpc.health.v1 listener for probes without a client certificate; bind it to
-    /// loopback or a probe-only interface.
-    #[arg(long, env = "MESH_HEALTH_LISTEN")]
-    pub health_listen: Option<SocketAddr>,
-    /// A plain HTTP admin listener serving `GET /metrics` (Prometheus text format); bind it
-    /// where only the scraper reaches.
-    #[arg(long, env = "MESH_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
-    /// On SIGTERM the mesh listener reports NOT_SERVING, stops accepting, and lets the calls in
-    /// flight finish for at most this long (`10s`; 0 s to 60 s).
-    #[arg(long, env = "MESH_SHUTDOWN_GRACE", default_value = "10s",
-          value_parser = mesh_service::config::shutdown_grace)]
-    pub shutdown_grace: Duration,
-    /// Calls the mesh listener runs at once (1 to 65,536); the next one is answered
-    /// UNAVAILABLE at once instead of queueing. Health checks are never refused.
-    #[arg(long, env = "MESH_MAX_IN_FLIGHT",
-          default_value_t = mesh_service::shed::DEFAULT_MAX_IN_FLIGHT,
-          value_parser = mesh_service::config::max_in_flight)]
-    pub max_in_flight: usize,
+    /// What every server runs with: probe and admin listeners, drain, load shedding (the
+    /// mesh listener's).
+    #[command(flatten)]
+    pub server: mesh_service::ServerFlags,
 }
 
 /// The bounds of `--cert-ttl`.
@@ -173,10 +158,7 @@ impl Args {
             cert_ttl: self.cert_ttl,
             join_tokens: self.join_tokens,
             rejoin_token_ttl: self.rejoin_token_ttl,
-            health_listen: self.health_listen,
-            admin_listen: self.admin_listen,
-            shutdown_grace: self.shutdown_grace,
-            max_in_flight: self.max_in_flight,
+            server: self.server,
         })
     }
 }
@@ -212,14 +194,8 @@ pub struct Settings {
     pub join_tokens: Option<PathBuf>,
     /// How long a rejoin token stays usable.
     pub rejoin_token_ttl: Duration,
-    /// The plaintext health listener.
-    pub health_listen: Option<SocketAddr>,
-    /// The admin listener (`/metrics`).
-    pub admin_listen: Option<SocketAddr>,
-    /// How long calls in flight may run on after shutdown begins.
-    pub shutdown_grace: Duration,
-    /// Calls the mesh listener runs at once before it sheds.
-    pub max_in_flight: usize,
+    /// The server-wide flags: probe and admin listeners, drain, load shedding.
+    pub server: mesh_service::ServerFlags,
 }
 
 /// A CA to import: its certificate and PKCS#8 key, PEM. The key is never printed.

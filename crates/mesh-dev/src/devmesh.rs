@@ -223,10 +223,11 @@ impl DevMesh {
             cert_ttl: options.cert_ttl,
             join_tokens: Some(join_tokens),
             rejoin_token_ttl: Duration::from_secs(86_400),
-            health_listen: None,
-            admin_listen: Some("127.0.0.1:0".parse().expect("address")),
-            shutdown_grace: Duration::from_secs(5),
-            max_in_flight: mesh_service::shed::DEFAULT_MAX_IN_FLIGHT,
+            server: mesh_service::ServerFlags {
+                admin_listen: Some("127.0.0.1:0".parse().expect("address")),
+                shutdown_grace: Duration::from_secs(5),
+                ..mesh_service::ServerFlags::default()
+            },
         };
         let auth = auth_service::Application::build(auth_args.clone().into_settings()?).await?;
         let issuer = auth.issuer().to_owned();
@@ -264,10 +265,12 @@ impl DevMesh {
             auth_url: auth_addr.to_string(),
             db: options.database.url(dir, name),
             join_token_file: Some(identity_dir.join(format!("{name}.join"))),
-            health_listen: Some("127.0.0.1:0".parse().expect("address")),
-            admin_listen: Some("127.0.0.1:0".parse().expect("address")),
-            shutdown_grace: Duration::from_secs(5),
-            max_in_flight: mesh_service::shed::DEFAULT_MAX_IN_FLIGHT,
+            server: mesh_service::ServerFlags {
+                health_listen: Some("127.0.0.1:0".parse().expect("address")),
+                admin_listen: Some("127.0.0.1:0".parse().expect("address")),
+                shutdown_grace: Duration::from_secs(5),
+                ..mesh_service::ServerFlags::default()
+            },
         };
         let mut inventory_args = inventory_service::Args {
             listen: "127.0.0.1:0".parse()?,
@@ -451,7 +454,7 @@ impl DevMesh {
         args.listen = "127.0.0.1:0".parse()?;
         args.mesh.join_token_file = Some(self.replica_token("inventory", name).await?);
         args.mesh.audit = self.audit.flags(name);
-        args.mesh.health_listen = None;
+        args.mesh.server.health_listen = None;
         let replica = inventory_service::Application::build(args).await?;
         let addr = replica.server().addr();
         self.watched().launch(name, replica, false);
@@ -483,7 +486,7 @@ impl DevMesh {
         args.inventory_url = inventory_url.to_owned();
         args.mesh.join_token_file = Some(self.replica_token("orders", name).await?);
         args.mesh.audit = self.audit.flags(name);
-        args.mesh.health_listen = None;
+        args.mesh.server.health_listen = None;
         configure(&mut args);
         let replica = orders_service::Application::build(args).await?;
         let addr = replica.server().addr();

@@ -259,6 +259,19 @@ pub struct ServiceFlags {
     /// replaced with a rejoin token for the next start; it must be writable and private.
     #[arg(long, env = "MESH_JOIN_TOKEN_FILE", conflicts_with_all = ["tls_cert", "tls_key"])]
     pub join_token_file: Option<PathBuf>,
+    /// What every server runs with: probe and admin listeners, drain, load shedding.
+    #[command(flatten)]
+    pub server: ServerFlags,
+}
+
+/// The shutdown grace when none is set (`--shutdown-grace`'s default).
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The flags every server has, the auth service included: its probe and admin listeners, how
+/// it drains, how many calls it runs at once. A new server-wide flag is a field here and its use
+/// in [`crate::Runtime::serve_with`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerFlags {
     /// A plaintext grpc.health.v1 listener, for probes that cannot present a client
     /// certificate (a container health check, a kubelet gRPC probe). Health only; bind it to
     /// loopback or a probe-only interface.
@@ -276,6 +289,18 @@ pub struct ServiceFlags {
     /// answered UNAVAILABLE at once instead of queueing. Health checks are never refused.
     #[arg(long, env = "MESH_MAX_IN_FLIGHT", default_value_t = crate::shed::DEFAULT_MAX_IN_FLIGHT, value_parser = max_in_flight)]
     pub max_in_flight: usize,
+}
+
+impl Default for ServerFlags {
+    /// No probe or admin listener; the flags' defaults otherwise.
+    fn default() -> Self {
+        Self {
+            health_listen: None,
+            admin_listen: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_in_flight: crate::shed::DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
 }
 
 /// The bounds of `--max-in-flight` (shared by every service).

@@ -38,7 +38,8 @@ pub mod storage;
 use std::future::Future;
 
 pub use config::{
-    AuditFlags, EXIT_USAGE, ServiceFlags, TlsFlags, Workload, parse_args, parse_duration,
+    AuditFlags, EXIT_USAGE, ServerFlags, ServiceFlags, TlsFlags, Workload, parse_args,
+    parse_duration,
 };
 pub use error::{StartError, exit_on_start_error};
 pub use runtime::{Runtime, traced};

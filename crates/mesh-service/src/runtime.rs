@@ -20,7 +20,7 @@ use mesh_client::balance::Balanced;
 
 use mesh_tls::watch::WatchStatus;
 
-use crate::config::{AuditFlags, CertSource, ServiceFlags, TlsFlags, Workload};
+use crate::config::{AuditFlags, CertSource, ServerFlags, ServiceFlags, TlsFlags, Workload};
 use crate::error::StartError;
 use crate::identity::{RenewalStatus, Renewed, TaskGuard, TokenFile};
 use crate::server::MeshServer;
@@ -51,8 +51,7 @@ pub struct Runtime {
     max_in_flight: usize,
 }
 
-/// The shutdown grace when none is set (`--shutdown-grace`'s default).
-pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+pub use crate::config::DEFAULT_SHUTDOWN_GRACE;
 
 impl Runtime {
     /// Loads the workload's certificate (from files, or from the mesh CA with a join token),
@@ -94,21 +93,18 @@ impl Runtime {
         if let Some((token_file, rejoin)) = token_file {
             runtime.renew_from_mesh_ca(auth, token_file, rejoin, &flags.issuer)?;
         }
-        runtime.listen_health(flags.health_listen).await?;
-        runtime.listen_admin(flags.admin_listen).await?;
-        runtime.shutdown_grace = flags.shutdown_grace;
-        runtime.max_in_flight = flags.max_in_flight;
+        runtime.serve_with(&flags.server).await?;
         Ok(runtime)
     }
 
-    /// How long calls in flight may run on once shutdown begins (`--shutdown-grace`).
-    pub fn set_shutdown_grace(&mut self, grace: std::time::Duration) {
-        self.shutdown_grace = grace;
-    }
-
-    /// How many calls the server runs at once before it sheds (`--max-in-flight`).
-    pub fn set_max_in_flight(&mut self, limit: usize) {
-        self.max_in_flight = limit;
+    /// Applies the server-wide flags: binds the probe and admin listeners they ask for, and
+    /// sets the drain and the bound on calls in flight. The one place they are read.
+    pub async fn serve_with(&mut self, server: &ServerFlags) -> Result<(), StartError> {
+        self.listen_health(server.health_listen).await?;
+        self.listen_admin(server.admin_listen).await?;
+        self.shutdown_grace = server.shutdown_grace;
+        self.max_in_flight = server.max_in_flight;
+        Ok(())
     }
 
     /// Renews the certificate at the mesh CA over `auth` (mTLS with the current certificate),
@@ -246,10 +242,7 @@ impl Runtime {
     }
 
     /// Binds the admin listener (`/metrics`) on `addr`, when one is asked for.
-    pub async fn listen_admin(
-        &mut self,
-        addr: Option<std::net::SocketAddr>,
-    ) -> Result<(), StartError> {
+    async fn listen_admin(&mut self, addr: Option<std::net::SocketAddr>) -> Result<(), StartError> {
         if let Some(addr) = addr {
             self.admin_listener = Some(bind(addr).await?);
         }
@@ -262,7 +255,7 @@ impl Runtime {
     }
 
     /// Binds the plaintext health listener on `addr`, when one is asked for.
-    pub async fn listen_health(
+    async fn listen_health(
         &mut self,
         addr: Option<std::net::SocketAddr>,
     ) -> Result<(), StartError> {

@@ -923,10 +923,11 @@ async fn the_database_alone_holds_no_usable_private_key_and_a_wrong_kek_stops_th
             cert_ttl: Duration::from_secs(3600),
             join_tokens: None,
             rejoin_token_ttl: Duration::from_secs(86_400),
-            health_listen: None,
-            admin_listen: Some("127.0.0.1:0".parse().expect("address")),
-            shutdown_grace: Duration::from_secs(5),
-            max_in_flight: mesh_service::shed::DEFAULT_MAX_IN_FLIGHT,
+            server: mesh_service::ServerFlags {
+                admin_listen: Some("127.0.0.1:0".parse().expect("address")),
+                shutdown_grace: Duration::from_secs(5),
+                ..mesh_service::ServerFlags::default()
+            },
         }
         .into_settings()
         .expect("settings")

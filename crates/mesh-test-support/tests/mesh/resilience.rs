@@ -633,7 +633,7 @@ async fn a_server_at_its_in_flight_limit_sheds_the_next_call_at_once_and_still_a
     let orders = mesh
         .mesh
         .start_orders_replica_with("orders-a", &hung.addr.to_string(), |args| {
-            args.mesh.max_in_flight = 4;
+            args.mesh.server.max_in_flight = 4;
         })
         .await
         .expect("orders-a");
