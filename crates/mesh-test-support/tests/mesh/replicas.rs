@@ -14,6 +14,26 @@ use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_proto::orders::v1::{ListOrdersRequest, OrderLine, OrderState, PlaceOrderRequest};
 use mesh_test_support::{Backend, TestMesh, bearer};
 
+/// Two tests of `scenario`: `$sqlite` on SQLite, and `$postgres` on PostgreSQL, ignored (and so
+/// counted in the summary line) where PostgreSQL is not installed.
+macro_rules! on_both_backends {
+    ($scenario:ident, $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $scenario(Backend::Sqlite).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[cfg_attr(
+            not(mesh_postgres),
+            ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
+        )]
+        async fn $postgres() {
+            $scenario(Backend::Postgres).await;
+        }
+    };
+}
+
 async fn mesh_on(backend: Backend) -> TestMesh {
     TestMesh::start_on(backend, DevOptions::default())
         .await
@@ -116,19 +136,11 @@ async fn fifty_orders_over_two_orders_and_two_inventory_replicas(backend: Backen
     mesh.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_orders_over_two_orders_and_two_inventory_replicas_on_sqlite_confirm_exactly_ten() {
-    fifty_orders_over_two_orders_and_two_inventory_replicas(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(mesh_postgres),
-    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
-)]
-async fn fifty_orders_over_two_orders_and_two_inventory_replicas_on_postgres_confirm_exactly_ten() {
-    fifty_orders_over_two_orders_and_two_inventory_replicas(Backend::Postgres).await;
-}
+on_both_backends!(
+    fifty_orders_over_two_orders_and_two_inventory_replicas,
+    fifty_orders_over_two_orders_and_two_inventory_replicas_on_sqlite_confirm_exactly_ten,
+    fifty_orders_over_two_orders_and_two_inventory_replicas_on_postgres_confirm_exactly_ten
+);
 
 /// POSTs the code exchange to the token endpoint of the auth replica at `public`.
 async fn redeem_at(
@@ -184,19 +196,11 @@ async fn a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once(backend: Bac
     mesh.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once_on_sqlite() {
-    a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(mesh_postgres),
-    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
-)]
-async fn a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once_on_postgres() {
-    a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once(Backend::Postgres).await;
-}
+on_both_backends!(
+    a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once,
+    a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once_on_sqlite,
+    a_code_redeemed_at_two_auth_replicas_at_once_is_spent_once_on_postgres
+);
 
 async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(backend: Backend) {
     let mut mesh = mesh_on(backend).await;
@@ -231,19 +235,11 @@ async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(
     mesh.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_on_sqlite() {
-    a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(mesh_postgres),
-    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
-)]
-async fn a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_on_postgres() {
-    a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other(Backend::Postgres).await;
-}
+on_both_backends!(
+    a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other,
+    a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_on_sqlite,
+    a_revocation_at_one_auth_replica_reaches_verifiers_following_the_other_on_postgres
+);
 
 /// Fifty logins signed out at once, half through each auth replica: every one of their access
 /// tokens is refused at orders 2 s later. On PostgreSQL the revocation log's sequence numbers are
@@ -294,19 +290,11 @@ async fn fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later(bac
     mesh.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later_on_sqlite() {
-    fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(mesh_postgres),
-    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
-)]
-async fn fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later_on_postgres() {
-    fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later(Backend::Postgres).await;
-}
+on_both_backends!(
+    fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later,
+    fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later_on_sqlite,
+    fifty_sessions_signed_out_at_once_are_all_refused_two_seconds_later_on_postgres
+);
 
 /// A "database" that accepts the TCP connection and never says a word (a black-holed port, a
 /// proxy without a backend) ends the start within the documented 10 s wait, as exit 64 naming
@@ -411,19 +399,11 @@ async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other(backe
     mesh.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other_on_sqlite() {
-    a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(mesh_postgres),
-    ignore = "PostgreSQL is not installed: apt-get install postgresql (or set MESH_PG_BIN)"
-)]
-async fn a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other_on_postgres() {
-    a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other(Backend::Postgres).await;
-}
+on_both_backends!(
+    a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other,
+    a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other_on_sqlite,
+    a_key_rotated_twice_at_one_auth_replica_is_published_by_the_other_on_postgres
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
