@@ -101,7 +101,8 @@ impl AuthService for MeshApi {
         let start = self
             .hub
             .starting_point(request.get_ref().after_sequence)
-            .await;
+            .await
+            .ok_or_else(|| Status::unavailable("revocation log unavailable"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let mut stopping = self.stopping.clone();
         stopping.borrow_and_update();

@@ -16,6 +16,9 @@ const BATCH: u32 = 512;
 /// How often the poller re-reads the log for what other replicas appended to it.
 const REPLICA_POLL: Duration = Duration::from_millis(500);
 
+/// How long a new stream waits for the log's first read before it is told UNAVAILABLE.
+const FIRST_READ_WAIT: Duration = Duration::from_secs(5);
+
 /// How often the log is cleared of revocations whose tokens have all expired.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -110,14 +113,13 @@ impl RevocationHub {
 
     /// Where a subscriber that has applied up to `after` starts, once the log has been read:
     /// there, unless the log never reached that sequence (the issuer's database was replaced),
-    /// in which case from the start.
-    pub async fn starting_point(&self, after: u64) -> u64 {
+    /// in which case from the start. `None` when the log has not been read within
+    /// [`FIRST_READ_WAIT`] (the database does not answer): the caller is told to come back.
+    pub async fn starting_point(&self, after: u64) -> Option<u64> {
         let mut last = self.last.subscribe();
-        let last = match last.wait_for(Option::is_some).await {
-            Ok(last) => last.unwrap_or_default(),
-            Err(_) => 0,
-        };
-        if after > last { 0 } else { after }
+        let read = tokio::time::timeout(FIRST_READ_WAIT, last.wait_for(Option::is_some)).await;
+        let last = read.ok()?.ok()?.unwrap_or_default();
+        Some(if after > last { 0 } else { after })
     }
 
     /// Announcements: the receiver is marked changed after every batch read.
