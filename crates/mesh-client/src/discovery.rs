@@ -1,10 +1,24 @@
 //! Where a target's replicas are: DNS names re-resolved every few seconds (a Kubernetes headless
 //! Service, a compose service with replicas) or a comma-separated list, behind the [`Resolve`]
-//! trait so tests can answer for DNS.
+//! trait so tests can answer for DNS. [`discover`] turns the answers into a
+//! [`tower::discover::Discover`] stream of replicas appearing and leaving, each with its own
+//! lazily connecting mTLS channel from one connector (so every replica must present the SPIFFE
+//! ID the connector pins).
 
+use std::collections::BTreeSet;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use mesh_tls::client::MeshConnector;
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::transport::Channel;
+use tower::discover::Change;
+
+use crate::TaskGuard;
 
 /// How often a DNS name is resolved again.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(2);
@@ -71,6 +85,114 @@ pub(crate) fn entries(target: &str) -> impl Iterator<Item = &str> {
                 .trim_end_matches('/')
         })
         .filter(|entry| !entry.is_empty())
+}
+
+/// The replicas as last resolved, for whoever watches them: `None` until the first answer.
+pub type Replicas = watch::Receiver<Option<Vec<SocketAddr>>>;
+
+/// Replicas appearing and leaving, as [`tower::discover::Discover`] reads them.
+pub struct Discovered {
+    changes: mpsc::UnboundedReceiver<Change<SocketAddr, Channel>>,
+}
+
+impl futures_util::Stream for Discovered {
+    type Item = Result<Change<SocketAddr, Channel>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.changes.poll_recv(cx).map(|change| change.map(Ok))
+    }
+}
+
+impl std::fmt::Debug for Discovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovered").finish_non_exhaustive()
+    }
+}
+
+/// The resolving side of a [`Discovered`] stream: what it has found, a way to ask it to look
+/// again now, and its task (stopped when this is dropped).
+pub struct Resolver {
+    /// The replicas as last resolved.
+    pub replicas: Replicas,
+    /// Asks for a new lookup now (a replica's connection failed: it may have moved); at most a
+    /// few lookups a second follow, however many calls fail.
+    pub resolve_now: Arc<Notify>,
+    _task: TaskGuard,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("replicas", &*self.replicas.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves `target` with `resolver` every `every` (or when asked), and streams the changes:
+/// each new address as a channel made by `connector`, each address gone as a removal. A
+/// resolver that could not answer keeps the replicas there are.
+pub fn discover(
+    connector: MeshConnector,
+    target: &str,
+    resolver: Arc<dyn Resolve>,
+    every: Duration,
+) -> (Discovered, Resolver) {
+    let (send, changes) = mpsc::unbounded_channel();
+    let (publish, replicas) = watch::channel(None);
+    let resolve_now = Arc::new(Notify::new());
+    let nudged = resolve_now.clone();
+    let target = target.to_owned();
+    let task = TaskGuard::new(tokio::spawn(async move {
+        let mut known: BTreeSet<SocketAddr> = BTreeSet::new();
+        loop {
+            if let Some(addrs) = resolver.resolve(&target).await {
+                let gone: Vec<SocketAddr> = known
+                    .iter()
+                    .filter(|addr| !addrs.contains(addr))
+                    .copied()
+                    .collect();
+                for addr in &gone {
+                    known.remove(addr);
+                    let _ = send.send(Change::Remove(*addr));
+                }
+                let mut added = false;
+                for addr in &addrs {
+                    if known.contains(addr) {
+                        continue;
+                    }
+                    match connector.channel(&addr.to_string()) {
+                        Ok(channel) => {
+                            known.insert(*addr);
+                            let _ = send.send(Change::Insert(*addr, channel));
+                            added = true;
+                        }
+                        Err(error) => tracing::warn!(%addr, %error, "replica not usable"),
+                    }
+                }
+                // Published after the changes are queued: whoever sees the new set sees the
+                // balancer take it at its next call.
+                if added || !gone.is_empty() || publish.borrow().is_none() {
+                    let now: Vec<SocketAddr> = known.iter().copied().collect();
+                    tracing::info!(%target, replicas = ?now, "replicas changed");
+                    publish.send_replace(Some(now));
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = nudged.notified() => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }));
+    (
+        Discovered { changes },
+        Resolver {
+            replicas,
+            resolve_now,
+            _task: task,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
-//! The client side of every mesh call, one concern per module: what a call is sent over
-//! ([`transport`]), how long it may take ([`deadline`]), where the replicas are ([`discovery`]),
-//! which of them to pass over ([`replica`]), which to pick ([`balance`]), whether to send it
-//! again ([`retry`]), and what was done ([`stats`]). `mesh_service::Runtime::client` stacks them
-//! for every service-to-service call; the client trace layer lives with the rest of the tracing
-//! in `mesh-telemetry`.
+//! The client side of every mesh call, one concern per module, built on tower's parts: what a
+//! call is sent over ([`transport`]), how long it may take ([`deadline`]), where the replicas are
+//! ([`discovery`], a `Discover` stream), which of them are ready ([`replica`], ejection as a
+//! readiness gate), which to pick ([`balance`], power of two choices by pending requests),
+//! whether to send it again ([`retry`], a `tower::retry::Policy` with a budget), and what was done
+//! ([`stats`]). `mesh_service::Runtime::client` stacks them for every service-to-service call;
+//! the client trace layer lives with the rest of the tracing in `mesh-telemetry`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -319,9 +319,16 @@ impl Runtime {
     ) -> Result<Transport, StartError> {
         let balanced = self.balanced(peer, url, flag)?;
         crate::observe::balanced(self.meter(), url, balanced.stats());
-        Ok(Transport::new(self.telemetry.client_layer(url).layer(
-            mesh_client::deadline::ClientDeadlineLayer.layer(Transport::new(balanced)),
-        )))
+        Ok(Transport::new(
+            tower::ServiceBuilder::new()
+                // A client span per call; its context travels in `traceparent`.
+                .layer(self.telemetry.client_layer(url))
+                // What is left of the caller's deadline, as `grpc-timeout`.
+                .layer(mesh_client::deadline::ClientDeadlineLayer)
+                // Retries, then power of two choices over the replicas that are not ejected
+                // (`Balanced::new` lists its layers).
+                .service(balanced),
+        ))
     }
 
     /// An untraced mTLS transport to the mesh workload `peer` at `url`: balanced over every
