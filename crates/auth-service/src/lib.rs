@@ -67,7 +67,7 @@ use mesh_proto::identity::v1::identity_admin_server::IdentityAdminServer;
 use mesh_proto::identity::v1::identity_server::IdentityServer;
 use mesh_service::config::CertSource;
 use mesh_service::runtime::bind;
-use mesh_service::{MeshServer, Runtime, ServiceBinary};
+use mesh_service::{IdentitySource, MeshServer, Parts, Runtime, ServiceBinary, VerifierSource};
 use mesh_tls::server::{ServerLimits, TlsListener, grpc_server};
 use mesh_tls::{SpiffeId, Trust};
 
@@ -203,16 +203,41 @@ impl Application {
             keys.key_set(),
             revoked.clone(),
         );
-        let mut runtime = Runtime::with_verifier(
-            "auth",
-            settings.listen,
-            workload,
-            mesh_verifier.clone(),
-            &settings.audit,
-            &settings.telemetry,
-        )
+        let identity = match &authority {
+            Some(ca) => {
+                authority::spawn_refresh(Arc::downgrade(ca));
+                let (ca, id) = (ca.clone(), workload.spiffe_id.clone());
+                let nudge = ca.changes();
+                let renew: mesh_service::RenewOwn = Box::new(move || {
+                    let issued = ca.issue_own(&id).and_then(|issued| issued.into_parts());
+                    let bundle_pem = ca.bundle_pem();
+                    Box::pin(async move {
+                        let (chain_pem, key) = issued.map_err(|e| e.to_string())?;
+                        Ok(mesh_service::identity::Renewed {
+                            chain_pem,
+                            key,
+                            bundle_pem,
+                        })
+                    })
+                });
+                IdentitySource::OwnCa {
+                    workload,
+                    renew,
+                    nudge,
+                }
+            }
+            None => IdentitySource::Files(workload),
+        };
+        let runtime = Runtime::build(Parts {
+            name: "auth",
+            listen: settings.listen,
+            identity,
+            verifier: VerifierSource::Local(mesh_verifier.clone()),
+            audit: &settings.audit,
+            telemetry: &settings.telemetry,
+            server: &settings.server,
+        })
         .await?;
-        runtime.serve_with(&settings.server).await?;
         let signing = Arc::downgrade(&keys);
         runtime
             .meter()
@@ -226,26 +251,6 @@ impl Application {
             })
             .build();
         let audit = audit::IssuerAudit::new(runtime.audit_log());
-        if let Some(ca) = &authority {
-            authority::spawn_refresh(Arc::downgrade(ca));
-            let (ca, id) = (ca.clone(), runtime.workload().spiffe_id.clone());
-            let nudge = ca.changes();
-            runtime.renew_with(
-                move || {
-                    let issued = ca.issue_own(&id).and_then(|issued| issued.into_parts());
-                    let bundle_pem = ca.bundle_pem();
-                    async move {
-                        let (chain_pem, key) = issued.map_err(|e| e.to_string())?;
-                        Ok(mesh_service::identity::Renewed {
-                            chain_pem,
-                            key,
-                            bundle_pem,
-                        })
-                    }
-                },
-                nudge,
-            );
-        }
         // One limiter for every door where a stranger can present a guess: the login form, the
         // token endpoint and the CA's join-token door.
         let limiter = FailureLimiter::new(config.rate_limit.settings());

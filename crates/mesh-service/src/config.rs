@@ -269,7 +269,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::fro
 
 /// The flags every server has, the auth service included: its probe and admin listeners, how
 /// it drains, how many calls it runs at once. A new server-wide flag is a field here and its use
-/// in [`crate::Runtime::serve_with`].
+/// in the one place `Runtime::build` applies them (`serve_with`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerFlags {
     /// A plaintext grpc.health.v1 listener, for probes that cannot present a client

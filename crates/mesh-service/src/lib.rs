@@ -42,7 +42,7 @@ pub use config::{
     parse_duration,
 };
 pub use error::{StartError, exit_on_start_error};
-pub use runtime::{Runtime, traced};
+pub use runtime::{IdentitySource, Parts, RenewOwn, Runtime, VerifierSource, traced};
 pub use server::MeshServer;
 pub use storage::{Db, DbUrl, Dialect, Migrations, Tx};
 

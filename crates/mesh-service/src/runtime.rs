@@ -20,7 +20,7 @@ use mesh_client::balance::Balanced;
 
 use mesh_tls::watch::WatchStatus;
 
-use crate::config::{AuditFlags, CertSource, ServerFlags, ServiceFlags, TlsFlags, Workload};
+use crate::config::{AuditFlags, CertSource, ServerFlags, ServiceFlags, Workload};
 use crate::error::StartError;
 use crate::identity::{RenewalStatus, Renewed, TaskGuard, TokenFile};
 use crate::server::MeshServer;
@@ -53,53 +53,197 @@ pub struct Runtime {
 
 pub use crate::config::DEFAULT_SHUTDOWN_GRACE;
 
+/// Makes a certificate for a service that is its own CA, each time its renewal asks.
+pub type RenewOwn = Box<
+    dyn FnMut() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Renewed, String>> + Send>,
+        > + Send,
+>;
+
+/// Where a service's certificate comes from, and what keeps it current.
+pub enum IdentitySource {
+    /// Certificate files (`--tls-*`), watched for changes when `--tls-watch` asks.
+    Files(Workload),
+    /// A certificate the mesh CA gave for a join token, renewed there over mTLS (or by joining
+    /// again with the rejoin token when it expired); the rejoin token is kept in `token_file`.
+    Joined {
+        /// The certificate and trust the join gave.
+        workload: Workload,
+        /// Where the rejoin token is kept.
+        token_file: TokenFile,
+        /// The rejoin token the join returned.
+        rejoin: String,
+        /// The issuer's public URL (to join again with an expired certificate).
+        issuer: String,
+        /// The issuer's mesh listener (`--auth-url`), where renewals go.
+        auth_url: String,
+    },
+    /// The service is the mesh CA: `renew` makes its next certificate, also whenever `nudge`
+    /// changes (the CA rotated).
+    OwnCa {
+        /// The certificate it starts with.
+        workload: Workload,
+        /// Makes the next one.
+        renew: RenewOwn,
+        /// Changes when the CA does.
+        nudge: tokio::sync::watch::Receiver<u64>,
+    },
+}
+
+impl std::fmt::Debug for IdentitySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, workload) = match self {
+            Self::Files(workload) => ("files", workload),
+            Self::Joined { workload, .. } => ("joined", workload),
+            Self::OwnCa { workload, .. } => ("own CA", workload),
+        };
+        f.debug_struct("IdentitySource")
+            .field("source", &kind)
+            .field("spiffe_id", &workload.spiffe_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentitySource {
+    /// What orders and inventory run with: certificate files, or a join token
+    /// (`--join-token-file`) redeemed at the issuer.
+    pub async fn from_flags(flags: &ServiceFlags) -> Result<Self, StartError> {
+        let Some(path) = &flags.join_token_file else {
+            return Ok(Self::Files(flags.tls.load()?));
+        };
+        let token_file = TokenFile::new(path);
+        let (workload, rejoin) =
+            crate::identity::join(&flags.tls, &token_file, &flags.issuer).await?;
+        Ok(Self::Joined {
+            workload,
+            token_file,
+            rejoin,
+            issuer: flags.issuer.clone(),
+            auth_url: flags.auth_url.clone(),
+        })
+    }
+
+    fn workload(&self) -> &Workload {
+        match self {
+            Self::Files(workload)
+            | Self::Joined { workload, .. }
+            | Self::OwnCa { workload, .. } => workload,
+        }
+    }
+}
+
+/// Where a service's token verifier comes from.
+#[derive(Debug)]
+pub enum VerifierSource {
+    /// The issuer's keys, discovered at `issuer` for tokens meant for `audience`; revocations
+    /// streamed from the issuer's mesh listener at `auth_url`.
+    Discovered {
+        /// The issuer's URL (`--issuer`).
+        issuer: String,
+        /// The audience tokens must name.
+        audience: String,
+        /// The issuer's mesh listener (`--auth-url`).
+        auth_url: String,
+    },
+    /// A verifier the service made itself (the issuer verifies with its own keys and reads its
+    /// own revocation log).
+    Local(Arc<TokenVerifier>),
+}
+
+/// Everything a [`Runtime`] is built from.
+#[derive(Debug)]
+pub struct Parts<'a> {
+    /// The service's name (its SPIFFE path, traces, metrics, audit records).
+    pub name: &'static str,
+    /// Where the mesh listener binds.
+    pub listen: SocketAddr,
+    /// Its certificate.
+    pub identity: IdentitySource,
+    /// Its token verifier.
+    pub verifier: VerifierSource,
+    /// Its audit log.
+    pub audit: &'a AuditFlags,
+    /// Its traces and metrics.
+    pub telemetry: &'a TelemetryFlags,
+    /// The server-wide flags.
+    pub server: &'a ServerFlags,
+}
+
 impl Runtime {
-    /// Loads the workload's certificate (from files, or from the mesh CA with a join token),
-    /// discovers the issuer's keys for `audience`, binds the mesh listener on `listen`, opens the
-    /// audit log and starts the tracer of service `name`. A certificate from the mesh CA is
-    /// renewed before it expires; certificate files are watched for changes.
+    /// What orders and inventory start with: [`Runtime::build`] from their flags, with the
+    /// issuer's keys discovered for `audience`.
     pub async fn start(
         name: &'static str,
         listen: SocketAddr,
         flags: &ServiceFlags,
         audience: &str,
     ) -> Result<Self, StartError> {
-        let (workload, token_file) = match &flags.join_token_file {
-            Some(path) => {
-                let token_file = TokenFile::new(path);
-                let (workload, rejoin) =
-                    crate::identity::join(&flags.tls, &token_file, &flags.issuer).await?;
-                (workload, Some((token_file, rejoin)))
-            }
-            None => (flags.tls.load()?, None),
-        };
-        let verifier = TokenVerifier::for_issuer(&flags.issuer, audience, workload.roots.clone())
-            .await
-            .map_err(|e| StartError::runtime(format!("--issuer {}", flags.issuer), e))?;
-        let mut runtime = Self::with_verifier(
+        Self::build(Parts {
             name,
             listen,
+            identity: IdentitySource::from_flags(flags).await?,
+            verifier: VerifierSource::Discovered {
+                issuer: flags.issuer.clone(),
+                audience: audience.to_owned(),
+                auth_url: flags.auth_url.clone(),
+            },
+            audit: &flags.audit,
+            telemetry: &flags.telemetry,
+            server: &flags.server,
+        })
+        .await
+    }
+
+    /// Builds the shell of service `parts.name`: binds the mesh listener (and the probe and
+    /// admin listeners the server flags ask for), makes or takes the verifier, opens the audit
+    /// log, starts the tracer, and keeps the certificate current as its source says.
+    pub async fn build(parts: Parts<'_>) -> Result<Self, StartError> {
+        let workload = parts.identity.workload().clone();
+        let verifier = match &parts.verifier {
+            VerifierSource::Discovered {
+                issuer, audience, ..
+            } => TokenVerifier::for_issuer(issuer, audience, workload.roots.clone())
+                .await
+                .map_err(|e| StartError::runtime(format!("--issuer {issuer}"), e))?,
+            VerifierSource::Local(verifier) => verifier.clone(),
+        };
+        let mut runtime = Self::open(
+            parts.name,
+            parts.listen,
             workload,
             verifier,
-            &flags.audit,
-            &flags.telemetry,
+            parts.audit,
+            parts.telemetry,
         )
         .await?;
-        // Not traced: one stream for the life of the process is no request to draw.
-        let auth = runtime.transport("auth", &flags.auth_url, "--auth-url")?;
-        let feed = revocation::spawn_feed(auth.clone(), runtime.verifier.revocations().clone());
-        crate::observe::revocation_feed(runtime.meter(), &feed);
-        runtime.revocation_feed = Some(feed);
-        if let Some((token_file, rejoin)) = token_file {
-            runtime.renew_from_mesh_ca(auth, token_file, rejoin, &flags.issuer)?;
+        if let VerifierSource::Discovered { auth_url, .. } = &parts.verifier {
+            // Not traced: one stream for the life of the process is no request to draw.
+            let auth = runtime.transport("auth", auth_url, "--auth-url")?;
+            let feed = revocation::spawn_feed(auth, runtime.verifier.revocations().clone());
+            crate::observe::revocation_feed(runtime.meter(), &feed);
+            runtime.revocation_feed = Some(feed);
         }
-        runtime.serve_with(&flags.server).await?;
+        match parts.identity {
+            IdentitySource::Files(_) => {}
+            IdentitySource::Joined {
+                token_file,
+                rejoin,
+                issuer,
+                auth_url,
+                ..
+            } => {
+                let auth = runtime.transport("auth", &auth_url, "--auth-url")?;
+                runtime.renew_from_mesh_ca(auth, token_file, rejoin, &issuer)?;
+            }
+            IdentitySource::OwnCa { renew, nudge, .. } => runtime.renew_own(renew, nudge),
+        }
+        runtime.serve_with(parts.server).await?;
         Ok(runtime)
     }
 
     /// Applies the server-wide flags: binds the probe and admin listeners they ask for, and
     /// sets the drain and the bound on calls in flight. The one place they are read.
-    pub async fn serve_with(&mut self, server: &ServerFlags) -> Result<(), StartError> {
+    async fn serve_with(&mut self, server: &ServerFlags) -> Result<(), StartError> {
         self.listen_health(server.health_listen).await?;
         self.listen_admin(server.admin_listen).await?;
         self.shutdown_grace = server.shutdown_grace;
@@ -165,11 +309,7 @@ impl Runtime {
 
     /// Renews the certificate with `renew` (a service that is its own CA), also whenever
     /// `nudge` changes.
-    pub fn renew_with<F, Fut>(&mut self, renew: F, nudge: tokio::sync::watch::Receiver<u64>)
-    where
-        F: FnMut() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<Renewed, String>> + Send,
-    {
+    fn renew_own(&mut self, renew: RenewOwn, nudge: tokio::sync::watch::Receiver<u64>) {
         let (task, status) = crate::identity::spawn_renewal(
             self.workload.identity.clone(),
             self.workload.roots.clone(),
@@ -180,9 +320,8 @@ impl Runtime {
         self.renewal = Some(status);
     }
 
-    /// Like [`Runtime::start`], with a verifier the service made itself (the auth service
-    /// verifies with its own keys, without discovery) and flags it holds in its own form.
-    pub async fn with_verifier(
+    /// The runtime's listener, tracer, audit log and metrics around `workload` and `verifier`.
+    async fn open(
         name: &'static str,
         listen: SocketAddr,
         workload: Workload,
@@ -263,11 +402,6 @@ impl Runtime {
             self.health_listener = Some(bind(addr).await?);
         }
         Ok(())
-    }
-
-    /// Loads `tls` alone (for a service that builds its verifier from what the workload holds).
-    pub fn load_workload(tls: &TlsFlags) -> Result<Workload, StartError> {
-        tls.load()
     }
 
     /// The workload's identity.
