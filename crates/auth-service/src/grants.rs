@@ -23,7 +23,7 @@ pub fn hash_secret_token(secret: &str) -> String {
 }
 
 /// What an authorization code was issued for.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct CodeGrant {
     /// The family the code starts.
     pub family_id: String,
@@ -43,6 +43,17 @@ pub struct CodeGrant {
     pub expires_at: i64,
 }
 
+mesh_service::from_row!(CodeGrant {
+    family_id,
+    client_id,
+    redirect_uri,
+    code_challenge,
+    username,
+    scope,
+    audience,
+    expires_at
+});
+
 /// Why a code or refresh token was not redeemed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedeemError {
@@ -57,7 +68,7 @@ pub enum RedeemError {
 }
 
 /// A refresh token's family, as found when it is redeemed.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Family {
     /// The family id.
     pub family_id: String,
@@ -70,6 +81,14 @@ pub struct Family {
     /// The audience of the login: a refresh keeps it.
     pub audience: String,
 }
+
+mesh_service::from_row!(Family {
+    family_id,
+    client_id,
+    username,
+    scope,
+    audience
+});
 
 /// What a revocation covers: one access token, or every token of one login.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,7 +382,6 @@ impl Grants {
 }
 
 /// The columns every single-use grant shares, as [`Grants::redeem_once`] checks them.
-#[derive(sqlx::FromRow)]
 struct UseState {
     family_id: String,
     expires_at: i64,
@@ -371,6 +389,13 @@ struct UseState {
     /// The family's, from the join.
     revoked_at: Option<i64>,
 }
+
+mesh_service::from_row!(UseState {
+    family_id,
+    expires_at,
+    used_at,
+    revoked_at
+});
 
 impl UseState {
     /// Whether the grant could still be redeemed at `now`.
@@ -393,15 +418,20 @@ trait SingleUse: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin {
     fn state(&self) -> &UseState;
 }
 
-#[derive(sqlx::FromRow)]
 struct RefreshRow {
     client_id: String,
     username: String,
     scope: String,
     audience: String,
-    #[sqlx(flatten)]
     state: UseState,
 }
+
+mesh_service::from_row!(RefreshRow {
+    client_id,
+    username,
+    scope,
+    audience,
+} flatten state: UseState);
 
 impl SingleUse for RefreshRow {
     const KIND: &'static str = "refresh_token";
@@ -428,7 +458,6 @@ impl RefreshRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct CodeGrantRow {
     client_id: String,
     redirect_uri: String,
@@ -436,9 +465,17 @@ struct CodeGrantRow {
     username: String,
     scope: String,
     audience: String,
-    #[sqlx(flatten)]
     state: UseState,
 }
+
+mesh_service::from_row!(CodeGrantRow {
+    client_id,
+    redirect_uri,
+    code_challenge,
+    username,
+    scope,
+    audience,
+} flatten state: UseState);
 
 impl SingleUse for CodeGrantRow {
     const KIND: &'static str = "authorization_code";

@@ -524,7 +524,12 @@ impl KeyRotator {
 }
 
 /// The auth service's schema, applied in order when it opens its database.
-pub static MIGRATIONS: mesh_service::Migrations = mesh_service::Migrations {
-    sqlite: sqlx::migrate!("./migrations/sqlite"),
-    postgres: sqlx::migrate!("./migrations/postgres"),
-};
+pub const MIGRATIONS: mesh_service::Migrations = mesh_service::migrations![
+    "0001_signing_keys.sql",
+    "0002_grants.sql",
+    "0003_revocations.sql",
+    "0004_key_schedule.sql",
+    "0005_identity.sql",
+    "0006_family_grant.sql",
+    "0007_rejoin_lineage.sql",
+];

@@ -5,10 +5,7 @@ use mesh_proto::domain::{Line, Sku, lines_key};
 use mesh_service::{Db, Migrations, Tx};
 
 /// The schema for each backend, applied in order when the service opens its database.
-pub static MIGRATIONS: Migrations = Migrations {
-    sqlite: sqlx::migrate!("./migrations/sqlite"),
-    postgres: sqlx::migrate!("./migrations/postgres"),
-};
+pub const MIGRATIONS: Migrations = mesh_service::migrations!["0001_items.sql",];
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +22,7 @@ pub enum StoreError {
 }
 
 /// An item row.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemRow {
     /// SKU.
     pub sku: String,
@@ -36,6 +33,13 @@ pub struct ItemRow {
     /// Unit price in cents.
     pub price_cents: i64,
 }
+
+mesh_service::from_row!(ItemRow {
+    sku,
+    name,
+    available,
+    price_cents
+});
 
 /// What a reservation attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::migrate::Migrator;
+use std::borrow::Cow;
+
+use futures_util::future::BoxFuture;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 
@@ -115,14 +118,96 @@ pub enum Dialect {
     Postgres,
 }
 
-/// A service's schema for each backend: each crate's `sqlx::migrate!("./migrations/sqlite")`
-/// and `sqlx::migrate!("./migrations/postgres")`, the same tables in each dialect.
-#[derive(Debug)]
+/// One migration file, embedded in the binary: its name (`<version>_<description>.sql`) and its
+/// SQL.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationFile {
+    /// The file name, e.g. `0001_items.sql`.
+    pub name: &'static str,
+    /// Its contents.
+    pub sql: &'static str,
+}
+
+/// A service's schema for each backend, the same tables in each dialect: the files of the
+/// crate's `migrations/sqlite` and `migrations/postgres`, embedded by [`crate::migrations!`]
+/// (same names in both). Applied by sqlx's migrator, as its `migrate!` would (same versions,
+/// descriptions and checksums); embedded by hand so that no sqlx macro, and so no second,
+/// host-side build of sqlx and its drivers, is needed.
+#[derive(Debug, Clone, Copy)]
 pub struct Migrations {
     /// Applied to a SQLite file.
-    pub sqlite: Migrator,
+    pub sqlite: &'static [MigrationFile],
     /// Applied to a PostgreSQL database.
-    pub postgres: Migrator,
+    pub postgres: &'static [MigrationFile],
+}
+
+/// Embeds the named files of the calling crate's `migrations/sqlite` and `migrations/postgres`
+/// as a [`Migrations`]: `mesh_service::migrations!["0001_items.sql", "0002_prices.sql"]`.
+#[macro_export]
+macro_rules! migrations {
+    ($($file:literal),+ $(,)?) => {
+        $crate::storage::Migrations {
+            sqlite: &[$($crate::storage::MigrationFile {
+                name: $file,
+                sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite/", $file)),
+            }),+],
+            postgres: &[$($crate::storage::MigrationFile {
+                name: $file,
+                sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres/", $file)),
+            }),+],
+        }
+    };
+}
+
+/// Reads a row into a struct whose fields are named as its columns (what sqlx's
+/// `derive(FromRow)` does, without its macro crate): `from_row!(Item { sku, name })`, with
+/// `flatten field: Type` for a field read from the same row by `Type`'s own `FromRow`. A field
+/// left out does not compile.
+#[macro_export]
+macro_rules! from_row {
+    ($ty:ident { $($field:ident),+ $(,)? } $(flatten $flat:ident: $flat_ty:ty)?) => {
+        impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for $ty {
+            fn from_row(row: &'r sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?,)+
+                    $($flat: <$flat_ty as sqlx::FromRow<'r, sqlx::any::AnyRow>>::from_row(row)?,)?
+                })
+            }
+        }
+    };
+}
+
+/// Embedded migration files as sqlx reads a migrations directory: version and description
+/// from the name (`0006_family_grant.sql` is version 6, "family grant"), in version order.
+#[derive(Debug)]
+struct Embedded(&'static [MigrationFile]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async move {
+            let mut migrations = Vec::with_capacity(self.0.len());
+            for file in self.0 {
+                let (version, rest) = file
+                    .name
+                    .split_once('_')
+                    .ok_or_else(|| format!("migration {}: no `<version>_` prefix", file.name))?;
+                let version: i64 = version
+                    .parse()
+                    .map_err(|_| format!("migration {}: the version is not a number", file.name))?;
+                let description = rest.trim_end_matches(".sql").replace('_', " ");
+                migrations.push(Migration::new(
+                    version,
+                    Cow::Owned(description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(file.sql),
+                    file.sql.starts_with("-- no-transaction"),
+                ));
+            }
+            migrations.sort_by_key(|migration| migration.version);
+            Ok(migrations)
+        })
+    }
 }
 
 /// An open, migrated database.
@@ -165,7 +250,7 @@ impl Db {
                     })
                     .connect(options.as_str())
                     .await;
-                (pool, Dialect::Sqlite, &migrations.sqlite)
+                (pool, Dialect::Sqlite, migrations.sqlite)
             }
             DbUrl::Postgres(raw) => {
                 wait_for_postgres(url, raw).await?;
@@ -174,11 +259,13 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(raw)
                     .await;
-                (pool, Dialect::Postgres, &migrations.postgres)
+                (pool, Dialect::Postgres, migrations.postgres)
             }
         };
         let pool = pool.map_err(|e| StartError::config("--db", format!("{url}: {e}")))?;
-        migrator
+        Migrator::new(Embedded(migrator))
+            .await
+            .map_err(|e| StartError::runtime(format!("migrations for {url}"), e))?
             .run(&pool)
             .await
             .map_err(|e| StartError::runtime(format!("migrate {url}"), e))?;

@@ -23,10 +23,7 @@ pub fn new_order_id() -> String {
 }
 
 /// The schema for each backend, applied in order when the service opens its database.
-pub static MIGRATIONS: Migrations = Migrations {
-    sqlite: sqlx::migrate!("./migrations/sqlite"),
-    postgres: sqlx::migrate!("./migrations/postgres"),
-};
+pub const MIGRATIONS: Migrations = mesh_service::migrations!["0001_orders.sql",];
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +68,6 @@ pub struct Store {
     db: Db,
 }
 
-#[derive(sqlx::FromRow)]
 struct OrderRow {
     seq: i64,
     order_id: String,
@@ -80,6 +76,15 @@ struct OrderRow {
     reason: String,
     created_at: String,
 }
+
+mesh_service::from_row!(OrderRow {
+    seq,
+    order_id,
+    owner,
+    state,
+    reason,
+    created_at
+});
 
 const SELECT: &str = "SELECT rowid AS seq, order_id, owner, state, reason, created_at FROM orders";
 

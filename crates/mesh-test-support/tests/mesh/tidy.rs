@@ -489,3 +489,33 @@ fn no_crate_has_a_cycle_between_its_files() {
         }
     }
 }
+
+#[test]
+fn every_migration_file_is_embedded_and_each_backend_has_the_same_files() {
+    let services = [
+        ("auth-service", auth_service::MIGRATIONS),
+        ("inventory-service", inventory_service::store::MIGRATIONS),
+        ("orders-service", orders_service::store::MIGRATIONS),
+    ];
+    for (krate, migrations) in services {
+        for (backend, embedded) in [
+            ("sqlite", migrations.sqlite),
+            ("postgres", migrations.postgres),
+        ] {
+            let dir = crates_dir().join(krate).join("migrations").join(backend);
+            let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+                .expect("migrations dir")
+                .map(|entry| {
+                    entry
+                        .expect("entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            on_disk.sort();
+            let listed: Vec<String> = embedded.iter().map(|file| file.name.to_owned()).collect();
+            assert_eq!(listed, on_disk, "{krate}'s embedded {backend} migrations");
+        }
+    }
+}
