@@ -61,9 +61,10 @@ struct RunArgs {
     /// PlaceOrder calls per second.
     #[arg(long, default_value_t = 50.0)]
     place_rate: f64,
-    /// Idle mTLS connections for the per-connection memory figure.
-    #[arg(long, default_value_t = 1000)]
-    idle_connections: usize,
+    /// Idle mTLS connections for the per-connection memory figure: at most 511, since they all
+    /// come from one address and a mesh listener holds at most 512 connections per source.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=511))]
+    idle_connections: u16,
     /// A quick pass that only shows everything runs (CI): tiny durations, no figures to keep.
     #[arg(long)]
     smoke: bool,
@@ -142,7 +143,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             seconds(args.duration),
             seconds(args.warmup),
             seconds(args.duration),
-            args.idle_connections,
+            usize::from(args.idle_connections),
         )
     };
     let dir = tempfile::tempdir()?;

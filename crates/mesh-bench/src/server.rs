@@ -96,12 +96,15 @@ pub async fn serve(
 
     if config == Config::Plain {
         ready(addr);
+        // TCP_NODELAY on every accepted socket, as every mesh listener sets it: without it the
+        // baseline stalls on Nagle and delayed ACKs and every ratio against it flatters us.
+        let accepted = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(tcp),
+            |socket| socket.and_then(|socket| socket.set_nodelay(true).map(|()| socket)),
+        );
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(tcp),
-                shutdown,
-            )
+            .serve_with_incoming_shutdown(accepted, shutdown)
             .await?;
         return Ok(());
     }
