@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -102,26 +102,6 @@ pub enum AuditError {
         /// The first problem.
         problem: ChainProblem,
     },
-}
-
-impl AuditError {
-    /// The same error again, for each caller of a batch that failed together.
-    fn again(&self) -> Self {
-        match self {
-            Self::Key { path, detail } => Self::Key {
-                path: path.clone(),
-                detail: detail.clone(),
-            },
-            Self::Io { path, source } => Self::Io {
-                path: path.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
-            },
-            Self::Broken { path, problem } => Self::Broken {
-                path: path.clone(),
-                problem: problem.clone(),
-            },
-        }
-    }
 }
 
 /// The first thing wrong with a log, found by [`verify`].
@@ -428,61 +408,17 @@ pub fn sealed_segments(path: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// An open audit log that appends decisions of one service.
-///
-/// One writer thread owns the files. A caller hands it a record and waits until the record is
-/// in the file (or refused): no decision is let through unrecorded. Records that arrive while
-/// the thread writes are written together, in order, with one `write` for the records and one for
-/// the head (group commit), so under load the file system calls are shared instead of queued
-/// for behind a lock.
 #[derive(Debug)]
 pub struct AuditLog {
     service: String,
     path: PathBuf,
-    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    counts: Arc<Counts>,
-}
-
-/// Appended and failed records, for metrics.
-#[derive(Debug, Default)]
-struct Counts {
+    head_path: PathBuf,
+    state: Mutex<Writer>,
     appended: AtomicU64,
     failed: AtomicU64,
 }
 
-/// Records that may wait for the writer at once; a caller past them waits for room.
-const QUEUE: usize = 4096;
-
-/// Records written with one `write` at the most.
-const MAX_BATCH: usize = 512;
-
-/// One record for the writer, and who waits for it.
-struct Job {
-    record: AuditRecord,
-    done: Done,
-}
-
-/// How the writer tells a caller its record is written.
-enum Done {
-    /// A caller blocking its thread ([`AuditLog::append`]).
-    Blocking(std::sync::mpsc::SyncSender<Result<(), AuditError>>),
-    /// A caller awaiting ([`AuditLog::record`]).
-    Awaiting(tokio::sync::oneshot::Sender<Result<(), AuditError>>),
-}
-
-impl Done {
-    fn send(self, result: Result<(), AuditError>) {
-        // A caller that stopped waiting (its request was dropped) needs no answer.
-        match self {
-            Self::Blocking(tx) => drop(tx.send(result)),
-            Self::Awaiting(tx) => drop(tx.send(result)),
-        }
-    }
-}
-
 struct Writer {
-    path: PathBuf,
-    head_path: PathBuf,
     /// The active segment, opened for appending; `None` after a seal whose new file could not be
     /// made yet.
     file: Option<File>,
@@ -569,35 +505,24 @@ impl AuditLog {
             .write(true)
             .open(head_path(path))
             .map_err(io(&head_path(path)))?;
-        let writer = Writer {
-            path: path.to_owned(),
-            head_path: head_path(path),
-            file: Some(file),
-            head,
-            key,
-            rotation,
-            next_seq: chain.next_seq,
-            last_mac: chain.last_mac.clone(),
-            active_len: chain.active_len,
-            active_first_seq: chain.active_first_seq,
-            active_started_ms: chain.active_started_ms,
-            needs_repair: false,
-        };
-        let counts = Arc::new(Counts::default());
-        let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE);
-        let thread = std::thread::Builder::new()
-            .name(format!("audit-{service}"))
-            .spawn({
-                let counts = counts.clone();
-                move || writer.run(&queue, &counts)
-            })
-            .map_err(io(path))?;
         let log = Self {
             service: service.to_owned(),
             path: path.to_owned(),
-            jobs: Some(jobs),
-            thread: Some(thread),
-            counts,
+            head_path: head_path(path),
+            state: Mutex::new(Writer {
+                file: Some(file),
+                head,
+                key,
+                rotation,
+                next_seq: chain.next_seq,
+                last_mac: chain.last_mac.clone(),
+                active_len: chain.active_len,
+                active_first_seq: chain.active_first_seq,
+                active_started_ms: chain.active_started_ms,
+                needs_repair: false,
+            }),
+            appended: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         };
         let unvouched = chain.next_seq - chain.vouched;
         if chain.torn > 0 || unvouched > 0 {
@@ -625,97 +550,23 @@ impl AuditLog {
     /// Records appended since the log was opened, and appends that failed.
     pub fn appended_and_failed(&self) -> (u64, u64) {
         (
-            self.counts.appended.load(Ordering::Relaxed),
-            self.counts.failed.load(Ordering::Relaxed),
+            self.appended.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
         )
     }
 
-    /// Appends one decision, blocking this thread until it is in the file. A write failure (a
-    /// full disk, say) is reported to the caller, who refuses the call; what was half written
-    /// is cut back, so the chain stays whole and the next append, once there is room, continues
-    /// it. In async code, [`AuditLog::record`] waits without holding a thread.
+    /// Appends one decision. A write failure (a full disk, say) is reported to the caller, who
+    /// refuses the call; what was half written is cut back, so the chain stays whole and the
+    /// next append, once there is room, continues it.
     pub fn append(&self, decision: &Decision<'_>) -> Result<(), AuditError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit(decision, Done::Blocking(tx));
-        rx.recv().unwrap_or_else(|_| Err(self.writer_gone()))
-    }
-
-    /// [`AuditLog::append`] for async code: the task waits for the writer, not its thread.
-    pub async fn record(&self, decision: &Decision<'_>) -> Result<(), AuditError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(decision, Done::Awaiting(tx));
-        rx.await.unwrap_or_else(|_| Err(self.writer_gone()))
-    }
-
-    fn submit(&self, decision: &Decision<'_>, done: Done) {
-        let record = AuditRecord {
-            seq: 0,
-            time_ms: 0,
-            service: self.service.clone(),
-            decision: decision.decision.to_owned(),
-            reason: decision.reason.to_owned(),
-            method: decision.method.to_owned(),
-            subject: decision.subject.to_owned(),
-            actor: decision.actor.to_owned(),
-            client: decision.client.to_owned(),
-            peer: decision.peer.to_owned(),
-            trace_id: decision.trace_id.to_owned(),
-            prev: String::new(),
-            mac: String::new(),
+        let written = self.write_record(decision);
+        let counter = if written.is_ok() {
+            &self.appended
+        } else {
+            &self.failed
         };
-        if let Some(jobs) = &self.jobs
-            && let Err(std::sync::mpsc::SendError(job)) = jobs.send(Job { record, done })
-        {
-            job.done.send(Err(self.writer_gone()));
-        }
-    }
-
-    /// The writer thread ended (it panicked): nothing more can be recorded.
-    fn writer_gone(&self) -> AuditError {
-        AuditError::Io {
-            path: self.path.display().to_string(),
-            source: std::io::Error::other("the audit writer stopped"),
-        }
-    }
-}
-
-impl Drop for AuditLog {
-    fn drop(&mut self) {
-        // Every record handed over is written before the thread sees the queue close.
-        drop(self.jobs.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Writer {
-    /// Writes what arrives on `queue` until every sender is gone: one batch at a time, each
-    /// caller told once its record is in the file.
-    fn run(mut self, queue: &std::sync::mpsc::Receiver<Job>, counts: &Counts) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Ok(first) = queue.recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            let written = self.write_batch(&mut batch);
-            let counter = if written.is_ok() {
-                &counts.appended
-            } else {
-                &counts.failed
-            };
-            counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            for job in batch.drain(..) {
-                job.done.send(match &written {
-                    Ok(()) => Ok(()),
-                    Err(error) => Err(error.again()),
-                });
-            }
-        }
+        counter.fetch_add(1, Ordering::Relaxed);
+        written
     }
 
     fn io(&self) -> impl Fn(std::io::Error) -> AuditError + '_ {
@@ -725,53 +576,55 @@ impl Writer {
         }
     }
 
-    /// Chains and writes `batch` (one `write` for the records, one for the head); on a failure
-    /// neither happened: what reached the file is cut back and the chain continues from where
-    /// it was.
-    fn write_batch(&mut self, batch: &mut [Job]) -> Result<(), AuditError> {
-        if self.needs_repair {
-            if let Some(file) = &self.file {
-                file.set_len(self.active_len).map_err(self.io())?;
+    fn write_record(&self, decision: &Decision<'_>) -> Result<(), AuditError> {
+        let mut writer = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = &mut *writer;
+        if writer.needs_repair {
+            if let Some(file) = &writer.file {
+                file.set_len(writer.active_len).map_err(self.io())?;
             }
-            self.needs_repair = false;
+            writer.needs_repair = false;
         }
         let now = now_ms();
-        let aged = match (self.rotation.max_age, self.active_started_ms) {
+        let aged = match (writer.rotation.max_age, writer.active_started_ms) {
             (Some(age), Some(started)) => now.saturating_sub(started) >= age.as_millis() as u64,
             _ => false,
         };
-        if self.active_len > 0 && (self.active_len >= self.rotation.max_bytes || aged) {
-            self.seal()?;
+        if writer.active_len > 0 && (writer.active_len >= writer.rotation.max_bytes || aged) {
+            self.seal(writer)?;
         }
-        if self.file.is_none() {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .map_err(self.io())?;
-            self.file = Some(file);
-        }
-        let mut lines = Vec::with_capacity(batch.len() * 512);
-        let (mut seq, mut last_mac) = (self.next_seq, self.last_mac.clone());
-        for job in batch.iter_mut() {
-            let record = &mut job.record;
-            record.seq = seq;
-            record.time_ms = now;
-            record.prev = std::mem::take(&mut last_mac);
-            record.mac = mac(&self.key, record);
-            serde_json::to_writer(&mut lines, &*record).map_err(|e| self.io()(e.into()))?;
-            lines.push(b'\n');
-            last_mac.clone_from(&record.mac);
-            seq += 1;
-        }
-        let file = self.file.as_mut().expect("opened above");
-        let written = file.write_all(&lines).map_err(|source| AuditError::Io {
-            path: self.path.display().to_string(),
-            source,
-        });
-        let written = written.and_then(|()| {
-            let (offset, bytes) = Head::new(&self.key, seq, &last_mac).slot();
-            self.head
+        let file = match &mut writer.file {
+            Some(file) => file,
+            none => none.insert(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(self.io())?,
+            ),
+        };
+        let mut record = AuditRecord {
+            seq: writer.next_seq,
+            time_ms: now,
+            service: self.service.clone(),
+            decision: decision.decision.to_owned(),
+            reason: decision.reason.to_owned(),
+            method: decision.method.to_owned(),
+            subject: decision.subject.to_owned(),
+            actor: decision.actor.to_owned(),
+            client: decision.client.to_owned(),
+            peer: decision.peer.to_owned(),
+            trace_id: decision.trace_id.to_owned(),
+            prev: writer.last_mac.clone(),
+            mac: String::new(),
+        };
+        record.mac = mac(&writer.key, &record);
+        let mut line = serde_json::to_vec(&record).unwrap_or_default();
+        line.push(b'\n');
+        let written = file.write_all(&line).map_err(self.io()).and_then(|()| {
+            let (offset, bytes) = Head::new(&writer.key, record.seq + 1, &record.mac).slot();
+            writer
+                .head
                 .write_all_at(&bytes, offset)
                 .map_err(|source| AuditError::Io {
                     path: self.head_path.display().to_string(),
@@ -779,28 +632,27 @@ impl Writer {
                 })
         });
         if let Err(error) = written {
-            // Neither the records nor their head happened: take back what reached the file.
-            let file = self.file.as_ref().expect("opened above");
-            self.needs_repair = file.set_len(self.active_len).is_err();
+            // Neither the record nor its head happened: take back what reached the file.
+            writer.needs_repair = file.set_len(writer.active_len).is_err();
             return Err(error);
         }
-        self.active_len += lines.len() as u64;
-        self.active_started_ms.get_or_insert(now);
-        self.next_seq = seq;
-        self.last_mac = last_mac;
+        writer.active_len += line.len() as u64;
+        writer.active_started_ms.get_or_insert(now);
+        writer.next_seq += 1;
+        writer.last_mac = record.mac;
         Ok(())
     }
 
     /// Seals the active segment under its first sequence number; the next record starts a new
     /// one. A crash between the rename and the next record leaves no active file, which opening
     /// accepts.
-    fn seal(&mut self) -> Result<(), AuditError> {
-        let sealed = segment_path(&self.path, self.active_first_seq);
+    fn seal(&self, writer: &mut Writer) -> Result<(), AuditError> {
+        let sealed = segment_path(&self.path, writer.active_first_seq);
         std::fs::rename(&self.path, &sealed).map_err(self.io())?;
-        self.file = None;
-        self.active_len = 0;
-        self.active_first_seq = self.next_seq;
-        self.active_started_ms = None;
+        writer.file = None;
+        writer.active_len = 0;
+        writer.active_first_seq = writer.next_seq;
+        writer.active_started_ms = None;
         tracing::info!(segment = %sealed.display(), "audit log segment sealed");
         Ok(())
     }
@@ -1083,44 +935,6 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn sixty_four_parallel_callers_each_return_once_their_record_is_in_the_file() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (path, key) = (dir.path().join("audit.jsonl"), dir.path().join("audit.key"));
-        write_new_key(&key).expect("key");
-        let log = Arc::new(AuditLog::open("orders", &path, &key).expect("open"));
-        let callers: Vec<_> = (0..64)
-            .map(|caller| {
-                let (log, path) = (log.clone(), path.clone());
-                tokio::spawn(async move {
-                    for call in 0..20 {
-                        let id = format!("{caller}-{call}");
-                        log.record(&Decision {
-                            decision: "allow",
-                            reason: "policy",
-                            trace_id: &id,
-                            ..Decision::default()
-                        })
-                        .await
-                        .expect("recorded");
-                        if call % 5 == 0 {
-                            // Written when the caller is told so, not later.
-                            let text = std::fs::read_to_string(&path).expect("read");
-                            assert!(text.contains(&format!("\"trace_id\":\"{id}\"")), "{id}");
-                        }
-                    }
-                })
-            })
-            .collect();
-        for caller in callers {
-            caller.await.expect("caller");
-        }
-        assert_eq!(log.appended_and_failed(), (1280, 0));
-        drop(log);
-        let verified = verify(&path, &key).expect("verifies");
-        assert_eq!(verified.records, 1280, "every record once, in one chain");
     }
 
     #[test]

@@ -127,7 +127,7 @@ where
             let token = take_bearer(request.headers_mut());
             let presented = token.as_ref().ok().and_then(Option::clone);
             let decision = state.decide(&method, token, peer.as_ref()).await;
-            if let Err(status) = state.record(&method, &decision, peer.as_ref()).await {
+            if let Err(status) = state.record(&method, &decision, peer.as_ref()) {
                 return Ok(status.into_http());
             }
             match decision {
@@ -147,7 +147,7 @@ where
                         let error = AuthError::Handler(reason);
                         audit_deny(&method, &error, verified.as_deref(), peer.as_ref());
                         let refusal = Err((error, verified.clone()));
-                        if let Err(status) = state.record(&method, &refusal, peer.as_ref()).await {
+                        if let Err(status) = state.record(&method, &refusal, peer.as_ref()) {
                             return Ok(status.into_http());
                         }
                     }
@@ -165,8 +165,8 @@ where
 type Decision = Result<Option<Arc<VerifiedToken>>, (AuthError, Option<Arc<VerifiedToken>>)>;
 
 impl State {
-    /// Appends the decision to the audit log, if there is one, and waits until it is written.
-    async fn record(
+    /// Appends the decision to the audit log, if there is one.
+    fn record(
         &self,
         method: &str,
         decision: &Decision,
@@ -213,7 +213,7 @@ impl State {
         let Some(log) = &self.audit else {
             return Ok(());
         };
-        log.record(&crate::audit::Decision {
+        log.append(&crate::audit::Decision {
             decision: verdict,
             reason,
             method,
@@ -223,7 +223,6 @@ impl State {
             peer: peer.map_or("", SpiffeId::as_str),
             trace_id: &trace_id,
         })
-        .await
         .map_err(|error| {
             tracing::error!(%error, "audit record not written; refusing the call");
             tonic::Status::unavailable("audit log unavailable")
