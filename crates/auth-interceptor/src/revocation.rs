@@ -120,11 +120,15 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Keeps `list` current from the issuer at the other end of `auth` (an mTLS transport to the
-/// auth service's mesh port), for as long as the process runs. Returns the stream's status.
-pub fn spawn_feed(auth: Transport, list: Arc<RevocationList>) -> Arc<FeedStatus> {
+/// auth service's mesh port) until the returned task is aborted (a service keeps it for as long
+/// as it runs). Returns the task and the stream's status.
+pub fn spawn_feed(
+    auth: Transport,
+    list: Arc<RevocationList>,
+) -> (tokio::task::JoinHandle<()>, Arc<FeedStatus>) {
     let status = Arc::new(FeedStatus::default());
     let reported = status.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut client = AuthServiceClient::new(auth);
         let mut backoff = FIRST_BACKOFF;
         loop {
@@ -163,7 +167,7 @@ pub fn spawn_feed(auth: Transport, list: Arc<RevocationList>) -> Arc<FeedStatus>
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     });
-    reported
+    (task, reported)
 }
 
 /// `base` plus up to a quarter more, so verifiers that lost the issuer together do not all come

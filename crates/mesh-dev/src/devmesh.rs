@@ -523,7 +523,14 @@ impl DevMesh {
 
     /// Stops every service and waits for them to drain.
     pub async fn stop(self) {
-        for (_, stop, handle) in self.services {
+        // The issuer last (a restart may have started it after the others): every other
+        // service depends on it, and would otherwise see it go away, and say so, while still
+        // running.
+        let (issuer, others): (Vec<Running>, Vec<Running>) = self
+            .services
+            .into_iter()
+            .partition(|(name, _, _)| *name == "auth");
+        for (_, stop, handle) in others.into_iter().rev().chain(issuer) {
             let _ = stop.send(());
             let _ = handle.await;
         }

@@ -219,7 +219,9 @@ impl Runtime {
         if let VerifierSource::Discovered { auth_url, .. } = &parts.verifier {
             // Not traced: one stream for the life of the process is no request to draw.
             let auth = runtime.transport("auth", auth_url, "--auth-url")?;
-            let feed = revocation::spawn_feed(auth, runtime.verifier.revocations().clone());
+            let (task, feed) = revocation::spawn_feed(auth, runtime.verifier.revocations().clone());
+            // Stopped with the service, not left reconnecting to an issuer it no longer serves.
+            runtime.tasks.push(TaskGuard::new(task));
             crate::observe::revocation_feed(runtime.meter(), &feed);
             runtime.revocation_feed = Some(feed);
         }

@@ -174,7 +174,7 @@ async fn a_verifier_that_lost_the_stream_keeps_serving_and_catches_up_on_reconne
         .channel(&relay_addr.to_string())
         .expect("channel");
     let list = RevocationList::new();
-    let status = spawn_feed(mesh_client::transport(channel), list.clone());
+    let (_feed, status) = spawn_feed(mesh_client::transport(channel), list.clone());
     let wait = Duration::from_secs(5);
 
     let first = mesh.user_token("alice", "inventory").await.expect("login");
