@@ -1,8 +1,10 @@
 //! A whole mesh in this process, on loopback: what `meshctl demo` and the integration tests run.
 //!
 //! It issues fresh certificates from a new dev CA into a directory, writes the shipped example
-//! clients file there, and starts the auth, inventory and orders services on `127.0.0.1:0`, each exactly
-//! as its binary would (same `Application::build`, same flags).
+//! clients file there, and starts the auth, inventory and orders services on loopback (auth and
+//! inventory, which tests restart in place, on free ports below the kernel's ephemeral range;
+//! the rest on `127.0.0.1:0`), each exactly as its binary would (same `Application::build`, same
+//! flags).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -203,8 +205,8 @@ impl DevMesh {
             metrics_exporter: mesh_telemetry::trace::MetricsExporter::None,
         };
         let mut auth_args = auth_service::Args {
-            listen: "127.0.0.1:0".parse()?,
-            public_listen: "127.0.0.1:0".parse()?,
+            listen: restartable_address()?,
+            public_listen: restartable_address()?,
             tls: mesh_service::TlsFlags {
                 tls_cert: None,
                 tls_key: None,
@@ -273,7 +275,7 @@ impl DevMesh {
             },
         };
         let mut inventory_args = inventory_service::Args {
-            listen: "127.0.0.1:0".parse()?,
+            listen: restartable_address()?,
             audience: "inventory".into(),
             mesh: service_flags("inventory"),
         };
@@ -542,6 +544,28 @@ impl DevMesh {
             let _ = task.await;
         }
     }
+}
+
+/// A loopback address for a service that is restarted on the same address, as a restarted
+/// container would be: a free port below the kernel's ephemeral range. A port from `bind(:0)`
+/// comes from that range, and while the service is down the kernel may give it to any other
+/// socket, a client's outgoing connection included, so the restart would find it taken.
+fn restartable_address() -> anyhow::Result<std::net::SocketAddr> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 10_000 {
+        for _ in 0..100 {
+            let port = rand::random_range(10_000..ephemeral_low);
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            if std::net::TcpListener::bind(addr).is_ok() {
+                return Ok(addr);
+            }
+        }
+    }
+    // No room below the range: the kernel's choice, as before.
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// The running OTLP receiver: its stop signal and task.
