@@ -192,12 +192,8 @@ impl Service<http::Request<Payload>> for Balance {
     fn call(&mut self, request: http::Request<Payload>) -> Answer {
         match self.next.take().expect("called before ready") {
             Next::Replica => {
-                let tried = request
-                    .extensions()
-                    .get::<Tried>()
-                    .map(|tried| tried.0.clone())
-                    .unwrap_or_default();
-                let index = self.pick(&tried);
+                let tried = request.extensions().get::<Tried>();
+                let index = self.pick(tried.map_or(&[], |tried| tried.0.as_slice()));
                 let answer = self
                     .replicas
                     .call_ready_index(index, request.map(Body::from));
