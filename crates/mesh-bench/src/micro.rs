@@ -266,6 +266,13 @@ async fn measure<T: Connection>(
     let cpu = procstat::cpu_seconds(server.pid())? - cpu_before;
     let open_run = drive(open_channels, token, open).await?;
     let rss = procstat::rss_bytes(server.pid())?;
+    // A server that answered calls for half a second used CPU and holds more than a MiB: a
+    // reading of less is a broken /proc reader, not a figure (CI's bench smoke checks this).
+    anyhow::ensure!(
+        cpu > 0.0 && rss > 1 << 20,
+        "/proc readings of pid {}: {cpu} CPU seconds, {rss} bytes resident",
+        server.pid()
+    );
     eprintln!(
         "  {:<40} {:>9.0} calls/s  p50 {:.3} ms  p99 {:.3} ms  | fixed rate p50 {:.3} ms  p99 {:.3} ms  ({} errors)",
         config.label(),

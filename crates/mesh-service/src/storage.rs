@@ -349,9 +349,7 @@ async fn wait_for_postgres(url: &DbUrl, raw: &str) -> Result<(), StartError> {
                 let _ = connection.close().await;
                 return Ok(());
             }
-            Ok(Err(error @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)))
-                if tokio::time::Instant::now() < deadline =>
-            {
+            Ok(Err(error)) if unreachable(&error) && tokio::time::Instant::now() < deadline => {
                 tracing::warn!(db = %url, %error, "database not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -369,6 +367,22 @@ async fn wait_for_postgres(url: &DbUrl, raw: &str) -> Result<(), StartError> {
                 ));
             }
         }
+    }
+}
+
+/// Whether `error` says the server is not there yet (refused, reset, unreachable, a name that
+/// does not resolve yet), which waiting can mend. A TLS failure (a certificate another CA
+/// signed, a name that does not match) is an I/O error too, but of kind `InvalidData`: waiting
+/// would only delay the operator's message.
+fn unreachable(error: &sqlx::Error) -> bool {
+    use std::io::ErrorKind::{InvalidData, InvalidInput, PermissionDenied, Unsupported};
+    match error {
+        sqlx::Error::Io(io) => !matches!(
+            io.kind(),
+            InvalidData | InvalidInput | PermissionDenied | Unsupported
+        ),
+        sqlx::Error::PoolTimedOut => true,
+        _ => false,
     }
 }
 

@@ -421,21 +421,110 @@ async fn loadgen_places_reads_cancels_and_is_refused_where_it_must_be() {
         "refused attempts are part of the load: {summary}"
     );
 
-    let bad = meshctl(&[
-        "loadgen",
-        "--user",
-        "alice",
-        "--issuer",
-        "https://x",
-        "--tls-cert",
-        "c",
-        "--tls-key",
-        "k",
-        "--tls-ca",
-        "a",
-    ]);
-    assert_eq!(bad.status.code(), Some(64), "{}", stderr(&bad));
-    assert!(stderr(&bad).contains("--user"), "{}", stderr(&bad));
+    // A user is NAME:PASSWORD (the password may hold ':'); anything else is exit 64 naming
+    // --user, and the message never repeats the password.
+    for user in ["alice", ":pw-secret", "alice:"] {
+        let bad = meshctl(&[
+            "loadgen",
+            "--user",
+            "bob:pw:b",
+            "--user",
+            user,
+            "--issuer",
+            "https://x",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--tls-ca",
+            "a",
+        ]);
+        assert_eq!(bad.status.code(), Some(64), "{user}: {}", stderr(&bad));
+        assert!(stderr(&bad).contains("--user"), "{}", stderr(&bad));
+        assert!(!stderr(&bad).contains("pw"), "{}", stderr(&bad));
+    }
+}
+
+/// Serves `body` as `/metrics` to every request, like a service's admin listener.
+async fn metrics_server(body: String) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_adds_up_replicas_interpolates_quantiles_and_counts_denials_by_reason() {
+    // Two replicas of orders, as their exporters write them: 8 and 4 GetOrder calls of which
+    // 2 and 1 were denied for a missing token; half the durations under 10 ms, all under 100 ms.
+    let replica = |ok: u32, denied: u32| {
+        let (service, method) = ("mesh.orders.v1.OrdersService", "GetOrder");
+        let labels = format!("rpc_service=\"{service}\",rpc_method=\"{method}\"");
+        let mut text = format!(
+            "target_info{{service_name=\"orders\"}} 1\n\
+             rpc_server_call_duration_seconds_count{{{labels},rpc_grpc_status_code=\"0\"}} {ok}\n\
+             rpc_server_call_duration_seconds_count{{{labels},rpc_grpc_status_code=\"16\"}} {denied}\n\
+             mesh_authz_decisions_total{{{labels},decision=\"deny\",reason=\"missing_token\"}} {denied}\n\
+             mesh_authz_decisions_total{{{labels},decision=\"allow\",reason=\"policy\"}} {ok}\n"
+        );
+        for (le, count) in [("0.001", 0), ("0.01", 25), ("0.1", 50), ("+Inf", 50)] {
+            text.push_str(&format!(
+                "rpc_server_call_duration_seconds_bucket{{{labels},le=\"{le}\"}} {count}\n"
+            ));
+        }
+        text
+    };
+    let first = metrics_server(replica(6, 2)).await;
+    let second = metrics_server(replica(3, 1)).await;
+    let targets = format!("{first},{second}");
+    let output =
+        tokio::task::spawn_blocking(move || meshctl(&["stat", "--metrics", &targets, "--totals"]))
+            .await
+            .expect("join");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = String::from_utf8_lossy(&output.stdout);
+    let row = table
+        .lines()
+        .find(|line| line.contains("OrdersService/GetOrder"))
+        .unwrap_or_else(|| panic!("no GetOrder row:\n{table}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    // SERVICE METHOD CALLS SUCCESS P50 ms P99 ms DENIED
+    assert_eq!(
+        columns,
+        [
+            "orders",
+            "OrdersService/GetOrder",
+            "12",
+            "75.00%",
+            "10",
+            "ms",
+            "98",
+            "ms",
+            "missing_token:3"
+        ],
+        "{table}"
+    );
+
+    let gone = meshctl(&["stat", "--metrics", "127.0.0.1:9", "--totals"]);
+    assert_eq!(gone.status.code(), Some(1), "{}", stderr(&gone));
+    assert!(stderr(&gone).contains("127.0.0.1:9"), "{}", stderr(&gone));
 }
 
 #[test]

@@ -428,7 +428,8 @@ mod fuzz {
 
     proptest! {
         #![proptest_config(ProptestConfig {
-            cases: 10_000,
+            // `PROPTEST_CASES` when set (CI's fuzz step: 10,000), else 1,000.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000),
             failure_persistence: None,
             ..ProptestConfig::default()
         })]

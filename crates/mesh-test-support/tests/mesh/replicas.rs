@@ -439,7 +439,9 @@ async fn the_database_is_reached_over_tls_verified_against_the_mesh_ca_and_nothi
     ))
     .await
     .expect("verify-full against the mesh CA");
-    // A server whose certificate another CA signed (an on-path attacker's) is refused.
+    // A server whose certificate another CA signed (an on-path attacker's) is refused, at
+    // once: waiting for the server (10 s) cannot mend a certificate.
+    let refused = std::time::Instant::now();
     let error = open(format!(
         "sslmode=verify-full&sslrootcert={}",
         other_ca.display()
@@ -447,6 +449,11 @@ async fn the_database_is_reached_over_tls_verified_against_the_mesh_ca_and_nothi
     .await
     .expect_err("a certificate from another CA");
     assert!(error.to_string().starts_with("--db: "), "{error}");
+    assert!(
+        refused.elapsed() < std::time::Duration::from_secs(5),
+        "a TLS refusal is not retried: {:?}",
+        refused.elapsed()
+    );
     // And the server takes no connection without TLS.
     let error = open("sslmode=disable".to_owned())
         .await

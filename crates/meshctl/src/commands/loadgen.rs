@@ -560,35 +560,3 @@ pub async fn run(args: LoadgenArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn users_are_name_colon_password_and_a_bad_one_names_the_flag() {
-        let users = parse_users(&["alice:pw-a".into(), "bob:pw:b".into()]).expect("users");
-        assert_eq!(users[0].name, "alice");
-        assert_eq!(users[1].password, "pw:b");
-        for bad in ["alice", ":pw", "alice:"] {
-            let error = parse_users(&[bad.into()]).expect_err(bad);
-            assert!(
-                matches!(&error, CliError::Usage(m) if m.contains("--user")),
-                "{bad}"
-            );
-            assert!(!error.to_string().contains("pw"), "never echo a password");
-        }
-    }
-
-    #[test]
-    fn random_lines_are_valid_orders() {
-        for _ in 0..200 {
-            let lines = random_lines();
-            assert!(!lines.is_empty() && lines.len() <= 2);
-            assert!(lines.iter().all(|l| (1..=3).contains(&l.quantity)));
-            let mut skus: Vec<_> = lines.iter().map(|l| &l.sku).collect();
-            skus.dedup();
-            assert_eq!(skus.len(), lines.len(), "unique SKUs");
-        }
-    }
-}
