@@ -282,13 +282,65 @@ pub fn write_new_key(path: &Path) -> Result<(), AuditError> {
         .map_err(io)
 }
 
+/// A record without its mac, borrowed: what the mac covers, serialized exactly as
+/// [`AuditRecord`] is (same fields in the same order; `mac`, last, left out).
+#[derive(Serialize)]
+struct Unsigned<'a> {
+    seq: u64,
+    time_ms: u64,
+    service: &'a str,
+    decision: &'a str,
+    reason: &'a str,
+    method: &'a str,
+    subject: &'a str,
+    actor: &'a str,
+    client: &'a str,
+    peer: &'a str,
+    trace_id: &'a str,
+    prev: &'a str,
+}
+
+impl<'a> Unsigned<'a> {
+    fn of(record: &'a AuditRecord) -> Self {
+        Self {
+            seq: record.seq,
+            time_ms: record.time_ms,
+            service: &record.service,
+            decision: &record.decision,
+            reason: &record.reason,
+            method: &record.method,
+            subject: &record.subject,
+            actor: &record.actor,
+            client: &record.client,
+            peer: &record.peer,
+            trace_id: &record.trace_id,
+            prev: &record.prev,
+        }
+    }
+
+    /// The record's line (JSON and `\n`) and its mac, from one serialization: the mac covers
+    /// `prev ‖ body`, and the line is the body with `"mac"` added as its last field, byte for
+    /// byte what serializing the signed [`AuditRecord`] gives.
+    fn sign(&self, key: &hmac::Key) -> (Vec<u8>, String) {
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        let mac = mac_of(key, self.prev, &line);
+        line.pop(); // the closing brace
+        line.extend_from_slice(b",\"mac\":\"");
+        line.extend_from_slice(mac.as_bytes());
+        line.extend_from_slice(b"\"}\n");
+        (line, mac)
+    }
+}
+
 fn mac(key: &hmac::Key, record: &AuditRecord) -> String {
-    let mut unsigned = record.clone();
-    unsigned.mac.clear();
-    let body = serde_json::to_vec(&unsigned).unwrap_or_default();
+    let body = serde_json::to_vec(&Unsigned::of(record)).unwrap_or_default();
+    mac_of(key, &record.prev, &body)
+}
+
+fn mac_of(key: &hmac::Key, prev: &str, body: &[u8]) -> String {
     let mut context = hmac::Context::with_key(key);
-    context.update(record.prev.as_bytes());
-    context.update(&body);
+    context.update(prev.as_bytes());
+    context.update(body);
     hex(context.sign().as_ref())
 }
 
@@ -297,7 +349,13 @@ fn head_mac(key: &hmac::Key, count: u64, last_mac: &str) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -414,6 +472,9 @@ pub struct AuditLog {
     path: PathBuf,
     head_path: PathBuf,
     state: Mutex<Writer>,
+    /// The turn of async callers ([`AuditLog::append_async`]): one at a time, so a call waiting
+    /// for the writer yields its worker thread to other calls instead of parking it on the lock.
+    turn: tokio::sync::Semaphore,
     appended: AtomicU64,
     failed: AtomicU64,
 }
@@ -521,6 +582,7 @@ impl AuditLog {
                 active_started_ms: chain.active_started_ms,
                 needs_repair: false,
             }),
+            turn: tokio::sync::Semaphore::new(1),
             appended: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         };
@@ -569,6 +631,15 @@ impl AuditLog {
         written
     }
 
+    /// [`AuditLog::append`] for a caller on an async worker: it waits for its turn without
+    /// blocking the thread (under load, two workers appending at once would otherwise park one
+    /// of them in the kernel on every contended record), then appends as `append` does.
+    pub async fn append_async(&self, decision: &Decision<'_>) -> Result<(), AuditError> {
+        // The semaphore is never closed, so the permit always comes.
+        let _turn = self.turn.acquire().await;
+        self.append(decision)
+    }
+
     fn io(&self) -> impl Fn(std::io::Error) -> AuditError + '_ {
         |source| AuditError::Io {
             path: self.path.display().to_string(),
@@ -603,26 +674,24 @@ impl AuditLog {
                     .map_err(self.io())?,
             ),
         };
-        let mut record = AuditRecord {
-            seq: writer.next_seq,
+        let seq = writer.next_seq;
+        let (line, mac) = Unsigned {
+            seq,
             time_ms: now,
-            service: self.service.clone(),
-            decision: decision.decision.to_owned(),
-            reason: decision.reason.to_owned(),
-            method: decision.method.to_owned(),
-            subject: decision.subject.to_owned(),
-            actor: decision.actor.to_owned(),
-            client: decision.client.to_owned(),
-            peer: decision.peer.to_owned(),
-            trace_id: decision.trace_id.to_owned(),
-            prev: writer.last_mac.clone(),
-            mac: String::new(),
-        };
-        record.mac = mac(&writer.key, &record);
-        let mut line = serde_json::to_vec(&record).unwrap_or_default();
-        line.push(b'\n');
+            service: &self.service,
+            decision: decision.decision,
+            reason: decision.reason,
+            method: decision.method,
+            subject: decision.subject,
+            actor: decision.actor,
+            client: decision.client,
+            peer: decision.peer,
+            trace_id: decision.trace_id,
+            prev: &writer.last_mac,
+        }
+        .sign(&writer.key);
         let written = file.write_all(&line).map_err(self.io()).and_then(|()| {
-            let (offset, bytes) = Head::new(&writer.key, record.seq + 1, &record.mac).slot();
+            let (offset, bytes) = Head::new(&writer.key, seq + 1, &mac).slot();
             writer
                 .head
                 .write_all_at(&bytes, offset)
@@ -639,7 +708,7 @@ impl AuditLog {
         writer.active_len += line.len() as u64;
         writer.active_started_ms.get_or_insert(now);
         writer.next_seq += 1;
-        writer.last_mac = record.mac;
+        writer.last_mac = mac;
         Ok(())
     }
 
@@ -918,6 +987,36 @@ fn read_chain(path: &Path, key: &hmac::Key, full: bool) -> Result<ChainState, Ch
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_signed_from_one_serialization_is_the_signed_record_byte_for_byte() {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[7; 32]);
+        let unsigned = Unsigned {
+            seq: 41,
+            time_ms: 1_700_000_000_000,
+            service: "orders",
+            decision: "deny",
+            reason: "wrong_audience",
+            method: "/shop.v1.Shop/Buy",
+            subject: "alice \"quoted\" \u{e9}\n",
+            actor: "",
+            client: "meshctl",
+            peer: "spiffe://mesh.local/sa/meshctl",
+            trace_id: "",
+            prev: "00ff",
+        };
+        let (line, signed) = unsigned.sign(&key);
+        let record: AuditRecord = serde_json::from_slice(&line).expect("a record");
+        let mut expected = serde_json::to_vec(&record).expect("json");
+        expected.push(b'\n');
+        assert_eq!(
+            String::from_utf8_lossy(&line),
+            String::from_utf8_lossy(&expected)
+        );
+        assert_eq!(record.mac, signed);
+        assert_eq!(mac(&key, &record), signed, "what verify recomputes");
+        assert_eq!(hex(&[0x00, 0x9a, 0xff]), "009aff");
+    }
 
     #[test]
     fn a_written_key_is_hex_text_that_reads_back_as_32_bytes() {

@@ -127,7 +127,7 @@ where
             let token = take_bearer(request.headers_mut());
             let presented = token.as_ref().ok().and_then(Option::clone);
             let decision = state.decide(&method, token, peer.as_ref()).await;
-            if let Err(status) = state.record(&method, &decision, peer.as_ref()) {
+            if let Err(status) = state.record(&method, &decision, peer.as_ref()).await {
                 return Ok(status.into_http());
             }
             match decision {
@@ -147,7 +147,7 @@ where
                         let error = AuthError::Handler(reason);
                         audit_deny(&method, &error, verified.as_deref(), peer.as_ref());
                         let refusal = Err((error, verified.clone()));
-                        if let Err(status) = state.record(&method, &refusal, peer.as_ref()) {
+                        if let Err(status) = state.record(&method, &refusal, peer.as_ref()).await {
                             return Ok(status.into_http());
                         }
                     }
@@ -166,7 +166,7 @@ type Decision = Result<Option<Arc<VerifiedToken>>, (AuthError, Option<Arc<Verifi
 
 impl State {
     /// Appends the decision to the audit log, if there is one.
-    fn record(
+    async fn record(
         &self,
         method: &str,
         decision: &Decision,
@@ -213,7 +213,7 @@ impl State {
         let Some(log) = &self.audit else {
             return Ok(());
         };
-        log.append(&crate::audit::Decision {
+        log.append_async(&crate::audit::Decision {
             decision: verdict,
             reason,
             method,
@@ -223,6 +223,7 @@ impl State {
             peer: peer.map_or("", SpiffeId::as_str),
             trace_id: &trace_id,
         })
+        .await
         .map_err(|error| {
             tracing::error!(%error, "audit record not written; refusing the call");
             tonic::Status::unavailable("audit log unavailable")
@@ -303,8 +304,11 @@ fn take_bearer(headers: &mut HeaderMap) -> Result<Option<BearerToken>, AuthError
         .map_err(|_| AuthError::MalformedHeader("expected `Bearer <token>`"))
 }
 
+/// An allowed call is a `debug` event: the audit chain, the span event and the decision counter
+/// already record each one, and a log line per call at `info` (the services' default filter)
+/// cost more CPU than the whole audit chain (docs/benchmarks.md). Refusals stay at `warn`.
 fn audit_allow(method: &str, token: Option<&VerifiedToken>, peer: Option<&SpiffeId>) {
-    tracing::info!(
+    tracing::debug!(
         target: "audit",
         decision = "allow",
         reason = "policy",

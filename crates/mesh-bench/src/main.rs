@@ -109,6 +109,11 @@ async fn serve(
     otlp: Option<String>,
 ) -> anyhow::Result<()> {
     let material = Material::open(&dir);
+    // From configuration 5 on, the server logs as a mesh service does: the same subscriber, the
+    // same default filter (`RUST_LOG`, default `info`), to stderr.
+    if matches!(config, Config::Otel | Config::Full | Config::Client) {
+        mesh_telemetry::init();
+    }
     // Stop when the parent closes our stdin (or dies), or on a signal.
     let stdin_closed = async {
         let _ = tokio::task::spawn_blocking(|| {

@@ -162,7 +162,7 @@ impl Demo {
 
 /// Runs the scenario; fails (exit 1) if any step did not behave as expected.
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
-    mesh_telemetry::init_with_default("warn,audit=info");
+    mesh_telemetry::init_with_default("warn,audit=debug");
     let dir = tempfile::tempdir().map_err(failed)?;
     // Short-lived certificates, so that the demo can show one renewed.
     let options = mesh_dev::devmesh::DevOptions {
