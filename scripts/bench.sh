@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures what each layer of Zero-Trust Mesh costs against plain tonic, on this machine, and
 # writes the markdown report to target/bench/report.md (docs/benchmarks.md quotes one):
-#   - mesh-bench run: the seven configurations (closed loop + fixed rate), the PlaceOrder
+#   - mesh-bench run: the eight configurations (closed loop + fixed rate; the eighth is plain
+#     tonic behind a pair of HAProxy sidecars speaking mTLS), the PlaceOrder
 #     path with per-hop latency from traces, idle RSS per service, RSS per mTLS connection;
 #   - cargo bench -p mesh-bench: criterion benches (token verification per algorithm and cached,
 #     policy lookup, audit append, service-token issuance over mTLS).
@@ -12,6 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out"
+# Configuration 8 puts plain tonic behind a pair of HAProxy proxies (Debian's package).
+if ! [ -x /usr/sbin/haproxy ] && ! command -v haproxy >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+    else
+        echo "scripts/bench.sh: configuration 8 needs HAProxy: apt-get install haproxy" >&2
+        exit 1
+    fi
+fi
 cargo build --release --locked -p mesh-bench -p auth-service -p orders-service -p inventory-service
 target/release/mesh-bench run --out "$out/report.md" "$@"
 if [[ " $* " == *" --smoke "* ]]; then

@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`material`]: certificates, the token signing key and the audit key a run shares.
-//! - [`server`]: the benchmark server in six configurations (`mesh-bench serve`, a child process).
+//! - [`server`]: the benchmark server in its configurations (`mesh-bench serve`, a child process).
+//! - [`sidecar`]: configuration 8, plain tonic behind a pair of HAProxy proxies (mTLS between
+//!   them): the sidecar mesh compared with.
 //! - [`load`]: closed-loop and open-loop (fixed-rate, no coordinated omission) load, hdrhistogram.
 //! - [`procstat`]: a process's CPU time and RSS from /proc.
 //! - [`micro`]: the layer-by-layer scenario; [`place_order`]: the real PlaceOrder path with
@@ -21,3 +23,4 @@ pub mod place_order;
 pub mod procstat;
 pub mod report;
 pub mod server;
+pub mod sidecar;

@@ -1,11 +1,10 @@
 //! The load generator: N connections, C concurrent streams spread over them, either closed-loop
 //! (each stream sends its next call when the last one answers: maximum throughput) or open-loop
-//! at a fixed rate (call i is due at start + i/rate and its latency counts from then, so a slow
-//! answer cannot hide the calls queued behind it: no coordinated omission). Warm-up calls are
-//! made and discarded.
+//! at a fixed rate (call i is due at start + i/rate, handed out then by a pacer thread, and its
+//! latency counts from then, so a slow answer cannot hide the calls queued behind it: no
+//! coordinated omission). Warm-up calls are made and discarded.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -94,24 +93,25 @@ pub async fn drive<T: Connection>(
     let start = Instant::now();
     let measure_from = start + shape.warmup;
     let end = measure_from + shape.duration;
-    let next = Arc::new(AtomicU64::new(0));
+    // Open loop: the calls' due times come from a pacer thread, not from tokio's timer, whose
+    // 1 ms granularity would add up to a millisecond to every latency (and hide the tenths of a
+    // millisecond the layers add).
+    let paced = shape.rate.map(|rate| pacer(start, end, rate));
     let mut workers = Vec::with_capacity(shape.streams);
     for worker in 0..shape.streams {
         let mut client = HealthClient::new(channels[worker % channels.len()].clone());
         let header = header.clone();
-        let next = next.clone();
+        let paced = paced.clone();
         workers.push(tokio::spawn(async move {
             let mut latency = histogram();
             let (mut ok, mut errors) = (0u64, 0u64);
             loop {
-                let due = match shape.rate {
+                let due = match &paced {
                     None => Instant::now(),
-                    Some(rate) => {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        let due = start + Duration::from_secs_f64(index as f64 / rate);
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
+                    Some(paced) => match paced.lock().await.recv().await {
+                        Some(due) => due,
+                        None => break,
+                    },
                 };
                 if due >= end {
                     break;
@@ -149,4 +149,26 @@ pub async fn drive<T: Connection>(
     // Calls are counted by when they were due, so the window is exactly `duration`.
     measured.elapsed = shape.duration;
     Ok(measured)
+}
+
+/// Due times of calls at `rate` per second from `start` until `end`, each handed out when it is
+/// due: a thread sleeps until then (the kernel's timer slack, ~50 µs, is the error), and never
+/// skips a call it is late for. The workers share the receiver; the stream ends at `end`.
+type Paced = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>>;
+
+fn pacer(start: Instant, end: Instant, rate: f64) -> Paced {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for index in 0u64.. {
+            let due = start + Duration::from_secs_f64(index as f64 / rate);
+            if due >= end {
+                break;
+            }
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if tx.send(due).is_err() {
+                break;
+            }
+        }
+    });
+    Arc::new(tokio::sync::Mutex::new(rx))
 }

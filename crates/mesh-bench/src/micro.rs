@@ -22,6 +22,7 @@ use crate::load::{Connection, Measured, Shape, drive};
 use crate::material::{Material, SERVER};
 use crate::procstat;
 use crate::server::Config;
+use crate::sidecar::Sidecars;
 
 /// One configuration's figures.
 #[derive(Debug)]
@@ -148,6 +149,14 @@ pub async fn run(
     let mut rows = Vec::new();
     for &config in configs {
         let server = ServerProcess::start(config, material, Some(otlp))?;
+        let sidecars = match config {
+            Config::Sidecar => Some(Sidecars::start(material, server.addr)?),
+            _ => None,
+        };
+        // Every process that serves the call: the server, and the proxies in front of it.
+        let mut pids = vec![server.pid()];
+        pids.extend(sidecars.iter().flat_map(Sidecars::pids));
+        let target = sidecars.as_ref().map_or(server.addr, |s| s.front);
         let row = if config == Config::Client {
             // The client side's spans go to the same collector, as a service's would.
             let telemetry = Telemetry::new(
@@ -163,7 +172,7 @@ pub async fn run(
             let open_stacks = client_stacks(material, server.addr, open.connections, &telemetry)?;
             let row = measure(
                 config,
-                &server,
+                &pids,
                 &closed_stacks,
                 &open_stacks,
                 &token,
@@ -174,12 +183,11 @@ pub async fn run(
             telemetry.shutdown(Duration::from_secs(3)).await;
             row
         } else {
-            let closed_channels =
-                connect(config, material, server.addr, closed.connections).await?;
-            let open_channels = connect(config, material, server.addr, open.connections).await?;
+            let closed_channels = connect(config, material, target, closed.connections).await?;
+            let open_channels = connect(config, material, target, open.connections).await?;
             measure(
                 config,
-                &server,
+                &pids,
                 &closed_channels,
                 &open_channels,
                 &token,
@@ -231,11 +239,11 @@ pub fn client_stacks(
     Ok(stacks)
 }
 
-/// One configuration measured: warm-up, the closed loop (with the server's CPU), then the
-/// fixed rate.
+/// One configuration measured: warm-up, the closed loop (with the CPU of every process in
+/// `pids`: the server, and the proxies in front of it), then the fixed rate.
 async fn measure<T: Connection>(
     config: Config,
-    server: &ServerProcess,
+    pids: &[u32],
     closed_channels: &[T],
     open_channels: &[T],
     token: &str,
@@ -253,7 +261,9 @@ async fn measure<T: Connection>(
         },
     )
     .await?;
-    let cpu_before = procstat::cpu_seconds(server.pid())?;
+    let cpu_of_all =
+        || -> anyhow::Result<f64> { pids.iter().map(|&pid| procstat::cpu_seconds(pid)).sum() };
+    let cpu_before = cpu_of_all()?;
     let closed_run = drive(
         closed_channels,
         token,
@@ -263,15 +273,17 @@ async fn measure<T: Connection>(
         },
     )
     .await?;
-    let cpu = procstat::cpu_seconds(server.pid())? - cpu_before;
+    let cpu = cpu_of_all()? - cpu_before;
     let open_run = drive(open_channels, token, open).await?;
-    let rss = procstat::rss_bytes(server.pid())?;
+    let rss = pids
+        .iter()
+        .map(|&pid| procstat::rss_bytes(pid))
+        .sum::<anyhow::Result<u64>>()?;
     // A server that answered calls for half a second used CPU and holds more than a MiB: a
     // reading of less is a broken /proc reader, not a figure (CI's bench smoke checks this).
     anyhow::ensure!(
         cpu > 0.0 && rss > 1 << 20,
-        "/proc readings of pid {}: {cpu} CPU seconds, {rss} bytes resident",
-        server.pid()
+        "/proc readings of pids {pids:?}: {cpu} CPU seconds, {rss} bytes resident"
     );
     eprintln!(
         "  {:<40} {:>9.0} calls/s  p50 {:.3} ms  p99 {:.3} ms  | fixed rate p50 {:.3} ms  p99 {:.3} ms  ({} errors)",

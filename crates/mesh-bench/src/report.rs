@@ -27,6 +27,33 @@ pub struct Report {
     pub per_connection: Option<(usize, u64, u64, f64)>,
 }
 
+impl Report {
+    /// The mesh's full stack (configurations 6 and 7) against the sidecar pair (8), when the
+    /// run measured them.
+    fn against_the_sidecar(&self) -> String {
+        use crate::server::Config;
+        let row = |config| self.rows.iter().find(|row| row.config == config);
+        let Some(sidecar) = row(Config::Sidecar) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for config in [Config::Full, Config::Client] {
+            if let Some(mesh) = row(config) {
+                let _ = writeln!(
+                    out,
+                    "{} against the sidecar pair: {:.2}× its throughput, {:.1} vs {:.1} µs of CPU per call.",
+                    mesh.config.label(),
+                    mesh.closed.throughput() / sidecar.closed.throughput().max(1e-9),
+                    mesh.cpu_us_per_call,
+                    sidecar.cpu_us_per_call,
+                );
+            }
+        }
+        out.push('\n');
+        out
+    }
+}
+
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
@@ -67,9 +94,11 @@ impl Report {
                 .sum();
             let _ = writeln!(
                 out,
-                "\nFailed calls: {errors}. Spans received by the OTLP receiver (configurations 5 to 7): {}.\n",
+                "\nFailed calls: {errors}. Spans received by the OTLP receiver (configurations 5 to 7): {}. \
+                 Configuration 8's CPU and RSS are the sum of its three processes (plain tonic and both proxies).\n",
                 self.spans
             );
+            let _ = write!(out, "{}", self.against_the_sidecar());
         }
         if !self.hops.is_empty() {
             let _ = writeln!(

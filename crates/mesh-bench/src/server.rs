@@ -1,5 +1,5 @@
-//! The benchmark server: `grpc.health.v1.Health/Check`, a small unary RPC, served in six
-//! configurations, each adding one layer to the one before. It runs as its own process
+//! The benchmark server: `grpc.health.v1.Health/Check`, a small unary RPC, served in the
+//! configurations of [`Config`], each adding one layer to the one before. It runs as its own process
 //! (`mesh-bench serve`), so its CPU time and memory can be read from /proc apart from the load
 //! generator's.
 
@@ -38,11 +38,14 @@ pub enum Config {
     /// The full server, called through the client stack every service call goes through
     /// (`Runtime::client`: trace, deadline, balancer with retries and ejection).
     Client,
+    /// The sidecar mesh we compare with: plain tonic behind a pair of HAProxy proxies speaking
+    /// mTLS 1.3 to each other (`crate::sidecar`).
+    Sidecar,
 }
 
 impl Config {
     /// Every configuration, in order.
-    pub const ALL: [Config; 7] = [
+    pub const ALL: [Config; 8] = [
         Config::Plain,
         Config::Mtls,
         Config::JwtNoCache,
@@ -50,6 +53,7 @@ impl Config {
         Config::Otel,
         Config::Full,
         Config::Client,
+        Config::Sidecar,
     ];
 
     /// A short label for tables.
@@ -62,12 +66,14 @@ impl Config {
             Config::Otel => "5. + OpenTelemetry (100 %, batch)",
             Config::Full => "6. full stack (+ audit log, deadline)",
             Config::Client => "7. + client layers (deadline, balancer)",
+            Config::Sidecar => "8. sidecar pair (2 × HAProxy, mTLS) + plain",
         }
     }
 
-    /// Whether clients speak mTLS to it.
+    /// Whether clients speak mTLS to it (to the sidecar pair they speak h2c, as an application
+    /// does to its own sidecar).
     pub fn tls(self) -> bool {
-        self != Config::Plain
+        !matches!(self, Config::Plain | Config::Sidecar)
     }
 
     /// The value clap knows it by.
@@ -94,7 +100,7 @@ pub async fn serve(
     let tcp = TcpListener::bind(listen).await?;
     let addr = tcp.local_addr()?;
 
-    if config == Config::Plain {
+    if matches!(config, Config::Plain | Config::Sidecar) {
         ready(addr);
         // TCP_NODELAY on every accepted socket, as every mesh listener sets it: without it the
         // baseline stalls on Nagle and delayed ACKs and every ratio against it flatters us.
