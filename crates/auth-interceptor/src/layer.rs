@@ -178,6 +178,11 @@ impl State {
             Ok(token) => ("allow", "policy", token.as_deref()),
             Err((error, token)) => ("deny", error.reason(), token.as_deref()),
         };
+        // An allow's labels are constants; a refusal's reason is copied (refusals are rare).
+        let reason_value = || match decision {
+            Ok(_) => opentelemetry::Value::from("policy"),
+            Err(_) => opentelemetry::Value::from(reason.to_owned()),
+        };
         // The decision is also an event on the server span, and the audit record carries the
         // trace id, so a trace and the audit log point at each other.
         let cx = opentelemetry::Context::current();
@@ -187,26 +192,27 @@ impl State {
             "audit",
             vec![
                 KeyValue::new("decision", verdict),
-                KeyValue::new("reason", reason.to_owned()),
+                KeyValue::new("reason", reason_value()),
                 KeyValue::new(
                     "subject",
                     token.map_or(String::new(), |t| t.subject.clone()),
                 ),
-                KeyValue::new("peer", peer.map_or(String::new(), |p| p.to_string())),
+                KeyValue::new("peer", peer.map_or(Arc::from(""), SpiffeId::shared)),
             ],
         );
         if let Some(decisions) = &self.decisions {
-            let (service, name) = match self.policy.rule(method) {
-                Some(_) => mesh_telemetry::metrics::KnownMethods::any().labels(method),
-                None => (OTHER.to_owned(), OTHER.to_owned()),
-            };
+            // The generated constants' names: no label is made per call.
+            let (service, name) = self
+                .policy
+                .rpc(method)
+                .map_or((OTHER, OTHER), |rpc| (rpc.service, rpc.method));
             decisions.add(
                 1,
                 &[
                     KeyValue::new("rpc.service", service),
                     KeyValue::new("rpc.method", name),
                     KeyValue::new("decision", verdict),
-                    KeyValue::new("reason", reason.to_owned()),
+                    KeyValue::new("reason", reason_value()),
                 ],
             );
         }

@@ -191,6 +191,11 @@ impl Policy {
         self.rules.get(method).map(|(_, rule)| rule)
     }
 
+    /// The method the request path `method` names, when the policy has a row for it.
+    pub fn rpc(&self, method: &str) -> Option<&Rpc> {
+        self.rules.get(method).map(|(rpc, _)| rpc)
+    }
+
     /// Every method with a row, sorted by path (for docs and tests).
     pub fn methods(&self) -> Vec<Rpc> {
         let mut methods: Vec<Rpc> = self.rules.values().map(|(rpc, _)| *rpc).collect();

@@ -43,33 +43,25 @@ impl Sidecars {
         let client_pem = bundle(dir, "sidecar-client.pem", &client_files)?;
         let (front, middle) = (free_port()?, free_port()?);
         let ca = server_files.ca.display().to_string();
+        // mTLS 1.3 between the proxies, each side presenting its workload certificate and
+        // requiring the other's, verified against the mesh CA.
+        let mtls = |pem: &Path| {
+            format!(
+                "ssl crt {} ca-file {ca} verify required alpn h2 ssl-min-ver TLSv1.3",
+                pem.display()
+            )
+        };
         let server_side = spawn(
             &haproxy,
             &dir.join("sidecar-server.cfg"),
-            &format!(
-                "{GLOBAL}\
-                 frontend inbound\n\
-                 \tbind 127.0.0.1:{middle} ssl crt {server_pem} ca-file {ca} verify required \
-                 alpn h2 ssl-min-ver TLSv1.3\n\
-                 \tdefault_backend app\n\
-                 backend app\n\
-                 \tserver app {app} proto h2\n",
-                server_pem = server_pem.display(),
-            ),
+            &format!("127.0.0.1:{middle} {}", mtls(&server_pem)),
+            &format!("{app} proto h2"),
         )?;
         let client_side = spawn(
             &haproxy,
             &dir.join("sidecar-client.cfg"),
-            &format!(
-                "{GLOBAL}\
-                 frontend outbound\n\
-                 \tbind 127.0.0.1:{front} proto h2\n\
-                 \tdefault_backend mesh\n\
-                 backend mesh\n\
-                 \tserver peer 127.0.0.1:{middle} ssl crt {client_pem} ca-file {ca} \
-                 verify required alpn h2 ssl-min-ver TLSv1.3\n",
-                client_pem = client_pem.display(),
-            ),
+            &format!("127.0.0.1:{front} proto h2"),
+            &format!("127.0.0.1:{middle} {}", mtls(&client_pem)),
         )?;
         let sidecars = Self {
             client_side,
@@ -115,8 +107,15 @@ fn bundle(dir: &Path, name: &str, files: &mesh_tls::TlsFiles) -> anyhow::Result<
     Ok(path)
 }
 
-fn spawn(haproxy: &Path, config: &Path, text: &str) -> anyhow::Result<Child> {
-    std::fs::write(config, text)?;
+/// Starts one proxy: what it binds (address and options) and the one server it forwards to.
+fn spawn(haproxy: &Path, config: &Path, bind: &str, server: &str) -> anyhow::Result<Child> {
+    std::fs::write(
+        config,
+        format!(
+            "{GLOBAL}frontend in\n\tbind {bind}\n\tdefault_backend out\n\
+             backend out\n\tserver next {server}\n"
+        ),
+    )?;
     // `-c` first: a configuration HAProxy refuses is an error with its own words, not a port
     // that never opens.
     let check = Command::new(haproxy)

@@ -7,12 +7,12 @@
 //! token or order id is ever a label. The RPC duration histograms are recorded by the trace
 //! layers ([`crate::trace`]), so a call is measured where it is traced.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
+use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
@@ -152,14 +152,30 @@ pub fn code_label(code: tonic::Code) -> String {
     label
 }
 
-/// The methods a server serves: the only ones named in its labels.
+/// The methods a server serves: the only ones named in its labels. Their label values are made
+/// once, here; a call of a known method labels its metrics without allocating.
 #[derive(Clone, Debug, Default)]
-pub struct KnownMethods(Option<Arc<HashSet<String>>>);
+pub struct KnownMethods(Option<Arc<HashMap<String, RpcLabels>>>);
+
+/// `rpc.service` and `rpc.method` of one method, as label values.
+pub type RpcLabels = (StringValue, StringValue);
 
 impl KnownMethods {
     /// Exactly these full paths (`/pkg.Service/Method`).
     pub fn new(paths: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        Self(Some(Arc::new(paths.into_iter().map(Into::into).collect())))
+        let labels = paths
+            .into_iter()
+            .map(|path| {
+                let path = path.into();
+                let (service, method) = rpc_names(&path);
+                let labels = (
+                    StringValue::from(Arc::<str>::from(service)),
+                    StringValue::from(Arc::<str>::from(method)),
+                );
+                (path, labels)
+            })
+            .collect();
+        Self(Some(Arc::new(labels)))
     }
 
     /// Any path (a client's own calls: their names come from our code, never from a peer).
@@ -168,11 +184,22 @@ impl KnownMethods {
     }
 
     /// `(rpc.service, rpc.method)` of `path`, or `_OTHER` twice when it is not known.
-    pub fn labels(&self, path: &str) -> (String, String) {
+    pub fn labels(&self, path: &str) -> RpcLabels {
         match &self.0 {
-            Some(known) if !known.contains(path) => (OTHER.to_owned(), OTHER.to_owned()),
-            _ => rpc_names(path),
+            Some(known) => known
+                .get(path)
+                .cloned()
+                .unwrap_or((StringValue::from(OTHER), StringValue::from(OTHER))),
+            None => {
+                let (service, method) = rpc_names(path);
+                (service.into(), method.into())
+            }
         }
+    }
+
+    /// The labels of `path` when it is one of the known methods.
+    pub fn known(&self, path: &str) -> Option<RpcLabels> {
+        self.0.as_ref()?.get(path).cloned()
     }
 }
 
@@ -199,9 +226,10 @@ impl CallTimer {
 
     fn start(
         histogram: Histogram<f64>,
-        (service, method): (String, String),
+        (service, method): RpcLabels,
         mut labels: Vec<KeyValue>,
     ) -> Self {
+        labels.reserve(4);
         labels.extend([
             KeyValue::new("rpc.system", "grpc"),
             KeyValue::new("rpc.service", service),

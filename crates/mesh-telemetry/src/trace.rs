@@ -321,9 +321,19 @@ where
                 ],
             )
         } else {
-            let (service, method) = rpc_names(request.uri().path());
+            // A served method's names were made once (`KnownMethods`); any other path is named
+            // as it came, since span names are not metric labels.
+            let path = request.uri().path();
+            let (service, method) = self
+                .metrics
+                .as_ref()
+                .and_then(|(_, known)| known.known(path))
+                .unwrap_or_else(|| {
+                    let (service, method) = rpc_names(path);
+                    (service.into(), method.into())
+                });
             (
-                format!("{service}/{method}"),
+                format!("{}/{}", service.as_str(), method.as_str()),
                 vec![
                     KeyValue::new("rpc.system", "grpc"),
                     KeyValue::new("rpc.service", service),

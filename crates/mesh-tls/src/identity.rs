@@ -17,6 +17,11 @@ use crate::TlsError;
 pub struct SpiffeId(Arc<str>);
 
 impl SpiffeId {
+    /// The ID as a shared string (a reference count, no copy): for labels and attributes.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+
     /// The ID of a mesh workload: `spiffe://<trust_domain>/sa/<name>`.
     pub fn workload(trust_domain: &str, name: &str) -> Result<Self, TlsError> {
         format!("spiffe://{trust_domain}/sa/{name}").parse()
