@@ -312,7 +312,8 @@ fn take_bearer(headers: &mut HeaderMap) -> Result<Option<BearerToken>, AuthError
 
 /// An allowed call is a `debug` event: the audit chain, the span event and the decision counter
 /// already record each one, and a log line per call at `info` (the services' default filter)
-/// cost more CPU than the whole audit chain (docs/benchmarks.md). Refusals stay at `warn`.
+/// cost ~4 µs of CPU per call, more than an audit append (docs/benchmarks.md). Refusals stay at
+/// `warn`.
 fn audit_allow(method: &str, token: Option<&VerifiedToken>, peer: Option<&SpiffeId>) {
     tracing::debug!(
         target: "audit",

@@ -43,17 +43,6 @@ pub struct CodeGrant {
     pub expires_at: i64,
 }
 
-mesh_service::from_row!(CodeGrant {
-    family_id,
-    client_id,
-    redirect_uri,
-    code_challenge,
-    username,
-    scope,
-    audience,
-    expires_at
-});
-
 /// Why a code or refresh token was not redeemed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedeemError {

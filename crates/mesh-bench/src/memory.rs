@@ -31,13 +31,15 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A port free on the loopback interface right now.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-async fn wait_listening(port: u16) -> anyhow::Result<()> {
+/// Waits (up to 10 s) until something accepts TCP connections on the loopback `port`.
+pub(crate) async fn wait_listening(port: u16) -> anyhow::Result<()> {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await

@@ -150,7 +150,7 @@ pub async fn run(
     for &config in configs {
         let server = ServerProcess::start(config, material, Some(otlp))?;
         let sidecars = match config {
-            Config::Sidecar => Some(Sidecars::start(material, server.addr)?),
+            Config::Sidecar => Some(Sidecars::start(material, server.addr).await?),
             _ => None,
         };
         // Every process that serves the call: the server, and the proxies in front of it.

@@ -13,11 +13,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::material::Material;
+use crate::memory::{free_port, wait_listening};
 
 /// The two proxies; both killed when dropped.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ pub struct Sidecars {
 impl Sidecars {
     /// Starts the pair in front of the plain server at `app`, and waits until the front answers
     /// TCP connections.
-    pub fn start(material: &Material, app: SocketAddr) -> anyhow::Result<Self> {
+    pub async fn start(material: &Material, app: SocketAddr) -> anyhow::Result<Self> {
         let haproxy = which("haproxy").context(
             "configuration 8 needs HAProxy: apt-get install haproxy (scripts/bench.sh does)",
         )?;
@@ -69,7 +69,7 @@ impl Sidecars {
             front: SocketAddr::from(([127, 0, 0, 1], front)),
         };
         for port in [middle, front] {
-            wait_listening(port)?;
+            wait_listening(port).await?;
         }
         Ok(sidecars)
     }
@@ -145,20 +145,4 @@ fn which(program: &str) -> anyhow::Result<PathBuf> {
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
         .ok_or_else(|| anyhow::anyhow!("{program} not found"))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_listening(port: u16) -> anyhow::Result<()> {
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    anyhow::bail!("haproxy did not listen on 127.0.0.1:{port} within 5 s")
 }
