@@ -7,7 +7,8 @@
 //! - [`sidecar`]: configuration 8, plain tonic behind a pair of HAProxy proxies (mTLS between
 //!   them): the sidecar mesh compared with.
 //! - [`load`]: closed-loop and open-loop (fixed-rate, no coordinated omission) load, hdrhistogram.
-//! - [`procstat`]: a process's CPU time and RSS from /proc.
+//! - [`procstat`]: a process's CPU time and RSS from /proc; [`loopback`]: a free port, waiting
+//!   for a listener.
 //! - [`micro`]: the layer-by-layer scenario; [`place_order`]: the real PlaceOrder path with
 //!   per-hop latency from traces; [`memory`]: idle RSS per service and per mTLS connection.
 //! - [`report`]: the markdown report.
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod load;
+pub mod loopback;
 pub mod material;
 pub mod memory;
 pub mod micro;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::loopback::{free_port, wait_listening};
 use crate::material::Material;
 use crate::micro::{ServerProcess, connect};
 use crate::procstat;
@@ -29,27 +30,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A port free on the loopback interface right now.
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Waits (up to 10 s) until something accepts TCP connections on the loopback `port`.
-pub(crate) async fn wait_listening(port: u16) -> anyhow::Result<()> {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("nothing listens on 127.0.0.1:{port} after 10 s")
 }
 
 /// Starts auth, inventory and orders from `bin_dir` (their binaries, as operators run them) and

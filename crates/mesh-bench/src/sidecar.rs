@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::Context as _;
 
+use crate::loopback::{free_port, wait_listening};
 use crate::material::Material;
-use crate::memory::{free_port, wait_listening};
 
 /// The two proxies; both killed when dropped.
 #[derive(Debug)]
