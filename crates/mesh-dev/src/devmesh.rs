@@ -30,7 +30,7 @@ pub const EXAMPLE_AUTH_CONFIG: &str = include_str!("../../../config/auth.example
 pub const MESHCTL_DEMO_SECRET: &str = "meshctl-demo-secret";
 
 /// The demo secret of the `stock-admin` client in the example config.
-pub const STOCK_ADMIN_DEMO_SECRET: &str = "stock-admin-demo-secret";
+pub const STOCK_ADMIN_DEMO_SECRET: &str = "IRr2hs2icOVrJflHEVzjF0iIVcdpSCNDdaQTT3_X-h0";
 
 /// A workload whose certificate the mesh CA signed but which no client registration names:
 /// proof that a valid certificate alone grants nothing.

@@ -40,8 +40,9 @@ pub enum Command {
     /// The mesh CA itself.
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Hash a client secret read from standard input, for the auth config's `secret_hash`.
-    HashSecret,
+    /// Hash a client secret read from standard input (Argon2id), or make one (`--generate`), for
+    /// the auth config's `secret_hash`.
+    HashSecret(HashSecretArgs),
     /// The HMAC-chained audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -560,4 +561,14 @@ pub struct LoadgenArgs {
     /// Where loadgen's own spans go (`OTEL_EXPORTER_OTLP_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: mesh_telemetry::trace::TelemetryFlags,
+}
+
+/// `meshctl hash-secret`.
+#[derive(Debug, clap::Args)]
+pub struct HashSecretArgs {
+    /// Make a secret of 256 random bits instead of reading one: prints the secret, then its
+    /// hash (HMAC-SHA256, checked in a microsecond; a chosen secret gets Argon2id, tens of
+    /// milliseconds, since it may be guessable).
+    #[arg(long)]
+    pub generate: bool,
 }

@@ -64,7 +64,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Orders(command) => orders::run(command).await,
         Command::Inventory(command) => inventory::run(command).await,
         Command::Health(args) => health::run(args).await,
-        Command::HashSecret => secret::run(),
+        Command::HashSecret(args) => secret::run(&args),
         Command::Audit(command) => audit::run(command),
         Command::Keys(command) => keys::run(command).await,
         Command::Identity(command) => identity::run(command).await,

@@ -819,3 +819,35 @@ async fn join_tokens_and_ca_rotation_are_for_an_admin_session() {
     assert!(stderr(&early).contains("too early"), "{}", stderr(&early));
     mesh.stop().await;
 }
+
+#[test]
+fn hash_secret_generate_prints_a_random_secret_and_a_hash_the_auth_config_accepts() {
+    let first = meshctl(&["hash-secret", "--generate"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let text = String::from_utf8(first.stdout).expect("utf8");
+    let lines: Vec<&str> = text.lines().collect();
+    let &[secret, hash] = lines.as_slice() else {
+        panic!("two lines expected: {text:?}")
+    };
+    assert_eq!(secret.len(), 43, "256 bits, base64url");
+    let config = format!(
+        "[[clients]]\nclient_id = \"job\"\nsecret_hash = \"{hash}\"\ngrant_types = [\"client_credentials\"]\naudiences = [\"inventory\"]\n"
+    );
+    let config = auth_service::settings::AuthConfig::parse(&config).expect("the config takes it");
+    let registry = auth_service::clients::Registry::new(&config.clients);
+    assert!(matches!(
+        registry.authenticate_generated("job", secret),
+        Some(Some(_))
+    ));
+    assert!(matches!(
+        registry.authenticate_generated("job", "guess"),
+        Some(None)
+    ));
+    let second = meshctl(&["hash-secret", "--generate"]);
+    let second = String::from_utf8(second.stdout).expect("utf8");
+    assert_ne!(
+        second.lines().next(),
+        Some(secret),
+        "a new secret each time"
+    );
+}

@@ -331,26 +331,30 @@ async fn authenticate_client(
                 .begin(&[address, account])
                 .await
                 .map_err(OAuthError::too_many)?;
-            let slot = match state.limiter.hash_slot().await {
-                Ok(slot) => slot,
-                Err(refused) => {
-                    // No guess was checked: a wait for a hash slot is not a failure.
-                    attempt.succeeded();
-                    return Err(OAuthError::too_many(refused));
-                }
-            };
-            // Argon2 is deliberately slow: keep it off the async workers. The slot moves into
-            // the task, so it is held exactly as long as the hash runs.
-            let registry = state.registry.clone();
-            let id = client_id.clone();
-            let client = tokio::task::spawn_blocking(move || {
-                let mut slot = slot;
-                registry.authenticate(&id, &secret, &mut slot).cloned()
-            })
-            .await
-            .ok()
-            .flatten();
-            (attempt, client, client_id)
+            if let Some(client) = state.registry.authenticate_generated(&client_id, &secret) {
+                (attempt, client.cloned(), client_id)
+            } else {
+                let slot = match state.limiter.hash_slot().await {
+                    Ok(slot) => slot,
+                    Err(refused) => {
+                        // No guess was checked: a wait for a hash slot is not a failure.
+                        attempt.succeeded();
+                        return Err(OAuthError::too_many(refused));
+                    }
+                };
+                // Argon2 is deliberately slow: keep it off the async workers. The slot moves into
+                // the task, so it is held exactly as long as the hash runs.
+                let registry = state.registry.clone();
+                let id = client_id.clone();
+                let client = tokio::task::spawn_blocking(move || {
+                    let mut slot = slot;
+                    registry.authenticate(&id, &secret, &mut slot).cloned()
+                })
+                .await
+                .ok()
+                .flatten();
+                (attempt, client, client_id)
+            }
         }
         Presented::Public { client_id } => {
             let attempt = state

@@ -109,7 +109,10 @@ async fn use_refresh(mesh: &TestMesh, refresh: &str) -> (u16, Value) {
 
 /// Introspects `token` as the confidential `stock-admin` client.
 async fn introspect(mesh: &TestMesh, token: &str) -> Value {
-    let basic = STANDARD.encode("stock-admin:stock-admin-demo-secret");
+    let basic = STANDARD.encode(format!(
+        "stock-admin:{}",
+        mesh_dev::devmesh::STOCK_ADMIN_DEMO_SECRET
+    ));
     mesh.https()
         .expect("https")
         .post(format!("{}/oauth2/introspect", mesh.mesh.issuer))

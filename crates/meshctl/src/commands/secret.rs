@@ -1,11 +1,18 @@
-//! `meshctl hash-secret`: a client secret from standard input, hashed for the auth config.
+//! `meshctl hash-secret`: a client secret from standard input, hashed for the auth config; or,
+//! with `--generate`, a new random secret and its hash.
 
 use std::io::Read;
 
 use crate::{CliError, failed};
 
 /// `meshctl hash-secret`.
-pub fn run() -> Result<(), CliError> {
+pub fn run(args: &crate::cli::HashSecretArgs) -> Result<(), CliError> {
+    if args.generate {
+        let (secret, hash) = auth_service::passwords::generate_secret();
+        println!("{secret}");
+        println!("{hash}");
+        return Ok(());
+    }
     let mut secret = String::new();
     std::io::stdin()
         .read_to_string(&mut secret)
