@@ -3,7 +3,8 @@
 # writes the markdown report to target/bench/report.md (docs/benchmarks.md quotes one):
 #   - mesh-bench run: the eight configurations (closed loop + fixed rate; the eighth is plain
 #     tonic behind a pair of HAProxy sidecars speaking mTLS), the PlaceOrder
-#     path with per-hop latency from traces, idle RSS per service, RSS per mTLS connection;
+#     path with per-hop latency from traces, the issuer's grants (h2load), token exchanges and
+#     certificate signings per second, idle RSS per service, RSS per mTLS connection;
 #   - cargo bench -p mesh-bench: criterion benches (token verification per algorithm and cached,
 #     policy lookup, audit append, service-token issuance over mTLS).
 # Release build. Options are passed to `mesh-bench run` (see `mesh-bench run --help`).
@@ -13,12 +14,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out"
-# Configuration 8 puts plain tonic behind a pair of HAProxy proxies (Debian's package).
-if ! [ -x /usr/sbin/haproxy ] && ! command -v haproxy >/dev/null 2>&1; then
+# Configuration 8 puts plain tonic behind a pair of HAProxy proxies; the issuer step drives the
+# token endpoint with h2load (both Debian's packages).
+missing=""
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
+command -v h2load >/dev/null 2>&1 || missing="$missing nghttp2-client"
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+        # shellcheck disable=SC2086
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     else
-        echo "scripts/bench.sh: configuration 8 needs HAProxy: apt-get install haproxy" >&2
+        echo "scripts/bench.sh: the bench needs$missing: apt-get install$missing" >&2
         exit 1
     fi
 fi

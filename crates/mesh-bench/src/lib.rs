@@ -10,12 +10,14 @@
 //! - [`procstat`]: a process's CPU time and RSS from /proc; [`loopback`]: a free port, waiting
 //!   for a listener.
 //! - [`micro`]: the layer-by-layer scenario; [`place_order`]: the real PlaceOrder path with
-//!   per-hop latency from traces; [`memory`]: idle RSS per service and per mTLS connection.
+//!   per-hop latency from traces; [`issuer`]: grants (h2load), token exchanges and certificate
+//!   signings per second; [`memory`]: idle RSS per service and per mTLS connection.
 //! - [`report`]: the markdown report.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod issuer;
 pub mod load;
 pub mod loopback;
 pub mod material;

@@ -10,7 +10,7 @@ use mesh_bench::load::Shape;
 use mesh_bench::material::Material;
 use mesh_bench::report::Report;
 use mesh_bench::server::Config;
-use mesh_bench::{memory, micro, place_order, server};
+use mesh_bench::{issuer, memory, micro, place_order, server};
 
 /// What each layer of Zero-Trust Mesh costs, against plain tonic, in one run.
 #[derive(Debug, Parser)]
@@ -74,6 +74,27 @@ struct RunArgs {
     /// Also write the report here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Which parts to run (comma-separated; all by default).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "layers,place-order,issuer,memory"
+    )]
+    steps: Vec<Step>,
+}
+
+/// A part of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Step {
+    /// Every configuration, closed loop and fixed rate.
+    Layers,
+    /// The PlaceOrder path.
+    PlaceOrder,
+    /// Grants, token exchanges and certificate signings per second.
+    Issuer,
+    /// Idle RSS per service and per connection.
+    Memory,
 }
 
 fn main() {
@@ -189,22 +210,30 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..Report::default()
     };
 
-    eprintln!("layers (each configuration in its own server process):");
-    let (rows, spans) = micro::run(&material, &Config::ALL, closed, open).await?;
-    report.rows = rows;
-    report.spans = spans;
-
-    eprintln!("PlaceOrder at {:.0}/s ...", args.place_rate);
-    report.hops = place_order::run(args.place_rate, place_duration, warmup).await?;
-
-    eprintln!("memory ...");
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow::anyhow!("no directory for the service binaries"))?;
-    report.idle = memory::idle_services(&bin_dir, &args.auth_config).await?;
-    let (before, after, per) = memory::per_connection(&material, idle_connections).await?;
-    report.per_connection = Some((idle_connections, before, after, per));
+    if args.steps.contains(&Step::Layers) {
+        eprintln!("layers (each configuration in its own server process):");
+        let (rows, spans) = micro::run(&material, &Config::ALL, closed, open).await?;
+        report.rows = rows;
+        report.spans = spans;
+    }
+    if args.steps.contains(&Step::PlaceOrder) {
+        eprintln!("PlaceOrder at {:.0}/s ...", args.place_rate);
+        report.hops = place_order::run(args.place_rate, place_duration, warmup).await?;
+    }
+    if args.steps.contains(&Step::Issuer) {
+        eprintln!("issuer rates ...");
+        report.issuer = issuer::run(duration, warmup).await?;
+    }
+    if args.steps.contains(&Step::Memory) {
+        eprintln!("memory ...");
+        let bin_dir = std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow::anyhow!("no directory for the service binaries"))?;
+        report.idle = memory::idle_services(&bin_dir, &args.auth_config).await?;
+        let (before, after, per) = memory::per_connection(&material, idle_connections).await?;
+        report.per_connection = Some((idle_connections, before, after, per));
+    }
 
     let markdown = report.markdown();
     println!("{markdown}");

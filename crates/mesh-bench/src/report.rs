@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::issuer::Rate;
 use crate::memory::Idle;
 use crate::micro::Row;
 use crate::place_order::Hop;
@@ -21,6 +22,8 @@ pub struct Report {
     pub hops: Vec<Hop>,
     /// Its fixed rate.
     pub place_rate: f64,
+    /// The issuer's sustained rates.
+    pub issuer: Vec<Rate>,
     /// Idle RSS per service.
     pub idle: Vec<Idle>,
     /// (connections, RSS before, RSS after, bytes per connection).
@@ -118,6 +121,24 @@ impl Report {
                 );
             }
             out.push('\n');
+        }
+        if !self.issuer.is_empty() {
+            let _ = writeln!(
+                out,
+                "The issuer (auth service in a dev mesh, same process as the loops that drive it):\n"
+            );
+            let _ = writeln!(
+                out,
+                "| request | per second | latency ms |\n|---|---:|---:|"
+            );
+            for rate in &self.issuer {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {:.2} |",
+                    rate.name, rate.per_second, rate.p50
+                );
+            }
+            out.push_str("\n(Latency: the median of our loops; h2load prints the mean.)\n\n");
         }
         if !self.idle.is_empty() || self.per_connection.is_some() {
             let _ = writeln!(out, "| memory | RSS |\n|---|---:|");
