@@ -87,12 +87,24 @@ impl ServiceTokenSource {
 
 /// Acts for the caller of the current request: exchanges the token it presented (kept inside its
 /// [`User`]) for a token addressed to a downstream service, with the calling service
-/// recorded as actor (RFC 8693). The exchanged token is short-lived and never cached across
-/// requests.
+/// recorded as actor (RFC 8693).
+///
+/// An exchanged token is reused for the same subject token, audience and scopes until 80 % of
+/// its lifetime has passed (as [`ServiceTokenSource`] does with service tokens): a second order
+/// by the same login costs no exchange at auth and no cold signature check downstream. This
+/// extends no token's life (the issuer caps an exchanged token at its subject token's `exp`), and
+/// a revoked subject token never reaches the cache: the caller's own auth layer refuses it first
+/// (revocations reach every service). The cache is keyed by a SHA-256 of the subject token, so it
+/// holds no user token, and holds at most [`EXCHANGE_CACHE_ENTRIES`] tokens: when full, expired
+/// ones are dropped, and if none has expired, all of them (the next calls exchange again).
 #[derive(Clone)]
 pub struct TokenExchanger {
     client: AuthServiceClient<Transport>,
+    reused: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Cached>>>,
 }
+
+/// Exchanged tokens a [`TokenExchanger`] keeps at most.
+pub const EXCHANGE_CACHE_ENTRIES: usize = 10_000;
 
 impl std::fmt::Debug for TokenExchanger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,6 +117,7 @@ impl TokenExchanger {
     pub fn new(auth: Transport) -> Self {
         Self {
             client: AuthServiceClient::new(auth),
+            reused: Arc::default(),
         }
     }
 
@@ -118,6 +131,24 @@ impl TokenExchanger {
         let subject_token = user
             .bearer()
             .ok_or_else(|| tonic::Status::permission_denied("no user token to act on behalf of"))?;
+        let key = {
+            let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            for part in std::iter::once(subject_token.expose_secret())
+                .chain(std::iter::once(audience))
+                .chain(scopes.iter().copied())
+            {
+                // Length-prefixed, so no two lists of parts hash the same bytes.
+                context.update(&(part.len() as u64).to_be_bytes());
+                context.update(part.as_bytes());
+            }
+            let mut key = [0u8; 32];
+            key.copy_from_slice(context.finish().as_ref());
+            key
+        };
+        if let Some(token) = fresh(&self.reused().get(&key).cloned()) {
+            return Ok(token);
+        }
+        let requested_at = Instant::now();
         let response = self
             .client
             .clone()
@@ -128,8 +159,29 @@ impl TokenExchanger {
             })
             .await?
             .into_inner();
-        BearerToken::new(response.access_token)
-            .map_err(|_| tonic::Status::internal("auth service returned an unusable token"))
+        let token = BearerToken::new(response.access_token)
+            .map_err(|_| tonic::Status::internal("auth service returned an unusable token"))?;
+        let lifetime = Duration::from_secs(u64::from(response.expires_in));
+        let mut reused = self.reused();
+        if reused.len() >= EXCHANGE_CACHE_ENTRIES {
+            let now = Instant::now();
+            reused.retain(|_, cached| now < cached.renew_at);
+            if reused.len() >= EXCHANGE_CACHE_ENTRIES {
+                reused.clear();
+            }
+        }
+        reused.insert(
+            key,
+            Cached {
+                token: token.clone(),
+                renew_at: requested_at + lifetime.mul_f64(0.8),
+            },
+        );
+        Ok(token)
+    }
+
+    fn reused(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], Cached>> {
+        self.reused.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

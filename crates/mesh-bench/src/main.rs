@@ -61,6 +61,13 @@ struct RunArgs {
     /// PlaceOrder calls per second.
     #[arg(long, default_value_t = 50.0)]
     place_rate: f64,
+    /// Offered PlaceOrder rates of the sweep (comma-separated, per second).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,250,500,750,1000,1500,2000"
+    )]
+    place_sweep: Vec<f64>,
     /// Idle mTLS connections for the per-connection memory figure: at most 511, since they all
     /// come from one address and a mesh listener holds at most 512 connections per source.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=511))]
@@ -79,7 +86,7 @@ struct RunArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "layers,place-order,issuer,memory"
+        default_value = "layers,place-order,sweep,sweep-postgres,issuer,memory"
     )]
     steps: Vec<Step>,
 }
@@ -89,8 +96,12 @@ struct RunArgs {
 enum Step {
     /// Every configuration, closed loop and fixed rate.
     Layers,
-    /// The PlaceOrder path.
+    /// The PlaceOrder path, per hop.
     PlaceOrder,
+    /// PlaceOrder at rising rates on SQLite.
+    Sweep,
+    /// The same on PostgreSQL (Debian's binaries; as root, run as the `postgres` user).
+    SweepPostgres,
     /// Grants, token exchanges and certificate signings per second.
     Issuer,
     /// Idle RSS per service and per connection.
@@ -219,6 +230,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.steps.contains(&Step::PlaceOrder) {
         eprintln!("PlaceOrder at {:.0}/s ...", args.place_rate);
         report.hops = place_order::run(args.place_rate, place_duration, warmup).await?;
+    }
+    let sweep_rates = if args.smoke {
+        vec![20.0, 40.0]
+    } else {
+        args.place_sweep.clone()
+    };
+    for (step, backend, name) in [
+        (Step::Sweep, place_order::Backend::Sqlite, "SQLite"),
+        (
+            Step::SweepPostgres,
+            place_order::Backend::Postgres,
+            "PostgreSQL",
+        ),
+    ] {
+        if args.steps.contains(&step) {
+            eprintln!("PlaceOrder sweep on {name}: {sweep_rates:?}/s ...");
+            let points = place_order::sweep(&sweep_rates, backend, duration, warmup).await?;
+            report.sweeps.push((name.to_owned(), points));
+        }
     }
     if args.steps.contains(&Step::Issuer) {
         eprintln!("issuer rates ...");

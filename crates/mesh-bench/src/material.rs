@@ -76,13 +76,18 @@ impl Material {
         std::fs::read(self.dir.join("signing.pk8")).context("signing.pk8")
     }
 
-    /// The verification key set, built from a JWKS exactly as a verifier builds it.
-    pub fn key_set(&self) -> anyhow::Result<KeySet> {
+    /// The token-signing key's public half (32 bytes, Ed25519).
+    pub fn public_key(&self) -> anyhow::Result<Vec<u8>> {
         let pair = Ed25519KeyPair::from_pkcs8(&self.pkcs8()?)
             .map_err(|_| anyhow::anyhow!("signing.pk8 is not an Ed25519 key"))?;
+        Ok(pair.public_key().as_ref().to_vec())
+    }
+
+    /// The verification key set, built from a JWKS exactly as a verifier builds it.
+    pub fn key_set(&self) -> anyhow::Result<KeySet> {
         let jwks = serde_json::json!({ "keys": [{
             "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": KID,
-            "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+            "x": URL_SAFE_NO_PAD.encode(self.public_key()?),
         }]});
         Ok(KeySet::from_jwks(&serde_json::from_value(jwks)?))
     }

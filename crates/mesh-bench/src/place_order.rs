@@ -38,60 +38,12 @@ fn hop(name: &str, histogram: &Histogram<u64>) -> Hop {
 pub async fn run(rate: f64, duration: Duration, warmup: Duration) -> anyhow::Result<Vec<Hop>> {
     let dir = tempfile::tempdir()?;
     let mesh = DevMesh::start(dir.path()).await?;
-    let http = mesh.https_client()?;
-    let login = mesh_dev::oauth::login_with_password(
-        &http,
-        &mesh.issuer,
-        "alice",
-        "alice-demo-password",
-        "orders",
-    )
-    .await?;
-    let token = auth_interceptor::BearerToken::new(login.access_token)?;
-    let channel = mesh.traced_channel("meshctl", "orders", &mesh.orders_addr.to_string())?;
-    let client = OrdersServiceClient::new(channel);
-
-    let start = Instant::now();
-    let measure_from = start + warmup;
-    let total = ((warmup + duration).as_secs_f64() * rate) as u64;
-    let mut calls = Vec::new();
-    for i in 0..total {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(due.into()).await;
-        let mut client = client.clone();
-        let token = token.clone();
-        calls.push(tokio::spawn(async move {
-            let mut request = tonic::Request::new(PlaceOrderRequest {
-                idempotency_key: format!("bench-order-{i:08}"),
-                lines: vec![OrderLine {
-                    // Stock runs out part-way; a refused reservation takes the same path.
-                    sku: "SKU-003".into(),
-                    quantity: 1,
-                }],
-            });
-            token.attach(&mut request);
-            let answered = client.place_order(request).await;
-            (due, due.elapsed(), answered.is_ok())
-        }));
-    }
-    let mut end_to_end = Histogram::<u64>::new(3)?;
-    let mut failures = 0u64;
-    for call in calls {
-        let (due, took, ok) = call.await?;
-        if due < measure_from {
-            continue;
-        }
-        if ok {
-            end_to_end.record(took.as_micros().max(1) as u64)?;
-        } else {
-            failures += 1;
-        }
-    }
+    let (end_to_end, failures, measured_after) = drive(&mesh, rate, duration, warmup).await?;
     anyhow::ensure!(failures == 0, "{failures} PlaceOrder calls failed");
 
     mesh.flush_traces().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let measured_after = (std::time::SystemTime::now() - start.elapsed() + warmup)
+    let measured_after = measured_after
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos() as u64;
     let mut by_span: HashMap<(String, String, i32), Histogram<u64>> = HashMap::new();
@@ -146,4 +98,128 @@ pub async fn run(rate: f64, duration: Duration, warmup: Duration) -> anyhow::Res
     }
     mesh.stop().await;
     Ok(hops)
+}
+
+/// Alice places orders at `rate` per second on `mesh`, each call due at its time whatever the
+/// earlier ones do (open loop); the end-to-end latency from the due time of every call after
+/// the warm-up, how many failed, and when the measured part began (wall clock, for the spans).
+async fn drive(
+    mesh: &DevMesh,
+    rate: f64,
+    duration: Duration,
+    warmup: Duration,
+) -> anyhow::Result<(Histogram<u64>, u64, std::time::SystemTime)> {
+    let http = mesh.https_client()?;
+    let login = mesh_dev::oauth::login_with_password(
+        &http,
+        &mesh.issuer,
+        "alice",
+        "alice-demo-password",
+        "orders",
+    )
+    .await?;
+    let token = auth_interceptor::BearerToken::new(login.access_token)?;
+    let channel = mesh.traced_channel("meshctl", "orders", &mesh.orders_addr.to_string())?;
+    let client = OrdersServiceClient::new(channel);
+
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let measured_after = std::time::SystemTime::now() + warmup;
+    let total = ((warmup + duration).as_secs_f64() * rate) as u64;
+    let mut calls = Vec::new();
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let mut client = client.clone();
+        let token = token.clone();
+        calls.push(tokio::spawn(async move {
+            let mut request = tonic::Request::new(PlaceOrderRequest {
+                idempotency_key: format!("bench-order-{i:08}"),
+                lines: vec![OrderLine {
+                    // Stock runs out part-way; a refused reservation takes the same path.
+                    sku: "SKU-003".into(),
+                    quantity: 1,
+                }],
+            });
+            token.attach(&mut request);
+            let answered = client.place_order(request).await;
+            (due, due.elapsed(), answered.is_ok())
+        }));
+    }
+    let mut end_to_end = Histogram::<u64>::new(3)?;
+    let mut failures = 0u64;
+    for call in calls {
+        let (due, took, ok) = call.await?;
+        if due < measure_from {
+            continue;
+        }
+        if ok {
+            end_to_end.record(took.as_micros().max(1) as u64)?;
+        } else {
+            failures += 1;
+        }
+    }
+    Ok((end_to_end, failures, measured_after))
+}
+
+/// One point of the PlaceOrder sweep.
+#[derive(Debug, Clone)]
+pub struct Point {
+    /// Offered orders per second.
+    pub rate: f64,
+    /// Orders answered OK per second.
+    pub answered: f64,
+    /// Calls that failed.
+    pub failures: u64,
+    /// End to end, ms.
+    pub p50: f64,
+    /// End to end, ms.
+    pub p99: f64,
+}
+
+/// The databases a sweep can run on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A SQLite file per service, in a temporary directory (on disk, so fsync costs what it costs).
+    Sqlite,
+    /// A PostgreSQL server from Debian's binaries, started for each point, over loopback TCP.
+    Postgres,
+}
+
+/// PlaceOrder at each of `rates` on a fresh mesh (fresh databases, fresh stock) per rate.
+pub async fn sweep(
+    rates: &[f64],
+    backend: Backend,
+    duration: Duration,
+    warmup: Duration,
+) -> anyhow::Result<Vec<Point>> {
+    let mut points = Vec::new();
+    for &rate in rates {
+        let dir = tempfile::tempdir()?;
+        let (server, options) = match backend {
+            Backend::Sqlite => (None, mesh_dev::devmesh::DevOptions::default()),
+            Backend::Postgres => {
+                let server =
+                    mesh_test_support::postgres::PgServer::start(&["auth", "orders", "inventory"])
+                        .await?;
+                let options = mesh_dev::devmesh::DevOptions {
+                    database: mesh_dev::devmesh::DevDatabase::Postgres(server.server_url()),
+                    ..Default::default()
+                };
+                (Some(server), options)
+            }
+        };
+        let mesh = DevMesh::start_with(dir.path(), options).await?;
+        let (latency, failures, _) = drive(&mesh, rate, duration, warmup).await?;
+        mesh.stop().await;
+        drop(server);
+        points.push(Point {
+            rate,
+            answered: latency.len() as f64 / duration.as_secs_f64(),
+            failures,
+            p50: latency.value_at_quantile(0.5) as f64 / 1e3,
+            p99: latency.value_at_quantile(0.99) as f64 / 1e3,
+        });
+    }
+    Ok(points)
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use crate::issuer::Rate;
 use crate::memory::Idle;
 use crate::micro::Row;
-use crate::place_order::Hop;
+use crate::place_order::{Hop, Point};
 
 /// Everything one run measured.
 #[derive(Debug, Default)]
@@ -22,6 +22,8 @@ pub struct Report {
     pub hops: Vec<Hop>,
     /// Its fixed rate.
     pub place_rate: f64,
+    /// PlaceOrder at rising rates: (backend, points).
+    pub sweeps: Vec<(String, Vec<Point>)>,
     /// The issuer's sustained rates.
     pub issuer: Vec<Rate>,
     /// Idle RSS per service.
@@ -51,6 +53,16 @@ impl Report {
                     sidecar.cpu_us_per_call,
                 );
             }
+        }
+        if let (Some(mesh), Some(peer)) = (row(Config::Full), row(Config::HandRolled)) {
+            let _ = writeln!(
+                out,
+                "{} against the hand-rolled peer: {:.2}× its throughput, {:.1} vs {:.1} µs of CPU per call.",
+                mesh.config.label(),
+                mesh.closed.throughput() / peer.closed.throughput().max(1e-9),
+                mesh.cpu_us_per_call,
+                peer.cpu_us_per_call,
+            );
         }
         out.push('\n');
         out
@@ -121,6 +133,34 @@ impl Report {
                 );
             }
             out.push('\n');
+        }
+        for (backend, points) in &self.sweeps {
+            let _ = writeln!(
+                out,
+                "PlaceOrder at rising rates on {backend} (a fresh mesh per rate; end to end, from each call's due time):\n"
+            );
+            let _ = writeln!(
+                out,
+                "| offered/s | answered/s | failed | p50 ms | p99 ms | |\n|---:|---:|---:|---:|---:|---|"
+            );
+            for point in points {
+                // A bar per point, log-scaled on p99 so the knee shows in plain text.
+                let bar = "█".repeat(((point.p99.max(0.1) * 10.0).log2().max(1.0) * 2.0) as usize);
+                let _ = writeln!(
+                    out,
+                    "| {:.0} | {:.0} | {} | {:.2} | {:.2} | {bar} |",
+                    point.rate, point.answered, point.failures, point.p50, point.p99
+                );
+            }
+            let sustained = points
+                .iter()
+                .filter(|p| p.failures == 0 && p.p99 < 50.0)
+                .map(|p| p.rate)
+                .fold(0.0f64, f64::max);
+            let _ = writeln!(
+                out,
+                "\nHighest offered rate with no failure and p99 < 50 ms: {sustained:.0}/s.\n"
+            );
         }
         if !self.issuer.is_empty() {
             let _ = writeln!(

@@ -41,11 +41,15 @@ pub enum Config {
     /// The sidecar mesh we compare with: plain tonic behind a pair of HAProxy proxies speaking
     /// mTLS 1.3 to each other (`crate::sidecar`).
     Sidecar,
+    /// The hand-rolled peer (`crate::hand_rolled`): the same mTLS, a tonic interceptor calling
+    /// `jsonwebtoken::decode` per call, `tracing-opentelemetry` with defaults, a synchronous
+    /// file log of each decision.
+    HandRolled,
 }
 
 impl Config {
     /// Every configuration, in order.
-    pub const ALL: [Config; 8] = [
+    pub const ALL: [Config; 9] = [
         Config::Plain,
         Config::Mtls,
         Config::JwtNoCache,
@@ -54,6 +58,7 @@ impl Config {
         Config::Full,
         Config::Client,
         Config::Sidecar,
+        Config::HandRolled,
     ];
 
     /// A short label for tables.
@@ -67,6 +72,9 @@ impl Config {
             Config::Full => "6. full stack (+ audit log, deadline)",
             Config::Client => "7. + client layers (deadline, balancer)",
             Config::Sidecar => "8. sidecar pair (2 × HAProxy, mTLS) + plain",
+            Config::HandRolled => {
+                "9. hand-rolled (interceptor + jsonwebtoken, tracing-opentelemetry, file log)"
+            }
         }
     }
 
@@ -115,6 +123,9 @@ pub async fn serve(
         return Ok(());
     }
 
+    if config == Config::HandRolled {
+        return crate::hand_rolled::serve(material, tcp, otlp_endpoint, ready, shutdown).await;
+    }
     let files = material.server_files();
     let roots = files.trust_bundle()?;
     let listener = TlsListener::mesh(tcp, Reloadable::load(files)?, roots)?;

@@ -241,7 +241,7 @@ impl Db {
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
                                  PRAGMA busy_timeout = 10000;",
                             )
                             .await
