@@ -17,8 +17,6 @@ pub struct User {
 #[derive(Debug)]
 pub struct Users {
     by_name: HashMap<String, (String, User)>,
-    /// Checked for unknown usernames so they cost what a wrong password costs.
-    dummy_hash: String,
 }
 
 impl Users {
@@ -42,11 +40,7 @@ impl Users {
                 (u.username.clone(), (u.password_hash.clone(), user))
             })
             .collect();
-        Self {
-            by_name,
-            dummy_hash: crate::clients::hash_secret("not a real password: timing equaliser")
-                .unwrap_or_default(),
-        }
+        Self { by_name }
     }
 
     /// The user named `username`.
@@ -63,7 +57,7 @@ impl Users {
         slot: &mut crate::passwords::HashSlot,
     ) -> Option<User> {
         let entry = self.by_name.get(username);
-        let hash = entry.map_or(self.dummy_hash.as_str(), |(hash, _)| hash.as_str());
+        let hash = entry.map_or(crate::passwords::DUMMY_HASH, |(hash, _)| hash.as_str());
         let matches = slot.verify(hash, password.as_bytes());
         entry.filter(|_| matches).map(|(_, user)| user.clone())
     }

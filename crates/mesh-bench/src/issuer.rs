@@ -4,7 +4,6 @@
 //! cannot present a client certificate).
 
 use std::future::Future;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -101,78 +100,27 @@ async fn grants(mesh: &DevMesh, duration: Duration, warmup: Duration) -> anyhow:
     )?;
     let basic = base64::engine::general_purpose::STANDARD
         .encode(format!("stock-admin:{STOCK_ADMIN_DEMO_SECRET}"));
-    let mut command = std::process::Command::new("h2load");
-    command
-        .args(["-c", "4", "-m", "8"])
-        .arg(format!("--warm-up-time={}ms", warmup.as_millis().max(100)))
-        .arg(format!("--duration={}ms", duration.as_millis().max(500)))
-        .arg("--data")
-        .arg(body.path())
-        .args([
-            "-H",
-            "content-type: application/x-www-form-urlencoded",
-            "-H",
-        ])
-        .arg(format!("authorization: Basic {basic}"))
-        .arg(format!("{}/oauth2/token", mesh.issuer))
-        .stdin(Stdio::null());
-    // h2load runs in its own process; the mesh it drives keeps this process's workers.
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await?
-        .map_err(|e| {
-            anyhow::anyhow!("h2load (Debian's nghttp2-client; scripts/bench.sh installs it): {e}")
-        })?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    anyhow::ensure!(
-        output.status.success(),
-        "h2load failed: {text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    parse_h2load(&text).map(|(per_second, p50)| Rate {
+    let measured = crate::h2load::run(
+        &format!("{}/oauth2/token", mesh.issuer),
+        4,
+        8,
+        warmup,
+        duration,
+        vec![
+            "--data".into(),
+            body.path().display().to_string(),
+            "--header=content-type: application/x-www-form-urlencoded".into(),
+            format!("--header=authorization: Basic {basic}"),
+        ],
+    )
+    .await?;
+    Ok(Rate {
         name:
             "client_credentials grant over HTTPS keep-alive (h2load, 4 connections × 8 in flight)"
                 .into(),
-        per_second,
-        p50,
+        per_second: measured.per_second,
+        p50: measured.mean_ms,
     })
-}
-
-/// Requests per second and the mean request time (ms) from h2load's summary, refusing a run
-/// where any request got something other than 2xx.
-fn parse_h2load(text: &str) -> anyhow::Result<(f64, f64)> {
-    let field = |line_start: &str, index: usize| -> Option<&str> {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(line_start))?
-            .split_whitespace()
-            .nth(index)
-    };
-    let per_second: f64 = field("finished in", 3)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no rate in h2load's output: {text}"))?;
-    let total: u64 = field("requests:", 1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let ok: u64 = field("status codes:", 2)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    anyhow::ensure!(
-        total > 0 && ok == total,
-        "h2load: {ok} of {total} grants answered 2xx: {text}"
-    );
-    // "time for request:  min  max  mean  sd  +/- sd"; h2load prints no median.
-    let mean = field("time for request:", 5)
-        .and_then(|v| {
-            let (number, unit) = v.split_at(v.find(|c: char| c.is_alphabetic())?);
-            let number: f64 = number.parse().ok()?;
-            Some(match unit {
-                "us" => number / 1e3,
-                "ms" => number,
-                "s" => number * 1e3,
-                _ => return None,
-            })
-        })
-        .unwrap_or(f64::NAN);
-    Ok((per_second, mean))
 }
 
 /// `call` made by 32 tasks back to back for `duration` after `warmup`; every call must succeed.

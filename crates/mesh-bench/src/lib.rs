@@ -6,6 +6,7 @@
 //! - [`server`]: the benchmark server in its configurations (`mesh-bench serve`, a child process).
 //! - [`sidecar`]: configuration 8, plain tonic behind a pair of HAProxy proxies (mTLS between
 //!   them): the sidecar mesh compared with.
+//! - [`h2load`]: nghttp2's load generator, for the cross-check and the token endpoint.
 //! - [`hand_rolled`]: configuration 9, what a team writes from the tonic examples.
 //! - [`load`]: closed-loop and open-loop (fixed-rate, no coordinated omission) load, hdrhistogram.
 //! - [`procstat`]: a process's CPU time and RSS from /proc; [`loopback`]: a free port, waiting
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod h2load;
 pub mod hand_rolled;
 pub mod issuer;
 pub mod load;

@@ -154,9 +154,9 @@ pub async fn drive<T: Connection>(
 /// Due times of calls at `rate` per second from `start` until `end`, each handed out when it is
 /// due: a thread sleeps until then (the kernel's timer slack, ~50 µs, is the error), and never
 /// skips a call it is late for. The workers share the receiver; the stream ends at `end`.
-type Paced = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>>;
+pub(crate) type Paced = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>>;
 
-fn pacer(start: Instant, end: Instant, rate: f64) -> Paced {
+pub(crate) fn pacer(start: Instant, end: Instant, rate: f64) -> Paced {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for index in 0u64.. {

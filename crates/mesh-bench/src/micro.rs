@@ -37,6 +37,8 @@ pub struct Row {
     pub cpu_us_per_call: f64,
     /// Server RSS after the runs, bytes.
     pub rss: u64,
+    /// The closed loop driven by h2load instead (h2c configurations: plain and the sidecar pair).
+    pub h2load: Option<crate::h2load::H2load>,
 }
 
 /// A running `mesh-bench serve` child; killed when dropped.
@@ -196,6 +198,22 @@ pub async fn run(
             )
             .await?
         };
+        let mut row = row;
+        if !config.tls() {
+            // The same closed loop from a generator we did not write.
+            let body = material.dir().join("health-check.grpc");
+            row.h2load = Some(
+                crate::h2load::health_checks(
+                    target,
+                    &body,
+                    closed.connections,
+                    closed.streams,
+                    closed.warmup,
+                    closed.duration,
+                )
+                .await?,
+            );
+        }
         rows.push(row);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -301,5 +319,6 @@ async fn measure<T: Connection>(
         closed: closed_run,
         open: open_run,
         rss,
+        h2load: None,
     })
 }

@@ -125,11 +125,14 @@ async fn drive(
     let start = Instant::now();
     let measure_from = start + warmup;
     let measured_after = std::time::SystemTime::now() + warmup;
-    let total = ((warmup + duration).as_secs_f64() * rate) as u64;
+    // Due times from the bench's pacer thread: tokio's timer would release each call up to a
+    // millisecond late, and latency counts from the due time.
+    let paced = crate::load::pacer(start, measure_from + duration, rate);
+    let mut paced = paced.lock().await;
     let mut calls = Vec::new();
-    for i in 0..total {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(due.into()).await;
+    let mut i = 0u64;
+    while let Some(due) = paced.recv().await {
+        i += 1;
         let mut client = client.clone();
         let token = token.clone();
         calls.push(tokio::spawn(async move {

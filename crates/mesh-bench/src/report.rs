@@ -114,6 +114,29 @@ impl Report {
                 self.spans
             );
             let _ = write!(out, "{}", self.against_the_sidecar());
+            let checked: Vec<_> = self
+                .rows
+                .iter()
+                .filter_map(|row| Some((row, row.h2load?)))
+                .collect();
+            if !checked.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "The h2c configurations driven by h2load (nghttp2) with the same connections and streams:\n\n\
+                     | configuration | mesh-bench calls/s | h2load calls/s | h2load mean ms |\n|---|---:|---:|---:|"
+                );
+                for (row, h2load) in checked {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {:.0} | {:.0} | {:.3} |",
+                        row.config.label(),
+                        row.closed.throughput(),
+                        h2load.per_second,
+                        h2load.mean_ms
+                    );
+                }
+                out.push('\n');
+            }
         }
         if !self.hops.is_empty() {
             let _ = writeln!(

@@ -481,3 +481,50 @@ async fn a_cancel_racing_a_retried_order_never_leaves_a_cancelled_order_holding_
     );
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_token_is_reused_only_for_the_login_that_got_it() {
+    use auth_interceptor::audit::AuditRecord;
+    let mesh = TestMesh::start().await.expect("mesh");
+    let alice = mesh.user_token("alice", "orders").await.expect("alice");
+    let bob = mesh.user_token("bob", "orders").await.expect("bob");
+    let alice_again = mesh
+        .user_token("alice", "orders")
+        .await
+        .expect("alice again");
+    let placed = [
+        ("reuse-00001", &alice),
+        ("reuse-00002", &bob),
+        ("reuse-00003", &alice),
+        ("reuse-00004", &alice_again),
+        ("reuse-00005", &bob),
+    ];
+    for (key, token) in placed {
+        let order = orders(&mesh)
+            .place_order(bearer(place(key, "SKU-002", 1), token))
+            .await
+            .expect("placed")
+            .into_inner();
+        assert_eq!(order.state(), OrderState::Confirmed, "{order:?}");
+    }
+    // Each reservation was made as the user who ordered, never with another login's token.
+    let reserved: Vec<(String, String)> = std::fs::read_to_string(mesh.mesh.audit.log("inventory"))
+        .expect("audit log")
+        .lines()
+        .map(|l| serde_json::from_str::<AuditRecord>(l).expect("record"))
+        .filter(|r| r.method.ends_with("/Reserve"))
+        .map(|r| (r.decision, r.subject))
+        .collect();
+    let expected =
+        ["alice", "bob", "alice", "alice", "bob"].map(|s| ("allow".to_owned(), s.to_owned()));
+    assert_eq!(reserved, expected);
+    // Three logins, three exchanges: the second order of a login reused its exchanged token.
+    let exchanges = std::fs::read_to_string(mesh.mesh.audit.log("auth"))
+        .expect("audit log")
+        .lines()
+        .map(|l| serde_json::from_str::<AuditRecord>(l).expect("record"))
+        .filter(|r| r.reason == "token_exchange")
+        .count();
+    assert_eq!(exchanges, 3);
+    mesh.stop().await;
+}

@@ -140,7 +140,7 @@ impl Demo {
         step(
             &mut self.outcomes,
             &format!(
-                "alice orders {quantity} × {sku}: orders exchanges her token (RFC 8693) and reserves in inventory"
+                "alice orders {quantity} × {sku}: orders exchanges her token (RFC 8693, reused while fresh) and reserves in inventory"
             ),
             "CONFIRMED",
             describe(&result),
