@@ -4,7 +4,8 @@
 #   - mesh-bench run: the eight configurations (closed loop + fixed rate; the eighth is plain
 #     tonic behind a pair of HAProxy sidecars speaking mTLS), the PlaceOrder
 #     path with per-hop latency from traces, the issuer's grants (h2load), token exchanges and
-#     certificate signings per second, idle RSS per service, RSS per mTLS connection;
+#     certificate signings per second, idle RSS per service, RSS per connection (plain, mTLS,
+#     full stack);
 #   - cargo bench -p mesh-bench: criterion benches (token verification per algorithm and cached,
 #     policy lookup, audit append, service-token issuance over mTLS).
 # Release build. Options are passed to `mesh-bench run` (see `mesh-bench run --help`).

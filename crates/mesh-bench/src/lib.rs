@@ -13,7 +13,7 @@
 //!   for a listener.
 //! - [`micro`]: the layer-by-layer scenario; [`place_order`]: the real PlaceOrder path with
 //!   per-hop latency from traces; [`issuer`]: grants (h2load), token exchanges and certificate
-//!   signings per second; [`memory`]: idle RSS per service and per mTLS connection.
+//!   signings per second; [`memory`]: idle RSS per service and per connection (plain, mTLS, full).
 //! - [`report`]: the markdown report.
 
 #![forbid(unsafe_code)]

@@ -261,8 +261,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(PathBuf::from)
             .ok_or_else(|| anyhow::anyhow!("no directory for the service binaries"))?;
         report.idle = memory::idle_services(&bin_dir, &args.auth_config).await?;
-        let (before, after, per) = memory::per_connection(&material, idle_connections).await?;
-        report.per_connection = Some((idle_connections, before, after, per));
+        for config in [Config::Plain, Config::Mtls, Config::Full] {
+            let (before, after, per) =
+                memory::per_connection(config, &material, idle_connections).await?;
+            report
+                .per_connection
+                .push((config, idle_connections, before, after, per));
+        }
     }
 
     let markdown = report.markdown();

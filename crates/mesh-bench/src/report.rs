@@ -28,8 +28,9 @@ pub struct Report {
     pub issuer: Vec<Rate>,
     /// Idle RSS per service.
     pub idle: Vec<Idle>,
-    /// (connections, RSS before, RSS after, bytes per connection).
-    pub per_connection: Option<(usize, u64, u64, f64)>,
+    /// Per server configuration: (configuration, connections, RSS before, RSS after, bytes per
+    /// connection).
+    pub per_connection: Vec<(crate::server::Config, usize, u64, u64, f64)>,
 }
 
 impl Report {
@@ -203,15 +204,16 @@ impl Report {
             }
             out.push_str("\n(Latency: the median of our loops; h2load prints the mean.)\n\n");
         }
-        if !self.idle.is_empty() || self.per_connection.is_some() {
+        if !self.idle.is_empty() || !self.per_connection.is_empty() {
             let _ = writeln!(out, "| memory | RSS |\n|---|---:|");
             for idle in &self.idle {
                 let _ = writeln!(out, "| {} idle | {} |", idle.service, mb(idle.rss));
             }
-            if let Some((count, before, after, per)) = self.per_connection {
+            for &(config, count, before, after, per) in &self.per_connection {
                 let _ = writeln!(
                     out,
-                    "| full-stack server, {count} idle mTLS connections | {} → {} = {:.1} KB per connection |",
+                    "| {}, {count} idle connections | {} → {} = {:.1} KB per connection |",
+                    config.label(),
                     mb(before),
                     mb(after),
                     per / 1e3
