@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Measures what each layer of Zero-Trust Mesh costs against plain tonic, on this machine, and
 # writes the markdown report to target/bench/report.md (docs/benchmarks.md quotes one):
-#   - mesh-bench run: the eight configurations (closed loop + fixed rate; the eighth is plain
-#     tonic behind a pair of HAProxy sidecars speaking mTLS), the PlaceOrder
-#     path with per-hop latency from traces, the issuer's grants (h2load), token exchanges and
+#   - mesh-bench run: the nine configurations (closed loop + fixed rate; the eighth is plain
+#     tonic behind a pair of HAProxy sidecars speaking mTLS, the ninth a hand-rolled peer; the
+#     h2c ones also driven by h2load), the PlaceOrder path with per-hop latency from traces, the
+#     PlaceOrder sweep on SQLite and PostgreSQL, the issuer's grants (h2load), token exchanges and
 #     certificate signings per second, idle RSS per service, RSS per connection (plain, mTLS,
 #     full stack);
 #   - cargo bench -p mesh-bench: criterion benches (token verification per algorithm and cached,
 #     policy lookup, audit append, service-token issuance over mTLS).
 # Release build. Options are passed to `mesh-bench run` (see `mesh-bench run --help`).
-#   scripts/bench.sh                 # the full run (about 4 minutes on 2 cores)
+#   scripts/bench.sh                 # the full run (about 10 minutes on 2 cores)
 #   scripts/bench.sh --smoke         # only shows that everything builds and runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/bench
 mkdir -p "$out"
-# Configuration 8 puts plain tonic behind a pair of HAProxy proxies; the issuer step drives the
-# token endpoint with h2load (both Debian's packages).
+# Configuration 8 puts plain tonic behind a pair of HAProxy proxies; h2load cross-checks the h2c
+# configurations and drives the token endpoint (all Debian's packages).
 missing=""
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
 command -v h2load >/dev/null 2>&1 || missing="$missing nghttp2-client"
+# The PlaceOrder sweep's PostgreSQL leg starts a server from Debian's binaries.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing="$missing postgresql"
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         # shellcheck disable=SC2086
