@@ -30,20 +30,11 @@ pub async fn run(duration: Duration, warmup: Duration) -> anyhow::Result<Vec<Rat
     let mesh = DevMesh::start(dir.path()).await?;
     let mut rates = vec![grants(&mesh, duration, warmup).await?];
 
-    let http = mesh.https_client()?;
-    let login = mesh_dev::oauth::login_with_password(
-        &http,
-        &mesh.issuer,
-        "alice",
-        "alice-demo-password",
-        "orders",
-    )
-    .await?;
     let auth = AuthServiceClient::new(
         mesh.connector("orders", "auth")?
             .channel(&mesh.auth_addr.to_string())?,
     );
-    let subject = login.access_token;
+    let subject = crate::place_order::alice_logs_in(&mesh).await?;
     rates.push(
         closed_loop(
             "ExchangeToken (orders for alice → inventory), gRPC over mTLS, 32 in flight",

@@ -109,16 +109,7 @@ async fn drive(
     duration: Duration,
     warmup: Duration,
 ) -> anyhow::Result<(Histogram<u64>, u64, std::time::SystemTime)> {
-    let http = mesh.https_client()?;
-    let login = mesh_dev::oauth::login_with_password(
-        &http,
-        &mesh.issuer,
-        "alice",
-        "alice-demo-password",
-        "orders",
-    )
-    .await?;
-    let token = auth_interceptor::BearerToken::new(login.access_token)?;
+    let token = auth_interceptor::BearerToken::new(alice_logs_in(mesh).await?)?;
     let channel = mesh.traced_channel("meshctl", "orders", &mesh.orders_addr.to_string())?;
     let client = OrdersServiceClient::new(channel);
 
@@ -225,4 +216,17 @@ pub async fn sweep(
         });
     }
     Ok(points)
+}
+
+/// Alice's access token for orders, from a password login at `mesh`'s issuer.
+pub(crate) async fn alice_logs_in(mesh: &DevMesh) -> anyhow::Result<String> {
+    let login = mesh_dev::oauth::login_with_password(
+        &mesh.https_client()?,
+        &mesh.issuer,
+        "alice",
+        "alice-demo-password",
+        "orders",
+    )
+    .await?;
+    Ok(login.access_token)
 }

@@ -34,36 +34,32 @@ pub struct Report {
 }
 
 impl Report {
-    /// The mesh's full stack (configurations 6 and 7) against the sidecar pair (8), when the
-    /// run measured them.
-    fn against_the_sidecar(&self) -> String {
+    /// The mesh's full stack (configurations 6 and 7) against the sidecar pair (8), and 6 against
+    /// the hand-rolled peer (9), when the run measured them.
+    fn against_the_peers(&self) -> String {
         use crate::server::Config;
         let row = |config| self.rows.iter().find(|row| row.config == config);
-        let Some(sidecar) = row(Config::Sidecar) else {
-            return String::new();
-        };
         let mut out = String::new();
-        for config in [Config::Full, Config::Client] {
-            if let Some(mesh) = row(config) {
-                let _ = writeln!(
-                    out,
-                    "{} against the sidecar pair: {:.2}× its throughput, {:.1} vs {:.1} µs of CPU per call.",
-                    mesh.config.label(),
-                    mesh.closed.throughput() / sidecar.closed.throughput().max(1e-9),
-                    mesh.cpu_us_per_call,
-                    sidecar.cpu_us_per_call,
-                );
-            }
-        }
-        if let (Some(mesh), Some(peer)) = (row(Config::Full), row(Config::HandRolled)) {
+        let mut versus = |mesh: &Row, peer: &Row, peer_name: &str| {
             let _ = writeln!(
                 out,
-                "{} against the hand-rolled peer: {:.2}× its throughput, {:.1} vs {:.1} µs of CPU per call.",
+                "{} against {peer_name}: {:.2}× its throughput, {:.1} vs {:.1} µs of CPU per call.",
                 mesh.config.label(),
                 mesh.closed.throughput() / peer.closed.throughput().max(1e-9),
                 mesh.cpu_us_per_call,
                 peer.cpu_us_per_call,
             );
+        };
+        if let Some(sidecar) = row(Config::Sidecar) {
+            for mesh in [Config::Full, Config::Client].into_iter().filter_map(row) {
+                versus(mesh, sidecar, "the sidecar pair");
+            }
+        }
+        if let (Some(mesh), Some(peer)) = (row(Config::Full), row(Config::HandRolled)) {
+            versus(mesh, peer, "the hand-rolled peer");
+        }
+        if out.is_empty() {
+            return out;
         }
         out.push('\n');
         out
@@ -114,7 +110,7 @@ impl Report {
                  Configuration 8's CPU and RSS are the sum of its three processes (plain tonic and both proxies).\n",
                 self.spans
             );
-            let _ = write!(out, "{}", self.against_the_sidecar());
+            let _ = write!(out, "{}", self.against_the_peers());
             let checked: Vec<_> = self
                 .rows
                 .iter()
