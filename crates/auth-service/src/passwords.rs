@@ -138,10 +138,11 @@ fn mac(salt: &[u8], secret: &[u8]) -> aws_lc_rs::hmac::Tag {
     aws_lc_rs::hmac::sign(&key, secret)
 }
 
-/// A generated secret's hash, parsed once.
+/// A generated secret's hash, parsed once, its HMAC key made at parse time (the config is
+/// parsed at start, so no request builds a key).
 #[derive(Clone)]
 pub struct FastHash {
-    salt: Vec<u8>,
+    key: aws_lc_rs::hmac::Key,
     mac: Vec<u8>,
 }
 
@@ -172,15 +173,14 @@ impl FastHash {
             ));
         }
         Ok(Some(Self {
-            salt: salt.to_vec(),
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, salt),
             mac: mac.as_bytes().to_vec(),
         }))
     }
 
     /// Whether `secret` is the one this hash was made from, compared in constant time.
     pub fn verify(&self, secret: &[u8]) -> bool {
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.salt);
-        aws_lc_rs::hmac::verify(&key, secret, &self.mac).is_ok()
+        aws_lc_rs::hmac::verify(&self.key, secret, &self.mac).is_ok()
     }
 }
 

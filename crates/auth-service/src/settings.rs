@@ -350,7 +350,8 @@ pub struct ClientConfig {
     pub client_id: String,
     /// Hash of the client secret, for clients that use the token endpoint: Argon2id for a secret
     /// someone chose (`meshctl hash-secret`), HMAC-SHA256 for one `meshctl hash-secret
-    /// --generate` made (256 random bits need no work factor). Workloads authenticate by certificate and have none.
+    /// --generate` made (256 random bits need no work factor). Workloads authenticate by
+    /// certificate and have none.
     #[serde(default)]
     pub secret_hash: Option<String>,
     /// The workload identity bound to this client: a caller presenting a certificate with this
