@@ -41,6 +41,10 @@ pub struct CodeGrant {
     pub audience: String,
     /// Expiry, seconds since the epoch.
     pub expires_at: i64,
+    /// The relying party's `nonce`, for the ID token of an OpenID Connect login.
+    pub nonce: Option<String>,
+    /// When the user authenticated (seconds since the epoch): the ID token's `auth_time`.
+    pub auth_time: i64,
 }
 
 /// Why a code or refresh token was not redeemed.
@@ -184,7 +188,8 @@ impl Grants {
         .await?;
         sqlx::query(
             "INSERT INTO auth_codes (code_hash, family_id, client_id, redirect_uri, code_challenge, \
-             username, scope, audience, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             username, scope, audience, expires_at, nonce, auth_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(hash_secret_token(&code))
         .bind(&grant.family_id)
@@ -195,6 +200,8 @@ impl Grants {
         .bind(&grant.scope)
         .bind(&grant.audience)
         .bind(grant.expires_at)
+        .bind(grant.nonce.as_deref())
+        .bind(grant.auth_time)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -454,6 +461,8 @@ struct CodeGrantRow {
     username: String,
     scope: String,
     audience: String,
+    nonce: Option<String>,
+    auth_time: Option<i64>,
     state: UseState,
 }
 
@@ -464,13 +473,15 @@ mesh_service::from_row!(CodeGrantRow {
     username,
     scope,
     audience,
+    nonce,
+    auth_time,
 } flatten state: UseState);
 
 impl SingleUse for CodeGrantRow {
     const KIND: &'static str = "authorization_code";
     const SELECT: &'static str = "SELECT c.family_id, c.client_id, c.redirect_uri, \
-         c.code_challenge, c.username, c.scope, c.audience, c.expires_at, c.used_at, \
-         f.revoked_at FROM auth_codes c JOIN token_families f ON f.family_id = c.family_id \
+         c.code_challenge, c.username, c.scope, c.audience, c.nonce, c.auth_time, c.expires_at, \
+         c.used_at, f.revoked_at FROM auth_codes c JOIN token_families f ON f.family_id = c.family_id \
          WHERE c.code_hash = $1";
     const MARK_USED: &'static str =
         "UPDATE auth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL";
@@ -491,6 +502,8 @@ impl CodeGrantRow {
             scope: self.scope,
             audience: self.audience,
             expires_at: self.state.expires_at,
+            nonce: self.nonce,
+            auth_time: self.auth_time.unwrap_or_default(),
         }
     }
 }

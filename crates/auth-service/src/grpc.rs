@@ -4,8 +4,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use auth_interceptor::Principal;
 use auth_interceptor::error::refused;
-use auth_interceptor::{AuthError, Principal};
 use mesh_proto::auth::v1::auth_service_server::AuthService;
 use mesh_proto::auth::v1::{
     ExchangeTokenRequest, ExchangeTokenResponse, IssueServiceTokenRequest,
@@ -19,9 +19,8 @@ use tonic::{Request, Response, Status};
 use crate::KeyRotator;
 use crate::audit::{Event, IssuerAudit};
 use crate::clients::{Client, GrantError, Registry};
-use crate::grants::Grants;
+use crate::exchange::{Refusal, TokenExchange};
 use crate::issuer::{Issuer, TokenRequest};
-use crate::local::LocalVerifiers;
 use crate::revocations;
 use mesh_proto::auth::v1::rpc::auth_service;
 
@@ -31,13 +30,8 @@ pub struct MeshApi {
     pub(crate) issuer: Arc<Issuer>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) ttl: Duration,
-    pub(crate) exchange_ttl: Duration,
-    /// Verifies subject tokens; a subject token may only be exchanged by the service it was
-    /// issued to (its audience is the caller's client id).
-    pub(crate) verifiers: Arc<LocalVerifiers>,
-    /// Revocations: a revoked subject token is not exchanged, even before its `exp`; and the log
-    /// the revocation stream follows.
-    pub(crate) grants: Grants,
+    /// `ExchangeToken`'s rules, shared with the token endpoint's token-exchange grant.
+    pub(crate) exchange: Arc<TokenExchange>,
     /// Where issued tokens are recorded (the layer records the call, this the grant).
     pub(crate) audit: IssuerAudit,
     /// Rotates the signing key on an administrator's request.
@@ -74,6 +68,29 @@ fn grant_status(error: GrantError) -> Status {
             "scope_not_allowed",
         ),
     }
+}
+
+/// The status of a refused exchange, labelled with its reason for the audit record.
+fn exchange_status(refusal: Refusal) -> Status {
+    let status = match &refusal {
+        Refusal::NotForCaller => {
+            Status::permission_denied("subject token is not addressed to the caller")
+        }
+        Refusal::Revoked => Status::unauthenticated("subject token: revoked"),
+        Refusal::Invalid(why) => Status::unauthenticated(format!("subject token: {why}")),
+        Refusal::AlreadyExchanged => {
+            Status::permission_denied("an exchanged token cannot be exchanged again")
+        }
+        Refusal::Grant(error) => return grant_status(*error),
+        Refusal::NotDelegated => Status::permission_denied(
+            "scopes: the user's token does not let the caller act with these scopes",
+        ),
+        Refusal::Expired => Status::unauthenticated("subject token: expired"),
+        Refusal::Unavailable => return Status::unavailable("revocation state unavailable"),
+        Refusal::Signing => return Status::internal("could not sign the token"),
+        Refusal::AuditUnavailable => return Status::unavailable("audit log unavailable"),
+    };
+    refused(status, refusal.reason())
 }
 
 fn expires_in(seconds: u64) -> u32 {
@@ -194,85 +211,18 @@ impl AuthService for MeshApi {
         if body.audience.is_empty() {
             return Err(Status::invalid_argument("audience: required"));
         }
-        let subject = self
-            .verifiers
-            .verify_for(&client.client_id, &body.subject_token)
+        let exchanged = self
+            .exchange
+            .exchange(
+                client,
+                &body.subject_token,
+                &body.audience,
+                &body.scopes,
+                auth_service::EXCHANGE_TOKEN.path,
+            )
             .await
-            .map_err(|e| match e {
-                AuthError::WrongAudience => refused(
-                    Status::permission_denied("subject token is not addressed to the caller"),
-                    "subject_token_not_for_caller",
-                ),
-                AuthError::Revoked => refused(
-                    Status::unauthenticated("subject token: revoked"),
-                    "subject_token_revoked",
-                ),
-                other => refused(
-                    Status::unauthenticated(format!("subject token: {other}")),
-                    "subject_token_invalid",
-                ),
-            })?;
-        let revoked = self
-            .grants
-            .access_revoked(&subject.token_id)
-            .await
-            .map_err(|_| Status::unavailable("revocation state unavailable"))?;
-        if revoked {
-            return Err(refused(
-                Status::unauthenticated("subject token: revoked"),
-                "subject_token_revoked",
-            ));
-        }
-        if subject.actor.is_some() {
-            return Err(refused(
-                Status::permission_denied("an exchanged token cannot be exchanged again"),
-                "subject_token_already_exchanged",
-            ));
-        }
-        client
-            .grant(&body.audience, &body.scopes)
-            .map_err(grant_status)?;
-        // What the caller may hold is not enough: the user's token must let it act so.
-        let scopes = client
-            .grant_for_subject(&body.audience, &body.scopes, &subject.scopes)
-            .map_err(|_| {
-                refused(
-                    Status::permission_denied(
-                        "scopes: the user's token does not let the caller act with these scopes",
-                    ),
-                    "scope_not_delegated",
-                )
-            })?;
-        let remaining = subject.expires_at.saturating_sub(crate::unix_now());
-        let lifetime = self.exchange_ttl.min(Duration::from_secs(remaining));
-        if lifetime.is_zero() {
-            return Err(refused(
-                Status::unauthenticated("subject token: expired"),
-                "subject_token_expired",
-            ));
-        }
-        let issued = self
-            .issuer
-            .issue(TokenRequest {
-                subject: &subject.subject,
-                client_id: &subject.client_id,
-                audience: &body.audience,
-                scopes,
-                actor: Some(&client.client_id),
-                lifetime,
-                session: subject.session.as_deref(),
-            })
-            .map_err(|_| Status::internal("could not sign the token"))?;
-        self.audit
-            .grant(Event {
-                decision: "allow",
-                reason: "token_exchange",
-                method: auth_service::EXCHANGE_TOKEN.path,
-                subject: &subject.subject,
-                client: &subject.client_id,
-                actor: &client.client_id,
-            })
-            .map_err(|_| Status::unavailable("audit log unavailable"))?;
+            .map_err(exchange_status)?;
+        let issued = exchanged.issued;
         Ok(Response::new(ExchangeTokenResponse {
             access_token: issued.access_token,
             token_type: "Bearer".into(),

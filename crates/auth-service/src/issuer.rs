@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 
 use crate::keys::KeyStore;
+use crate::oidc::IdClaims;
 
 /// A freshly signed token.
 #[derive(Debug, Clone)]
@@ -41,6 +42,25 @@ pub struct TokenRequest<'a> {
     pub lifetime: Duration,
     /// `sid`: the login (token family) a user token, or a token exchanged from one, belongs to.
     pub session: Option<&'a str>,
+}
+
+/// What an ID token is about: the login a code was redeemed for.
+#[derive(Debug, Clone)]
+pub struct IdTokenRequest<'a> {
+    /// `sub`: the user.
+    pub subject: &'a str,
+    /// `aud` and `azp`: the client that logged the user in.
+    pub client_id: &'a str,
+    /// The client's `nonce`.
+    pub nonce: Option<&'a str>,
+    /// When the user authenticated.
+    pub auth_time: u64,
+    /// `sid`: the login.
+    pub session: &'a str,
+    /// The access token issued with it (for `at_hash`).
+    pub access_token: &'a str,
+    /// Lifetime.
+    pub lifetime: Duration,
 }
 
 /// Signs tokens for one issuer URL.
@@ -98,5 +118,29 @@ impl Issuer {
             scopes: request.scopes,
             token_id,
         })
+    }
+
+    /// Signs an ID token (OpenID Connect Core §2): for the client, about the user, bound to the
+    /// access token issued with it and to the client's `nonce`.
+    pub fn issue_id_token(
+        &self,
+        request: IdTokenRequest<'_>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = crate::unix_now();
+        let claims = IdClaims {
+            iss: self.url.clone(),
+            sub: request.subject.to_owned(),
+            aud: request.client_id.to_owned(),
+            azp: request.client_id.to_owned(),
+            exp: now + request.lifetime.as_secs(),
+            iat: now,
+            auth_time: request.auth_time,
+            nonce: request.nonce.map(str::to_owned),
+            at_hash: crate::oidc::access_token_hash(request.access_token),
+            sid: request.session.to_owned(),
+            acr: crate::oidc::ACR_PASSWORD.to_owned(),
+            amr: vec!["pwd".to_owned()],
+        };
+        self.keys.sign_id_token(&claims)
     }
 }

@@ -267,6 +267,23 @@ impl KeyStore {
 
     /// Signs `claims` as an access token (`typ: at+jwt`, `alg: EdDSA`, `kid`).
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign_typed(ACCESS_TOKEN_TYP, claims)
+    }
+
+    /// Signs `claims` as an OpenID Connect ID token (`typ: JWT`, `alg: EdDSA`, `kid`): a type
+    /// no verifier of access tokens accepts.
+    pub fn sign_id_token(
+        &self,
+        claims: &crate::oidc::IdClaims,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign_typed("JWT", claims)
+    }
+
+    fn sign_typed(
+        &self,
+        typ: &str,
+        claims: &impl serde::Serialize,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let signing = self
             .keys
             .read()
@@ -274,7 +291,7 @@ impl KeyStore {
             .signing
             .clone();
         let mut header = Header::new(jsonwebtoken::Algorithm::EdDSA);
-        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        header.typ = Some(typ.to_owned());
         header.kid = Some(signing.kid.clone());
         jsonwebtoken::encode(&header, claims, &signing.encoding)
     }

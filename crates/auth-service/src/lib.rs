@@ -41,6 +41,7 @@
 pub mod audit;
 pub mod authority;
 pub mod clients;
+pub mod exchange;
 pub mod grants;
 pub mod grpc;
 pub mod http;
@@ -49,6 +50,7 @@ pub mod issuer;
 pub mod join;
 pub mod keys;
 pub mod local;
+pub mod oidc;
 pub mod passwords;
 pub mod ratelimit;
 pub mod revocations;
@@ -278,13 +280,18 @@ impl Application {
             verifiers: verifiers.clone(),
             mesh_verifier,
         };
+        let exchange = Arc::new(exchange::TokenExchange {
+            issuer: issuer.clone(),
+            verifiers: verifiers.clone(),
+            grants: grants.clone(),
+            ttl: settings::ttl(config.exchanged_token_ttl_secs),
+            audit: audit.clone(),
+        });
         let api = Arc::new(MeshApi {
             issuer: issuer.clone(),
             registry: registry.clone(),
             ttl,
-            exchange_ttl: settings::ttl(config.exchanged_token_ttl_secs),
-            verifiers: verifiers.clone(),
-            grants: grants.clone(),
+            exchange: exchange.clone(),
             audit: audit.clone(),
             rotator: rotator.clone(),
             hub,
@@ -296,6 +303,7 @@ impl Application {
             users: Arc::new(users::Users::new(config)),
             grants,
             verifiers: verifiers.clone(),
+            exchange,
             limiter: limiter.clone(),
             ttl,
             refresh_ttl: settings::ttl(config.refresh_token_ttl_secs),
@@ -532,4 +540,5 @@ pub const MIGRATIONS: mesh_service::Migrations = mesh_service::migrations![
     "0005_identity.sql",
     "0006_family_grant.sql",
     "0007_rejoin_lineage.sql",
+    "0008_openid_login.sql",
 ];

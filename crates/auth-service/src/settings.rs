@@ -456,11 +456,18 @@ impl AuthConfig {
                     ));
                 }
             }
-            if client.grant_types.iter().any(|g| g == "client_credentials")
-                && client.secret_hash.is_none()
+            for grant in ["client_credentials", TOKEN_EXCHANGE] {
+                if client.grant_types.iter().any(|g| g == grant) && client.secret_hash.is_none() {
+                    return Err(format!("client {id:?}: {grant} needs a secret_hash"));
+                }
+            }
+            if let Some(name) = client
+                .audiences
+                .iter()
+                .find(|a| crate::oidc::is_identity_scope(a))
             {
                 return Err(format!(
-                    "client {id:?}: client_credentials needs a secret_hash"
+                    "client {id:?}: audience {name:?} is reserved for OpenID Connect"
                 ));
             }
             for scope in &client.scopes {
@@ -529,7 +536,15 @@ pub fn check_redirect_uri(raw: &str) -> Result<(), &'static str> {
 }
 
 /// The grant types the token endpoint knows.
-pub const GRANT_TYPES: [&str; 3] = ["client_credentials", "authorization_code", "refresh_token"];
+pub const GRANT_TYPES: [&str; 4] = [
+    "client_credentials",
+    "authorization_code",
+    "refresh_token",
+    TOKEN_EXCHANGE,
+];
+
+/// The grant type of token exchange (RFC 8693 §2.1).
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 /// An issuer must be an https URL without query or fragment (OIDC Discovery §3).
 pub fn check_issuer(issuer: &str) -> Result<(), StartError> {

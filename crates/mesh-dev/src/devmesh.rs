@@ -32,6 +32,9 @@ pub const MESHCTL_DEMO_SECRET: &str = "meshctl-demo-secret";
 /// The demo secret of the `stock-admin` client in the example config.
 pub const STOCK_ADMIN_DEMO_SECRET: &str = "IRr2hs2icOVrJflHEVzjF0iIVcdpSCNDdaQTT3_X-h0";
 
+/// The demo secret of the `storefront` client in the example config.
+pub const STOREFRONT_DEMO_SECRET: &str = "j0e-VIqb8_Virf9HgQOSS9K-_EFPUznN0LMjpb2JGIQ";
+
 /// A workload whose certificate the mesh CA signed but which no client registration names:
 /// proof that a valid certificate alone grants nothing.
 pub const STRANGER: &str = "stranger";

@@ -24,6 +24,10 @@ struct AuthorizeRequest {
     challenge: String,
     audience: String,
     requested: Vec<String>,
+    /// The identity scopes asked for (`openid`, `profile`): an OpenID Connect login.
+    identity: Vec<String>,
+    /// The client's `nonce`, required with `openid`.
+    nonce: Option<String>,
 }
 
 /// Why an authorization request was refused.
@@ -129,10 +133,30 @@ fn validate(
     if audiences.is_empty() {
         return Err(refuse("invalid_request", "audience is empty"));
     }
-    let requested: Vec<String> = params
-        .get("scope")
-        .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default();
+    let (identity, requested) = crate::oidc::split_scopes(
+        params
+            .get("scope")
+            .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+    );
+    let nonce = if identity.iter().any(|s| s == crate::oidc::OPENID) {
+        // OpenID Connect Core makes `nonce` optional in the code flow; here it is required, so
+        // every ID token is bound to the request of the client that receives it.
+        let nonce = params
+            .get("nonce")
+            .ok_or_else(|| refuse("invalid_request", "nonce is required with openid"))?;
+        if !crate::oidc::valid_nonce(nonce) {
+            return Err(refuse(
+                "invalid_request",
+                "nonce must be 1 to 256 visible ASCII characters",
+            ));
+        }
+        Some(nonce.clone())
+    } else if !identity.is_empty() {
+        return Err(refuse("invalid_scope", "profile needs the openid scope"));
+    } else {
+        None
+    };
     let everything = std::collections::BTreeSet::from_iter(requested.iter().cloned());
     client
         .grant_login(&audiences, &requested, &everything)
@@ -149,6 +173,8 @@ fn validate(
         challenge: challenge.clone(),
         audience,
         requested,
+        identity,
+        nonce,
         client,
     })
 }
@@ -247,7 +273,10 @@ pub(super) async fn login(
         &request.requested,
         &user.scopes,
     ) {
-        Ok(scopes) => scopes,
+        Ok(mut scopes) => {
+            scopes.extend(request.identity.iter().cloned());
+            scopes
+        }
         Err(_) => {
             return Refusal::Redirect {
                 redirect_uri: request.redirect_uri,
@@ -267,6 +296,8 @@ pub(super) async fn login(
         scope: scopes.join(" "),
         audience: request.audience,
         expires_at: crate::unix_now() as i64 + CODE_LIFETIME_SECS,
+        nonce: request.nonce,
+        auth_time: crate::unix_now() as i64,
     };
     let code = match state.grants.create_code(&grant).await {
         Ok(code) => code,
@@ -338,7 +369,8 @@ fn page_response(status: StatusCode, html: &str) -> Response {
 }
 
 /// The fields of the authorization request carried through the login form.
-const CARRIED: [&str; 8] = [
+const CARRIED: [&str; 9] = [
+    "nonce",
     "response_type",
     "client_id",
     "redirect_uri",

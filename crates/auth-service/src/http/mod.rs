@@ -8,6 +8,7 @@ mod authorize;
 mod extract;
 mod revoke;
 mod token;
+mod userinfo;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,6 +41,8 @@ pub const AUTHORIZE_PATH: &str = "/oauth2/authorize";
 pub const REVOKE_PATH: &str = "/oauth2/revoke";
 /// Path of the introspection endpoint (RFC 7662).
 pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
+/// Path of the OpenID Connect userinfo endpoint.
+pub const USERINFO_PATH: &str = "/oauth2/userinfo";
 
 /// What the HTTP handlers share.
 #[derive(Debug, Clone)]
@@ -54,6 +57,8 @@ pub struct HttpState {
     pub grants: Grants,
     /// Verifies our own tokens (revocation, introspection).
     pub verifiers: Arc<LocalVerifiers>,
+    /// The token-exchange grant's rules, shared with the mesh's `ExchangeToken`.
+    pub exchange: Arc<crate::exchange::TokenExchange>,
     /// Failed client and user authentications per address and account.
     pub limiter: FailureLimiter,
     /// Access-token lifetime.
@@ -75,14 +80,18 @@ pub fn router(state: HttpState) -> Router {
         .route(AUTHORIZE_PATH, get(authorize::page).post(authorize::login))
         .route(REVOKE_PATH, post(revoke::revoke))
         .route(INTROSPECT_PATH, post(revoke::introspect))
+        .route(
+            USERINFO_PATH,
+            get(userinfo::userinfo).post(userinfo::userinfo),
+        )
         // OAuth2 requests are a few hundred bytes; refuse anything large before reading it.
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(state)
 }
 
-/// The issuer's metadata. It advertises only what is served: no ID tokens are issued, so none of
-/// the OIDC ID-token fields (`id_token_signing_alg_values_supported`, `subject_types_supported`)
-/// appear; a client that needs them must not be led to believe it will get them.
+/// The issuer's metadata: OpenID Connect Discovery 1.0 §3 (which RFC 8414 extends). It
+/// advertises exactly what is served, and says `false` where a default would promise more (a
+/// missing `request_uri_parameter_supported` means `true`).
 async fn discovery(State(state): State<HttpState>) -> Response {
     let issuer = state.issuer.url();
     let body = json!({
@@ -90,12 +99,25 @@ async fn discovery(State(state): State<HttpState>) -> Response {
         "jwks_uri": format!("{issuer}{JWKS_PATH}"),
         "token_endpoint": format!("{issuer}{TOKEN_PATH}"),
         "authorization_endpoint": format!("{issuer}{AUTHORIZE_PATH}"),
+        "userinfo_endpoint": format!("{issuer}{USERINFO_PATH}"),
         "revocation_endpoint": format!("{issuer}{REVOKE_PATH}"),
         "introspection_endpoint": format!("{issuer}{INTROSPECT_PATH}"),
         "grant_types_supported": crate::settings::GRANT_TYPES,
         "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "scopes_supported": crate::oidc::IDENTITY_SCOPES,
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "acr_values_supported": [crate::oidc::ACR_PASSWORD],
+        "claims_supported": [
+            "iss", "sub", "aud", "azp", "exp", "iat", "auth_time", "nonce", "at_hash", "sid",
+            "acr", "amr", "preferred_username"
+        ],
+        "claims_parameter_supported": false,
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
     });
     (
         [(

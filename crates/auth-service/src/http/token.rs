@@ -1,4 +1,5 @@
-//! `POST /oauth2/token`: client credentials, authorization code with PKCE, refresh token.
+//! `POST /oauth2/token`: client credentials, authorization code with PKCE, refresh token, token
+//! exchange (RFC 8693).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -14,8 +15,11 @@ use super::extract::{ClientAuth, Endpoint};
 use super::{HttpState, OAuthError, TOKEN_PATH, no_store};
 use crate::audit::Event;
 use crate::clients::{Client, GrantError, scope_audience};
+use crate::exchange::Refusal;
 use crate::grants::{Family, RedeemError};
-use crate::issuer::{IssuedToken, TokenRequest};
+use crate::issuer::{IdTokenRequest, IssuedToken, TokenRequest};
+use crate::oidc;
+use crate::settings::TOKEN_EXCHANGE;
 
 /// The token endpoint; the client is authenticated by [`ClientAuth`] before this runs.
 pub(super) async fn token(
@@ -39,6 +43,7 @@ pub(super) async fn token(
         match grant_type {
             "client_credentials" => client_credentials(&state, &client, &params).await,
             "authorization_code" => authorization_code(&state, &client, &params).await,
+            TOKEN_EXCHANGE => token_exchange(&state, &client, &params).await,
             _ => refresh_token(&state, &client, &params).await,
         }
     }
@@ -81,7 +86,8 @@ impl Endpoint for TokenEndpoint {
         if !crate::settings::GRANT_TYPES.contains(&grant_type.as_str()) {
             return Err(OAuthError::bad_request(
                 "unsupported_grant_type",
-                "supported: client_credentials, authorization_code, refresh_token",
+                "supported: client_credentials, authorization_code, refresh_token, \
+                 urn:ietf:params:oauth:grant-type:token-exchange",
             ));
         }
         Ok(())
@@ -121,7 +127,13 @@ fn requested_scopes(params: &HashMap<String, String>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn success(issued: &IssuedToken, refresh_token: Option<String>) -> Response {
+/// A successful token response (RFC 6749 §5.1), with the refresh token and the ID token when
+/// there are some.
+fn success(
+    issued: &IssuedToken,
+    refresh_token: Option<String>,
+    id_token: Option<String>,
+) -> Response {
     let mut body = json!({
         "access_token": issued.access_token,
         "token_type": "Bearer",
@@ -130,6 +142,9 @@ fn success(issued: &IssuedToken, refresh_token: Option<String>) -> Response {
     });
     if let Some(refresh) = refresh_token {
         body["refresh_token"] = json!(refresh);
+    }
+    if let Some(id_token) = id_token {
+        body["id_token"] = json!(id_token);
     }
     (StatusCode::OK, no_store(), axum::Json(body)).into_response()
 }
@@ -169,7 +184,7 @@ async fn client_credentials(
         })
         .map_err(|_| OAuthError::audit_unavailable())?;
     // Client credentials never get a refresh token: the client can always ask again.
-    Ok(success(&issued, None))
+    Ok(success(&issued, None, None))
 }
 
 /// PKCE verifiers are 43 to 128 characters of the unreserved set (RFC 7636 §4.1).
@@ -227,21 +242,24 @@ async fn authorization_code(
         .next()
         .unwrap_or_default()
         .to_owned();
+    // Its scopes: the login's for that audience, and the identity scopes (`openid` lets the
+    // token read the user's claims at the userinfo endpoint).
     let scopes: Vec<String> = grant
         .scope
         .split_ascii_whitespace()
-        .filter(|scope| scope_audience(scope) == audience)
+        .filter(|scope| scope_audience(scope) == audience || oidc::is_identity_scope(scope))
         .map(str::to_owned)
         .collect();
-    issue_user_tokens(
-        state,
-        client,
-        &grant.username,
-        &audience,
-        scopes,
-        &grant.family_id,
-    )
-    .await
+    let login = Login {
+        username: &grant.username,
+        family_id: &grant.family_id,
+        // An OpenID Connect login: the code's ID token facts.
+        openid: scopes
+            .iter()
+            .any(|s| s == oidc::OPENID)
+            .then_some((grant.nonce.as_deref(), grant.auth_time as u64)),
+    };
+    issue_user_tokens(state, client, login, &audience, scopes).await
 }
 
 async fn refresh_token(
@@ -280,15 +298,14 @@ async fn refresh_token(
         .ok_or_else(|| deny("user_removed"))?
         .clone();
     let (audience, scopes) = narrowed(client, &family, &user.scopes, params)?;
-    issue_user_tokens(
-        state,
-        client,
-        &user.username,
-        &audience,
-        scopes,
-        &family.family_id,
-    )
-    .await
+    // A refresh renews the access token only: OpenID Connect Core §12.2 lets it leave the ID
+    // token out, and the client keeps the one from the login.
+    let login = Login {
+        username: &user.username,
+        family_id: &family.family_id,
+        openid: None,
+    };
+    issue_user_tokens(state, client, login, &audience, scopes).await
 }
 
 /// What a refresh may grant (RFC 6749 §6): an access token for one of the login's audiences
@@ -302,6 +319,25 @@ fn narrowed(
     user_scopes: &BTreeSet<String>,
     params: &HashMap<String, String>,
 ) -> Result<(String, Vec<String>), OAuthError> {
+    let (asked_identity, asked) = oidc::split_scopes(requested_scopes(params));
+    let login_identity: Vec<String> = family
+        .scope
+        .split_ascii_whitespace()
+        .filter(|scope| oidc::is_identity_scope(scope))
+        .map(str::to_owned)
+        .collect();
+    if asked_identity.iter().any(|s| !login_identity.contains(s)) {
+        return Err(OAuthError::bad_request(
+            "invalid_scope",
+            "a refresh may ask for the login's scopes or fewer, never more",
+        ));
+    }
+    // No `scope` at all: everything the login had, identity included (RFC 6749 §6).
+    let identity = if params.contains_key("scope") {
+        asked_identity
+    } else {
+        login_identity
+    };
     let audiences: Vec<&str> = family.audience.split_ascii_whitespace().collect();
     let audience = match params.get("audience") {
         Some(asked) if audiences.contains(&asked.as_str()) => asked.clone(),
@@ -318,7 +354,6 @@ fn narrowed(
         .split_ascii_whitespace()
         .filter(|scope| scope_audience(scope) == audience)
         .collect();
-    let asked = requested_scopes(params);
     if asked.iter().any(|scope| !granted.contains(&scope.as_str())) {
         return Err(OAuthError::bad_request(
             "invalid_scope",
@@ -341,21 +376,36 @@ fn narrowed(
             "nothing the login granted for this audience is left to renew: sign in again",
         ));
     }
-    let scopes = client
+    let mut scopes = client
         .grant_for_user(&audience, &wanted, user_scopes)
         .map_err(scope_error)?;
+    scopes.extend(identity);
     Ok((audience, scopes))
 }
 
-/// An access token for the user and the next refresh token of the family.
+/// The login an access token is issued from.
+struct Login<'a> {
+    username: &'a str,
+    family_id: &'a str,
+    /// For an OpenID Connect login's first tokens: its `nonce` and `auth_time`, so an ID token
+    /// is issued beside the access token.
+    openid: Option<(Option<&'a str>, u64)>,
+}
+
+/// An access token for the user, the next refresh token of the family and, for an OpenID
+/// Connect login, its ID token.
 async fn issue_user_tokens(
     state: &HttpState,
     client: &Client,
-    username: &str,
+    login: Login<'_>,
     audience: &str,
     scopes: Vec<String>,
-    family_id: &str,
 ) -> Result<Response, OAuthError> {
+    let Login {
+        username,
+        family_id,
+        openid,
+    } = login;
     let issued = state
         .issuer
         .issue(TokenRequest {
@@ -368,6 +418,23 @@ async fn issue_user_tokens(
             session: Some(family_id),
         })
         .map_err(|_| OAuthError::server_error())?;
+    let id_token = match openid {
+        Some((nonce, auth_time)) => Some(
+            state
+                .issuer
+                .issue_id_token(IdTokenRequest {
+                    subject: username,
+                    client_id: &client.client_id,
+                    nonce,
+                    auth_time,
+                    session: family_id,
+                    access_token: &issued.access_token,
+                    lifetime: state.ttl,
+                })
+                .map_err(|_| OAuthError::server_error())?,
+        ),
+        None => None,
+    };
     let now = crate::unix_now() as i64;
     state
         .grants
@@ -394,5 +461,108 @@ async fn issue_user_tokens(
             ..Event::default()
         })
         .map_err(|_| OAuthError::audit_unavailable())?;
-    Ok(success(&issued, Some(refresh)))
+    Ok(success(&issued, Some(refresh), id_token))
+}
+
+/// The token type of an access token (RFC 8693 §3): the only type exchanged here, both ways.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// The token-exchange grant (RFC 8693 §2): the authenticated client is the actor, the subject
+/// token a user's access token addressed to it. The rules are the mesh `ExchangeToken`'s, from
+/// the same [`crate::exchange::TokenExchange`].
+async fn token_exchange(
+    state: &HttpState,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
+    let subject_token = params
+        .get("subject_token")
+        .ok_or_else(|| OAuthError::invalid_request("subject_token is required"))?;
+    match params.get("subject_token_type").map(String::as_str) {
+        Some(ACCESS_TOKEN_TYPE) => {}
+        Some(_) => {
+            return Err(OAuthError::invalid_request(
+                "subject_token_type must be urn:ietf:params:oauth:token-type:access_token",
+            ));
+        }
+        None => {
+            return Err(OAuthError::invalid_request(
+                "subject_token_type is required",
+            ));
+        }
+    }
+    if params
+        .get("requested_token_type")
+        .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
+    {
+        return Err(OAuthError::invalid_request(
+            "requested_token_type: only access tokens are issued",
+        ));
+    }
+    // The actor is the client that authenticated; a second proof of it is not taken.
+    if params.contains_key("actor_token") || params.contains_key("actor_token_type") {
+        return Err(OAuthError::invalid_request(
+            "actor_token is not accepted: the authenticated client is the actor",
+        ));
+    }
+    if params.contains_key("resource") {
+        return Err(OAuthError::bad_request(
+            "invalid_target",
+            "name the service with audience; resource URIs are not used by this issuer",
+        ));
+    }
+    let audience = params
+        .get("audience")
+        .ok_or_else(|| OAuthError::invalid_request("audience is required"))?;
+    let exchanged = state
+        .exchange
+        .exchange(
+            client,
+            subject_token,
+            audience,
+            &requested_scopes(params),
+            TOKEN_PATH,
+        )
+        .await
+        .map_err(|refusal| exchange_error(state, client, refusal))?;
+    let issued = exchanged.issued;
+    let body = json!({
+        "access_token": issued.access_token,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scopes.join(" "),
+    });
+    Ok((StatusCode::OK, no_store(), axum::Json(body)).into_response())
+}
+
+/// A refused exchange as RFC 8693 §2.2.2 answers it: `invalid_request` for a subject token that
+/// is not acceptable (which check failed is for the audit chain only), `invalid_target` and
+/// `invalid_scope` for what the client may not get.
+fn exchange_error(state: &HttpState, client: &Client, refusal: Refusal) -> OAuthError {
+    let error = match &refusal {
+        Refusal::Grant(error) => scope_error(*error),
+        Refusal::NotDelegated => OAuthError::bad_request(
+            "invalid_scope",
+            "the user's token does not let this client act with these scopes",
+        ),
+        Refusal::Unavailable | Refusal::Signing => OAuthError::server_error(),
+        Refusal::AuditUnavailable => return OAuthError::audit_unavailable(),
+        Refusal::NotForCaller
+        | Refusal::Revoked
+        | Refusal::Invalid(_)
+        | Refusal::AlreadyExchanged
+        | Refusal::Expired => OAuthError::invalid_request(
+            "subject_token is invalid, expired, revoked or not addressed to this client",
+        ),
+    };
+    state.audit.refusal(Event {
+        decision: "deny",
+        reason: refusal.reason(),
+        method: TOKEN_PATH,
+        client: &client.client_id,
+        actor: &client.client_id,
+        ..Event::default()
+    });
+    error
 }

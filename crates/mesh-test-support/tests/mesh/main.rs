@@ -4,6 +4,7 @@
 mod attacks;
 mod balance;
 mod capture;
+mod exchange_grant;
 mod flow;
 mod fuzz;
 mod hop;
@@ -11,6 +12,7 @@ mod identity;
 mod issuer_limits;
 mod keys;
 mod metrics;
+mod oidc;
 mod refusals;
 mod replicas;
 mod resilience;

@@ -7,7 +7,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use mesh_dev::devmesh::MESHCTL_DEMO_SECRET;
 use mesh_test_support::TestMesh;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 struct Answer {
     status: u16,
@@ -222,21 +222,37 @@ async fn repeated_failed_client_authentication_is_rate_limited() {
     mesh.stop().await;
 }
 
-/// No ID-token metadata (none are issued), and every endpoint the document names answers.
+/// The fields OpenID Connect Discovery 1.0 §3 requires, each with what is really served, and
+/// every endpoint the document names answers.
 async fn assert_discovery_advertises_only_what_is_served(
     http: &reqwest::Client,
     discovery: &Value,
 ) {
     let fields = discovery.as_object().expect("an object");
     for field in [
-        "id_token_signing_alg_values_supported",
+        "issuer",
+        "authorization_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+        "response_types_supported",
         "subject_types_supported",
-        "userinfo_endpoint",
+        "id_token_signing_alg_values_supported",
     ] {
-        assert!(
-            !fields.contains_key(field),
-            "advertises {field}, which is not served"
-        );
+        assert!(fields.contains_key(field), "{field} is required");
+    }
+    assert_eq!(
+        discovery["id_token_signing_alg_values_supported"],
+        json!(["EdDSA"])
+    );
+    assert_eq!(discovery["response_types_supported"], json!(["code"]));
+    assert_eq!(discovery["subject_types_supported"], json!(["public"]));
+    // Absent, these would mean "supported" (request_uri) to a strict client.
+    for field in [
+        "request_uri_parameter_supported",
+        "request_parameter_supported",
+        "claims_parameter_supported",
+    ] {
+        assert_eq!(discovery[field], json!(false), "{field}");
     }
     for (field, url) in fields
         .iter()

@@ -1,0 +1,388 @@
+//! OpenID Connect, proven with a relying party we did not write (the `openidconnect` crate):
+//! discovery, the JWKS, the ID token (signature, nonce, `at_hash`), PKCE and userinfo — and the
+//! ways an ID token or a userinfo call can be misused.
+
+use mesh_dev::oauth::{CLIENT_ID, REDIRECT_URI};
+use mesh_proto::auth::v1::ExchangeTokenRequest;
+use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use mesh_test_support::TestMesh;
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
+    CoreUserInfoClaims,
+};
+use openidconnect::{
+    AccessTokenHash, AuthenticationContextClass, AuthorizationCode, ClientId, CsrfToken, IssuerUrl,
+    Nonce, OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope, TokenResponse,
+};
+use serde_json::Value;
+
+/// What a person does on the login page: opens the authorization URL, then submits the form it
+/// shows with their name and password. Returns the Location the auth service redirects to.
+pub(crate) async fn sign_in(
+    http: &reqwest::Client,
+    authorize_url: &url::Url,
+    user: &str,
+) -> String {
+    let page = http.get(authorize_url.clone()).send().await.expect("page");
+    assert_eq!(page.status(), 200, "the login page");
+    let mut form: Vec<(String, String)> = authorize_url.query_pairs().into_owned().collect();
+    form.push(("username".into(), user.into()));
+    form.push(("password".into(), format!("{user}-demo-password")));
+    let mut action = authorize_url.clone();
+    action.set_query(None);
+    let answer = http.post(action).form(&form).send().await.expect("login");
+    assert_eq!(answer.status(), 302, "{:?}", answer.text().await);
+    answer.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+/// The value of `name` in the query of `location`.
+pub(crate) fn query_value(location: &str, name: &str) -> Option<String> {
+    url::Url::parse(location)
+        .expect("a URL")
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A relying party for the public `meshctl-cli` client, configured from discovery only.
+async fn relying_party(
+    mesh: &TestMesh,
+    http: &reqwest::Client,
+) -> CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+> {
+    let issuer = IssuerUrl::new(mesh.mesh.issuer.clone()).expect("issuer URL");
+    let metadata = CoreProviderMetadata::discover_async(issuer, http)
+        .await
+        .expect("OpenID Connect discovery");
+    assert_eq!(
+        metadata.id_token_signing_alg_values_supported(),
+        &vec![CoreJwsSigningAlgorithm::EdDsa]
+    );
+    CoreClient::from_provider_metadata(metadata, ClientId::new(CLIENT_ID.into()), None)
+        .set_redirect_uri(RedirectUrl::new(REDIRECT_URI.into()).expect("redirect URI"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_party_relying_party_signs_in_verifies_the_id_token_and_reads_userinfo() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let http = mesh.https().expect("https");
+    let client = relying_party(&mesh, &http).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (authorize_url, csrf, nonce) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("profile".into()))
+        .add_extra_param("audience", "orders")
+        .set_pkce_challenge(challenge)
+        .url();
+
+    let location = sign_in(&http, &authorize_url, "alice").await;
+    assert!(location.starts_with(REDIRECT_URI), "{location}");
+    assert_eq!(
+        query_value(&location, "state").as_deref(),
+        Some(csrf.secret().as_str())
+    );
+    let code = query_value(&location, "code").expect("a code");
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(code))
+        .expect("token endpoint")
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .expect("tokens");
+
+    // The library checks the signature against the discovered JWKS, `iss`, `aud`, `exp` and
+    // the nonce; then the access-token hash as Core §3.1.3.8 says.
+    let id_token = tokens.id_token().expect("an ID token for an openid login");
+    let id_verifier = client.id_token_verifier();
+    let claims = id_token
+        .claims(&id_verifier, &nonce)
+        .expect("a valid ID token");
+    assert_eq!(claims.subject().as_str(), "alice");
+    assert_eq!(claims.nonce().map(Nonce::secret), Some(nonce.secret()));
+    assert!(claims.auth_time().is_some());
+    assert_eq!(
+        claims.auth_context_ref(),
+        Some(&AuthenticationContextClass::new("1".into()))
+    );
+    let expected_hash = AccessTokenHash::from_token(
+        tokens.access_token(),
+        id_token.signing_alg().expect("alg"),
+        id_token.signing_key(&id_verifier).expect("key"),
+    )
+    .expect("hash");
+    assert_eq!(claims.access_token_hash(), Some(&expected_hash));
+    // `sid` is the login the access token belongs to too.
+    let id_payload = payload(&id_token.to_string());
+    let access_payload = payload(tokens.access_token().secret());
+    assert_eq!(id_payload["sid"], access_payload["sid"]);
+    assert_eq!(id_payload["amr"], serde_json::json!(["pwd"]));
+
+    let userinfo: CoreUserInfoClaims = client
+        .user_info(
+            tokens.access_token().clone(),
+            Some(claims.subject().clone()),
+        )
+        .expect("userinfo endpoint")
+        .request_async(&http)
+        .await
+        .expect("userinfo");
+    assert_eq!(userinfo.subject().as_str(), "alice");
+    assert_eq!(
+        userinfo.preferred_username().map(|u| u.as_str()),
+        Some("alice")
+    );
+
+    // The access token still works at the service it is for.
+    let refreshed = client
+        .exchange_refresh_token(tokens.refresh_token().expect("refresh token"))
+        .expect("token endpoint")
+        .request_async(&http)
+        .await
+        .expect("refresh");
+    assert!(
+        refreshed.id_token().is_none(),
+        "a refresh renews the access token only"
+    );
+    let scopes: Vec<String> = refreshed
+        .scopes()
+        .expect("scope")
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert!(scopes.contains(&"openid".to_owned()), "{scopes:?}");
+    mesh.stop().await;
+}
+
+/// The claims of a JWT, without checking anything (the checks are the library's, above).
+pub(crate) fn payload(jwt: &str) -> Value {
+    use base64::Engine;
+    let part = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_token_carries_exactly_the_nonce_it_was_asked_for_and_another_is_refused() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let http = mesh.https().expect("https");
+    let client = relying_party(&mesh, &http).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (authorize_url, _, nonce) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .set_pkce_challenge(challenge)
+        .url();
+    let location = sign_in(&http, &authorize_url, "bob").await;
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(
+            query_value(&location, "code").expect("code"),
+        ))
+        .expect("token endpoint")
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .expect("tokens");
+    let id_token = tokens.id_token().expect("ID token");
+    assert_eq!(
+        payload(&id_token.to_string())["nonce"],
+        nonce.secret().as_str()
+    );
+    // A relying party that expected another nonce (a replayed or injected response) refuses it.
+    let other = Nonce::new_random();
+    let refused = id_token.claims(&client.id_token_verifier(), &other);
+    assert!(refused.is_err(), "an ID token for another request");
+    mesh.stop().await;
+}
+
+/// GET /oauth2/authorize with `params`; the redirect's Location.
+async fn authorize_redirect(mesh: &TestMesh, params: &[(&str, &str)]) -> String {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let answer = mesh
+        .https()
+        .expect("https")
+        .get(format!("{}/oauth2/authorize?{query}", mesh.mesh.issuer))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        answer.status(),
+        302,
+        "refused by redirect, not shown a page"
+    );
+    answer.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openid_request_without_a_nonce_or_profile_without_openid_is_refused() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let request = |scope: &'static str, nonce: Option<&'static str>| {
+        let mut params = vec![
+            ("response_type", "code"),
+            ("client_id", CLIENT_ID),
+            ("redirect_uri", REDIRECT_URI),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("state", "s1"),
+            ("scope", scope),
+        ];
+        params.extend(nonce.map(|n| ("nonce", n)));
+        params
+    };
+    for (scope, nonce, error) in [
+        ("openid", None, "invalid_request"),
+        ("openid", Some("two words"), "invalid_request"),
+        ("profile", None, "invalid_scope"),
+    ] {
+        let location = authorize_redirect(&mesh, &request(scope, nonce)).await;
+        assert!(location.starts_with(REDIRECT_URI), "{location}");
+        assert_eq!(
+            query_value(&location, "error").as_deref(),
+            Some(error),
+            "scope {scope:?}, nonce {nonce:?}: {location}"
+        );
+        assert_eq!(query_value(&location, "state").as_deref(), Some("s1"));
+    }
+    mesh.stop().await;
+}
+
+/// GET /oauth2/userinfo with `token` as the bearer; status and WWW-Authenticate.
+async fn userinfo(mesh: &TestMesh, token: &str) -> (u16, String) {
+    let answer = mesh
+        .https()
+        .expect("https")
+        .get(format!("{}/oauth2/userinfo", mesh.mesh.issuer))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("send");
+    let challenge = answer
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (answer.status().as_u16(), challenge)
+}
+
+/// The reasons of the issuer's refusals at the userinfo endpoint, in order.
+fn userinfo_refusals(mesh: &TestMesh) -> Vec<String> {
+    std::fs::read_to_string(mesh.mesh.audit.log("auth"))
+        .expect("audit log")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("record"))
+        .filter(|r| r["method"] == "/oauth2/userinfo" && r["decision"] == "deny")
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userinfo_refuses_id_tokens_exchanged_tokens_and_tokens_without_openid() {
+    let mesh = TestMesh::start().await.expect("mesh");
+    let http = mesh.https().expect("https");
+    let client = relying_party(&mesh, &http).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (authorize_url, _, _) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_extra_param("audience", "orders")
+        .set_pkce_challenge(challenge)
+        .url();
+    let location = sign_in(&http, &authorize_url, "alice").await;
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(
+            query_value(&location, "code").expect("code"),
+        ))
+        .expect("token endpoint")
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .expect("tokens");
+    let id_token = tokens.id_token().expect("ID token").to_string();
+    assert_eq!(userinfo(&mesh, tokens.access_token().secret()).await.0, 200);
+
+    // An ID token is not an access token. Its audience is the client, which is no service, so
+    // the verifier refuses it there; where an audience did match, its `typ` (JWT, not at+jwt)
+    // is refused first (attacks::typ_other_than_at_jwt_is_unauthenticated signs exactly that).
+    assert_eq!(payload(&id_token)["aud"], CLIENT_ID);
+    let (status, challenge) = userinfo(&mesh, &id_token).await;
+    assert_eq!(status, 401);
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
+    assert_eq!(
+        userinfo_refusals(&mesh).last().map(String::as_str),
+        Some("invalid token: wrong audience")
+    );
+    let header = jsonwebtoken::decode_header(&id_token).expect("header");
+    assert_eq!(header.typ.as_deref(), Some("JWT"));
+
+    // A token orders got by exchanging alice's carries her `sid` but acts for orders: it is for
+    // orders' calls, not for reading who she is. Refused as a token, before its scopes matter.
+    let mut auth = AuthServiceClient::new(mesh.auth_channel("orders").expect("channel"));
+    let exchanged = auth
+        .exchange_token(ExchangeTokenRequest {
+            subject_token: tokens.access_token().secret().clone(),
+            audience: "inventory".into(),
+            scopes: vec![],
+        })
+        .await
+        .expect("exchange")
+        .into_inner()
+        .access_token;
+    let (status, _) = userinfo(&mesh, &exchanged).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        userinfo_refusals(&mesh).last().map(String::as_str),
+        Some("not_a_user_token")
+    );
+
+    // A login without `openid` gets no ID token, and its token may not read userinfo.
+    let plain = mesh.login("alice", "orders").await.expect("login");
+    let (status, challenge) = userinfo(&mesh, &plain.access_token).await;
+    assert_eq!(status, 403);
+    assert!(
+        challenge.contains(r#"error="insufficient_scope""#),
+        "{challenge}"
+    );
+
+    // No token at all: the bare challenge (RFC 6750 §3.1).
+    let answer = http
+        .get(format!("{}/oauth2/userinfo", mesh.mesh.issuer))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status(), 401);
+    assert_eq!(
+        answer.headers()["www-authenticate"],
+        r#"Bearer realm="mesh""#
+    );
+    mesh.stop().await;
+}
