@@ -30,9 +30,17 @@ pub struct Client {
     scopes: Vec<String>,
     redirect_uris: Vec<String>,
     acts_for: std::collections::BTreeMap<String, Vec<String>>,
+    /// Whether a person is asked before this client gets anything for them.
+    pub needs_consent: bool,
+    post_logout_redirect_uris: Vec<String>,
 }
 
 impl Client {
+    /// Whether `uri` is a registered post-logout redirect URI, compared exactly.
+    pub fn allows_post_logout_redirect(&self, uri: &str) -> bool {
+        self.post_logout_redirect_uris.iter().any(|r| r == uri)
+    }
+
     /// A public client has no secret: it identifies itself by `client_id` and proves possession
     /// of the login with PKCE instead.
     pub fn is_public(&self) -> bool {
@@ -182,6 +190,8 @@ impl Registry {
                 scopes: config.scopes.clone(),
                 redirect_uris: config.redirect_uris.clone(),
                 acts_for: config.acts_for.clone(),
+                needs_consent: config.consent,
+                post_logout_redirect_uris: config.post_logout_redirect_uris.clone(),
             };
             if let Some(id) = &client.spiffe_id {
                 by_spiffe.insert(id.clone(), client.client_id.clone());

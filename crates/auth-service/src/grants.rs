@@ -45,6 +45,9 @@ pub struct CodeGrant {
     pub nonce: Option<String>,
     /// When the user authenticated (seconds since the epoch): the ID token's `auth_time`.
     pub auth_time: i64,
+    /// The browser session at the issuer the login was made in (`session_id`), if any: signing
+    /// out of it revokes the login.
+    pub browser_session: Option<String>,
 }
 
 /// Why a code or refresh token was not redeemed.
@@ -125,6 +128,21 @@ impl Grants {
         }
     }
 
+    /// The database (the browser sessions share it).
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// How long a revoked login's revocation must stay in the log.
+    pub(crate) fn session_horizon(&self) -> Duration {
+        self.session_horizon
+    }
+
+    /// Wakes the revocation streams after a revocation committed elsewhere.
+    pub(crate) fn revoked_now(&self) {
+        self.revoked.send_replace(());
+    }
+
     /// A receiver that is marked changed after every revocation.
     pub fn revocation_ticks(&self) -> watch::Receiver<()> {
         self.revoked.subscribe()
@@ -176,7 +194,7 @@ impl Grants {
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(
             "INSERT INTO token_families (family_id, client_id, username, scope, audience, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+             created_at, browser_session) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&grant.family_id)
         .bind(&grant.client_id)
@@ -184,6 +202,7 @@ impl Grants {
         .bind(&grant.scope)
         .bind(&grant.audience)
         .bind(crate::unix_now() as i64)
+        .bind(grant.browser_session.as_deref())
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -504,6 +523,8 @@ impl CodeGrantRow {
             expires_at: self.state.expires_at,
             nonce: self.nonce,
             auth_time: self.auth_time.unwrap_or_default(),
+            // Not needed once the code is redeemed: the family keeps it.
+            browser_session: None,
         }
     }
 }
@@ -537,7 +558,7 @@ async fn log_revocation(
     Ok(())
 }
 
-async fn revoke_family_in(
+pub(crate) async fn revoke_family_in(
     db: &Db,
     tx: &mut mesh_service::Tx,
     family_id: &str,

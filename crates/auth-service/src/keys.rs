@@ -296,6 +296,32 @@ impl KeyStore {
         jsonwebtoken::encode(&header, claims, &signing.encoding)
     }
 
+    /// Checks an `id_token_hint` (RP-Initiated Logout 1.0 §2): an ID token signed with one of
+    /// the published keys (`typ: JWT`, EdDSA, `iss` = `issuer`). An expired one is accepted, as
+    /// the specification allows: a person may sign out long after signing in.
+    pub fn verify_id_token_hint(
+        &self,
+        issuer: &str,
+        token: &str,
+    ) -> Option<crate::oidc::HintClaims> {
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some("JWT") {
+            return None;
+        }
+        let jwks: JwkSet = serde_json::from_value(self.jwks()).ok()?;
+        let jwk = jwks.find(header.kid.as_deref()?)?;
+        let key = DecodingKey::from_jwk(jwk).ok()?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["iss", "sub", "aud"]);
+        jsonwebtoken::decode::<crate::oidc::HintClaims>(token, &key, &validation)
+            .ok()
+            .map(|data| data.claims)
+    }
+
     /// The JWKS document: the current key, the next one and the retired ones still needed.
     pub fn jwks(&self) -> serde_json::Value {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());

@@ -55,6 +55,7 @@ pub mod passwords;
 pub mod ratelimit;
 pub mod revocations;
 pub mod sealing;
+pub mod sessions;
 pub mod settings;
 pub mod users;
 
@@ -301,6 +302,7 @@ impl Application {
             issuer: issuer.clone(),
             registry,
             users: Arc::new(users::Users::new(config)),
+            sessions: sessions::Sessions::new(grants.clone()),
             grants,
             verifiers: verifiers.clone(),
             exchange,
@@ -541,4 +543,5 @@ pub const MIGRATIONS: mesh_service::Migrations = mesh_service::migrations![
     "0006_family_grant.sql",
     "0007_rejoin_lineage.sql",
     "0008_openid_login.sql",
+    "0009_browser_sessions.sql",
 ];

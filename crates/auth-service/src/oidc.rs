@@ -7,7 +7,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 
 /// The scope that makes an authorization request an OpenID Connect one.
@@ -76,6 +76,17 @@ pub struct IdClaims {
     pub acr: String,
     /// The authentication methods (RFC 8176).
     pub amr: Vec<String>,
+}
+
+/// What a sign-out request's `id_token_hint` tells, once its signature checked out.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HintClaims {
+    /// The user.
+    pub sub: String,
+    /// The client it was issued to.
+    pub aud: String,
+    /// The login (token family) it belongs to.
+    pub sid: String,
 }
 
 #[cfg(test)]

@@ -376,6 +376,14 @@ pub struct ClientConfig {
     /// the subject token maps to here (and the client holds).
     #[serde(default)]
     pub acts_for: std::collections::BTreeMap<String, Vec<String>>,
+    /// Whether a person is asked, once, to let this client have what it asks for (a client of
+    /// another party). First-party clients (meshctl) are not asked.
+    #[serde(default)]
+    pub consent: bool,
+    /// Where the client may send a person after signing out (RP-initiated logout), matched
+    /// exactly like redirect URIs.
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
 }
 
 impl ClientConfig {
@@ -448,6 +456,16 @@ impl AuthConfig {
             for uri in &client.redirect_uris {
                 check_redirect_uri(uri)
                     .map_err(|why| format!("client {id:?}: redirect_uri {uri:?}: {why}"))?;
+            }
+            for uri in &client.post_logout_redirect_uris {
+                check_redirect_uri(uri).map_err(|why| {
+                    format!("client {id:?}: post_logout_redirect_uri {uri:?}: {why}")
+                })?;
+            }
+            if !code_flow && (client.consent || !client.post_logout_redirect_uris.is_empty()) {
+                return Err(format!(
+                    "client {id:?}: consent and post_logout_redirect_uris are for authorization_code clients"
+                ));
             }
             for (user_scope, downstream) in &client.acts_for {
                 if let Some(scope) = downstream.iter().find(|s| !client.scopes.contains(s)) {

@@ -100,24 +100,8 @@ pub async fn login_with_password(
     let pkce = Pkce::new();
     let state = random_text();
     let url = authorize_url(issuer, &pkce, &state, audience)?;
-    let page = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| LoginError::Http(e.to_string()))?;
-    if page.status().as_u16() != 200 {
-        return Err(LoginError::Refused(describe_refusal(page).await));
-    }
-    let mut form: Vec<(String, String)> = url
-        .split_once('?')
-        .map(|(_, q)| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    form.push(("username".into(), username.into()));
-    form.push(("password".into(), password.into()));
-    let answer = http
-        .post(format!("{}/oauth2/authorize", issuer.trim_end_matches('/')))
-        .form(&form)
-        .send()
+    let page = open_login_page(http, &url).await?;
+    let answer = submit_login(http, &url, &page, username, password)
         .await
         .map_err(|e| LoginError::Http(e.to_string()))?;
     match answer.status().as_u16() {
@@ -133,6 +117,81 @@ pub async fn login_with_password(
         .to_owned();
     let code = code_from_redirect(&location, &state)?;
     exchange_code(http, issuer, &code, &pkce).await
+}
+
+/// What a browser keeps from the login page: the issuer's session cookie (`name=value`) and
+/// the CSRF token of the form, which is bound to that cookie.
+#[derive(Debug, Clone)]
+pub struct LoginPage {
+    /// The `Cookie` header to send back.
+    pub cookie: String,
+    /// The form's `csrf` field.
+    pub csrf: String,
+}
+
+/// Opens the login page of the authorization request `url` as a browser would.
+pub async fn open_login_page(http: &reqwest::Client, url: &str) -> Result<LoginPage, LoginError> {
+    let page = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| LoginError::Http(e.to_string()))?;
+    if page.status().as_u16() != 200 {
+        return Err(LoginError::Refused(describe_refusal(page).await));
+    }
+    let cookie = session_cookie(page.headers());
+    let html = page
+        .text()
+        .await
+        .map_err(|e| LoginError::Http(e.to_string()))?;
+    match (cookie, csrf_field(&html)) {
+        (Some(cookie), Some(csrf)) => Ok(LoginPage { cookie, csrf }),
+        _ => Err(LoginError::Refused(
+            "the login page set no session cookie or has no CSRF field".into(),
+        )),
+    }
+}
+
+/// The `name=value` of the issuer's session cookie in a response's `Set-Cookie` headers.
+pub fn session_cookie(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|pair| pair.starts_with("__Host-mesh-session=") && pair.len() > 21)
+        .map(str::to_owned)
+}
+
+/// The value of the `csrf` hidden field of a page.
+pub fn csrf_field(html: &str) -> Option<String> {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker)? + marker.len();
+    let end = html[start..].find('"')?;
+    Some(html[start..start + end].to_owned())
+}
+
+/// Posts the login form of `url` (its query is the authorization request) with the page's
+/// cookie and CSRF token, as a browser would; the answer is not followed.
+pub async fn submit_login(
+    http: &reqwest::Client,
+    url: &str,
+    page: &LoginPage,
+    username: &str,
+    password: &str,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let (action, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut form: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    form.push(("csrf".into(), page.csrf.clone()));
+    form.push(("username".into(), username.into()));
+    form.push(("password".into(), password.into()));
+    http.post(action)
+        .header(reqwest::header::COOKIE, &page.cookie)
+        .form(&form)
+        .send()
+        .await
 }
 
 /// Reads the code out of the redirect back to us, checking `state`.

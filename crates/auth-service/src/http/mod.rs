@@ -6,7 +6,10 @@
 
 mod authorize;
 mod extract;
+mod logout;
+mod pages;
 mod revoke;
+mod session;
 mod token;
 mod userinfo;
 
@@ -41,6 +44,10 @@ pub const AUTHORIZE_PATH: &str = "/oauth2/authorize";
 pub const REVOKE_PATH: &str = "/oauth2/revoke";
 /// Path of the introspection endpoint (RFC 7662).
 pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
+/// Path of the consent form's answer.
+pub const CONSENT_PATH: &str = "/oauth2/consent";
+/// Path of the end-session endpoint (RP-initiated sign-out).
+pub const LOGOUT_PATH: &str = "/oauth2/logout";
 /// Path of the OpenID Connect userinfo endpoint.
 pub const USERINFO_PATH: &str = "/oauth2/userinfo";
 
@@ -55,6 +62,8 @@ pub struct HttpState {
     pub users: Arc<Users>,
     /// Codes, refresh tokens and their families.
     pub grants: Grants,
+    /// People's sessions at the issuer and their consents.
+    pub sessions: crate::sessions::Sessions,
     /// Verifies our own tokens (revocation, introspection).
     pub verifiers: Arc<LocalVerifiers>,
     /// The token-exchange grant's rules, shared with the mesh's `ExchangeToken`.
@@ -78,6 +87,8 @@ pub fn router(state: HttpState) -> Router {
         .route(JWKS_PATH, get(jwks))
         .route(TOKEN_PATH, post(token::token))
         .route(AUTHORIZE_PATH, get(authorize::page).post(authorize::login))
+        .route(CONSENT_PATH, post(authorize::consent))
+        .route(LOGOUT_PATH, get(logout::page).post(logout::form))
         .route(REVOKE_PATH, post(revoke::revoke))
         .route(INTROSPECT_PATH, post(revoke::introspect))
         .route(
@@ -100,11 +111,13 @@ async fn discovery(State(state): State<HttpState>) -> Response {
         "token_endpoint": format!("{issuer}{TOKEN_PATH}"),
         "authorization_endpoint": format!("{issuer}{AUTHORIZE_PATH}"),
         "userinfo_endpoint": format!("{issuer}{USERINFO_PATH}"),
+        "end_session_endpoint": format!("{issuer}{LOGOUT_PATH}"),
         "revocation_endpoint": format!("{issuer}{REVOKE_PATH}"),
         "introspection_endpoint": format!("{issuer}{INTROSPECT_PATH}"),
         "grant_types_supported": crate::settings::GRANT_TYPES,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
+        "prompt_values_supported": ["none", "login", "consent"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "scopes_supported": crate::oidc::IDENTITY_SCOPES,

@@ -17,6 +17,7 @@ mod refusals;
 mod replicas;
 mod resilience;
 mod revocation;
+mod sso;
 mod tidy;
 mod tls;
 mod token_endpoint;

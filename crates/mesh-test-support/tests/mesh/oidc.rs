@@ -16,21 +16,42 @@ use openidconnect::{
 };
 use serde_json::Value;
 
-/// What a person does on the login page: opens the authorization URL, then submits the form it
-/// shows with their name and password. Returns the Location the auth service redirects to.
+/// What a person does on the login page: opens the authorization URL, submits the form it
+/// shows (with its cookie and CSRF token) with their name and password, and allows what the
+/// client asks for if a consent page follows. Returns the Location the auth service redirects
+/// to.
 pub(crate) async fn sign_in(
     http: &reqwest::Client,
     authorize_url: &url::Url,
     user: &str,
 ) -> String {
-    let page = http.get(authorize_url.clone()).send().await.expect("page");
-    assert_eq!(page.status(), 200, "the login page");
-    let mut form: Vec<(String, String)> = authorize_url.query_pairs().into_owned().collect();
-    form.push(("username".into(), user.into()));
-    form.push(("password".into(), format!("{user}-demo-password")));
-    let mut action = authorize_url.clone();
-    action.set_query(None);
-    let answer = http.post(action).form(&form).send().await.expect("login");
+    let page = mesh_dev::oauth::open_login_page(http, authorize_url.as_str())
+        .await
+        .expect("the login page");
+    let password = format!("{user}-demo-password");
+    let answer =
+        mesh_dev::oauth::submit_login(http, authorize_url.as_str(), &page, user, &password)
+            .await
+            .expect("login");
+    let answer = if answer.status() == 200 {
+        let cookie = mesh_dev::oauth::session_cookie(answer.headers()).expect("a session");
+        let html = answer.text().await.expect("page");
+        let csrf = mesh_dev::oauth::csrf_field(&html).expect("a consent form");
+        let mut form: Vec<(String, String)> = authorize_url.query_pairs().into_owned().collect();
+        form.push(("csrf".into(), csrf));
+        form.push(("decision".into(), "allow".into()));
+        let mut action = authorize_url.clone();
+        action.set_path("/oauth2/consent");
+        action.set_query(None);
+        http.post(action)
+            .header("cookie", cookie)
+            .form(&form)
+            .send()
+            .await
+            .expect("consent")
+    } else {
+        answer
+    };
     assert_eq!(answer.status(), 302, "{:?}", answer.text().await);
     answer.headers()["location"]
         .to_str()

@@ -33,23 +33,12 @@ async fn authorize(mesh: &TestMesh, params: &[(&str, &str)]) -> (u16, String) {
 /// Logs in through the form and returns the code and the PKCE pair, without exchanging it.
 pub(crate) async fn code_for(mesh: &TestMesh, user: &str) -> (String, Pkce) {
     let pkce = Pkce::new();
-    let mut form = vec![
-        ("response_type", "code".to_owned()),
-        ("client_id", CLIENT_ID.to_owned()),
-        ("redirect_uri", REDIRECT_URI.to_owned()),
-        ("code_challenge", pkce.challenge.clone()),
-        ("code_challenge_method", "S256".to_owned()),
-        ("state", "s1".to_owned()),
-        ("username", user.to_owned()),
-        ("password", format!("{user}-demo-password")),
-    ];
-    form.push(("audience", "orders".to_owned()));
-    let response = mesh
-        .https()
-        .expect("https")
-        .post(format!("{}/oauth2/authorize", mesh.mesh.issuer))
-        .form(&form)
-        .send()
+    let http = mesh.https().expect("https");
+    let url = login::authorize_url(&mesh.mesh.issuer, &pkce, "s1", "orders").expect("url");
+    let page = login::open_login_page(&http, &url)
+        .await
+        .expect("login page");
+    let response = login::submit_login(&http, &url, &page, user, &format!("{user}-demo-password"))
         .await
         .expect("send");
     assert_eq!(response.status().as_u16(), 302);
