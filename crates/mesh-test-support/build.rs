@@ -1,12 +1,21 @@
 //! Sets `cfg(mesh_postgres)` where the tests can start a real PostgreSQL (its binaries are
-//! installed, or `MESH_PG_BIN` names them) and where `CI` is set (CI must run them, so a missing
-//! server fails there). Elsewhere the PostgreSQL tests are marked ignored, and the summary line
-//! counts them.
+//! installed, or `MESH_PG_BIN` names them) and `cfg(mesh_browser)` where Debian's `chromium` and
+//! `chromium-driver` are installed; both wherever `CI` is set (CI must run those tests, so a
+//! missing part fails there). Elsewhere the tests that need them are marked ignored, and the
+//! summary line counts them.
 
 use std::path::Path;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(mesh_postgres)");
+    println!("cargo::rustc-check-cfg=cfg(mesh_browser)");
+    println!("cargo::rerun-if-changed=/usr/bin/chromedriver");
+    let browser = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .iter()
+        .all(|path| Path::new(path).exists());
+    if browser || std::env::var_os("CI").is_some() {
+        println!("cargo::rustc-cfg=mesh_browser");
+    }
     println!("cargo::rerun-if-env-changed=MESH_PG_BIN");
     println!("cargo::rerun-if-env-changed=CI");
     println!("cargo::rerun-if-changed=/usr/lib/postgresql");

@@ -36,9 +36,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// Whether `uri` is a registered post-logout redirect URI, compared exactly.
+    /// Whether `uri` is a registered post-logout redirect URI, compared like redirect URIs.
     pub fn allows_post_logout_redirect(&self, uri: &str) -> bool {
-        self.post_logout_redirect_uris.iter().any(|r| r == uri)
+        self.post_logout_redirect_uris
+            .iter()
+            .any(|r| r == uri || same_loopback_but_port(r, uri))
     }
 
     /// A public client has no secret: it identifies itself by `client_id` and proves possession
@@ -47,9 +49,13 @@ impl Client {
         self.secret_hash.is_none()
     }
 
-    /// Whether `uri` is one of the registered redirect URIs, compared exactly.
+    /// Whether `uri` is one of the registered redirect URIs: compared exactly, except that a
+    /// loopback one may come with any port (RFC 8252 §7.3: a native app listens on whatever port
+    /// the system gives it).
     pub fn allows_redirect(&self, uri: &str) -> bool {
-        self.redirect_uris.iter().any(|r| r == uri)
+        self.redirect_uris
+            .iter()
+            .any(|r| r == uri || same_loopback_but_port(r, uri))
     }
 
     /// The audience a user token is for when the request names none: the first registered.
@@ -260,6 +266,30 @@ impl Registry {
 
 pub use crate::passwords::hash_secret;
 
+/// Whether `asked` is the loopback `registered` (`http`, an IP literal: 127.0.0.1 or ::1) with
+/// another port and nothing else changed, written in the URL parser's normal form (so the string
+/// stored with the code is the URL the browser goes to).
+fn same_loopback_but_port(registered: &str, asked: &str) -> bool {
+    let (Ok(registered), Ok(parsed)) = (url::Url::parse(registered), url::Url::parse(asked)) else {
+        return false;
+    };
+    let loopback = match registered.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
+    };
+    loopback
+        && registered.scheme() == "http"
+        && parsed.scheme() == "http"
+        && parsed.host() == registered.host()
+        && parsed.path() == registered.path()
+        && parsed.query() == registered.query()
+        && parsed.username().is_empty()
+        && parsed.password().is_none()
+        && parsed.fragment().is_none()
+        && parsed.as_str() == asked
+}
+
 /// The audience a scope belongs to: what comes before its first `:` (`orders:read` → `orders`).
 pub fn scope_audience(scope: &str) -> &str {
     scope.split(':').next().unwrap_or_default()
@@ -268,6 +298,31 @@ pub fn scope_audience(scope: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loopback_redirect_may_change_its_port_and_nothing_else() {
+        let registered = "http://127.0.0.1:8976/callback";
+        assert!(same_loopback_but_port(
+            registered,
+            "http://127.0.0.1:41234/callback"
+        ));
+        for other in [
+            "http://127.0.0.2:41234/callback",
+            "http://localhost:41234/callback",
+            "https://127.0.0.1:41234/callback",
+            "http://127.0.0.1:41234/callback2",
+            "http://127.0.0.1:41234/callback?x=1",
+            "http://127.0.0.1:41234/callback#f",
+            "http://u@127.0.0.1:41234/callback",
+            "http://127.0.0.1:41234/./callback",
+        ] {
+            assert!(!same_loopback_but_port(registered, other), "{other}");
+        }
+        assert!(!same_loopback_but_port(
+            "https://shop.example/cb",
+            "https://shop.example:444/cb"
+        ));
+    }
     use crate::settings::AuthConfig;
 
     fn registry() -> Registry {

@@ -133,8 +133,8 @@ impl Sessions {
     }
 
     /// Ends a session and revokes every login made in it (their refresh tokens, access tokens
-    /// and the tokens exchanged from them, pushed to every verifier). Returns how many logins
-    /// were revoked.
+    /// and the tokens exchanged from them, pushed to every verifier). Returns how many clients
+    /// had a login revoked.
     pub async fn end(&self, session_id: &str, now: i64) -> Result<usize, sqlx::Error> {
         let db = self.grants.db();
         let mut tx = db.begin_write().await?;
@@ -157,13 +157,14 @@ impl Sessions {
         session_id: &str,
         now: i64,
     ) -> Result<usize, sqlx::Error> {
-        let families: Vec<String> = sqlx::query_scalar(
-            "SELECT family_id FROM token_families WHERE browser_session = $1 AND revoked_at IS NULL",
+        let families: Vec<(String, String)> = sqlx::query_as(
+            "SELECT family_id, client_id FROM token_families \
+             WHERE browser_session = $1 AND revoked_at IS NULL",
         )
         .bind(session_id)
         .fetch_all(&mut **tx)
         .await?;
-        for family in &families {
+        for (family, _) in &families {
             revoke_family_in(
                 self.grants.db(),
                 tx,
@@ -173,7 +174,9 @@ impl Sessions {
             )
             .await?;
         }
-        Ok(families.len())
+        let clients: std::collections::BTreeSet<&str> =
+            families.iter().map(|(_, client)| client.as_str()).collect();
+        Ok(clients.len())
     }
 
     /// The browser session a login (token family) was made in.

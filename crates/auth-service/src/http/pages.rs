@@ -65,9 +65,12 @@ pub(super) fn respond(status: StatusCode, page: &Page) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Not `no-referrer`: under it a browser sends `Origin: null` with our own forms, and the
+    // same-origin check could no longer tell them from a forged one. `same-origin` sends no
+    // referrer to any other site (the redirect to the client carries none).
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(
         "x-content-type-options",
@@ -174,15 +177,29 @@ pub(super) fn login(
     } else {
         ""
     };
+    // The name typed before (the form shown again) or the client's `login_hint` is kept, and
+    // the focus goes to the field still to fill in.
+    let known = params
+        .get("username")
+        .or_else(|| params.get("login_hint"))
+        .map(|name| escape(name));
+    let (user_focus, password_focus) = if known.is_some() {
+        ("", " autofocus")
+    } else {
+        (" autofocus", "")
+    };
+    let value = known
+        .map(|name| format!(" value=\"{name}\""))
+        .unwrap_or_default();
     let body = format!(
         "<p>to continue to <b>{client}</b>, which asks to:</p>\n{list}{error}\
          <form method=\"post\" action=\"{action}\">\n{hidden}\
          <label for=\"username\">Username</label>\
          <input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" \
-         autocapitalize=\"none\" spellcheck=\"false\" required autofocus{described}>\n\
+         autocapitalize=\"none\" spellcheck=\"false\" required{value}{user_focus}{described}>\n\
          <label for=\"password\">Password</label>\
          <input type=\"password\" id=\"password\" name=\"password\" \
-         autocomplete=\"current-password\" required{described}>\n\
+         autocomplete=\"current-password\" required{password_focus}{described}>\n\
          <div class=\"actions\"><button type=\"submit\">Sign in</button></div>\n</form>\n",
         client = escape(asking.client),
         list = asking_list(asking),

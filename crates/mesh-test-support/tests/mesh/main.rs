@@ -3,6 +3,7 @@
 
 mod attacks;
 mod balance;
+mod browser;
 mod capture;
 mod exchange_grant;
 mod flow;
