@@ -77,10 +77,22 @@ pub fn authorize_url(
     state: &str,
     audience: &str,
 ) -> Result<String, TokenError> {
+    authorize_url_to(issuer, pkce, state, audience, REDIRECT_URI)
+}
+
+/// Like [`authorize_url`], with the code sent back to `redirect` (a loopback URI on the port
+/// the caller listens on: RFC 8252 lets it be any).
+pub fn authorize_url_to(
+    issuer: &str,
+    pkce: &Pkce,
+    state: &str,
+    audience: &str,
+    redirect: &str,
+) -> Result<String, TokenError> {
     let challenge =
         PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(pkce.verifier.clone()));
     let state = state.to_owned();
-    let (url, _) = public_client(issuer)?
+    let (url, _) = public_client_to(issuer, redirect)?
         .authorize_url(move || CsrfToken::new(state))
         .set_pkce_challenge(challenge)
         .add_extra_param("audience", audience)
@@ -237,7 +249,18 @@ pub async fn exchange_code(
     code: &str,
     pkce: &Pkce,
 ) -> Result<TokenResponse, LoginError> {
-    let answer = public_client(issuer)?
+    exchange_code_to(http, issuer, code, pkce, REDIRECT_URI).await
+}
+
+/// Like [`exchange_code`], for a code sent to `redirect`.
+pub async fn exchange_code_to(
+    http: &reqwest::Client,
+    issuer: &str,
+    code: &str,
+    pkce: &Pkce,
+    redirect: &str,
+) -> Result<TokenResponse, LoginError> {
+    let answer = public_client_to(issuer, redirect)?
         .exchange_code(AuthorizationCode::new(code.to_owned()))
         .set_pkce_verifier(PkceCodeVerifier::new(pkce.verifier.clone()))
         .request_async(http)
@@ -292,11 +315,16 @@ type IssuerClient =
 
 /// meshctl's public client at `issuer`: no secret, the login proved with PKCE.
 fn public_client(issuer: &str) -> Result<IssuerClient, TokenError> {
+    public_client_to(issuer, REDIRECT_URI)
+}
+
+/// meshctl's public client, its codes sent to `redirect`.
+fn public_client_to(issuer: &str, redirect: &str) -> Result<IssuerClient, TokenError> {
     Ok(BasicClient::new(ClientId::new(CLIENT_ID.to_owned()))
         .set_auth_uri(endpoint(issuer, "/oauth2/authorize", AuthUrl::new)?)
         .set_token_uri(endpoint(issuer, "/oauth2/token", TokenUrl::new)?)
         .set_redirect_uri(
-            RedirectUrl::new(REDIRECT_URI.to_owned())
+            RedirectUrl::new(redirect.to_owned())
                 .map_err(|e| TokenError::local("redirect URI", e))?,
         ))
 }

@@ -298,6 +298,10 @@ pub struct LoginArgs {
     /// The password for `--username` (prefer the env var).
     #[arg(long, env = "MESH_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// Only print the sign-in URL; do not try to open a browser (`$BROWSER`, else `xdg-open`
+    /// or `open`).
+    #[arg(long)]
+    pub no_browser: bool,
     /// The audiences the login is for, space-separated; the first is the first access
     /// token's. The session can later get tokens for these audiences only (a refresh never
     /// widens a login).

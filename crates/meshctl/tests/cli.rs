@@ -851,3 +851,105 @@ fn hash_secret_generate_prints_a_random_secret_and_a_hash_the_auth_config_accept
         "a new secret each time"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_opens_the_browser_on_a_loopback_port_of_its_own_and_saves_the_session() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mesh = mesh_dev::devmesh::DevMesh::start(dir.path())
+        .await
+        .expect("mesh");
+    // The "browser": a script that writes down the URL it was asked to open.
+    let opened = dir.path().join("opened-url");
+    let script = dir.path().join("browser.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nprintf %s \"$1\" > {}\n", opened.display()),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let session = dir.path().join("alice/session.json");
+    let certs = mesh.dir().join("certs");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("login")
+        .env("BROWSER", &script)
+        .env("MESH_ISSUER", &mesh.issuer)
+        .env("MESH_TLS_CA", certs.join("ca.pem"))
+        .env("MESH_SESSION_FILE", &session)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("meshctl login");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let url = loop {
+        if let Ok(url) = std::fs::read_to_string(&opened)
+            && !url.is_empty()
+        {
+            break url;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no browser was opened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // RFC 8252: the redirect is a loopback address on the port meshctl got from the system.
+    let redirect = url::Url::parse(&url)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned())
+        .expect("a redirect_uri");
+    let callback = url::Url::parse(&redirect).expect("redirect URL");
+    assert_eq!(callback.host_str(), Some("127.0.0.1"));
+    assert_ne!(
+        callback.port(),
+        Some(8976),
+        "a port of its own, not the registered one"
+    );
+
+    // The person signs in on the page; the browser follows the redirect back to meshctl.
+    let http = mesh.https_client().expect("https");
+    let page = mesh_dev::oauth::open_login_page(&http, &url)
+        .await
+        .expect("page");
+    let answer = mesh_dev::oauth::submit_login(&http, &url, &page, "alice", "alice-demo-password")
+        .await
+        .expect("login");
+    assert_eq!(answer.status(), 302);
+    let location =
+        url::Url::parse(answer.headers()["location"].to_str().expect("ascii")).expect("location");
+    assert_eq!(location.port(), callback.port());
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", location.port().expect("port")))
+        .await
+        .expect("meshctl listens");
+    let target = format!(
+        "{}?{}",
+        location.path(),
+        location.query().unwrap_or_default()
+    );
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        format!("GET {target} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("send");
+    let mut reply = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut reply)
+        .await
+        .expect("reply");
+    assert!(reply.contains("meshctl is signed in"), "{reply}");
+
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("meshctl exits");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains(&url), "the URL is printed too: {printed}");
+    assert!(session.exists(), "the session is saved");
+    let listed = meshctl_in(&mesh, &session, &["orders", "list"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+}
