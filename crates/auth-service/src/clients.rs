@@ -32,6 +32,8 @@ pub struct Client {
     acts_for: std::collections::BTreeMap<String, Vec<String>>,
     /// Whether a person is asked before this client gets anything for them.
     pub needs_consent: bool,
+    /// Where a signed logout token is POSTed when a person's session with it ends.
+    pub backchannel_logout_uri: Option<String>,
     post_logout_redirect_uris: Vec<String>,
 }
 
@@ -197,6 +199,7 @@ impl Registry {
                 redirect_uris: config.redirect_uris.clone(),
                 acts_for: config.acts_for.clone(),
                 needs_consent: config.consent,
+                backchannel_logout_uri: config.backchannel_logout_uri.clone(),
                 post_logout_redirect_uris: config.post_logout_redirect_uris.clone(),
             };
             if let Some(id) = &client.spiffe_id {

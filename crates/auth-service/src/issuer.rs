@@ -120,6 +120,29 @@ impl Issuer {
         })
     }
 
+    /// Signs a logout token telling `client_id` that `subject`'s login `session` ended.
+    pub fn issue_logout_token(
+        &self,
+        client_id: &str,
+        subject: &str,
+        session: &str,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = crate::unix_now();
+        let mut jti = [0u8; 16];
+        rand::rng().fill_bytes(&mut jti);
+        let claims = crate::oidc::LogoutClaims {
+            iss: self.url.clone(),
+            aud: client_id.to_owned(),
+            iat: now,
+            exp: now + 120,
+            jti: URL_SAFE_NO_PAD.encode(jti),
+            sub: subject.to_owned(),
+            sid: session.to_owned(),
+            events: serde_json::json!({ crate::oidc::BACKCHANNEL_LOGOUT_EVENT: {} }),
+        };
+        self.keys.sign_logout_token(&claims)
+    }
+
     /// Signs an ID token (OpenID Connect Core §2): for the client, about the user, bound to the
     /// access token issued with it and to the client's `nonce`.
     pub fn issue_id_token(

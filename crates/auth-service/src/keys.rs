@@ -279,6 +279,15 @@ impl KeyStore {
         self.sign_typed("JWT", claims)
     }
 
+    /// Signs a back-channel logout token (`typ: logout+jwt`, as the specification recommends,
+    /// so it is neither an access token nor an ID token to anyone).
+    pub fn sign_logout_token(
+        &self,
+        claims: &crate::oidc::LogoutClaims,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign_typed("logout+jwt", claims)
+    }
+
     fn sign_typed(
         &self,
         typ: &str,

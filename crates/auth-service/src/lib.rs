@@ -40,6 +40,7 @@
 
 pub mod audit;
 pub mod authority;
+pub mod backchannel;
 pub mod clients;
 pub mod exchange;
 pub mod grants;
@@ -300,9 +301,20 @@ impl Application {
         });
         let http = http::HttpState {
             issuer: issuer.clone(),
-            registry,
+            registry: registry.clone(),
             users: Arc::new(users::Users::new(config)),
             sessions: sessions::Sessions::new(grants.clone()),
+            backchannel: backchannel::BackChannel {
+                http: backchannel::BackChannel::http_client(runtime.workload().roots.clone())
+                    .map_err(|e| StartError::runtime("back-channel logout client", e))?,
+                issuer: issuer.clone(),
+                registry: registry.clone(),
+                deliveries: runtime
+                    .meter()
+                    .u64_counter("mesh.logout.backchannel")
+                    .with_description("Back-channel logout deliveries to clients, by outcome")
+                    .build(),
+            },
             grants,
             verifiers: verifiers.clone(),
             exchange,

@@ -78,6 +78,31 @@ pub struct IdClaims {
     pub amr: Vec<String>,
 }
 
+/// The event of a logout token (OpenID Connect Back-Channel Logout 1.0 §2.4).
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// The claims of a logout token: like an ID token's, without `nonce` (§2.4 forbids it, so a
+/// logout token can never pass for an ID token), with the logout event.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogoutClaims {
+    /// The issuer URL.
+    pub iss: String,
+    /// The client told.
+    pub aud: String,
+    /// Issued at.
+    pub iat: u64,
+    /// Expiry: a logout token is for now, not for later.
+    pub exp: u64,
+    /// Unique, so the client can refuse a replay.
+    pub jti: String,
+    /// The user.
+    pub sub: String,
+    /// The login that ended: the `sid` of the client's ID token.
+    pub sid: String,
+    /// `{"http://schemas.openid.net/event/backchannel-logout": {}}`.
+    pub events: serde_json::Value,
+}
+
 /// What a sign-out request's `id_token_hint` tells, once its signature checked out.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HintClaims {

@@ -34,6 +34,18 @@ mesh_service::from_row!(BrowserSession {
     created_at
 });
 
+/// A login (token family) a sign-out revoked: who and which client, for the client's
+/// back-channel logout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedLogin {
+    /// The family: the `sid` of the client's ID token.
+    pub family_id: String,
+    /// The client.
+    pub client_id: String,
+    /// The user.
+    pub username: String,
+}
+
 /// The sessions and consents, in the grants database.
 #[derive(Debug, Clone)]
 pub struct Sessions {
@@ -84,7 +96,7 @@ impl Sessions {
         username: &str,
         replacing: Option<&BrowserSession>,
         now: i64,
-    ) -> Result<(String, BrowserSession), sqlx::Error> {
+    ) -> Result<(String, BrowserSession, Vec<RevokedLogin>), sqlx::Error> {
         let cookie = new_secret();
         let session = BrowserSession {
             session_id: new_secret(),
@@ -106,7 +118,7 @@ impl Sessions {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let mut revoked = false;
+        let mut revoked = Vec::new();
         if let Some(old) = replacing {
             sqlx::query("UPDATE browser_sessions SET ended_at = $1 WHERE session_id = $2")
                 .bind(now)
@@ -122,20 +134,20 @@ impl Sessions {
                 .execute(&mut *tx)
                 .await?;
             } else {
-                revoked = self.revoke_logins_in(&mut tx, &old.session_id, now).await? > 0;
+                revoked = self.revoke_logins_in(&mut tx, &old.session_id, now).await?;
             }
         }
         tx.commit().await?;
-        if revoked {
+        if !revoked.is_empty() {
             self.grants.revoked_now();
         }
-        Ok((cookie, session))
+        Ok((cookie, session, revoked))
     }
 
     /// Ends a session and revokes every login made in it (their refresh tokens, access tokens
-    /// and the tokens exchanged from them, pushed to every verifier). Returns how many clients
-    /// had a login revoked.
-    pub async fn end(&self, session_id: &str, now: i64) -> Result<usize, sqlx::Error> {
+    /// and the tokens exchanged from them, pushed to every verifier). Returns the logins it
+    /// revoked.
+    pub async fn end(&self, session_id: &str, now: i64) -> Result<Vec<RevokedLogin>, sqlx::Error> {
         let db = self.grants.db();
         let mut tx = db.begin_write().await?;
         sqlx::query(
@@ -156,15 +168,15 @@ impl Sessions {
         tx: &mut mesh_service::Tx,
         session_id: &str,
         now: i64,
-    ) -> Result<usize, sqlx::Error> {
-        let families: Vec<(String, String)> = sqlx::query_as(
-            "SELECT family_id, client_id FROM token_families \
+    ) -> Result<Vec<RevokedLogin>, sqlx::Error> {
+        let families: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT family_id, client_id, username FROM token_families \
              WHERE browser_session = $1 AND revoked_at IS NULL",
         )
         .bind(session_id)
         .fetch_all(&mut **tx)
         .await?;
-        for (family, _) in &families {
+        for (family, _, _) in &families {
             revoke_family_in(
                 self.grants.db(),
                 tx,
@@ -174,9 +186,14 @@ impl Sessions {
             )
             .await?;
         }
-        let clients: std::collections::BTreeSet<&str> =
-            families.iter().map(|(_, client)| client.as_str()).collect();
-        Ok(clients.len())
+        Ok(families
+            .into_iter()
+            .map(|(family_id, client_id, username)| RevokedLogin {
+                family_id,
+                client_id,
+                username,
+            })
+            .collect())
     }
 
     /// The browser session a login (token family) was made in.

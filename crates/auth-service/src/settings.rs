@@ -384,6 +384,11 @@ pub struct ClientConfig {
     /// exactly like redirect URIs.
     #[serde(default)]
     pub post_logout_redirect_uris: Vec<String>,
+    /// Where the issuer tells the client that a person signed out (OpenID Connect Back-Channel
+    /// Logout: a signed logout token POSTed there), https with a certificate from the mesh CA,
+    /// or loopback http.
+    #[serde(default)]
+    pub backchannel_logout_uri: Option<String>,
 }
 
 impl ClientConfig {
@@ -462,9 +467,17 @@ impl AuthConfig {
                     format!("client {id:?}: post_logout_redirect_uri {uri:?}: {why}")
                 })?;
             }
-            if !code_flow && (client.consent || !client.post_logout_redirect_uris.is_empty()) {
+            if let Some(uri) = &client.backchannel_logout_uri {
+                check_redirect_uri(uri).map_err(|why| {
+                    format!("client {id:?}: backchannel_logout_uri {uri:?}: {why}")
+                })?;
+            }
+            let sign_in_only = client.consent
+                || !client.post_logout_redirect_uris.is_empty()
+                || client.backchannel_logout_uri.is_some();
+            if !code_flow && sign_in_only {
                 return Err(format!(
-                    "client {id:?}: consent and post_logout_redirect_uris are for authorization_code clients"
+                    "client {id:?}: consent, post_logout_redirect_uris and backchannel_logout_uri are for authorization_code clients"
                 ));
             }
             for (user_scope, downstream) in &client.acts_for {

@@ -100,6 +100,8 @@ pub struct DevOptions {
     pub cert_ttl: Duration,
     /// Where the services keep their state.
     pub database: DevDatabase,
+    /// TOML appended to the example auth config (more clients, for a test).
+    pub extra_auth_config: String,
 }
 
 impl Default for DevOptions {
@@ -107,6 +109,7 @@ impl Default for DevOptions {
         Self {
             cert_ttl: Duration::from_secs(3600),
             database: DevDatabase::Sqlite,
+            extra_auth_config: String::new(),
         }
     }
 }
@@ -191,7 +194,10 @@ impl DevMesh {
         std::fs::write(&join_tokens, listed)?;
         let audit = AuditFiles::create(dir)?;
         let config_path = dir.join("auth.toml");
-        std::fs::write(&config_path, EXAMPLE_AUTH_CONFIG)?;
+        std::fs::write(
+            &config_path,
+            format!("{EXAMPLE_AUTH_CONFIG}\n{}", options.extra_auth_config),
+        )?;
 
         // Every service exports its spans to an OTLP receiver in this process.
         let sink = TraceSink::new();

@@ -650,7 +650,11 @@ pub(super) async fn login(
         .start(&user.username, previous.as_ref(), now)
         .await
     {
-        Ok(started) => started,
+        Ok((cookie, session, revoked)) => {
+            // Someone else's session ended here: their clients are told.
+            state.backchannel.notify(revoked);
+            (cookie, session)
+        }
         Err(error) => {
             tracing::error!(%error, "starting a browser session failed");
             return Refusal::Page(StatusCode::SERVICE_UNAVAILABLE, "Please try again.")

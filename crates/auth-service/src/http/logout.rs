@@ -218,7 +218,13 @@ async fn end(
         subject: &session.username,
         ..Event::default()
     });
-    finish(request, revoked, true)
+    let clients = revoked
+        .iter()
+        .map(|login| login.client_id.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    state.backchannel.notify(revoked);
+    finish(request, clients, true)
 }
 
 /// Back to the client (with its `state`) or the signed-out page; the cookie goes either way.

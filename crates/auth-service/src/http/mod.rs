@@ -64,6 +64,8 @@ pub struct HttpState {
     pub grants: Grants,
     /// People's sessions at the issuer and their consents.
     pub sessions: crate::sessions::Sessions,
+    /// Tells clients that a session ended (back-channel logout).
+    pub backchannel: crate::backchannel::BackChannel,
     /// Verifies our own tokens (revocation, introspection).
     pub verifiers: Arc<LocalVerifiers>,
     /// The token-exchange grant's rules, shared with the mesh's `ExchangeToken`.
@@ -118,6 +120,8 @@ async fn discovery(State(state): State<HttpState>) -> Response {
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "prompt_values_supported": ["none", "login", "consent"],
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "scopes_supported": crate::oidc::IDENTITY_SCOPES,

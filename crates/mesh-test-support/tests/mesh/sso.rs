@@ -580,3 +580,132 @@ async fn a_confirmed_sign_out_without_a_hint_needs_the_sessions_token_from_our_p
     );
     mesh.stop().await;
 }
+
+/// A client's back-channel logout endpoint: passes on the `logout_token` of every POST.
+async fn backchannel_endpoint() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let uri = format!(
+        "http://{}/backchannel",
+        listener.local_addr().expect("addr")
+    );
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            let token = form_urlencoded::parse(body.as_bytes())
+                                .find(|(k, _)| k == "logout_token")
+                                .map(|(_, v)| v.into_owned())
+                                .unwrap_or_default();
+                            let _ = tx.send(token);
+                            break;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (uri, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_back_channel_is_told_of_the_sign_out_by_a_signed_logout_token() {
+    let (endpoint, mut received) = backchannel_endpoint().await;
+    let client = format!(
+        "[[clients]]\nclient_id = \"backchannel-rp\"\ngrant_types = [\"authorization_code\"]\n\
+         redirect_uris = [\"http://127.0.0.1:9/callback\"]\n\
+         backchannel_logout_uri = \"{endpoint}\"\naudiences = [\"orders\"]\n\
+         scopes = [\"orders:read\"]\n"
+    );
+    let mesh = TestMesh::start_with(mesh_dev::devmesh::DevOptions {
+        extra_auth_config: client,
+        ..Default::default()
+    })
+    .await
+    .expect("mesh");
+    let mut browser = Browser::new(&mesh);
+    let redirect = "http://127.0.0.1:9/callback";
+    let (url, params, pkce) =
+        authorize_request(&mesh.mesh.issuer, "backchannel-rp", redirect, "orders", &[]);
+    let answer = sign_in(&mut browser, &url, &params, "alice").await;
+    assert_eq!(answer.status, 302, "{}", answer.body);
+    let code = query_value(&answer.location, "code").expect("code");
+    let (status, tokens) = token(
+        &mesh,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect),
+            ("client_id", "backchannel-rp"),
+            ("code_verifier", &pkce.verifier),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let id_token = tokens["id_token"].as_str().expect("id token").to_owned();
+
+    let answer = logout(&mut browser, &[("id_token_hint", &id_token)]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let logout_token = tokio::time::timeout(std::time::Duration::from_secs(10), received.recv())
+        .await
+        .expect("the client is told within 10 s")
+        .expect("a logout token");
+
+    // Signed by the issuer's key, typed logout+jwt, for this client, about this login.
+    let header = jsonwebtoken::decode_header(&logout_token).expect("header");
+    assert_eq!(header.typ.as_deref(), Some("logout+jwt"));
+    let jwks: jsonwebtoken::jwk::JwkSet = mesh
+        .https()
+        .expect("https")
+        .get(format!("{}/oauth2/jwks", mesh.mesh.issuer))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    let key = jsonwebtoken::DecodingKey::from_jwk(
+        jwks.find(header.kid.as_deref().expect("kid"))
+            .expect("a published key"),
+    )
+    .expect("key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["backchannel-rp"]);
+    validation.set_issuer(&[mesh.mesh.issuer.as_str()]);
+    let claims = jsonwebtoken::decode::<Value>(&logout_token, &key, &validation)
+        .expect("a valid logout token")
+        .claims;
+    assert_eq!(claims["sid"], payload(&id_token)["sid"]);
+    assert_eq!(claims["sub"], "alice");
+    assert!(claims["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
+    assert!(
+        claims.get("nonce").is_none(),
+        "a logout token never carries a nonce"
+    );
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    mesh.stop().await;
+}
