@@ -303,7 +303,11 @@ impl Application {
             issuer: issuer.clone(),
             registry: registry.clone(),
             users: Arc::new(users::Users::new(config)),
-            sessions: sessions::Sessions::new(grants.clone()),
+            sessions: sessions::Sessions::new(
+                grants.clone(),
+                settings::ttl(config.session_idle_secs),
+                settings::ttl(config.session_lifetime_secs),
+            ),
             backchannel: backchannel::BackChannel {
                 http: backchannel::BackChannel::http_client(runtime.workload().roots.clone())
                     .map_err(|e| StartError::runtime("back-channel logout client", e))?,

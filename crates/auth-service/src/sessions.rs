@@ -1,18 +1,13 @@
 //! People's sessions at the issuer (single sign-on) and the consents they gave.
 //!
 //! A session is a row named by the SHA-256 of a 256-bit cookie value; the cookie is the only
-//! copy of the secret. It lives at most [`ABSOLUTE_TIMEOUT`] from the sign-in and
-//! [`IDLE_TIMEOUT`] from its last use. Every login a client gets in the session (a token family)
+//! copy of the secret. It lives at most `session_lifetime_secs` from the sign-in and
+//! `session_idle_secs` from its last use (the auth config; 8 hours and 30 minutes by default). Every login a client gets in the session (a token family)
 //! remembers the session's public `session_id`, so ending the session revokes all of them.
 
 use std::time::Duration;
 
 use crate::grants::{Grants, hash_secret_token, new_secret, revoke_family_in};
-
-/// A session unused this long is over.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// A session is over this long after its sign-in, used or not.
-pub const ABSOLUTE_TIMEOUT: Duration = Duration::from_secs(8 * 60 * 60);
 
 /// A live session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,12 +45,24 @@ pub struct RevokedLogin {
 #[derive(Debug, Clone)]
 pub struct Sessions {
     grants: Grants,
+    idle: Duration,
+    lifetime: Duration,
 }
 
 impl Sessions {
-    /// Sessions stored beside `grants` (whose revocations a sign-out uses).
-    pub fn new(grants: Grants) -> Self {
-        Self { grants }
+    /// Sessions stored beside `grants` (whose revocations a sign-out uses) that end `idle`
+    /// after their last use and `lifetime` after their sign-in.
+    pub fn new(grants: Grants, idle: Duration, lifetime: Duration) -> Self {
+        Self {
+            grants,
+            idle,
+            lifetime,
+        }
+    }
+
+    /// How long a session lives at most: the cookie's `Max-Age`.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
     }
 
     /// The live session the cookie value names, marked used now; `None` when the value names
@@ -65,8 +72,8 @@ impl Sessions {
         cookie: &str,
         now: i64,
     ) -> Result<Option<BrowserSession>, sqlx::Error> {
-        let idle_since = now - IDLE_TIMEOUT.as_secs() as i64;
-        let started_since = now - ABSOLUTE_TIMEOUT.as_secs() as i64;
+        let idle_since = now - self.idle.as_secs() as i64;
+        let started_since = now - self.lifetime.as_secs() as i64;
         let session: Option<BrowserSession> = sqlx::query_as(
             "SELECT session_id, username, auth_time, created_at FROM browser_sessions \
              WHERE cookie_hash = $1 AND ended_at IS NULL AND last_seen_at > $2 AND created_at > $3",

@@ -229,6 +229,12 @@ pub struct AuthConfig {
     /// Lifetime of refresh tokens, in seconds (default 8 hours).
     #[serde(default = "default_refresh_ttl")]
     pub refresh_token_ttl_secs: u64,
+    /// A person's session at the issuer ends this long after its last use (default 30 min).
+    #[serde(default = "default_session_idle")]
+    pub session_idle_secs: u64,
+    /// ... and this long after its sign-in, used or not (default 8 hours).
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime_secs: u64,
     /// Registered clients.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
@@ -255,6 +261,14 @@ pub struct UserConfig {
 }
 
 fn default_refresh_ttl() -> u64 {
+    8 * 3600
+}
+
+fn default_session_idle() -> u64 {
+    30 * 60
+}
+
+fn default_session_lifetime() -> u64 {
     8 * 3600
 }
 
@@ -422,6 +436,15 @@ impl AuthConfig {
         if !(10..=self.access_token_ttl_secs).contains(&self.exchanged_token_ttl_secs) {
             return Err(
                 "exchanged_token_ttl_secs must be between 10 and access_token_ttl_secs".into(),
+            );
+        }
+        if !(1..=86_400).contains(&self.session_idle_secs) {
+            return Err("session_idle_secs must be between 1 and 86400".into());
+        }
+        if !(self.session_idle_secs..=30 * 86_400).contains(&self.session_lifetime_secs) {
+            return Err(
+                "session_lifetime_secs must be between session_idle_secs and 2592000 (30 days)"
+                    .into(),
             );
         }
         let mut seen = std::collections::HashSet::new();
@@ -674,6 +697,44 @@ mod tests {
             let text = format!("[rate_limit]\n{bad}\n");
             assert!(AuthConfig::parse(&text).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn session_timeouts_out_of_range_and_sign_in_settings_on_other_clients_are_refused() {
+        for (bad, named) in [
+            ("session_idle_secs = 0", "session_idle_secs"),
+            ("session_idle_secs = 100000", "session_idle_secs"),
+            (
+                "session_idle_secs = 600\nsession_lifetime_secs = 300",
+                "session_lifetime_secs",
+            ),
+            ("session_lifetime_secs = 2592001", "session_lifetime_secs"),
+        ] {
+            let error = AuthConfig::parse(&format!("{bad}\n")).expect_err(bad);
+            assert!(error.contains(named), "{bad}: {error}");
+        }
+        let workload = "[[clients]]\nclient_id = \"x\"\nsecret_hash = \"$hmac-sha256$42KgeIApjnw+jAaIjWDKTg$H2welcZm4qBtYckPHuT0HJlKl9mzWl1DAgq+UBPE7Gk\"\n\
+                        grant_types = [\"client_credentials\"]\n";
+        for extra in [
+            "consent = true",
+            "post_logout_redirect_uris = [\"https://app.example/out\"]",
+            "backchannel_logout_uri = \"https://app.example/bc\"",
+        ] {
+            let error = AuthConfig::parse(&format!("{workload}{extra}\n")).expect_err(extra);
+            assert!(
+                error.contains("authorization_code clients"),
+                "{extra}: {error}"
+            );
+        }
+        let exchange = "[[clients]]\nclient_id = \"x\"\n\
+                        grant_types = [\"urn:ietf:params:oauth:grant-type:token-exchange\"]\n";
+        let error = AuthConfig::parse(exchange).expect_err("a public actor");
+        assert!(error.contains("needs a secret_hash"), "{error}");
+        let open_logout = "[[clients]]\nclient_id = \"x\"\ngrant_types = [\"authorization_code\"]\n\
+                           redirect_uris = [\"https://app.example/cb\"]\n\
+                           post_logout_redirect_uris = [\"http://evil.example/\"]\n";
+        let error = AuthConfig::parse(open_logout).expect_err("plain http elsewhere");
+        assert!(error.contains("post_logout_redirect_uri"), "{error}");
     }
 
     #[test]

@@ -100,8 +100,9 @@ pub struct DevOptions {
     pub cert_ttl: Duration,
     /// Where the services keep their state.
     pub database: DevDatabase,
-    /// TOML appended to the example auth config (more clients, for a test).
-    pub extra_auth_config: String,
+    /// The auth config (clients, users, lifetimes); `None` is the example,
+    /// [`EXAMPLE_AUTH_CONFIG`].
+    pub auth_config: Option<String>,
 }
 
 impl Default for DevOptions {
@@ -109,7 +110,7 @@ impl Default for DevOptions {
         Self {
             cert_ttl: Duration::from_secs(3600),
             database: DevDatabase::Sqlite,
-            extra_auth_config: String::new(),
+            auth_config: None,
         }
     }
 }
@@ -196,7 +197,10 @@ impl DevMesh {
         let config_path = dir.join("auth.toml");
         std::fs::write(
             &config_path,
-            format!("{EXAMPLE_AUTH_CONFIG}\n{}", options.extra_auth_config),
+            options
+                .auth_config
+                .as_deref()
+                .unwrap_or(EXAMPLE_AUTH_CONFIG),
         )?;
 
         // Every service exports its spans to an OTLP receiver in this process.

@@ -291,11 +291,12 @@ impl Browser {
         }
     }
 
-    fn with_cookie(&self, mut response: Response) -> Response {
+    fn with_cookie(&self, state: &HttpState, mut response: Response) -> Response {
         if self.fresh {
-            response
-                .headers_mut()
-                .append(header::SET_COOKIE, session::set_cookie(&self.cookie));
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                session::set_cookie(&self.cookie, state.sessions.lifetime()),
+            );
         }
         response
     }
@@ -382,7 +383,7 @@ pub(super) async fn page(
         None => {
             let browser = Browser::of(&headers);
             let form = login_form(&request, &params, &browser, StatusCode::OK, None);
-            browser.with_cookie(form)
+            browser.with_cookie(&state, form)
         }
     }
 }
@@ -443,7 +444,7 @@ async fn signed_in(
         issue_code(state, request, &user, scopes, session, how).await
     }
     .await;
-    browser.with_cookie(answer)
+    browser.with_cookie(state, answer)
 }
 
 /// What the login grants: the client's and the user's scopes for the audiences, and the

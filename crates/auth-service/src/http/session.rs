@@ -13,8 +13,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-use crate::sessions::ABSOLUTE_TIMEOUT;
-
 /// The cookie's name. `__Host-` makes the browser refuse it unless it is `Secure`, has
 /// `Path=/` and no `Domain`: no other host (a sibling subdomain) can set or overwrite it.
 pub(super) const COOKIE: &str = "__Host-mesh-session";
@@ -42,10 +40,10 @@ pub(super) fn cookie(headers: &HeaderMap) -> Option<String> {
 /// here by a top-level navigation from its own site, and with `Strict` the browser would leave
 /// the cookie out of exactly that request, so single sign-on would never see the session. `Lax`
 /// still keeps it out of cross-site POSTs (a forged login or consent form) and subresources.
-pub(super) fn set_cookie(value: &str) -> HeaderValue {
+pub(super) fn set_cookie(value: &str, lifetime: std::time::Duration) -> HeaderValue {
     let cookie = format!(
         "{COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
-        ABSOLUTE_TIMEOUT.as_secs()
+        lifetime.as_secs()
     );
     HeaderValue::try_from(cookie).expect("base64url is a valid header value")
 }

@@ -12,7 +12,8 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AccessTokenHash, AuthenticationContextClass, AuthorizationCode, ClientId, CsrfToken, IssuerUrl,
-    Nonce, OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope, TokenResponse,
+    LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PostLogoutRedirectUrl,
+    ProviderMetadataWithLogout, RedirectUrl, Scope, TokenResponse,
 };
 use serde_json::Value;
 
@@ -25,6 +26,15 @@ pub(crate) async fn sign_in(
     authorize_url: &url::Url,
     user: &str,
 ) -> String {
+    sign_in_with_session(http, authorize_url, user).await.0
+}
+
+/// [`sign_in`], and the session cookie (`name=value`) the browser keeps.
+pub(crate) async fn sign_in_with_session(
+    http: &reqwest::Client,
+    authorize_url: &url::Url,
+    user: &str,
+) -> (String, String) {
     let page = mesh_dev::oauth::open_login_page(http, authorize_url.as_str())
         .await
         .expect("the login page");
@@ -33,8 +43,8 @@ pub(crate) async fn sign_in(
         mesh_dev::oauth::submit_login(http, authorize_url.as_str(), &page, user, &password)
             .await
             .expect("login");
+    let cookie = mesh_dev::oauth::session_cookie(answer.headers()).expect("a session");
     let answer = if answer.status() == 200 {
-        let cookie = mesh_dev::oauth::session_cookie(answer.headers()).expect("a session");
         let html = answer.text().await.expect("page");
         let csrf = mesh_dev::oauth::csrf_field(&html).expect("a consent form");
         let mut form: Vec<(String, String)> = authorize_url.query_pairs().into_owned().collect();
@@ -44,7 +54,7 @@ pub(crate) async fn sign_in(
         action.set_path("/oauth2/consent");
         action.set_query(None);
         http.post(action)
-            .header("cookie", cookie)
+            .header("cookie", &cookie)
             .form(&form)
             .send()
             .await
@@ -53,10 +63,11 @@ pub(crate) async fn sign_in(
         answer
     };
     assert_eq!(answer.status(), 302, "{:?}", answer.text().await);
-    answer.headers()["location"]
+    let location = answer.headers()["location"]
         .to_str()
         .expect("ascii")
-        .to_owned()
+        .to_owned();
+    (location, cookie)
 }
 
 /// The value of `name` in the query of `location`.
@@ -109,7 +120,7 @@ async fn a_third_party_relying_party_signs_in_verifies_the_id_token_and_reads_us
         .set_pkce_challenge(challenge)
         .url();
 
-    let location = sign_in(&http, &authorize_url, "alice").await;
+    let (location, cookie) = sign_in_with_session(&http, &authorize_url, "alice").await;
     assert!(location.starts_with(REDIRECT_URI), "{location}");
     assert_eq!(
         query_value(&location, "state").as_deref(),
@@ -184,6 +195,46 @@ async fn a_third_party_relying_party_signs_in_verifies_the_id_token_and_reads_us
         .map(|s| s.to_string())
         .collect();
     assert!(scopes.contains(&"openid".to_owned()), "{scopes:?}");
+
+    // Sign-out the way the library does it (RP-Initiated Logout): from the discovered
+    // end_session_endpoint, with the ID token as the hint, a registered return address, state.
+    let with_logout = ProviderMetadataWithLogout::discover_async(
+        IssuerUrl::new(mesh.mesh.issuer.clone()).expect("issuer URL"),
+        &http,
+    )
+    .await
+    .expect("discovery");
+    let end_session = with_logout
+        .additional_metadata()
+        .end_session_endpoint
+        .clone()
+        .expect("an end_session_endpoint");
+    let logout = LogoutRequest::from(end_session)
+        .set_id_token_hint(id_token)
+        .set_client_id(ClientId::new(CLIENT_ID.into()))
+        .set_post_logout_redirect_uri(
+            PostLogoutRedirectUrl::new("http://127.0.0.1:8976/signed-out".into()).expect("url"),
+        )
+        .set_state(CsrfToken::new("bye".into()))
+        .http_get_url();
+    let answer = http
+        .get(logout)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("end session");
+    assert_eq!(answer.status(), 302);
+    assert_eq!(
+        answer.headers()["location"],
+        "http://127.0.0.1:8976/signed-out?state=bye"
+    );
+    // The login's tokens are done: the refresh token is refused.
+    let refused = client
+        .exchange_refresh_token(refreshed.refresh_token().expect("refresh token"))
+        .expect("token endpoint")
+        .request_async(&http)
+        .await;
+    assert!(refused.is_err(), "a signed-out login's refresh token");
     mesh.stop().await;
 }
 

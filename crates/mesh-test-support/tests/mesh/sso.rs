@@ -23,6 +23,7 @@ struct Browser {
 /// An answer as the test reads it.
 struct Answer {
     status: u16,
+    headers: reqwest::header::HeaderMap,
     location: String,
     set_cookie: Vec<String>,
     body: String,
@@ -39,6 +40,7 @@ impl Browser {
 
     async fn read(&mut self, response: reqwest::Response) -> Answer {
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let location = response
             .headers()
             .get("location")
@@ -59,6 +61,7 @@ impl Browser {
         let body = response.text().await.expect("body");
         Answer {
             status,
+            headers,
             location,
             set_cookie,
             body,
@@ -316,6 +319,13 @@ async fn the_session_cookie_is_host_only_secure_http_only_lax_and_new_at_every_s
     let planted = format!("__Host-mesh-session={}", "A".repeat(43));
     browser.cookie = Some(planted.clone());
     let (url, params, _) = meshctl_request(&mesh, &[]);
+    // The page cannot be framed (clickjacking) or cached, and runs nothing.
+    let page = browser.get(&url).await;
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    let csp = page.headers["content-security-policy"].to_str().expect("ascii");
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"));
+    assert!(!csp.contains("script-src") && !csp.contains("unsafe"), "{csp}");
+    assert_eq!(page.headers["cache-control"], "no-store");
     let answer = sign_in(&mut browser, &url, &params, "alice").await;
     assert_eq!(answer.status, 302);
     let set = answer
@@ -642,7 +652,10 @@ async fn a_client_with_a_back_channel_is_told_of_the_sign_out_by_a_signed_logout
          scopes = [\"orders:read\"]\n"
     );
     let mesh = TestMesh::start_with(mesh_dev::devmesh::DevOptions {
-        extra_auth_config: client,
+        auth_config: Some(format!(
+            "{}\n{client}",
+            mesh_dev::devmesh::EXAMPLE_AUTH_CONFIG
+        )),
         ..Default::default()
     })
     .await
@@ -707,5 +720,51 @@ async fn a_client_with_a_back_channel_is_told_of_the_sign_out_by_a_signed_logout
         "a logout token never carries a nonce"
     );
     assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_idle_and_at_its_lifetime_however_much_it_is_used() {
+    let config = mesh_dev::devmesh::EXAMPLE_AUTH_CONFIG
+        .replace("session_idle_secs = 1800", "session_idle_secs = 3")
+        .replace("session_lifetime_secs = 28800", "session_lifetime_secs = 5");
+    assert!(
+        config.contains("session_idle_secs = 3"),
+        "the example sets the timeouts"
+    );
+    let mesh = TestMesh::start_with(mesh_dev::devmesh::DevOptions {
+        auth_config: Some(config),
+        ..Default::default()
+    })
+    .await
+    .expect("mesh");
+    let (probe, _, _) = meshctl_request(&mesh, &[("prompt", "none")]);
+    let signed_in = async |browser: &mut Browser| {
+        query_value(&browser.get(&probe).await.location, "code").is_some()
+    };
+    let mut used = Browser::new(&mesh);
+    let mut idle = Browser::new(&mesh);
+    for browser in [&mut used, &mut idle] {
+        let (url, params, _) = meshctl_request(&mesh, &[]);
+        let answer = sign_in(browser, &url, &params, "alice").await;
+        assert!(
+            answer.set_cookie.iter().any(|c| c.contains("Max-Age=5")),
+            "{:?}",
+            answer.set_cookie
+        );
+    }
+    // Used every second (well within the 3 s idle timeout): alive until its 5 s lifetime. Left
+    // alone for 4 s: over. (Times are whole seconds; 4 s of real time are at least 4 of them.)
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        assert!(signed_in(&mut used).await, "a session in use is alive");
+    }
+    assert!(!signed_in(&mut idle).await, "idle for 4 s: ended");
+    // 1.2 s after its last use (under the idle timeout), over 5 s after its sign-in.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert!(
+        !signed_in(&mut used).await,
+        "5 s after the sign-in: ended, used or not"
+    );
     mesh.stop().await;
 }
