@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::extract::OAuthForm;
 use super::pages::{self, Asking};
 use super::session;
-use super::{AUTHORIZE_PATH, CONSENT_PATH, HttpState, parse_form};
+use super::{AUTHORIZE_PATH, CONSENT_PATH, HttpState, parse_form, redirect};
 use crate::audit::Event;
 use crate::clients::{Client, GrantError};
 use crate::grants::CodeGrant;
@@ -741,20 +741,4 @@ pub(super) async fn consent(
         return Refusal::Page(StatusCode::SERVICE_UNAVAILABLE, "Please try again.").into_response();
     }
     issue_code(&state, request, &user, scopes, &session, "consent").await
-}
-
-fn redirect(uri: &str, query: &str) -> Response {
-    let separator = if uri.contains('?') { '&' } else { '?' };
-    let location = format!("{uri}{separator}{query}");
-    match HeaderValue::try_from(location) {
-        Ok(location) => (
-            StatusCode::FOUND,
-            [
-                (header::LOCATION, location),
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            ],
-        )
-            .into_response(),
-        Err(_) => Refusal::Page(StatusCode::BAD_REQUEST, "Invalid redirect.").into_response(),
-    }
 }

@@ -11,12 +11,12 @@ use std::collections::HashMap;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::extract::OAuthForm;
 use super::pages;
 use super::session;
-use super::{HttpState, LOGOUT_PATH, parse_form};
+use super::{HttpState, LOGOUT_PATH, parse_form, redirect};
 use crate::audit::Event;
 use crate::sessions::BrowserSession;
 
@@ -231,28 +231,11 @@ async fn end(
 fn finish(request: &LogoutRequest, revoked: usize, clear: bool) -> Response {
     let mut response = match &request.redirect {
         Some(uri) => {
-            let mut location = uri.clone();
+            let mut query = form_urlencoded::Serializer::new(String::new());
             if let Some(state) = &request.state {
-                let query = form_urlencoded::Serializer::new(String::new())
-                    .append_pair("state", state)
-                    .finish();
-                location.push(if uri.contains('?') { '&' } else { '?' });
-                location.push_str(&query);
+                query.append_pair("state", state);
             }
-            match axum::http::HeaderValue::try_from(location) {
-                Ok(location) => (
-                    StatusCode::FOUND,
-                    [
-                        (header::LOCATION, location),
-                        (
-                            header::CACHE_CONTROL,
-                            axum::http::HeaderValue::from_static("no-store"),
-                        ),
-                    ],
-                )
-                    .into_response(),
-                Err(_) => pages::respond(StatusCode::OK, &pages::signed_out(revoked)),
-            }
+            redirect(uri, &query.finish())
         }
         None => pages::respond(StatusCode::OK, &pages::signed_out(revoked)),
     };

@@ -248,6 +248,24 @@ impl IntoResponse for OAuthError {
     }
 }
 
+/// A `302 Found` to `uri` with `query` (form-encoded, may be empty) appended, not cached. The
+/// callers redirect only to registered URIs.
+fn redirect(uri: &str, query: &str) -> Response {
+    let location = match (query.is_empty(), uri.contains('?')) {
+        (true, _) => uri.to_owned(),
+        (false, true) => format!("{uri}&{query}"),
+        (false, false) => format!("{uri}?{query}"),
+    };
+    match HeaderValue::try_from(location) {
+        Ok(location) => {
+            let mut headers = no_store();
+            headers.insert(header::LOCATION, location);
+            (StatusCode::FOUND, headers).into_response()
+        }
+        Err(_) => pages::respond(StatusCode::BAD_REQUEST, &pages::error("Invalid redirect.")),
+    }
+}
+
 fn no_store() -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

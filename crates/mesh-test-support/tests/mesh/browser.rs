@@ -219,28 +219,54 @@ async fn redeem(mesh: &TestMesh, target: &str, redirect: &str, pkce: &Pkce) -> V
     answer.json().await.expect("json")
 }
 
+/// What every browser test stands on: a mesh, chromedriver, a Chromium session and a client's
+/// loopback callback.
+struct Scene {
+    mesh: TestMesh,
+    browser: Client,
+    rp: Callback,
+    redirect: String,
+    _driver: Driver,
+}
+
+impl Scene {
+    async fn start() -> Self {
+        let mesh = TestMesh::start().await.expect("mesh");
+        let driver = start_driver().await;
+        let browser = browser(&driver).await;
+        let rp = callback().await;
+        let redirect = format!("{}/callback", rp.base);
+        Self {
+            mesh,
+            browser,
+            rp,
+            redirect,
+            _driver: driver,
+        }
+    }
+
+    /// Opens `client`'s authorization request for `audience` in the browser.
+    async fn authorize(&self, client: &str, audience: &str, pkce: &Pkce) {
+        let url = authorize_url(&self.mesh, client, &self.redirect, audience, pkce);
+        self.browser.goto(&url).await.expect("authorize");
+    }
+
+    async fn stop(self) {
+        self.browser.close().await.expect("close");
+        self.mesh.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(mesh_browser),
     ignore = "Chromium is not installed: apt-get install chromium chromium-driver"
 )]
 async fn a_person_signs_in_with_pkce_in_a_real_browser_and_a_wrong_password_shows_an_error() {
-    let mesh = TestMesh::start().await.expect("mesh");
-    let driver = start_driver().await;
-    let browser = browser(&driver).await;
-    let mut rp = callback().await;
-    let redirect = format!("{}/callback", rp.base);
+    let mut scene = Scene::start().await;
+    let (mesh, browser) = (&scene.mesh, &scene.browser);
     let pkce = Pkce::new();
-    browser
-        .goto(&authorize_url(
-            &mesh,
-            "meshctl-cli",
-            &redirect,
-            "orders",
-            &pkce,
-        ))
-        .await
-        .expect("authorize");
+    scene.authorize("meshctl-cli", "orders", &pkce).await;
 
     // The page a person sees: titled, the first field focused, every field labelled.
     assert_eq!(
@@ -263,12 +289,12 @@ async fn a_person_signs_in_with_pkce_in_a_real_browser_and_a_wrong_password_show
         html.contains("meshctl-cli") && html.contains("orders"),
         "who asks, for what"
     );
-    screenshot(&mesh, &browser, "login").await;
+    screenshot(mesh, browser, "login").await;
 
     // A wrong password: the form again, with one sentence, and no code sent anywhere.
-    type_into(&browser, "username", "alice").await;
-    type_into(&browser, "password", "not-her-password").await;
-    submit(&browser, "Sign in").await;
+    type_into(browser, "username", "alice").await;
+    type_into(browser, "password", "not-her-password").await;
+    submit(browser, "Sign in").await;
     let error = browser
         .wait()
         .for_element(Locator::Css("p.error"))
@@ -282,8 +308,11 @@ async fn a_person_signs_in_with_pkce_in_a_real_browser_and_a_wrong_password_show
         browser.current_url().await.expect("url").path(),
         "/oauth2/authorize"
     );
-    screenshot(&mesh, &browser, "error").await;
-    assert!(rp.received.try_recv().is_err(), "no redirect to the client");
+    screenshot(mesh, browser, "error").await;
+    assert!(
+        scene.rp.received.try_recv().is_err(),
+        "no redirect to the client"
+    );
     // The name is kept, and the focus is on the password, still to be typed.
     let focused = browser.active_element().await.expect("focus");
     assert_eq!(
@@ -297,17 +326,16 @@ async fn a_person_signs_in_with_pkce_in_a_real_browser_and_a_wrong_password_show
     );
 
     // The right one: back at the client with a code that the PKCE verifier redeems.
-    type_into(&browser, "password", "alice-demo-password").await;
-    submit(&browser, "Sign in").await;
-    let target = rp.next().await;
-    let tokens = redeem(&mesh, &target, &redirect, &pkce).await;
+    type_into(browser, "password", "alice-demo-password").await;
+    submit(browser, "Sign in").await;
+    let target = scene.rp.next().await;
+    let tokens = redeem(mesh, &target, &scene.redirect, &pkce).await;
     let id_token = payload(tokens["id_token"].as_str().expect("an ID token"));
     assert_eq!(
         (id_token["sub"].as_str(), id_token["nonce"].as_str()),
         (Some("alice"), Some("n-browser-1"))
     );
-    browser.close().await.expect("close");
-    mesh.stop().await;
+    scene.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,37 +344,23 @@ async fn a_person_signs_in_with_pkce_in_a_real_browser_and_a_wrong_password_show
     ignore = "Chromium is not installed: apt-get install chromium chromium-driver"
 )]
 async fn single_sign_on_asks_consent_once_and_after_sign_out_the_password_again() {
-    let mesh = TestMesh::start().await.expect("mesh");
-    let driver = start_driver().await;
-    let browser = browser(&driver).await;
-    let mut rp = callback().await;
-    let redirect = format!("{}/callback", rp.base);
+    let mut scene = Scene::start().await;
 
     // Signed in to the first client with the password.
     let pkce = Pkce::new();
-    browser
-        .goto(&authorize_url(
-            &mesh,
-            "meshctl-cli",
-            &redirect,
-            "orders",
-            &pkce,
-        ))
-        .await
-        .expect("authorize");
-    type_into(&browser, "username", "alice").await;
-    type_into(&browser, "password", "alice-demo-password").await;
-    submit(&browser, "Sign in").await;
-    let tokens = redeem(&mesh, &rp.next().await, &redirect, &pkce).await;
+    scene.authorize("meshctl-cli", "orders", &pkce).await;
+    type_into(&scene.browser, "username", "alice").await;
+    type_into(&scene.browser, "password", "alice-demo-password").await;
+    submit(&scene.browser, "Sign in").await;
+    let target = scene.rp.next().await;
+    let tokens = redeem(&scene.mesh, &target, &scene.redirect, &pkce).await;
     let id_token = tokens["id_token"].as_str().expect("ID token").to_owned();
 
     // The storefront in the same browser: no password, consent once.
-    let storefront =
-        |pkce: &Pkce| authorize_url(&mesh, "storefront", &redirect, "storefront", pkce);
-    browser
-        .goto(&storefront(&Pkce::new()))
-        .await
-        .expect("storefront");
+    scene
+        .authorize("storefront", "storefront", &Pkce::new())
+        .await;
+    let (mesh, browser) = (&scene.mesh, &scene.browser);
     assert_eq!(
         browser.title().await.expect("title"),
         "Allow access? · Zero-Trust Mesh"
@@ -355,18 +369,18 @@ async fn single_sign_on_asks_consent_once_and_after_sign_out_the_password_again(
         browser.find(Locator::Id("password")).await.is_err(),
         "no password asked"
     );
-    screenshot(&mesh, &browser, "consent").await;
-    submit(&browser, "Allow").await;
-    let target = rp.next().await;
+    screenshot(mesh, browser, "consent").await;
+    submit(browser, "Allow").await;
+    let target = scene.rp.next().await;
     assert!(target.contains("code="), "{target}");
     // Asked once: the next time the browser goes straight back with a code.
-    browser
-        .goto(&storefront(&Pkce::new()))
-        .await
-        .expect("storefront again");
-    assert!(rp.next().await.contains("code="));
+    scene
+        .authorize("storefront", "storefront", &Pkce::new())
+        .await;
+    assert!(scene.rp.next().await.contains("code="));
 
     // Signing out with the first client's ID token: the signed-out page.
+    let (mesh, browser) = (&scene.mesh, &scene.browser);
     let logout = format!(
         "{}/oauth2/logout?{}",
         mesh.mesh.issuer,
@@ -387,22 +401,13 @@ async fn single_sign_on_asks_consent_once_and_after_sign_out_the_password_again(
         .await
         .expect("text");
     assert!(text.contains("The 2 applications"), "{text}");
-    screenshot(&mesh, &browser, "signed-out").await;
+    screenshot(mesh, browser, "signed-out").await;
     // The next authorization asks for the password again.
-    browser
-        .goto(&authorize_url(
-            &mesh,
-            "meshctl-cli",
-            &redirect,
-            "orders",
-            &Pkce::new(),
-        ))
-        .await
-        .expect("authorize");
-    browser
+    scene.authorize("meshctl-cli", "orders", &Pkce::new()).await;
+    scene
+        .browser
         .find(Locator::Id("password"))
         .await
         .expect("the password is asked again");
-    browser.close().await.expect("close");
-    mesh.stop().await;
+    scene.stop().await;
 }

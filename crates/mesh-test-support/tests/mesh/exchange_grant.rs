@@ -4,14 +4,11 @@
 
 use mesh_dev::devmesh::{STOCK_ADMIN_DEMO_SECRET, STOREFRONT_DEMO_SECRET};
 use mesh_test_support::TestMesh;
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
-use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, RedirectUrl, Scope,
-};
+use openidconnect::{OAuth2TokenResponse, TokenResponse};
 use serde_json::Value;
 
-use crate::oidc::{payload, query_value, sign_in};
+use crate::oidc::{payload, relying_party_for, rp_sign_in};
+use crate::user_grants::introspect;
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -20,72 +17,42 @@ const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// storefront's access token (audience `storefront`) and refresh token.
 async fn storefront_login(mesh: &TestMesh, user: &str) -> (String, String) {
     let http = mesh.https().expect("https");
-    let issuer = IssuerUrl::new(mesh.mesh.issuer.clone()).expect("issuer");
-    let metadata = CoreProviderMetadata::discover_async(issuer, &http)
-        .await
-        .expect("discovery");
-    let client = CoreClient::from_provider_metadata(
-        metadata,
-        ClientId::new("storefront".into()),
-        Some(ClientSecret::new(STOREFRONT_DEMO_SECRET.into())),
+    let client = relying_party_for(
+        mesh,
+        &http,
+        "storefront",
+        Some(STOREFRONT_DEMO_SECRET),
+        "http://127.0.0.1:8977/callback",
     )
-    .set_redirect_uri(RedirectUrl::new("http://127.0.0.1:8977/callback".into()).expect("uri"));
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (url, _, nonce) = client
-        .authorize_url(
-            CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
-            Nonce::new_random,
-        )
-        .add_scope(Scope::new("storefront:shop".into()))
-        .add_extra_param("audience", "storefront")
-        .set_pkce_challenge(challenge)
-        .url();
-    let location = sign_in(&http, &url, user).await;
-    let tokens = client
-        .exchange_code(AuthorizationCode::new(
-            query_value(&location, "code").expect("code"),
-        ))
-        .expect("token endpoint")
-        .set_pkce_verifier(verifier)
-        .request_async(&http)
-        .await
-        .expect("tokens");
-    let id_token = tokens.id_token_claims(&client, &nonce);
+    .await;
+    let login = rp_sign_in(
+        &client,
+        &http,
+        user,
+        &["storefront:shop"],
+        Some("storefront"),
+    )
+    .await;
+    let claims = login
+        .tokens
+        .id_token()
+        .expect("an ID token")
+        .claims(&client.id_token_verifier(), &login.nonce)
+        .expect("a valid ID token");
     assert_eq!(
-        id_token.as_deref(),
-        Some(user),
+        claims.subject().as_str(),
+        user,
         "the storefront knows who signed in"
     );
     (
-        tokens.access_token().secret().clone(),
-        tokens.refresh_token().expect("refresh").secret().clone(),
+        login.tokens.access_token().secret().clone(),
+        login
+            .tokens
+            .refresh_token()
+            .expect("refresh")
+            .secret()
+            .clone(),
     )
-}
-
-/// The subject of the ID token in `tokens`, verified by the library.
-trait IdTokenSubject {
-    fn id_token_claims(&self, client: &StorefrontClient, nonce: &Nonce) -> Option<String>;
-}
-
-type StorefrontClient = CoreClient<
-    openidconnect::EndpointSet,
-    openidconnect::EndpointNotSet,
-    openidconnect::EndpointNotSet,
-    openidconnect::EndpointNotSet,
-    openidconnect::EndpointMaybeSet,
-    openidconnect::EndpointMaybeSet,
->;
-
-impl IdTokenSubject for openidconnect::core::CoreTokenResponse {
-    fn id_token_claims(&self, client: &StorefrontClient, nonce: &Nonce) -> Option<String> {
-        use openidconnect::TokenResponse;
-        let claims = self
-            .id_token()?
-            .claims(&client.id_token_verifier(), nonce)
-            .ok()?;
-        Some(claims.subject().to_string())
-    }
 }
 
 /// POSTs a token-exchange form as `client` (HTTP Basic); status and JSON body.
@@ -157,18 +124,7 @@ async fn a_client_outside_the_mesh_acts_for_a_signed_in_user_by_token_exchange()
     assert_eq!(granted, 1);
 
     // An active token to the issuer's own introspection.
-    let introspected: Value = mesh
-        .https()
-        .expect("https")
-        .post(format!("{}/oauth2/introspect", mesh.mesh.issuer))
-        .basic_auth("stock-admin", Some(STOCK_ADMIN_DEMO_SECRET))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let introspected = introspect(&mesh, token).await;
     assert_eq!(introspected["active"], true, "{introspected}");
     mesh.stop().await;
 }

@@ -8,28 +8,21 @@ use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_test_support::TestMesh;
 use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
-    CoreUserInfoClaims,
+    CoreTokenResponse, CoreUserInfoClaims,
 };
 use openidconnect::{
-    AccessTokenHash, AuthenticationContextClass, AuthorizationCode, ClientId, CsrfToken, IssuerUrl,
-    LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PostLogoutRedirectUrl,
-    ProviderMetadataWithLogout, RedirectUrl, Scope, TokenResponse,
+    AccessTokenHash, AuthenticationContextClass, AuthorizationCode, ClientId, ClientSecret,
+    CsrfToken, IssuerUrl, LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    PostLogoutRedirectUrl, ProviderMetadataWithLogout, RedirectUrl, Scope, TokenResponse,
 };
 use serde_json::Value;
+
+use crate::user_grants::authorize;
 
 /// What a person does on the login page: opens the authorization URL, submits the form it
 /// shows (with its cookie and CSRF token) with their name and password, and allows what the
 /// client asks for if a consent page follows. Returns the Location the auth service redirects
-/// to.
-pub(crate) async fn sign_in(
-    http: &reqwest::Client,
-    authorize_url: &url::Url,
-    user: &str,
-) -> String {
-    sign_in_with_session(http, authorize_url, user).await.0
-}
-
-/// [`sign_in`], and the session cookie (`name=value`) the browser keeps.
+/// to, and the session cookie (`name=value`) the browser keeps.
 pub(crate) async fn sign_in_with_session(
     http: &reqwest::Client,
     authorize_url: &url::Url,
@@ -79,18 +72,30 @@ pub(crate) fn query_value(location: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// A relying party for the public `meshctl-cli` client, configured from discovery only.
-async fn relying_party(
-    mesh: &TestMesh,
-    http: &reqwest::Client,
-) -> CoreClient<
+/// A relying party as the `openidconnect` crate builds one from discovery.
+pub(crate) type RelyingParty = CoreClient<
     openidconnect::EndpointSet,
     openidconnect::EndpointNotSet,
     openidconnect::EndpointNotSet,
     openidconnect::EndpointNotSet,
     openidconnect::EndpointMaybeSet,
     openidconnect::EndpointMaybeSet,
-> {
+>;
+
+/// A relying party for the public `meshctl-cli` client, configured from discovery only.
+async fn relying_party(mesh: &TestMesh, http: &reqwest::Client) -> RelyingParty {
+    relying_party_for(mesh, http, CLIENT_ID, None, REDIRECT_URI).await
+}
+
+/// A relying party for `client_id` (with its secret, if it is confidential), its codes sent to
+/// `redirect`, configured from discovery only.
+pub(crate) async fn relying_party_for(
+    mesh: &TestMesh,
+    http: &reqwest::Client,
+    client_id: &str,
+    secret: Option<&str>,
+    redirect: &str,
+) -> RelyingParty {
     let issuer = IssuerUrl::new(mesh.mesh.issuer.clone()).expect("issuer URL");
     let metadata = CoreProviderMetadata::discover_async(issuer, http)
         .await
@@ -99,8 +104,65 @@ async fn relying_party(
         metadata.id_token_signing_alg_values_supported(),
         &vec![CoreJwsSigningAlgorithm::EdDsa]
     );
-    CoreClient::from_provider_metadata(metadata, ClientId::new(CLIENT_ID.into()), None)
-        .set_redirect_uri(RedirectUrl::new(REDIRECT_URI.into()).expect("redirect URI"))
+    CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(client_id.into()),
+        secret.map(|s| ClientSecret::new(s.into())),
+    )
+    .set_redirect_uri(RedirectUrl::new(redirect.into()).expect("redirect URI"))
+}
+
+/// A relying party's sign-in as it ends: the token answer, what it asked with, where the
+/// browser was sent and the session cookie it keeps.
+pub(crate) struct RpLogin {
+    pub(crate) tokens: CoreTokenResponse,
+    pub(crate) nonce: Nonce,
+    pub(crate) state: CsrfToken,
+    pub(crate) location: String,
+    pub(crate) cookie: String,
+}
+
+/// `user` signs in to `client` through the pages (PKCE, `openid` and `scopes`, for `audience`
+/// when given), and the client redeems the code.
+pub(crate) async fn rp_sign_in(
+    client: &RelyingParty,
+    http: &reqwest::Client,
+    user: &str,
+    scopes: &[&str],
+    audience: Option<&str>,
+) -> RpLogin {
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut request = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .set_pkce_challenge(challenge);
+    for scope in scopes {
+        request = request.add_scope(Scope::new((*scope).into()));
+    }
+    if let Some(audience) = audience {
+        request = request.add_extra_param("audience", audience);
+    }
+    let (authorize_url, state, nonce) = request.url();
+    let (location, cookie) = sign_in_with_session(http, &authorize_url, user).await;
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(
+            query_value(&location, "code").expect("a code"),
+        ))
+        .expect("token endpoint")
+        .set_pkce_verifier(verifier)
+        .request_async(http)
+        .await
+        .expect("tokens");
+    RpLogin {
+        tokens,
+        nonce,
+        state,
+        location,
+        cookie,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,32 +170,18 @@ async fn a_third_party_relying_party_signs_in_verifies_the_id_token_and_reads_us
     let mesh = TestMesh::start().await.expect("mesh");
     let http = mesh.https().expect("https");
     let client = relying_party(&mesh, &http).await;
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (authorize_url, csrf, nonce) = client
-        .authorize_url(
-            CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
-            Nonce::new_random,
-        )
-        .add_scope(Scope::new("profile".into()))
-        .add_extra_param("audience", "orders")
-        .set_pkce_challenge(challenge)
-        .url();
-
-    let (location, cookie) = sign_in_with_session(&http, &authorize_url, "alice").await;
+    let RpLogin {
+        tokens,
+        nonce,
+        state,
+        location,
+        cookie,
+    } = rp_sign_in(&client, &http, "alice", &["profile"], Some("orders")).await;
     assert!(location.starts_with(REDIRECT_URI), "{location}");
     assert_eq!(
         query_value(&location, "state").as_deref(),
-        Some(csrf.secret().as_str())
+        Some(state.secret().as_str())
     );
-    let code = query_value(&location, "code").expect("a code");
-    let tokens = client
-        .exchange_code(AuthorizationCode::new(code))
-        .expect("token endpoint")
-        .set_pkce_verifier(verifier)
-        .request_async(&http)
-        .await
-        .expect("tokens");
 
     // The library checks the signature against the discovered JWKS, `iss`, `aud`, `exp` and
     // the nonce; then the access-token hash as Core §3.1.3.8 says.
@@ -253,25 +301,7 @@ async fn an_id_token_carries_exactly_the_nonce_it_was_asked_for_and_another_is_r
     let mesh = TestMesh::start().await.expect("mesh");
     let http = mesh.https().expect("https");
     let client = relying_party(&mesh, &http).await;
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (authorize_url, _, nonce) = client
-        .authorize_url(
-            CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
-            Nonce::new_random,
-        )
-        .set_pkce_challenge(challenge)
-        .url();
-    let location = sign_in(&http, &authorize_url, "bob").await;
-    let tokens = client
-        .exchange_code(AuthorizationCode::new(
-            query_value(&location, "code").expect("code"),
-        ))
-        .expect("token endpoint")
-        .set_pkce_verifier(verifier)
-        .request_async(&http)
-        .await
-        .expect("tokens");
+    let RpLogin { tokens, nonce, .. } = rp_sign_in(&client, &http, "bob", &[], None).await;
     let id_token = tokens.id_token().expect("ID token");
     assert_eq!(
         payload(&id_token.to_string())["nonce"],
@@ -282,29 +312,6 @@ async fn an_id_token_carries_exactly_the_nonce_it_was_asked_for_and_another_is_r
     let refused = id_token.claims(&client.id_token_verifier(), &other);
     assert!(refused.is_err(), "an ID token for another request");
     mesh.stop().await;
-}
-
-/// GET /oauth2/authorize with `params`; the redirect's Location.
-async fn authorize_redirect(mesh: &TestMesh, params: &[(&str, &str)]) -> String {
-    let query = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params)
-        .finish();
-    let answer = mesh
-        .https()
-        .expect("https")
-        .get(format!("{}/oauth2/authorize?{query}", mesh.mesh.issuer))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(
-        answer.status(),
-        302,
-        "refused by redirect, not shown a page"
-    );
-    answer.headers()["location"]
-        .to_str()
-        .expect("ascii")
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,7 +336,8 @@ async fn an_openid_request_without_a_nonce_or_profile_without_openid_is_refused(
         ("openid", Some("two words"), "invalid_request"),
         ("profile", None, "invalid_scope"),
     ] {
-        let location = authorize_redirect(&mesh, &request(scope, nonce)).await;
+        let (status, location) = authorize(&mesh, &request(scope, nonce)).await;
+        assert_eq!(status, 302, "refused by redirect, not shown a page");
         assert!(location.starts_with(REDIRECT_URI), "{location}");
         assert_eq!(
             query_value(&location, "error").as_deref(),
@@ -376,26 +384,7 @@ async fn userinfo_refuses_id_tokens_exchanged_tokens_and_tokens_without_openid()
     let mesh = TestMesh::start().await.expect("mesh");
     let http = mesh.https().expect("https");
     let client = relying_party(&mesh, &http).await;
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (authorize_url, _, _) = client
-        .authorize_url(
-            CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
-            Nonce::new_random,
-        )
-        .add_extra_param("audience", "orders")
-        .set_pkce_challenge(challenge)
-        .url();
-    let location = sign_in(&http, &authorize_url, "alice").await;
-    let tokens = client
-        .exchange_code(AuthorizationCode::new(
-            query_value(&location, "code").expect("code"),
-        ))
-        .expect("token endpoint")
-        .set_pkce_verifier(verifier)
-        .request_async(&http)
-        .await
-        .expect("tokens");
+    let RpLogin { tokens, .. } = rp_sign_in(&client, &http, "alice", &[], Some("orders")).await;
     let id_token = tokens.id_token().expect("ID token").to_string();
     assert_eq!(userinfo(&mesh, tokens.access_token().secret()).await.0, 200);
 

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::oidc::{payload, query_value};
+use crate::user_grants::token;
 
 const STOREFRONT_REDIRECT: &str = "http://127.0.0.1:8977/callback";
 
@@ -184,19 +185,6 @@ async fn sign_in(
     assert_eq!(page.status, 200, "the login page");
     let form = filled(params, &page, user, &format!("{user}-demo-password"));
     browser.post("/oauth2/authorize", &form).await
-}
-
-/// POSTs `form` to the token endpoint as the public meshctl-cli client; status and body.
-async fn token(mesh: &TestMesh, form: &[(&str, &str)]) -> (u16, Value) {
-    let answer = mesh
-        .https()
-        .expect("https")
-        .post(format!("{}/oauth2/token", mesh.mesh.issuer))
-        .form(form)
-        .send()
-        .await
-        .expect("token endpoint");
-    (answer.status().as_u16(), answer.json().await.expect("json"))
 }
 
 /// Redeems the code of a redirect to the public meshctl-cli client: the token answer.

@@ -10,7 +10,7 @@ use mesh_test_support::TestMesh;
 use serde_json::Value;
 
 /// GET /oauth2/authorize with `params`; returns the status and the Location header.
-async fn authorize(mesh: &TestMesh, params: &[(&str, &str)]) -> (u16, String) {
+pub(crate) async fn authorize(mesh: &TestMesh, params: &[(&str, &str)]) -> (u16, String) {
     let query = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params)
         .finish();
@@ -54,7 +54,7 @@ pub(crate) async fn code_for(mesh: &TestMesh, user: &str) -> (String, Pkce) {
 }
 
 /// POSTs a form to the token endpoint; returns status and JSON body.
-async fn token(mesh: &TestMesh, form: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn token(mesh: &TestMesh, form: &[(&str, &str)]) -> (u16, Value) {
     let response = mesh
         .https()
         .expect("https")
@@ -97,7 +97,7 @@ async fn use_refresh(mesh: &TestMesh, refresh: &str) -> (u16, Value) {
 }
 
 /// Introspects `token` as the confidential `stock-admin` client.
-async fn introspect(mesh: &TestMesh, token: &str) -> Value {
+pub(crate) async fn introspect(mesh: &TestMesh, token: &str) -> Value {
     let basic = STANDARD.encode(format!(
         "stock-admin:{}",
         mesh_dev::devmesh::STOCK_ADMIN_DEMO_SECRET
