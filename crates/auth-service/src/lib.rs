@@ -65,7 +65,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth_interceptor::{Policy, RevocationList, Rule, TokenVerifier, VerifierConfig};
+use auth_interceptor::{Policy, RevocationList, TokenVerifier, VerifierConfig};
 use mesh_proto::auth::v1::auth_service_server::AuthServiceServer;
 use mesh_proto::identity::v1::identity_admin_server::IdentityAdminServer;
 use mesh_proto::identity::v1::identity_server::IdentityServer;
@@ -92,29 +92,19 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The mesh API's policy for the workloads of `trust_domain`: health is public; both token
-/// methods authenticate the caller by its certificate, which the handlers then map to a
-/// registered client.
-pub fn mesh_policy(trust_domain: &str) -> Policy {
-    use mesh_proto::auth::v1::rpc::auth_service;
-    use mesh_proto::identity::v1::rpc::{identity, identity_admin};
-    let admin = || {
-        Rule::token()
-            .scope(KEYS_ADMIN_SCOPE)
-            .callers(SpiffeId::workload(trust_domain, "meshctl"))
-    };
-    Policy::new(trust_domain)
-        .with_health()
-        .with_reflection()
-        .allow(auth_service::ISSUE_SERVICE_TOKEN, Rule::certificate())
-        .allow(auth_service::EXCHANGE_TOKEN, Rule::certificate())
-        .allow(auth_service::WATCH_REVOCATIONS, Rule::certificate())
-        .allow(auth_service::ROTATE_SIGNING_KEY, admin())
-        // Renewal: the certificate is the proof; the CA certifies the identity it names.
-        .allow(identity::CERTIFY, Rule::certificate())
-        .allow(identity_admin::CREATE_JOIN_TOKEN, admin())
-        .allow(identity_admin::ROTATE_AUTHORITY, admin())
+/// The mesh API's policy shipped with the service (config/policy/auth.toml): health is public;
+/// the token methods and the CA's renewal authenticate the caller by its certificate, which the
+/// handlers then map to a registered client; the administrative methods need
+/// [`KEYS_ADMIN_SCOPE`] through meshctl's certificate.
+pub const SHIPPED_POLICY: &str = include_str!("../../../config/policy/auth.toml");
+
+/// The shipped mesh API policy for the workloads of `trust_domain`, checked against the protos.
+pub fn mesh_policy(trust_domain: &str) -> Result<Policy, auth_interceptor::PolicyFileError> {
+    auth_interceptor::parse_policy(SHIPPED_POLICY, POLICY_NAME, trust_domain, SERVED)
 }
+
+const POLICY_NAME: &str = "config/policy/auth.toml";
+const SERVED: &[&[mesh_proto::rpc::Rpc]] = mesh_proto::rpc::servers::AUTH;
 
 /// The scope an administrator's token needs to rotate the signing key or the CA, or to create
 /// join tokens.
@@ -138,9 +128,14 @@ pub struct Application {
 impl Application {
     /// Loads certificates, opens the database, binds both listeners.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let trust_domain = settings.tls.trust_domain.clone();
+        // Checked first: a bad policy file stops the start before anything is opened.
+        let policy =
+            settings
+                .server
+                .load_policy(POLICY_NAME, SHIPPED_POLICY, &trust_domain, SERVED)?;
         let db = mesh_service::Db::open(&settings.db, &MIGRATIONS).await?;
         let sealer = sealing::Sealer::new(settings.kek.clone());
-        let trust_domain = settings.tls.trust_domain.clone();
         let authority = authority::AuthorityStore::open(
             db.clone(),
             sealer.clone(),
@@ -332,7 +327,6 @@ impl Application {
                 .with_description("Token endpoint answers, by grant type and outcome")
                 .build(),
         };
-        let policy = mesh_policy(runtime.trust_domain());
         let limits = ServerLimits::default();
         let server = runtime
             .into_server(policy)

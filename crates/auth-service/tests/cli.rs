@@ -27,6 +27,7 @@ fn auth_service(env: &[(&str, &str)]) -> Output {
         "MESH_AUDIT_SEGMENT_MIB",
         "MESH_AUDIT_SEGMENT_AGE",
         "OTEL_METRICS_EXPORTER",
+        "MESH_POLICY",
     ] {
         command.env_remove(key);
     }
@@ -215,6 +216,71 @@ fn bad_config_files_and_values_exit_64_naming_the_flag() {
             env.push(("MESH_ISSUER", issuer));
         }
         assert_exit_64_naming(&env, flag);
+    }
+}
+
+#[test]
+fn a_policy_file_that_is_not_valid_stops_the_start_with_exit_64_naming_the_file_and_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let shipped = include_str!("../../../config/policy/auth.toml");
+    std::fs::write(
+        dir.path().join("unknown.toml"),
+        "[[rule]]\nmethod = \"/mesh.auth.v1.AuthService/MintAnything\"\nauth = \"token\"\n",
+    )
+    .expect("write");
+    let without_rotation = shipped.replace(
+        "method = \"/mesh.auth.v1.AuthService/RotateSigningKey\"",
+        "method = \"/mesh.auth.v1.AuthService/IssueServiceToken\"",
+    );
+    assert_ne!(without_rotation, shipped);
+    std::fs::write(dir.path().join("twice.toml"), without_rotation).expect("write");
+    std::fs::write(
+        dir.path().join("auth.kek"),
+        format!("{}\n", "ab".repeat(32)),
+    )
+    .expect("write");
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../config/auth.example.toml")
+        .to_string_lossy()
+        .into_owned();
+    for (file, says) in [
+        (path("missing.toml"), "missing.toml".to_owned()),
+        (
+            path("unknown.toml"),
+            format!(
+                "{}:2: \"/mesh.auth.v1.AuthService/MintAnything\" is not a method",
+                path("unknown.toml")
+            ),
+        ),
+        (
+            path("twice.toml"),
+            "a second row for /mesh.auth.v1.AuthService/IssueServiceToken".to_owned(),
+        ),
+    ] {
+        let env = [
+            ("MESH_POLICY", file.as_str()),
+            ("MESH_AUTH_CONFIG", config.as_str()),
+            ("MESH_DB", &path("auth.db")),
+            ("MESH_KEK_FILE", &path("auth.kek")),
+            ("MESH_TLS_CERT", &path("missing.pem")),
+            ("MESH_TLS_KEY", &path("missing.key")),
+            ("MESH_TLS_CA", &path("ca.pem")),
+            ("MESH_PUBLIC_LISTEN", "127.0.0.1:0"),
+            ("MESH_LISTEN", "127.0.0.1:0"),
+        ];
+        let output = auth_service(&env);
+        assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+        assert!(stderr(&output).contains("--policy"), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains(&says),
+            "{says}: {}",
+            stderr(&output)
+        );
+        assert!(
+            !dir.path().join("auth.db").exists(),
+            "nothing is opened before the policy is checked"
+        );
     }
 }
 

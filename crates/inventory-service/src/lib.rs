@@ -20,10 +20,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use auth_interceptor::{Policy, Rule, TokenVerifier};
+use auth_interceptor::{Policy, TokenVerifier};
 use mesh_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use mesh_service::{MeshServer, Runtime, ServiceBinary, ServiceFlags, StartError};
-use mesh_tls::SpiffeId;
 
 use crate::api::InventoryApi;
 use crate::store::Store;
@@ -47,31 +46,17 @@ pub struct Args {
     pub mesh: ServiceFlags,
 }
 
-/// The inventory policy for the workloads of `trust_domain`. `orders` is the SPIFFE ID of the
-/// orders workload, the only caller that may reserve and release.
-pub fn policy(trust_domain: &str, orders: SpiffeId) -> Policy {
-    use mesh_proto::inventory::v1::rpc::inventory_service as rpc;
-    Policy::new(trust_domain)
-        .with_health()
-        .with_reflection()
-        .allow(rpc::LIST_ITEMS, Rule::token().scope("inventory:read"))
-        .allow(rpc::GET_ITEM, Rule::token().scope("inventory:read"))
-        .allow(
-            rpc::RESERVE,
-            Rule::token()
-                .scope("inventory:reserve")
-                .callers([orders.clone()])
-                .actors(["orders"]),
-        )
-        .allow(
-            rpc::RELEASE,
-            Rule::token()
-                .scope("inventory:reserve")
-                .callers([orders])
-                .actors(["orders"]),
-        )
-        .allow(rpc::RESTOCK, Rule::token().scope("inventory:admin"))
+/// The inventory policy shipped with the service (config/policy/inventory.toml): orders, and only
+/// orders acting for a user, reserves and releases stock.
+pub const SHIPPED_POLICY: &str = include_str!("../../../config/policy/inventory.toml");
+
+/// The shipped inventory policy for the workloads of `trust_domain`, checked against the protos.
+pub fn policy(trust_domain: &str) -> Result<Policy, auth_interceptor::PolicyFileError> {
+    auth_interceptor::parse_policy(SHIPPED_POLICY, POLICY_NAME, trust_domain, SERVED)
 }
+
+const POLICY_NAME: &str = "config/policy/inventory.toml";
+const SERVED: &[&[mesh_proto::rpc::Rpc]] = mesh_proto::rpc::servers::INVENTORY;
 
 /// A built, bound inventory service: its state and the shared server around it.
 #[derive(Debug)]
@@ -98,11 +83,15 @@ impl ServiceBinary for Application {
 
     /// Loads certificates, discovers the issuer's keys, opens the database, binds the listener.
     async fn build(args: Args) -> Result<Self, StartError> {
+        // Checked first: a bad policy file stops the start before anything is opened.
+        let policy = args.mesh.server.load_policy(
+            POLICY_NAME,
+            SHIPPED_POLICY,
+            &args.mesh.tls.trust_domain,
+            SERVED,
+        )?;
         let runtime = Runtime::start("inventory", args.listen, &args.mesh, &args.audience).await?;
-        let orders = SpiffeId::workload(runtime.trust_domain(), "orders")
-            .map_err(|e| StartError::config("--trust-domain", e))?;
         let store = Store::new(mesh_service::Db::open(&args.mesh.db, &store::MIGRATIONS).await?);
-        let policy = policy(runtime.trust_domain(), orders);
         Ok(Self {
             verifier: runtime.verifier().clone(),
             api: InventoryApi::new(store),

@@ -103,6 +103,9 @@ pub struct DevOptions {
     /// The auth config (clients, users, lifetimes); `None` is the example,
     /// [`EXAMPLE_AUTH_CONFIG`].
     pub auth_config: Option<String>,
+    /// A policy file per service name (`auth`, `orders`, `inventory`), as `--policy`; a service
+    /// without one enforces the policy shipped with it.
+    pub policies: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Default for DevOptions {
@@ -111,6 +114,7 @@ impl Default for DevOptions {
             cert_ttl: Duration::from_secs(3600),
             database: DevDatabase::Sqlite,
             auth_config: None,
+            policies: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -241,6 +245,7 @@ impl DevMesh {
             server: mesh_service::ServerFlags {
                 admin_listen: Some("127.0.0.1:0".parse().expect("address")),
                 shutdown_grace: Duration::from_secs(5),
+                policy: options.policies.get("auth").cloned(),
                 ..mesh_service::ServerFlags::default()
             },
         };
@@ -284,6 +289,7 @@ impl DevMesh {
                 health_listen: Some("127.0.0.1:0".parse().expect("address")),
                 admin_listen: Some("127.0.0.1:0".parse().expect("address")),
                 shutdown_grace: Duration::from_secs(5),
+                policy: options.policies.get(name).cloned(),
                 ..mesh_service::ServerFlags::default()
             },
         };

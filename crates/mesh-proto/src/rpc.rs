@@ -102,6 +102,33 @@ pub fn service(name: &str) -> Option<&'static [Rpc]> {
         .find(|methods| methods.first().is_some_and(|rpc| rpc.service == name))
 }
 
+/// The mesh's servers and the services each serves (besides health and reflection, which
+/// every server carries): what a server's policy file must have a rule for.
+pub mod servers {
+    use super::Rpc;
+
+    /// The auth service: its token API and the CA.
+    pub const AUTH: &[&[Rpc]] = &[
+        crate::auth::v1::rpc::auth_service::ALL,
+        crate::identity::v1::rpc::identity::ALL,
+        crate::identity::v1::rpc::identity_admin::ALL,
+    ];
+    /// The orders service.
+    pub const ORDERS: &[&[Rpc]] = &[crate::orders::v1::rpc::orders_service::ALL];
+    /// The inventory service.
+    pub const INVENTORY: &[&[Rpc]] = &[crate::inventory::v1::rpc::inventory_service::ALL];
+
+    /// The server named `name` (`auth`, `orders`, `inventory`).
+    pub fn by_name(name: &str) -> Option<&'static [&'static [Rpc]]> {
+        match name {
+            "auth" => Some(AUTH),
+            "orders" => Some(ORDERS),
+            "inventory" => Some(INVENTORY),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

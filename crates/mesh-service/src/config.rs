@@ -289,6 +289,36 @@ pub struct ServerFlags {
     /// answered UNAVAILABLE at once instead of queueing. Health checks are never refused.
     #[arg(long, env = "MESH_MAX_IN_FLIGHT", default_value_t = crate::shed::DEFAULT_MAX_IN_FLIGHT, value_parser = max_in_flight)]
     pub max_in_flight: usize,
+    /// The authorization policy (TOML, one rule per served method; see config/policy/). Without
+    /// it the service uses the policy shipped with it, the same file as in config/policy/.
+    #[arg(long, env = "MESH_POLICY")]
+    pub policy: Option<std::path::PathBuf>,
+}
+
+impl ServerFlags {
+    /// The policy the server enforces: the `--policy` file, else `shipped` (the text of the
+    /// service's file in config/policy/, named `shipped_name`), checked against the methods of
+    /// `served` for the workloads of `trust_domain`. A file that cannot be read or is not valid
+    /// is a `--policy` error (exit 64) naming the file and the line.
+    pub fn load_policy(
+        &self,
+        shipped_name: &str,
+        shipped: &str,
+        trust_domain: &str,
+        served: &[&[mesh_proto::rpc::Rpc]],
+    ) -> Result<auth_interceptor::Policy, crate::StartError> {
+        let (name, text) = match &self.policy {
+            Some(path) => (
+                path.display().to_string(),
+                std::fs::read_to_string(path).map_err(|e| {
+                    crate::StartError::config("--policy", format!("{}: {e}", path.display()))
+                })?,
+            ),
+            None => (shipped_name.to_owned(), shipped.to_owned()),
+        };
+        auth_interceptor::parse_policy(&text, &name, trust_domain, served)
+            .map_err(|e| crate::StartError::config("--policy", e.to_string()))
+    }
 }
 
 impl Default for ServerFlags {
@@ -299,6 +329,7 @@ impl Default for ServerFlags {
             admin_listen: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_in_flight: crate::shed::DEFAULT_MAX_IN_FLIGHT,
+            policy: None,
         }
     }
 }

@@ -49,6 +49,9 @@ pub enum Command {
     /// The issuer's token-signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Authorization policy files (config/policy/).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Start a whole mesh in this process and walk through allowed and denied calls.
     Demo(DemoArgs),
     /// Keep a running mesh busy as several users (orders placed, read, cancelled, and refused
@@ -565,6 +568,28 @@ pub struct LoadgenArgs {
     /// Where loadgen's own spans go (`OTEL_EXPORTER_OTLP_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: mesh_telemetry::trace::TelemetryFlags,
+}
+
+/// `meshctl policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file as the server would at start: one rule per method the server
+    /// serves, every rule a real method, every identity in the trust domain. Exit 0 when it is
+    /// valid, 1 with the file, line and reason when it is not (for CI).
+    Check(PolicyCheckArgs),
+}
+
+/// `meshctl policy check`.
+#[derive(Debug, clap::Args)]
+pub struct PolicyCheckArgs {
+    /// The policy file.
+    pub file: std::path::PathBuf,
+    /// The server it is for: auth, orders or inventory.
+    #[arg(long, value_parser = ["auth", "orders", "inventory"])]
+    pub service: String,
+    /// The trust domain whose workloads the policy admits.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
+    pub trust_domain: String,
 }
 
 /// `meshctl hash-secret`.

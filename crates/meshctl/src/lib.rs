@@ -67,6 +67,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::HashSecret(args) => secret::run(&args),
         Command::Audit(command) => audit::run(command),
         Command::Keys(command) => keys::run(command).await,
+        Command::Policy(command) => policy::run(command),
         Command::Identity(command) => identity::run(command).await,
         Command::Ca(command) => identity::run_ca(command).await,
         Command::Demo(args) => demo::run(args).await,

@@ -953,3 +953,71 @@ async fn login_opens_the_browser_on_a_loopback_port_of_its_own_and_saves_the_ses
     let listed = meshctl_in(&mesh, &session, &["orders", "list"]);
     assert!(listed.status.success(), "{}", stderr(&listed));
 }
+
+#[test]
+fn policy_check_accepts_the_shipped_files_and_names_what_is_wrong_in_others() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/policy");
+    for service in ["auth", "orders", "inventory"] {
+        let file = shipped.join(format!("{service}.toml"));
+        let output = meshctl(&[
+            "policy",
+            "check",
+            file.to_str().expect("utf8"),
+            "--service",
+            service,
+        ]);
+        assert!(output.status.success(), "{service}: {}", stderr(&output));
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let text = std::fs::read_to_string(shipped.join("inventory.toml")).expect("read");
+    // A file missing a method: CI fails on it, naming the method.
+    let missing = dir.path().join("missing.toml");
+    let without_restock = text.replace(
+        "[[rule]]\nmethod = \"/mesh.inventory.v1.InventoryService/Restock\"\nauth = \"token\"\nscopes = [\"inventory:admin\"]\n",
+        "",
+    );
+    assert_ne!(without_restock, text);
+    std::fs::write(&missing, without_restock).expect("write");
+    // A caller from another trust domain, on its line.
+    let foreign = dir.path().join("foreign.toml");
+    std::fs::write(
+        &foreign,
+        text.replacen(
+            "callers = [\"sa/orders\"]",
+            "callers = [\"spiffe://evil.example/sa/orders\"]",
+            1,
+        ),
+    )
+    .expect("write");
+    let line = text
+        .lines()
+        .position(|l| l == "callers = [\"sa/orders\"]")
+        .expect("a callers line")
+        + 1;
+    for (file, says) in [
+        (
+            &missing,
+            "no row for /mesh.inventory.v1.InventoryService/Restock".to_owned(),
+        ),
+        (
+            &foreign,
+            format!(
+                "foreign.toml:{line}: \"spiffe://evil.example/sa/orders\" is outside the trust domain"
+            ),
+        ),
+    ] {
+        let output = meshctl(&[
+            "policy",
+            "check",
+            file.to_str().expect("utf8"),
+            "--service",
+            "inventory",
+        ]);
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains(&says),
+            "{says}: {}",
+            stderr(&output)
+        );
+    }
+}

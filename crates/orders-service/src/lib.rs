@@ -22,7 +22,7 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 
-use auth_interceptor::{Policy, Rule, TokenExchanger};
+use auth_interceptor::{Policy, TokenExchanger};
 use mesh_proto::orders::v1::orders_service_server::OrdersServiceServer;
 use mesh_service::{MeshServer, Runtime, ServiceBinary, ServiceFlags, StartError};
 
@@ -52,19 +52,18 @@ pub struct Args {
     pub inventory_url: String,
 }
 
-/// The orders policy for the workloads of `trust_domain`: reading needs `orders:read`, placing
-/// and cancelling `orders:write`; which orders a caller may touch is decided per object in the
-/// handlers.
-pub fn policy(trust_domain: &str) -> Policy {
-    use mesh_proto::orders::v1::rpc::orders_service as rpc;
-    Policy::new(trust_domain)
-        .with_health()
-        .with_reflection()
-        .allow(rpc::PLACE_ORDER, Rule::token().scope("orders:write"))
-        .allow(rpc::CANCEL_ORDER, Rule::token().scope("orders:write"))
-        .allow(rpc::GET_ORDER, Rule::token().scope("orders:read"))
-        .allow(rpc::LIST_ORDERS, Rule::token().scope("orders:read"))
+/// The orders policy shipped with the service (config/policy/orders.toml): reading needs
+/// `orders:read`, placing and cancelling `orders:write`; which orders a caller may touch is
+/// decided per object in the handlers.
+pub const SHIPPED_POLICY: &str = include_str!("../../../config/policy/orders.toml");
+
+/// The shipped orders policy for the workloads of `trust_domain`, checked against the protos.
+pub fn policy(trust_domain: &str) -> Result<Policy, auth_interceptor::PolicyFileError> {
+    auth_interceptor::parse_policy(SHIPPED_POLICY, POLICY_NAME, trust_domain, SERVED)
 }
+
+const POLICY_NAME: &str = "config/policy/orders.toml";
+const SERVED: &[&[mesh_proto::rpc::Rpc]] = mesh_proto::rpc::servers::ORDERS;
 
 /// A built, bound orders service: its state and the shared server around it.
 #[derive(Debug)]
@@ -86,11 +85,17 @@ impl ServiceBinary for Application {
     /// Loads certificates, discovers the issuer's keys, opens the database, binds the listener.
     /// Dependencies are connected lazily, so orders starts (and serves reads) without them.
     async fn build(args: Args) -> Result<Self, StartError> {
+        // Checked first: a bad policy file stops the start before anything is opened.
+        let policy = args.mesh.server.load_policy(
+            POLICY_NAME,
+            SHIPPED_POLICY,
+            &args.mesh.tls.trust_domain,
+            SERVED,
+        )?;
         let runtime = Runtime::start("orders", args.listen, &args.mesh, &args.audience).await?;
         let auth = runtime.client("auth", &args.mesh.auth_url, "--auth-url")?;
         let inventory = runtime.client("inventory", &args.inventory_url, "--inventory-url")?;
         let store = Store::new(mesh_service::Db::open(&args.mesh.db, &store::MIGRATIONS).await?);
-        let policy = policy(runtime.trust_domain());
         Ok(Self {
             api: OrdersApi::new(store, TokenExchanger::new(auth), inventory)
                 .with_metrics(runtime.meter()),

@@ -14,6 +14,7 @@ mod issuer_limits;
 mod keys;
 mod metrics;
 mod oidc;
+mod policy;
 mod refusals;
 mod replicas;
 mod resilience;

@@ -727,7 +727,7 @@ async fn a_client_with_a_back_channel_is_told_of_the_sign_out_by_a_signed_logout
 async fn a_session_ends_when_idle_and_at_its_lifetime_however_much_it_is_used() {
     let config = mesh_dev::devmesh::EXAMPLE_AUTH_CONFIG
         .replace("session_idle_secs = 1800", "session_idle_secs = 3")
-        .replace("session_lifetime_secs = 28800", "session_lifetime_secs = 5");
+        .replace("session_lifetime_secs = 28800", "session_lifetime_secs = 6");
     assert!(
         config.contains("session_idle_secs = 3"),
         "the example sets the timeouts"
@@ -742,29 +742,33 @@ async fn a_session_ends_when_idle_and_at_its_lifetime_however_much_it_is_used() 
     let signed_in = async |browser: &mut Browser| {
         query_value(&browser.get(&probe).await.location, "code").is_some()
     };
-    let mut used = Browser::new(&mesh);
+    // The idle one signs in first: whatever the other's sign-in costs only adds to its idling.
     let mut idle = Browser::new(&mesh);
-    for browser in [&mut used, &mut idle] {
+    let mut used = Browser::new(&mesh);
+    let mut used_since = std::time::Instant::now();
+    for browser in [&mut idle, &mut used] {
         let (url, params, _) = meshctl_request(&mesh, &[]);
+        used_since = std::time::Instant::now();
         let answer = sign_in(browser, &url, &params, "alice").await;
         assert!(
-            answer.set_cookie.iter().any(|c| c.contains("Max-Age=5")),
+            answer.set_cookie.iter().any(|c| c.contains("Max-Age=6")),
             "{:?}",
             answer.set_cookie
         );
     }
-    // Used every second (well within the 3 s idle timeout): alive until its 5 s lifetime. Left
+    // Used every second (well within the 3 s idle timeout): alive until its 6 s lifetime. Left
     // alone for 4 s: over. (Times are whole seconds; 4 s of real time are at least 4 of them.)
     for _ in 0..4 {
         tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
         assert!(signed_in(&mut used).await, "a session in use is alive");
     }
     assert!(!signed_in(&mut idle).await, "idle for 4 s: ended");
-    // 1.2 s after its last use (under the idle timeout), over 5 s after its sign-in.
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // Past 6 s after its sign-in, under 3 s after its last use: over, used or not.
+    let lifetime = std::time::Duration::from_millis(6200);
+    tokio::time::sleep(lifetime.saturating_sub(used_since.elapsed())).await;
     assert!(
         !signed_in(&mut used).await,
-        "5 s after the sign-in: ended, used or not"
+        "6 s after the sign-in: ended, used or not"
     );
     mesh.stop().await;
 }

@@ -300,29 +300,46 @@ fn the_kubernetes_dev_overlay_ships_the_example_registry_unchanged() {
     );
 }
 
+#[test]
+fn the_kubernetes_base_ships_the_policy_files_unchanged() {
+    // kustomize reads files only below the kustomization, so the base holds copies.
+    let root = crates_dir().join("..");
+    for service in ["auth", "orders", "inventory"] {
+        let shipped = std::fs::read_to_string(root.join(format!("config/policy/{service}.toml")))
+            .expect("shipped");
+        let copy =
+            std::fs::read_to_string(root.join(format!("deploy/k8s/base/policy/{service}.toml")))
+                .expect("copy");
+        assert!(
+            shipped == copy,
+            "deploy/k8s/base/policy/{service}.toml differs from config/policy/{service}.toml: copy it again"
+        );
+    }
+}
+
 /// Every method of every service a server serves has exactly one policy row, and every row
-/// names a real method (a generated constant: `Policy::allow` panics on a second row for one
-/// method, and only takes `mesh_proto::rpc::Rpc`). A new RPC is the proto line, its handler and
-/// one row; forgetting the row fails here.
+/// names a real method: the shipped files in config/policy/ are checked against the generated
+/// constants when they are parsed (a second row, a row for a method that does not exist and a
+/// missing row are refused), and here once more. A new RPC is the proto line, its handler and
+/// one rule in its server's file; forgetting the rule fails here, and at the server's start.
 #[test]
 fn every_served_method_has_one_policy_row_and_every_row_a_real_method() {
     use mesh_proto::rpc::{self, Rpc};
     let domain = mesh_test_support::TRUST_DOMAIN;
-    let orders_id = mesh_tls::SpiffeId::workload(domain, "orders").expect("id");
     let servers: [(&str, auth_interceptor::Policy, Vec<&[Rpc]>); 3] = [
         (
             "orders",
-            orders_service::policy(domain),
+            orders_service::policy(domain).expect("the shipped orders policy"),
             vec![mesh_proto::orders::v1::rpc::orders_service::ALL],
         ),
         (
             "inventory",
-            inventory_service::policy(domain, orders_id),
+            inventory_service::policy(domain).expect("the shipped inventory policy"),
             vec![mesh_proto::inventory::v1::rpc::inventory_service::ALL],
         ),
         (
             "auth",
-            auth_service::mesh_policy(domain),
+            auth_service::mesh_policy(domain).expect("the shipped auth policy"),
             vec![
                 mesh_proto::auth::v1::rpc::auth_service::ALL,
                 mesh_proto::identity::v1::rpc::identity::ALL,

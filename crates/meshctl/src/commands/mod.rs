@@ -12,6 +12,7 @@ pub mod keys;
 pub mod loadgen;
 pub mod login;
 pub mod orders;
+pub mod policy;
 pub mod secret;
 pub mod stat;
 pub mod token;

@@ -1,0 +1,306 @@
+//! A service's authorization policy as data: a TOML file with one `[[rule]]` per method the
+//! server serves, checked against the methods the protos define before it is used.
+//!
+//! ```toml
+//! [[rule]]
+//! method = "/shop.v1.Stock/Reserve"
+//! auth = "token"              # public | certificate | token
+//! scopes = ["stock:reserve"]
+//! callers = ["sa/orders"]     # workloads of the trust domain; absent: any of them
+//! actors = ["orders"]         # exchanged tokens acting for a user through these clients
+//! ```
+//!
+//! A file is refused, with its name and the line, when a row names a method the server does
+//! not serve, when a method has no row or two, when an identity is outside the trust domain, or
+//! when a row asks what its kind of authentication cannot check (scopes on a public row).
+
+use std::collections::HashMap;
+
+use mesh_proto::rpc::{self, Rpc};
+use mesh_tls::SpiffeId;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::policy::{Policy, Rule};
+
+/// Why a policy file was refused: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct PolicyFileError {
+    /// The file's name, as given.
+    pub source_name: String,
+    /// The 1-based line of the offending row or value, when there is one.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    rule: Vec<Spanned<Row>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Row {
+    method: Spanned<String>,
+    auth: Spanned<Auth>,
+    #[serde(default)]
+    scopes: Vec<Spanned<String>>,
+    callers: Option<Vec<Spanned<String>>>,
+    actors: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Auth {
+    Public,
+    Certificate,
+    Token,
+}
+
+/// Parses and checks the policy in `text` (named `source_name` in errors) for a server of
+/// `trust_domain` that serves `served` (its own services' methods; the health and reflection
+/// methods every mesh server carries are added here).
+pub fn parse_policy(
+    text: &str,
+    source_name: &str,
+    trust_domain: &str,
+    served: &[&[Rpc]],
+) -> Result<Policy, PolicyFileError> {
+    let error = |line: Option<usize>, message: String| PolicyFileError {
+        source_name: source_name.to_owned(),
+        line,
+        message,
+    };
+    let line_of = |offset: usize| Some(text[..offset.min(text.len())].matches('\n').count() + 1);
+    let file: File = toml::from_str(text).map_err(|e| {
+        let line = e.span().and_then(|span| line_of(span.start));
+        error(line, e.message().to_owned())
+    })?;
+    let served: HashMap<&str, &Rpc> = served
+        .iter()
+        .chain([rpc::health::ALL, rpc::reflection::ALL].iter())
+        .flat_map(|service| service.iter())
+        .map(|rpc| (rpc.path, rpc))
+        .collect();
+    let mut policy = Policy::new(trust_domain);
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for row in &file.rule {
+        let at = |spanned_start: usize| line_of(spanned_start);
+        let row_line = at(row.span().start);
+        let row = row.get_ref();
+        let method = row.method.get_ref().as_str();
+        let Some(rpc) = served.get(method) else {
+            return Err(error(
+                at(row.method.span().start),
+                format!("{method:?} is not a method this server serves"),
+            ));
+        };
+        if let Some(first) = seen.insert(rpc.path, row_line.unwrap_or(0)) {
+            return Err(error(
+                row_line,
+                format!("a second row for {method} (the first is on line {first})"),
+            ));
+        }
+        let auth = *row.auth.get_ref();
+        let refuse_on = |values: &[Spanned<String>], what: &str| -> Result<(), PolicyFileError> {
+            match values.first() {
+                Some(first) => Err(error(
+                    at(first.span().start),
+                    format!(
+                        "{what} cannot be checked on a row without a token (auth = \"{}\")",
+                        match auth {
+                            Auth::Public => "public",
+                            _ => "certificate",
+                        }
+                    ),
+                )),
+                None => Ok(()),
+            }
+        };
+        let mut rule = match auth {
+            Auth::Public => Rule::public(),
+            Auth::Certificate => Rule::certificate(),
+            Auth::Token => Rule::token(),
+        };
+        if auth != Auth::Token {
+            refuse_on(&row.scopes, "scopes")?;
+            refuse_on(row.actors.as_deref().unwrap_or_default(), "actors")?;
+        }
+        if auth == Auth::Public && row.callers.is_some() {
+            return Err(error(
+                at(row.auth.span().start),
+                "a public row admits every caller: callers cannot narrow it".to_owned(),
+            ));
+        }
+        for scope in &row.scopes {
+            let text = scope.get_ref();
+            if text.is_empty() || text.contains(char::is_whitespace) {
+                return Err(error(
+                    at(scope.span().start),
+                    format!("{text:?} is not a scope"),
+                ));
+            }
+            rule = rule.scope(text.clone());
+        }
+        if let Some(callers) = &row.callers {
+            let mut ids = Vec::with_capacity(callers.len());
+            for caller in callers {
+                let id = caller_id(caller.get_ref(), trust_domain)
+                    .map_err(|why| error(at(caller.span().start), why))?;
+                ids.push(id);
+            }
+            rule = rule.callers(ids);
+        }
+        if let Some(actors) = &row.actors {
+            if let Some(empty) = actors.iter().find(|a| a.get_ref().is_empty()) {
+                return Err(error(at(empty.span().start), "an empty actor".to_owned()));
+            }
+            rule = rule.actors(actors.iter().map(|a| a.get_ref().clone()));
+        }
+        policy = policy.allow(**rpc, rule);
+    }
+    let mut missing: Vec<&str> = served
+        .keys()
+        .filter(|path| !seen.contains_key(*path))
+        .copied()
+        .collect();
+    missing.sort_unstable();
+    if !missing.is_empty() {
+        return Err(error(
+            None,
+            format!(
+                "no row for {} (every served method needs exactly one)",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(policy)
+}
+
+/// A caller as written: `sa/<name>` (a workload of the trust domain) or a full SPIFFE ID, which
+/// must be in the trust domain.
+fn caller_id(written: &str, trust_domain: &str) -> Result<SpiffeId, String> {
+    let full = if written.starts_with("spiffe://") {
+        written.to_owned()
+    } else {
+        format!("spiffe://{trust_domain}/{written}")
+    };
+    let id: SpiffeId = full.parse().map_err(|_| {
+        format!("{written:?} is not a SPIFFE ID (or sa/<name> in the trust domain)")
+    })?;
+    if id.trust_domain() != trust_domain {
+        return Err(format!(
+            "{written:?} is outside the trust domain {trust_domain:?}: its workloads are not ours"
+        ));
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICE: &[Rpc] = &[rpc::health::CHECK];
+
+    fn parse(text: &str) -> Result<Policy, PolicyFileError> {
+        // The made-up server serves the health methods and reflection only.
+        parse_policy(text, "p.toml", "mesh.local", &[SERVICE])
+    }
+
+    const COMPLETE: &str = r#"
+[[rule]]
+method = "/grpc.health.v1.Health/Check"
+auth = "public"
+
+[[rule]]
+method = "/grpc.health.v1.Health/Watch"
+auth = "public"
+
+[[rule]]
+method = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+auth = "certificate"
+callers = ["sa/meshctl", "spiffe://mesh.local/sa/orders"]
+"#;
+
+    #[test]
+    fn a_complete_file_becomes_the_policy_it_says() {
+        let policy = parse(COMPLETE).expect("valid");
+        assert_eq!(policy.methods().len(), 3);
+        let reflection = policy
+            .rule("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+            .expect("row");
+        let meshctl = SpiffeId::workload("mesh.local", "meshctl").expect("id");
+        let inventory = SpiffeId::workload("mesh.local", "inventory").expect("id");
+        assert!(reflection.authorize(None, Some(&meshctl)).is_ok());
+        assert!(reflection.authorize(None, Some(&inventory)).is_err());
+    }
+
+    #[test]
+    fn each_mistake_is_refused_with_its_line() {
+        let cases: [(&str, usize, &str); 7] = [
+            (
+                "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nscope = []\n",
+                3,
+                "unknown field",
+            ),
+            (
+                "[[rule]]\nmethod = \"/shop.v1.X/Nope\"\nauth = \"token\"\n",
+                2,
+                "not a method this server serves",
+            ),
+            (
+                "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"public\"\n\
+                 [[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"public\"\n",
+                4,
+                "a second row",
+            ),
+            (
+                "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"public\"\n\
+                 scopes = [\"x:read\"]\n",
+                4,
+                "scopes cannot be checked",
+            ),
+            (
+                "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"token\"\n\
+                 callers = [\"spiffe://evil.example/sa/orders\"]\n",
+                4,
+                "outside the trust domain",
+            ),
+            (
+                "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"sometimes\"\n",
+                3,
+                "unknown variant",
+            ),
+            (
+                "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"token\"\n\
+                 scopes = [\"two words\"]\n",
+                4,
+                "is not a scope",
+            ),
+        ];
+        for (text, line, says) in cases {
+            let refused = parse(text).expect_err(text);
+            assert_eq!(refused.line, Some(line), "{text}: {refused}");
+            assert!(refused.to_string().contains(says), "{text}: {refused}");
+            assert!(refused.to_string().starts_with(&format!("p.toml:{line}: ")));
+        }
+    }
+
+    #[test]
+    fn a_method_without_a_row_is_named() {
+        let without_watch = COMPLETE.replace(
+            "[[rule]]\nmethod = \"/grpc.health.v1.Health/Watch\"\nauth = \"public\"\n",
+            "",
+        );
+        let refused = parse(&without_watch).expect_err("a missing row");
+        assert_eq!(refused.line, None);
+        assert!(
+            refused.message.contains("/grpc.health.v1.Health/Watch"),
+            "{refused}"
+        );
+    }
+}
