@@ -47,6 +47,10 @@ pub struct AuditRecord {
     pub peer: String,
     /// The trace the decision belongs to (empty until tracing is on).
     pub trace_id: String,
+    /// The version of the policy that decided (absent on records that are no policy decision,
+    /// and on records from before policies had versions).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy: String,
     /// The previous record's mac, hex; empty for the first record.
     pub prev: String,
     /// HMAC-SHA256(key, prev ‖ this record without `mac`), hex.
@@ -73,6 +77,8 @@ pub struct Decision<'a> {
     pub peer: &'a str,
     /// The trace id.
     pub trace_id: &'a str,
+    /// The version of the policy that decided, if a policy did.
+    pub policy: &'a str,
 }
 
 /// A failure to open, write or read the log.
@@ -297,6 +303,8 @@ struct Unsigned<'a> {
     client: &'a str,
     peer: &'a str,
     trace_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    policy: &'a str,
     prev: &'a str,
 }
 
@@ -314,6 +322,7 @@ impl<'a> Unsigned<'a> {
             client: &record.client,
             peer: &record.peer,
             trace_id: &record.trace_id,
+            policy: &record.policy,
             prev: &record.prev,
         }
     }
@@ -687,6 +696,7 @@ impl AuditLog {
             client: decision.client,
             peer: decision.peer,
             trace_id: decision.trace_id,
+            policy: decision.policy,
             prev: &writer.last_mac,
         }
         .sign(&writer.key);
@@ -991,30 +1001,39 @@ mod tests {
     #[test]
     fn a_line_signed_from_one_serialization_is_the_signed_record_byte_for_byte() {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &[7; 32]);
-        let unsigned = Unsigned {
-            seq: 41,
-            time_ms: 1_700_000_000_000,
-            service: "orders",
-            decision: "deny",
-            reason: "wrong_audience",
-            method: "/shop.v1.Shop/Buy",
-            subject: "alice \"quoted\" \u{e9}\n",
-            actor: "",
-            client: "meshctl",
-            peer: "spiffe://mesh.local/sa/meshctl",
-            trace_id: "",
-            prev: "00ff",
-        };
-        let (line, signed) = unsigned.sign(&key);
-        let record: AuditRecord = serde_json::from_slice(&line).expect("a record");
-        let mut expected = serde_json::to_vec(&record).expect("json");
-        expected.push(b'\n');
-        assert_eq!(
-            String::from_utf8_lossy(&line),
-            String::from_utf8_lossy(&expected)
-        );
-        assert_eq!(record.mac, signed);
-        assert_eq!(mac(&key, &record), signed, "what verify recomputes");
+        // Without a policy version (records from before versions, and the issuer's own) and with.
+        for policy in ["", "0123456789ab"] {
+            let unsigned = Unsigned {
+                seq: 41,
+                time_ms: 1_700_000_000_000,
+                service: "orders",
+                decision: "deny",
+                reason: "wrong_audience",
+                method: "/shop.v1.Shop/Buy",
+                subject: "alice \"quoted\" \u{e9}\n",
+                actor: "",
+                client: "meshctl",
+                peer: "spiffe://mesh.local/sa/meshctl",
+                trace_id: "",
+                policy,
+                prev: "00ff",
+            };
+            let (line, signed) = unsigned.sign(&key);
+            assert_eq!(
+                String::from_utf8_lossy(&line).contains("\"policy\""),
+                !policy.is_empty()
+            );
+            let record: AuditRecord = serde_json::from_slice(&line).expect("a record");
+            assert_eq!(record.policy, policy);
+            let mut expected = serde_json::to_vec(&record).expect("json");
+            expected.push(b'\n');
+            assert_eq!(
+                String::from_utf8_lossy(&line),
+                String::from_utf8_lossy(&expected)
+            );
+            assert_eq!(record.mac, signed);
+            assert_eq!(mac(&key, &record), signed, "what verify recomputes");
+        }
         assert_eq!(hex(&[0x00, 0x9a, 0xff]), "009aff");
     }
 

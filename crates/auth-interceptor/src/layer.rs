@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 use crate::audit::AuditLog;
 use crate::bearer::BearerToken;
 use crate::error::AuthError;
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicySlot};
 use crate::principal::Principal;
 use crate::verify::{TokenVerifier, VerifiedToken};
 use mesh_telemetry::metrics::OTHER;
@@ -30,7 +30,7 @@ pub struct AuthLayer {
 #[derive(Debug, Clone)]
 struct State {
     verifier: Arc<TokenVerifier>,
-    policy: Policy,
+    policy: PolicySlot,
     audit: Option<Arc<AuditLog>>,
     decisions: Option<opentelemetry::metrics::Counter<u64>>,
 }
@@ -41,7 +41,7 @@ impl AuthLayer {
         Self {
             state: Arc::new(State {
                 verifier,
-                policy,
+                policy: PolicySlot::new(policy),
                 audit: None,
                 decisions: None,
             }),
@@ -73,9 +73,15 @@ impl AuthLayer {
         }
     }
 
-    /// The policy enforced.
-    pub fn policy(&self) -> &Policy {
-        &self.state.policy
+    /// The policy enforced now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.state.policy.current()
+    }
+
+    /// The slot the policy is read from on every call: replacing what it holds (a reloaded
+    /// policy file) takes effect for the next call.
+    pub fn policy_slot(&self) -> PolicySlot {
+        self.state.policy.clone()
     }
 }
 
@@ -126,13 +132,26 @@ where
                 .and_then(|p| p.spiffe_id.clone());
             let token = take_bearer(request.headers_mut());
             let presented = token.as_ref().ok().and_then(Option::clone);
-            let decision = state.decide(&method, token, peer.as_ref()).await;
-            if let Err(status) = state.record(&method, &decision, peer.as_ref()).await {
+            // One policy for the whole call: a reload in between changes nothing here.
+            let policy = state.policy.current();
+            let decision = state.decide(&policy, &method, token, peer.as_ref()).await;
+            if let Err(status) = state
+                .record(&policy, &method, &decision, peer.as_ref())
+                .await
+            {
                 return Ok(status.into_http());
             }
             match decision {
-                Ok(verified) => {
-                    audit_allow(&method, verified.as_deref(), peer.as_ref());
+                Ok(Allowed {
+                    token: verified,
+                    would_deny,
+                }) => {
+                    match &would_deny {
+                        None => audit_allow(&method, verified.as_deref(), peer.as_ref()),
+                        Some(error) => {
+                            audit_would_deny(&method, error, verified.as_deref(), peer.as_ref())
+                        }
+                    }
                     // The token travels on only inside the Principal, for delegation.
                     let presented = verified.as_ref().and(presented);
                     request.extensions_mut().insert(Principal::new(
@@ -147,7 +166,10 @@ where
                         let error = AuthError::Handler(reason);
                         audit_deny(&method, &error, verified.as_deref(), peer.as_ref());
                         let refusal = Err((error, verified.clone()));
-                        if let Err(status) = state.record(&method, &refusal, peer.as_ref()).await {
+                        if let Err(status) = state
+                            .record(&policy, &method, &refusal, peer.as_ref())
+                            .await
+                        {
                             return Ok(status.into_http());
                         }
                     }
@@ -162,12 +184,20 @@ where
     }
 }
 
-type Decision = Result<Option<Arc<VerifiedToken>>, (AuthError, Option<Arc<VerifiedToken>>)>;
+/// A call the policy lets through: the verified token, if the rule needs one, and what a rule
+/// in dry-run would have refused it for.
+struct Allowed {
+    token: Option<Arc<VerifiedToken>>,
+    would_deny: Option<AuthError>,
+}
+
+type Decision = Result<Allowed, (AuthError, Option<Arc<VerifiedToken>>)>;
 
 impl State {
     /// Appends the decision to the audit log, if there is one.
     async fn record(
         &self,
+        policy: &Policy,
         method: &str,
         decision: &Decision,
         peer: Option<&SpiffeId>,
@@ -175,13 +205,22 @@ impl State {
         use opentelemetry::KeyValue;
         use opentelemetry::trace::TraceContextExt as _;
         let (verdict, reason, token) = match decision {
-            Ok(token) => ("allow", "policy", token.as_deref()),
+            Ok(Allowed {
+                token,
+                would_deny: None,
+            }) => ("allow", "policy", token.as_deref()),
+            Ok(Allowed {
+                token,
+                would_deny: Some(error),
+            }) => ("would_deny", error.reason(), token.as_deref()),
             Err((error, token)) => ("deny", error.reason(), token.as_deref()),
         };
         // An allow's labels are constants; a refusal's reason is copied (refusals are rare).
         let reason_value = || match decision {
-            Ok(_) => opentelemetry::Value::from("policy"),
-            Err(_) => opentelemetry::Value::from(reason.to_owned()),
+            Ok(Allowed {
+                would_deny: None, ..
+            }) => opentelemetry::Value::from("policy"),
+            _ => opentelemetry::Value::from(reason.to_owned()),
         };
         // The decision is also an event on the server span, and the audit record carries the
         // trace id, so a trace and the audit log point at each other.
@@ -202,8 +241,7 @@ impl State {
         );
         if let Some(decisions) = &self.decisions {
             // The generated constants' names: no label is made per call.
-            let (service, name) = self
-                .policy
+            let (service, name) = policy
                 .rpc(method)
                 .map_or((OTHER, OTHER), |rpc| (rpc.service, rpc.method));
             decisions.add(
@@ -228,6 +266,7 @@ impl State {
             client: token.map_or("", |t| t.client_id.as_str()),
             peer: peer.map_or("", SpiffeId::as_str),
             trace_id: &trace_id,
+            policy: policy.version(),
         })
         .await
         .map_err(|error| {
@@ -238,19 +277,31 @@ impl State {
 
     async fn decide(
         &self,
+        policy: &Policy,
         method: &str,
         token: Result<Option<BearerToken>, AuthError>,
         peer: Option<&SpiffeId>,
     ) -> Decision {
         // Default deny, decided before any signature is checked.
-        let rule = self
-            .policy
+        let rule = policy
             .rule(method)
             .ok_or((AuthError::MethodNotInPolicy, None))?;
-        self.policy.admits(rule, peer).map_err(|e| (e, None))?;
+        policy.admits(rule, peer).map_err(|e| (e, None))?;
+        // The rule's own checks; a rule in dry-run lets a failure through, marked.
+        let checked =
+            |result: Result<(), AuthError>, token: Option<Arc<VerifiedToken>>| match result {
+                Ok(()) => Ok(Allowed {
+                    token,
+                    would_deny: None,
+                }),
+                Err(error) if rule.is_audit_only() => Ok(Allowed {
+                    token,
+                    would_deny: Some(error),
+                }),
+                Err(error) => Err((error, token)),
+            };
         if !rule.needs_token() {
-            rule.authorize(None, peer).map_err(|e| (e, None))?;
-            return Ok(None);
+            return checked(rule.authorize(None, peer), None);
         }
         let token = token
             .map_err(|e| (e, None))?
@@ -260,10 +311,7 @@ impl State {
             .verify(token.expose_secret())
             .await
             .map_err(|e| (e, None))?;
-        match rule.authorize(Some(&verified), peer) {
-            Ok(()) => Ok(Some(verified)),
-            Err(error) => Err((error, Some(verified))),
-        }
+        checked(rule.authorize(Some(&verified), peer), Some(verified))
     }
 }
 
@@ -308,6 +356,25 @@ fn take_bearer(headers: &mut HeaderMap) -> Result<Option<BearerToken>, AuthError
     BearerToken::new(token.trim())
         .map(Some)
         .map_err(|_| AuthError::MalformedHeader("expected `Bearer <token>`"))
+}
+
+/// A call a rule in dry-run would have refused: let through, and a `warn` like a refusal, so
+/// the log shows what enforcing the rule would break.
+fn audit_would_deny(
+    method: &str,
+    error: &AuthError,
+    token: Option<&VerifiedToken>,
+    peer: Option<&SpiffeId>,
+) {
+    tracing::warn!(
+        target: "audit",
+        decision = "would_deny",
+        reason = error.reason(),
+        method,
+        subject = token.map_or("", |t| t.subject.as_str()),
+        client = token.map_or("", |t| t.client_id.as_str()),
+        peer = peer.map_or("", SpiffeId::as_str),
+    );
 }
 
 /// An allowed call is a `debug` event: the audit chain, the span event and the decision counter

@@ -8,7 +8,12 @@
 //! scopes = ["stock:reserve"]
 //! callers = ["sa/orders"]     # workloads of the trust domain; absent: any of them
 //! actors = ["orders"]         # exchanged tokens acting for a user through these clients
+//! mode = "audit"              # dry-run: record `would_deny`, refuse nothing (default "enforce")
 //! ```
+//!
+//! A `mode` at the top of the file applies to every rule that names none. The policy's version
+//! is the start of the file's SHA-256: it is in every audit record, so each decision says which
+//! policy made it.
 //!
 //! A file is refused, with its name and the line, when a row names a method the server does
 //! not serve, when a method has no row or two, when an identity is outside the trust domain, or
@@ -38,8 +43,16 @@ pub struct PolicyFileError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    mode: Option<Mode>,
     #[serde(default)]
     rule: Vec<Spanned<Row>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Enforce,
+    Audit,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +64,7 @@ struct Row {
     scopes: Vec<Spanned<String>>,
     callers: Option<Vec<Spanned<String>>>,
     actors: Option<Vec<Spanned<String>>>,
+    mode: Option<Mode>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -86,7 +100,7 @@ pub fn parse_policy(
         .flat_map(|service| service.iter())
         .map(|rpc| (rpc.path, rpc))
         .collect();
-    let mut policy = Policy::new(trust_domain);
+    let mut policy = Policy::new(trust_domain).with_version(version_of(text));
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for row in &file.rule {
         let at = |spanned_start: usize| line_of(spanned_start);
@@ -161,6 +175,9 @@ pub fn parse_policy(
             }
             rule = rule.actors(actors.iter().map(|a| a.get_ref().clone()));
         }
+        if row.mode.or(file.mode) == Some(Mode::Audit) {
+            rule = rule.audit_only();
+        }
         policy = policy.allow(**rpc, rule);
     }
     let mut missing: Vec<&str> = served
@@ -179,6 +196,15 @@ pub fn parse_policy(
         ));
     }
     Ok(policy)
+}
+
+/// The version of the policy in `text`: the first 12 hex digits of its SHA-256.
+pub fn version_of(text: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A caller as written: `sa/<name>` (a workload of the trust domain) or a full SPIFFE ID, which
@@ -288,6 +314,36 @@ callers = ["sa/meshctl", "spiffe://mesh.local/sa/orders"]
             assert!(refused.to_string().contains(says), "{text}: {refused}");
             assert!(refused.to_string().starts_with(&format!("p.toml:{line}: ")));
         }
+    }
+
+    #[test]
+    fn audit_mode_comes_from_the_row_or_else_the_file_and_the_version_from_the_text() {
+        let policy = parse(COMPLETE).expect("valid");
+        let check = policy.rule("/grpc.health.v1.Health/Check").expect("row");
+        assert!(!check.is_audit_only());
+        let audited = parse(&format!("mode = \"audit\"\n{COMPLETE}")).expect("valid");
+        assert!(
+            audited
+                .rule("/grpc.health.v1.Health/Check")
+                .expect("row")
+                .is_audit_only()
+        );
+        let one = COMPLETE.replacen(
+            "auth = \"certificate\"\n",
+            "auth = \"certificate\"\nmode = \"audit\"\n",
+            1,
+        );
+        let one = parse(&format!("mode = \"enforce\"\n{one}")).expect("valid");
+        let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        assert!(one.rule(reflection).expect("row").is_audit_only());
+        assert!(
+            !one.rule("/grpc.health.v1.Health/Check")
+                .expect("row")
+                .is_audit_only()
+        );
+        assert_eq!(policy.version(), version_of(COMPLETE));
+        assert_eq!(policy.version().len(), 12);
+        assert_ne!(audited.version(), policy.version());
     }
 
     #[test]

@@ -94,6 +94,8 @@ impl IssuerAudit {
             client: event.client,
             peer: "",
             trace_id: &current_trace_id(),
+            // The issuer's own decisions (grants, logins) are not the mesh policy's.
+            policy: "",
         })
     }
 }

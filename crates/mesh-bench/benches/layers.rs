@@ -146,6 +146,7 @@ fn audit(c: &mut Criterion) {
         client: "meshctl",
         peer: "spiffe://mesh.local/sa/orders",
         trace_id: "0af7651916cd43dd8448eb211c80319c",
+        policy: "3f1c9a0b7e2d",
     };
     c.bench_function("audit chain append (HMAC + write)", |b| {
         b.iter(|| log.append(black_box(&decision)).expect("append"))

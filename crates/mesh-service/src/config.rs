@@ -295,32 +295,6 @@ pub struct ServerFlags {
     pub policy: Option<std::path::PathBuf>,
 }
 
-impl ServerFlags {
-    /// The policy the server enforces: the `--policy` file, else `shipped` (the text of the
-    /// service's file in config/policy/, named `shipped_name`), checked against the methods of
-    /// `served` for the workloads of `trust_domain`. A file that cannot be read or is not valid
-    /// is a `--policy` error (exit 64) naming the file and the line.
-    pub fn load_policy(
-        &self,
-        shipped_name: &str,
-        shipped: &str,
-        trust_domain: &str,
-        served: &[&[mesh_proto::rpc::Rpc]],
-    ) -> Result<auth_interceptor::Policy, crate::StartError> {
-        let (name, text) = match &self.policy {
-            Some(path) => (
-                path.display().to_string(),
-                std::fs::read_to_string(path).map_err(|e| {
-                    crate::StartError::config("--policy", format!("{}: {e}", path.display()))
-                })?,
-            ),
-            None => (shipped_name.to_owned(), shipped.to_owned()),
-        };
-        auth_interceptor::parse_policy(&text, &name, trust_domain, served)
-            .map_err(|e| crate::StartError::config("--policy", e.to_string()))
-    }
-}
-
 impl Default for ServerFlags {
     /// No probe or admin listener; the flags' defaults otherwise.
     fn default() -> Self {

@@ -30,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod observe;
+pub mod policy;
 pub mod runtime;
 pub mod server;
 pub mod shed;

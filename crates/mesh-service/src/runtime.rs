@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use auth_interceptor::audit::AuditLog;
 use auth_interceptor::revocation::{self, FeedStatus};
-use auth_interceptor::{AuthLayer, Policy, TokenVerifier};
+use auth_interceptor::{AuthLayer, TokenVerifier};
 use mesh_client::Transport;
 use mesh_telemetry::metrics::KnownMethods;
 use mesh_telemetry::trace::{ClientTraceLayer, Telemetry, TelemetryFlags};
@@ -501,20 +501,33 @@ impl Runtime {
     }
 
     /// The server that enforces `policy` on this runtime's listener.
-    pub fn into_server(self, policy: Policy) -> MeshServer {
+    pub fn into_server(self, policy: impl Into<crate::policy::ServerPolicy>) -> MeshServer {
+        let crate::policy::ServerPolicy { policy, file } = policy.into();
         tracing::debug!(
             service = self.name,
             rows = policy.methods().len(),
+            version = policy.version(),
             "policy loaded"
         );
         let meter = self.telemetry.metrics().meter().clone();
         let shed = crate::shed::ShedLayer::new(self.max_in_flight);
         crate::observe::shed(&meter, shed.shed_count());
+        let known = KnownMethods::new(policy.methods().iter().map(|rpc| rpc.path));
+        let auth = AuthLayer::new(self.verifier.clone(), policy)
+            .with_audit(self.audit.clone())
+            .with_metrics(&meter);
+        let mut tasks = self.tasks;
+        if let Some(file) = file {
+            let reporting = crate::policy::Reporting::new(&meter, self.audit);
+            tasks.push(TaskGuard::new(crate::policy::spawn_reload(
+                file,
+                auth.policy_slot(),
+                reporting,
+            )));
+        }
         MeshServer {
-            known: KnownMethods::new(policy.methods().iter().map(|rpc| rpc.path)),
-            auth: AuthLayer::new(self.verifier.clone(), policy)
-                .with_audit(self.audit)
-                .with_metrics(&meter),
+            known,
+            auth: auth.clone(),
             listener: self.listener,
             addr: self.addr,
             telemetry: self.telemetry,
@@ -523,7 +536,7 @@ impl Runtime {
             revocation_feed: self.revocation_feed,
             renewal: self.renewal,
             file_watch: self.file_watch,
-            tasks: self.tasks,
+            tasks,
             extra: Default::default(),
             health_listener: self.health_listener,
             shutdown_grace: self.shutdown_grace,

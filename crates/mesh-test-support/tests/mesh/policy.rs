@@ -42,3 +42,246 @@ async fn a_service_enforces_the_policy_file_it_is_given() {
         .expect("an administrator may");
     mesh.stop().await;
 }
+
+/// The orders audit records of `ListOrders` by `subject`, as (decision, reason, policy).
+fn list_records(mesh: &TestMesh, subject: &str) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(mesh.mesh.audit.log("orders"))
+        .expect("audit log")
+        .lines()
+        .map(|l| serde_json::from_str::<auth_interceptor::audit::AuditRecord>(l).expect("record"))
+        .filter(|r| r.method == "/mesh.orders.v1.OrdersService/ListOrders" && r.subject == subject)
+        .map(|r| (r.decision, r.reason, r.policy))
+        .collect()
+}
+
+/// The orders audit records about policy reloads, as (reason, policy).
+fn reload_records(mesh: &TestMesh) -> Vec<(String, String)> {
+    std::fs::read_to_string(mesh.mesh.audit.log("orders"))
+        .expect("audit log")
+        .lines()
+        .map(|l| serde_json::from_str::<auth_interceptor::audit::AuditRecord>(l).expect("record"))
+        .filter(|r| r.decision == "policy_reload")
+        .map(|r| (r.reason, r.policy))
+        .collect()
+}
+
+const LISTING: &str = "method = \"/mesh.orders.v1.OrdersService/ListOrders\"\nauth = \"token\"\nscopes = [\"orders:read\"]";
+
+/// A mesh whose orders service reads its policy from a file (the shipped one, to start with).
+async fn mesh_with_orders_policy(dir: &std::path::Path) -> (TestMesh, std::path::PathBuf) {
+    let file = dir.join("orders.toml");
+    std::fs::write(&file, orders_service::SHIPPED_POLICY).expect("write");
+    let mesh = TestMesh::start_with(mesh_dev::devmesh::DevOptions {
+        policies: BTreeMap::from([("orders".to_owned(), file.clone())]),
+        ..Default::default()
+    })
+    .await
+    .expect("mesh");
+    (mesh, file)
+}
+
+/// Writes `text` to `path` all at once (a rename), as a ConfigMap update or an editor does.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tightened_policy_takes_effect_within_a_second_under_load_and_no_call_sees_a_mix() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mesh, file) = mesh_with_orders_policy(dir.path()).await;
+    let old = auth_interceptor::policy_file::version_of(orders_service::SHIPPED_POLICY);
+    let tightened_text = orders_service::SHIPPED_POLICY.replace(
+        LISTING,
+        "method = \"/mesh.orders.v1.OrdersService/ListOrders\"\nauth = \"token\"\nscopes = [\"orders:admin\"]",
+    );
+    let new = auth_interceptor::policy_file::version_of(&tightened_text);
+    let alice = mesh.user_token("alice", "orders").await.expect("token");
+    let channel = mesh.orders_channel("meshctl").expect("channel");
+    // Four callers list orders as fast as they can, and note when each answer came.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = std::time::Instant::now();
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (mut orders, token, stop) = (
+                OrdersServiceClient::new(channel.clone()),
+                alice.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let answer = orders
+                        .list_orders(bearer(ListOrdersRequest::default(), &token))
+                        .await;
+                    answers.push((started.elapsed(), answer.map(|_| ()).map_err(|s| s.code())));
+                }
+                answers
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let written = started.elapsed();
+    replace_file(&file, &tightened_text);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for caller in callers {
+        answers.extend(caller.await.expect("caller"));
+    }
+    // Every answer is the old policy's (OK) or the new one's (PERMISSION_DENIED), nothing else;
+    // from 1 s after the write, only the new one's.
+    for (at, answer) in &answers {
+        match answer {
+            Ok(()) => assert!(
+                *at < written + std::time::Duration::from_secs(1),
+                "allowed {:?} after the tightening",
+                at.saturating_sub(written)
+            ),
+            Err(code) => assert_eq!(*code, Code::PermissionDenied, "{answers:?}"),
+        }
+    }
+    assert!(
+        answers.iter().any(|(_, a)| a.is_ok()),
+        "calls before the change"
+    );
+    assert!(
+        answers.iter().any(|(_, a)| a.is_err()),
+        "calls after the change"
+    );
+    // The chain: each decision and the policy version it names are one policy's, never a mix.
+    let records = list_records(&mesh, "alice");
+    assert_eq!(records.len(), answers.len(), "one record per call");
+    for (decision, reason, version) in &records {
+        match decision.as_str() {
+            "allow" => assert_eq!(version, &old, "an allow is the old policy's"),
+            "deny" => {
+                assert_eq!(version, &new, "a deny is the new policy's");
+                assert_eq!(reason, "missing_scope");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(
+        reload_records(&mesh),
+        vec![("applied".to_owned(), new.clone())]
+    );
+    let scraped = mesh.scrape("orders").await.expect("scrape");
+    assert_eq!(
+        scraped.sum("mesh_policy_reloads_total", &[("outcome", "applied")]),
+        1.0
+    );
+    assert_eq!(
+        scraped.sum("mesh_policy_active", &[("version", new.as_str())]),
+        1.0
+    );
+    assert_eq!(
+        scraped.sum("mesh_policy_active", &[("version", old.as_str())]),
+        0.0
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_policy_file_changes_nothing_and_says_so() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mesh, file) = mesh_with_orders_policy(dir.path()).await;
+    let old = auth_interceptor::policy_file::version_of(orders_service::SHIPPED_POLICY);
+    // The listing rule gone: a file that leaves a method without a rule.
+    let broken = orders_service::SHIPPED_POLICY.replace(&format!("[[rule]]\n{LISTING}\n"), "");
+    assert_ne!(broken, orders_service::SHIPPED_POLICY);
+    replace_file(&file, &broken);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while reload_records(&mesh).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change was never read"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let broken_version = auth_interceptor::policy_file::version_of(&broken);
+    assert_eq!(
+        reload_records(&mesh),
+        vec![("rejected".to_owned(), broken_version)]
+    );
+    // Still the old policy, for every call; reported once, not at every look.
+    let alice = mesh.user_token("alice", "orders").await.expect("token");
+    let mut orders = OrdersServiceClient::new(mesh.orders_channel("meshctl").expect("channel"));
+    orders
+        .list_orders(bearer(ListOrdersRequest::default(), &alice))
+        .await
+        .expect("the policy in force stays");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(reload_records(&mesh).len(), 1);
+    let records = list_records(&mesh, "alice");
+    assert_eq!(records.last().map(|r| r.2.as_str()), Some(old.as_str()));
+    let scraped = mesh.scrape("orders").await.expect("scrape");
+    assert_eq!(
+        scraped.sum("mesh_policy_reloads_total", &[("outcome", "rejected")]),
+        1.0
+    );
+    assert_eq!(
+        scraped.sum("mesh_policy_active", &[("version", old.as_str())]),
+        1.0
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_rule_lets_calls_through_and_records_would_deny() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mesh, file) = mesh_with_orders_policy(dir.path()).await;
+    // The tightening to try: listing needs orders:admin, in audit mode.
+    let trial = orders_service::SHIPPED_POLICY.replace(
+        LISTING,
+        "method = \"/mesh.orders.v1.OrdersService/ListOrders\"\nauth = \"token\"\nscopes = [\"orders:admin\"]\nmode = \"audit\"",
+    );
+    replace_file(&file, &trial);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while reload_records(&mesh).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change was never read"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let alice = mesh.user_token("alice", "orders").await.expect("token");
+    let admin = mesh.user_token("admin", "orders").await.expect("token");
+    let mut orders = OrdersServiceClient::new(mesh.orders_channel("meshctl").expect("channel"));
+    for token in [&alice, &admin] {
+        orders
+            .list_orders(bearer(ListOrdersRequest::default(), token))
+            .await
+            .expect("a dry-run rule refuses nothing");
+    }
+    // Authentication is not softened: no token is still no entry.
+    let anonymous = orders
+        .list_orders(tonic::Request::new(ListOrdersRequest::default()))
+        .await
+        .expect_err("no token");
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    // What enforcing it would refuse: alice, for the scope; not the admin.
+    let version = auth_interceptor::policy_file::version_of(&trial);
+    assert_eq!(
+        list_records(&mesh, "alice").last(),
+        Some(&(
+            "would_deny".to_owned(),
+            "missing_scope".to_owned(),
+            version.clone()
+        ))
+    );
+    assert_eq!(
+        list_records(&mesh, "admin").last(),
+        Some(&("allow".to_owned(), "policy".to_owned(), version))
+    );
+    let scraped = mesh.scrape("orders").await.expect("scrape");
+    assert_eq!(
+        scraped.sum(
+            "mesh_authz_decisions_total",
+            &[("rpc_method", "ListOrders"), ("decision", "would_deny")]
+        ),
+        1.0
+    );
+    mesh.stop().await;
+}
