@@ -54,6 +54,9 @@ pub enum AuthError {
     /// A rule about the token's actor or subject (e.g. `act.sub`) failed.
     #[error("permission denied: {0}")]
     Forbidden(&'static str),
+    /// The caller's identity is over the rule's rate limit; a token is there after this long.
+    #[error("rate limited: retry in {} ms", .0.as_millis().max(1))]
+    RateLimited(std::time::Duration),
 }
 
 impl AuthError {
@@ -67,6 +70,7 @@ impl AuthError {
                 | Self::ForeignTrustDomain
                 | Self::Handler(_)
                 | Self::Forbidden(_)
+                | Self::RateLimited(_)
         )
     }
 
@@ -88,6 +92,7 @@ impl AuthError {
             Self::CallerNotAllowed => "caller_not_allowed",
             Self::ForeignTrustDomain => "foreign_trust_domain",
             Self::Forbidden(_) => "forbidden",
+            Self::RateLimited(_) => "rate_limited",
             Self::Handler(reason) => reason,
         }
     }
@@ -114,6 +119,14 @@ pub fn refused(mut status: tonic::Status, reason: &'static str) -> tonic::Status
 
 impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
+        if let AuthError::RateLimited(wait) = error {
+            use tonic_types::{ErrorDetails, StatusExt};
+            return tonic::Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                error.to_string(),
+                ErrorDetails::with_retry_info(Some(wait.max(std::time::Duration::from_millis(1)))),
+            );
+        }
         if error.is_authentication_failure() {
             tonic::Status::unauthenticated(error.to_string())
         } else {

@@ -41,6 +41,7 @@ pub mod layer;
 pub mod policy;
 pub mod policy_file;
 pub mod principal;
+pub mod ratelimit;
 pub mod revocation;
 pub mod verify;
 

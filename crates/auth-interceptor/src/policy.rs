@@ -30,6 +30,8 @@ pub struct Rule {
     actors: Option<Vec<String>>,
     /// Dry-run: a call the rule's checks would refuse is allowed and recorded `would_deny`.
     audit_only: bool,
+    /// A token-bucket limit per identity, shared by every call the rule admits.
+    rate_limit: Option<std::sync::Arc<crate::ratelimit::RateLimit>>,
 }
 
 impl Rule {
@@ -55,7 +57,17 @@ impl Rule {
             callers: None,
             actors: None,
             audit_only: false,
+            rate_limit: None,
         }
+    }
+
+    /// Limits each identity (`key`) to `rate` calls a second, `burst` at once (see
+    /// [`crate::ratelimit`]).
+    pub fn rate_limit(mut self, key: crate::ratelimit::LimitKey, rate: u32, burst: u32) -> Self {
+        self.rate_limit = Some(std::sync::Arc::new(crate::ratelimit::RateLimit::new(
+            key, rate, burst,
+        )));
+        self
     }
 
     /// Dry-run (`mode = "audit"`): a caller that fails this rule's own checks (scopes, callers,
@@ -133,6 +145,10 @@ impl Rule {
                     _ => return Err(AuthError::Forbidden("actor not allowed")),
                 }
             }
+        }
+        // Counted last: only a call the rule admits spends a token.
+        if let Some(limit) = &self.rate_limit {
+            limit.take(token, peer).map_err(AuthError::RateLimited)?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! callers = ["sa/orders"]     # workloads of the trust domain; absent: any of them
 //! actors = ["orders"]         # exchanged tokens acting for a user through these clients
 //! mode = "audit"              # dry-run: record `would_deny`, refuse nothing (default "enforce")
+//! rate_limit = { per = "subject", rate = 5, burst = 10 }   # per subject, caller, or both
 //! ```
 //!
 //! A `mode` at the top of the file applies to every rule that names none. The policy's version
@@ -65,6 +66,26 @@ struct Row {
     callers: Option<Vec<Spanned<String>>>,
     actors: Option<Vec<Spanned<String>>>,
     mode: Option<Mode>,
+    rate_limit: Option<Spanned<RateLimitRow>>,
+}
+
+/// `rate_limit = { per = "subject", rate = 5, burst = 10 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitRow {
+    per: Per,
+    /// Calls a second, on average.
+    rate: u32,
+    /// Calls at once.
+    burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Per {
+    Subject,
+    Caller,
+    SubjectAndCaller,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -174,6 +195,33 @@ pub fn parse_policy(
                 return Err(error(at(empty.span().start), "an empty actor".to_owned()));
             }
             rule = rule.actors(actors.iter().map(|a| a.get_ref().clone()));
+        }
+        if let Some(limit) = &row.rate_limit {
+            let line = at(limit.span().start);
+            let limit = limit.get_ref();
+            if auth == Auth::Public {
+                return Err(error(line, "a public row is not rate limited".to_owned()));
+            }
+            if auth != Auth::Token && limit.per != Per::Caller {
+                return Err(error(
+                    line,
+                    "a row without a token has no subject: rate limit it per caller".to_owned(),
+                ));
+            }
+            for (name, value) in [("rate", limit.rate), ("burst", limit.burst)] {
+                if !(1..=100_000).contains(&value) {
+                    return Err(error(
+                        line,
+                        format!("rate_limit {name} must be 1 to 100000"),
+                    ));
+                }
+            }
+            let key = match limit.per {
+                Per::Subject => crate::ratelimit::LimitKey::Subject,
+                Per::Caller => crate::ratelimit::LimitKey::Caller,
+                Per::SubjectAndCaller => crate::ratelimit::LimitKey::SubjectAndCaller,
+            };
+            rule = rule.rate_limit(key, limit.rate, limit.burst);
         }
         if row.mode.or(file.mode) == Some(Mode::Audit) {
             rule = rule.audit_only();
@@ -308,7 +356,27 @@ callers = ["sa/meshctl", "spiffe://mesh.local/sa/orders"]
                 "is not a scope",
             ),
         ];
-        for (text, line, says) in cases {
+        let limited = [
+            (
+                "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"public\"\n\
+                 rate_limit = { per = \"caller\", rate = 1, burst = 1 }\n",
+                4,
+                "a public row is not rate limited",
+            ),
+            (
+                "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"certificate\"\n\
+                 rate_limit = { per = \"subject\", rate = 1, burst = 1 }\n",
+                4,
+                "rate limit it per caller",
+            ),
+            (
+                "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"token\"\n\
+                 rate_limit = { per = \"subject\", rate = 0, burst = 1 }\n",
+                4,
+                "rate must be 1 to 100000",
+            ),
+        ];
+        for (text, line, says) in cases.into_iter().chain(limited) {
             let refused = parse(text).expect_err(text);
             assert_eq!(refused.line, Some(line), "{text}: {refused}");
             assert!(refused.to_string().contains(says), "{text}: {refused}");

@@ -69,8 +69,16 @@ const LISTING: &str = "method = \"/mesh.orders.v1.OrdersService/ListOrders\"\nau
 
 /// A mesh whose orders service reads its policy from a file (the shipped one, to start with).
 async fn mesh_with_orders_policy(dir: &std::path::Path) -> (TestMesh, std::path::PathBuf) {
+    mesh_with_orders_policy_text(dir, orders_service::SHIPPED_POLICY).await
+}
+
+/// A mesh whose orders service reads its policy from a file holding `text`.
+async fn mesh_with_orders_policy_text(
+    dir: &std::path::Path,
+    text: &str,
+) -> (TestMesh, std::path::PathBuf) {
     let file = dir.join("orders.toml");
-    std::fs::write(&file, orders_service::SHIPPED_POLICY).expect("write");
+    std::fs::write(&file, text).expect("write");
     let mesh = TestMesh::start_with(mesh_dev::devmesh::DevOptions {
         policies: BTreeMap::from([("orders".to_owned(), file.clone())]),
         ..Default::default()
@@ -283,5 +291,68 @@ async fn a_dry_run_rule_lets_calls_through_and_records_would_deny() {
         ),
         1.0
     );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_over_its_rate_limit_waits_and_another_subject_on_the_row_is_served() {
+    let dir = tempfile::tempdir().expect("dir");
+    let limited = orders_service::SHIPPED_POLICY.replace(
+        LISTING,
+        &format!("{LISTING}\nrate_limit = {{ per = \"subject\", rate = 1, burst = 2 }}"),
+    );
+    let (mesh, _) = mesh_with_orders_policy_text(dir.path(), &limited).await;
+    let alice = mesh.user_token("alice", "orders").await.expect("token");
+    let bob = mesh.user_token("bob", "orders").await.expect("token");
+    let channel = mesh.orders_channel("meshctl").expect("channel");
+    // 64 of alice's calls at once: the burst (2) is served, every other one waits its turn.
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..64)
+        .map(|_| {
+            let (mut orders, token) = (OrdersServiceClient::new(channel.clone()), alice.clone());
+            tokio::spawn(async move {
+                orders
+                    .list_orders(bearer(ListOrdersRequest::default(), &token))
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for call in calls {
+        match call.await.expect("join") {
+            Ok(()) => served += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                use tonic_types::StatusExt;
+                let retry = status
+                    .get_error_details()
+                    .retry_info()
+                    .and_then(|info| info.retry_delay)
+                    .expect("google.rpc.RetryInfo");
+                assert!(
+                    retry > std::time::Duration::ZERO && retry <= std::time::Duration::from_secs(1),
+                    "{retry:?}"
+                );
+            }
+        }
+    }
+    // The burst, and one more per whole second the 64 calls took (the rate), never more.
+    let allowance = 2 + started.elapsed().as_secs() as usize;
+    assert!(
+        (2..=allowance).contains(&served),
+        "{served} served, allowance {allowance}"
+    );
+    // Bob, on the same row, has his own bucket.
+    let mut orders = OrdersServiceClient::new(channel);
+    orders
+        .list_orders(bearer(ListOrdersRequest::default(), &bob))
+        .await
+        .expect("another subject is served");
+    let refused = list_records(&mesh, "alice")
+        .iter()
+        .filter(|(decision, reason, _)| decision == "deny" && reason == "rate_limited")
+        .count();
+    assert_eq!(refused, 64 - served);
     mesh.stop().await;
 }
