@@ -51,7 +51,7 @@ pub use client::{AttachTokenLayer, ServiceTokenSource, TokenExchanger};
 pub use error::AuthError;
 pub use jwks::{JwksSource, KeySet};
 pub use layer::AuthLayer;
-pub use policy::{Policy, PolicySlot, Rule};
+pub use policy::{Policy, PolicySlot, Rule, RuleSummary};
 pub use policy_file::{PolicyFileError, parse_policy};
 pub use principal::{Principal, User};
 pub use revocation::RevocationList;

@@ -84,6 +84,25 @@ impl Rule {
         self.audit_only
     }
 
+    /// What the rule asks, for people (`meshctl policy explain` and `diff`).
+    pub fn summary(&self) -> RuleSummary {
+        RuleSummary {
+            auth: match self.authentication {
+                Authentication::Public => "public",
+                Authentication::Certificate => "certificate",
+                Authentication::Token => "token",
+            },
+            scopes: self.scopes.clone(),
+            callers: self
+                .callers
+                .as_ref()
+                .map(|c| c.iter().map(|id| id.as_str().to_owned()).collect()),
+            actors: self.actors.clone(),
+            audit_only: self.audit_only,
+            rate_limit: self.rate_limit.as_ref().map(|l| l.describe()),
+        }
+    }
+
     /// Requires `scope` on the token.
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.scopes.push(scope.into());
@@ -149,6 +168,49 @@ impl Rule {
         // Counted last: only a call the rule admits spends a token.
         if let Some(limit) = &self.rate_limit {
             limit.take(token, peer).map_err(AuthError::RateLimited)?;
+        }
+        Ok(())
+    }
+}
+
+/// A rule as people read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSummary {
+    /// `public`, `certificate` or `token`.
+    pub auth: &'static str,
+    /// Scopes the token must carry.
+    pub scopes: Vec<String>,
+    /// The workloads allowed, `None` for any of the trust domain.
+    pub callers: Option<Vec<String>>,
+    /// The clients an exchanged token may act through, `None` for any (or none needed).
+    pub actors: Option<Vec<String>>,
+    /// Dry-run.
+    pub audit_only: bool,
+    /// The rate limit, described.
+    pub rate_limit: Option<String>,
+}
+
+impl std::fmt::Display for RuleSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "auth = {}", self.auth)?;
+        if !self.scopes.is_empty() {
+            write!(f, "; scopes: {}", self.scopes.join(", "))?;
+        }
+        match &self.callers {
+            Some(callers) => write!(f, "; callers: {}", callers.join(", "))?,
+            None if self.auth != "public" => {
+                write!(f, "; callers: any workload of the trust domain")?
+            }
+            None => {}
+        }
+        if let Some(actors) = &self.actors {
+            write!(f, "; acting through: {}", actors.join(", "))?;
+        }
+        if let Some(limit) = &self.rate_limit {
+            write!(f, "; rate limit: {limit}")?;
+        }
+        if self.audit_only {
+            write!(f, "; mode = audit (dry-run)")?;
         }
         Ok(())
     }

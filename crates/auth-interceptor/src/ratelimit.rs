@@ -133,6 +133,16 @@ impl RateLimit {
         }
     }
 
+    /// The limit in words: `5/s, burst 10, per subject`.
+    pub fn describe(&self) -> String {
+        let per = match self.key {
+            LimitKey::Subject => "subject",
+            LimitKey::Caller => "caller",
+            LimitKey::SubjectAndCaller => "subject and caller",
+        };
+        format!("{}/s, burst {}, per {per}", self.rate, self.burst)
+    }
+
     /// How many identities have a bucket now (for tests and the docs' memory bound).
     pub fn identities(&self) -> usize {
         self.buckets

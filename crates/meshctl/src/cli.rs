@@ -577,6 +577,51 @@ pub enum PolicyCommand {
     /// serves, every rule a real method, every identity in the trust domain. Exit 0 when it is
     /// valid, 1 with the file, line and reason when it is not (for CI).
     Check(PolicyCheckArgs),
+    /// Whether a call would be allowed, and which rule decides it and why: a what-if for one
+    /// caller, method and token (the token's claims are read, not verified). Exit 0 for allow,
+    /// 1 for deny.
+    Explain(PolicyExplainArgs),
+    /// Which methods change between two policy files, and who gains or loses them.
+    Diff(PolicyDiffArgs),
+}
+
+/// `meshctl policy explain`.
+#[derive(Debug, clap::Args)]
+pub struct PolicyExplainArgs {
+    /// The server: auth, orders or inventory.
+    #[arg(long, value_parser = ["auth", "orders", "inventory"])]
+    pub service: String,
+    /// The method: its path (`/mesh.orders.v1.OrdersService/ListOrders`) or its name
+    /// (`ListOrders`).
+    #[arg(long)]
+    pub method: String,
+    /// The calling workload: `sa/<name>` or a SPIFFE ID.
+    #[arg(long)]
+    pub caller: String,
+    /// The bearer token the call would carry (its claims are read, not verified).
+    #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The policy file; without it, the one the service ships with.
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+    /// The trust domain.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
+    pub trust_domain: String,
+}
+
+/// `meshctl policy diff`.
+#[derive(Debug, clap::Args)]
+pub struct PolicyDiffArgs {
+    /// The policy in force.
+    pub old: std::path::PathBuf,
+    /// The policy proposed.
+    pub new: std::path::PathBuf,
+    /// The server: auth, orders or inventory.
+    #[arg(long, value_parser = ["auth", "orders", "inventory"])]
+    pub service: String,
+    /// The trust domain.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
+    pub trust_domain: String,
 }
 
 /// `meshctl policy check`.

@@ -1021,3 +1021,111 @@ fn policy_check_accepts_the_shipped_files_and_names_what_is_wrong_in_others() {
         );
     }
 }
+
+/// A JWT-shaped string with `claims` (explain reads claims; it verifies nothing).
+fn unsigned_token(claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    let encode = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    format!(
+        "{}.{}.c2ln",
+        encode(&serde_json::json!({"alg": "EdDSA", "typ": "at+jwt"})),
+        encode(claims)
+    )
+}
+
+#[test]
+fn policy_explain_says_which_rule_decides_and_why_and_diff_who_loses_what() {
+    let explain = |service: &str, method: &str, caller: &str, claims: serde_json::Value| {
+        let token = unsigned_token(&claims);
+        meshctl(&[
+            "policy",
+            "explain",
+            "--service",
+            service,
+            "--method",
+            method,
+            "--caller",
+            caller,
+            "--token",
+            &token,
+        ])
+    };
+    let alice = serde_json::json!({"sub": "alice", "scope": "orders:read orders:write"});
+    let allowed = explain("orders", "ListOrders", "sa/meshctl", alice.clone());
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+    let said = String::from_utf8_lossy(&allowed.stdout).into_owned();
+    assert!(
+        said.contains("rule:    auth = token; scopes: orders:read"),
+        "{said}"
+    );
+    assert!(
+        said.contains("allow:   spiffe://mesh.local/sa/meshctl with alice's token"),
+        "{said}"
+    );
+    let reader = serde_json::json!({"sub": "carol", "scope": "inventory:read"});
+    let refused = explain(
+        "orders",
+        "/mesh.orders.v1.OrdersService/ListOrders",
+        "sa/meshctl",
+        reader,
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("missing scope orders:read"),
+        "{}",
+        stderr(&refused)
+    );
+    // Reserve is orders' alone, acting for a user: meshctl's certificate is not enough.
+    let acting =
+        serde_json::json!({"sub": "alice", "scope": "inventory:reserve", "act": {"sub": "orders"}});
+    let refused = explain("inventory", "Reserve", "sa/meshctl", acting.clone());
+    assert!(
+        stderr(&refused).contains("caller_not_allowed"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        explain("inventory", "Reserve", "sa/orders", acting)
+            .status
+            .success()
+    );
+
+    let dir = tempfile::tempdir().expect("dir");
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/policy/orders.toml");
+    let text = std::fs::read_to_string(&shipped).expect("read");
+    let tightened = dir.path().join("orders.toml");
+    std::fs::write(
+        &tightened,
+        text.replacen(
+            "method = \"/mesh.orders.v1.OrdersService/ListOrders\"\nauth = \"token\"\nscopes = [\"orders:read\"]",
+            "method = \"/mesh.orders.v1.OrdersService/ListOrders\"\nauth = \"token\"\nscopes = [\"orders:admin\"]",
+            1,
+        ),
+    )
+    .expect("write");
+    let diff = meshctl(&[
+        "policy",
+        "diff",
+        shipped.to_str().expect("utf8"),
+        tightened.to_str().expect("utf8"),
+        "--service",
+        "orders",
+    ]);
+    assert!(diff.status.success(), "{}", stderr(&diff));
+    let said = String::from_utf8_lossy(&diff.stdout).into_owned();
+    assert!(
+        said.contains("/mesh.orders.v1.OrdersService/ListOrders\n"),
+        "{said}"
+    );
+    assert!(
+        said.contains("lose it: tokens without orders:admin"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("GetOrder"),
+        "an unchanged method is not listed: {said}"
+    );
+}
