@@ -26,7 +26,7 @@ enum Authentication {
 pub struct Rule {
     authentication: Authentication,
     scopes: Vec<String>,
-    callers: Option<Vec<SpiffeId>>,
+    callers: Option<Vec<CallerMatch>>,
     actors: Option<Vec<String>>,
     /// Dry-run: a call the rule's checks would refuse is allowed and recorded `would_deny`.
     audit_only: bool,
@@ -96,7 +96,7 @@ impl Rule {
             callers: self
                 .callers
                 .as_ref()
-                .map(|c| c.iter().map(|id| id.as_str().to_owned()).collect()),
+                .map(|c| c.iter().map(CallerMatch::to_string).collect()),
             actors: self.actors.clone(),
             audit_only: self.audit_only,
             rate_limit: self.rate_limit.as_ref().map(|l| l.describe()),
@@ -111,7 +111,18 @@ impl Rule {
 
     /// Allows only callers whose certificate carries one of these SPIFFE IDs.
     pub fn callers(mut self, callers: impl IntoIterator<Item = SpiffeId>) -> Self {
-        self.callers = Some(callers.into_iter().collect());
+        self.callers
+            .get_or_insert_with(Vec::new)
+            .extend(callers.into_iter().map(CallerMatch::Exact));
+        self
+    }
+
+    /// Also allows callers whose SPIFFE ID starts with `prefix` (a pattern such as
+    /// `spiffe://mesh.local/sa/batch-`, written `sa/batch-*` in a policy file).
+    pub fn caller_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.callers
+            .get_or_insert_with(Vec::new)
+            .push(CallerMatch::Prefix(prefix.into()));
         self
     }
 
@@ -143,7 +154,7 @@ impl Rule {
         }
         if let Some(callers) = &self.callers {
             match peer {
-                Some(peer) if callers.contains(peer) => {}
+                Some(peer) if callers.iter().any(|c| c.matches(peer)) => {}
                 _ => return Err(AuthError::CallerNotAllowed),
             }
         } else if peer.is_none() {
@@ -170,6 +181,31 @@ impl Rule {
             limit.take(token, peer).map_err(AuthError::RateLimited)?;
         }
         Ok(())
+    }
+}
+
+/// One entry of a rule's callers: a workload, or every workload whose SPIFFE ID starts so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CallerMatch {
+    Exact(SpiffeId),
+    Prefix(String),
+}
+
+impl CallerMatch {
+    fn matches(&self, peer: &SpiffeId) -> bool {
+        match self {
+            Self::Exact(id) => id == peer,
+            Self::Prefix(prefix) => peer.as_str().starts_with(prefix.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for CallerMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(id) => f.write_str(id.as_str()),
+            Self::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
     }
 }
 

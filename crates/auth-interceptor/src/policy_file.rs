@@ -6,7 +6,7 @@
 //! method = "/shop.v1.Stock/Reserve"
 //! auth = "token"              # public | certificate | token
 //! scopes = ["stock:reserve"]
-//! callers = ["sa/orders"]     # workloads of the trust domain; absent: any of them
+//! callers = ["sa/orders"]     # workloads of the trust domain (`sa/batch-*`: a pattern); absent: any
 //! actors = ["orders"]         # exchanged tokens acting for a user through these clients
 //! mode = "audit"              # dry-run: record `would_deny`, refuse nothing (default "enforce")
 //! rate_limit = { per = "subject", rate = 5, burst = 10 }   # per subject, caller, or both
@@ -182,13 +182,18 @@ pub fn parse_policy(
             rule = rule.scope(text.clone());
         }
         if let Some(callers) = &row.callers {
-            let mut ids = Vec::with_capacity(callers.len());
             for caller in callers {
-                let id = caller_id(caller.get_ref(), trust_domain)
-                    .map_err(|why| error(at(caller.span().start), why))?;
-                ids.push(id);
+                let written = caller.get_ref();
+                let line = at(caller.span().start);
+                rule = match written.strip_suffix('*') {
+                    Some(prefix) => rule.caller_prefix(
+                        caller_prefix(prefix, trust_domain).map_err(|why| error(line, why))?,
+                    ),
+                    None => rule.callers([
+                        caller_id(written, trust_domain).map_err(|why| error(line, why))?
+                    ]),
+                };
             }
-            rule = rule.callers(ids);
         }
         if let Some(actors) = &row.actors {
             if let Some(empty) = actors.iter().find(|a| a.get_ref().is_empty()) {
@@ -253,6 +258,30 @@ pub fn version_of(text: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// A caller pattern as written, without its `*`: `sa/batch-` or a full SPIFFE ID prefix, which
+/// must lie within the trust domain (a pattern never reaches another domain's workloads).
+fn caller_prefix(written: &str, trust_domain: &str) -> Result<String, String> {
+    let inside = format!("spiffe://{trust_domain}/");
+    let full = if written.starts_with("spiffe://") {
+        written.to_owned()
+    } else {
+        format!("{inside}{written}")
+    };
+    let path_ok = full.strip_prefix(&inside).is_some_and(|path| {
+        path.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
+    });
+    if !full.starts_with(&inside) {
+        return Err(format!(
+            "{written:?}* reaches outside the trust domain {trust_domain:?}"
+        ));
+    }
+    if !path_ok {
+        return Err(format!("{written:?}* is not a SPIFFE ID pattern"));
+    }
+    Ok(full)
 }
 
 /// A caller as written: `sa/<name>` (a workload of the trust domain) or a full SPIFFE ID, which
@@ -412,6 +441,33 @@ callers = ["sa/meshctl", "spiffe://mesh.local/sa/orders"]
         assert_eq!(policy.version(), version_of(COMPLETE));
         assert_eq!(policy.version().len(), 12);
         assert_ne!(audited.version(), policy.version());
+    }
+
+    #[test]
+    fn a_caller_pattern_admits_the_workloads_it_names_in_the_trust_domain_only() {
+        let text = COMPLETE.replace(
+            "callers = [\"sa/meshctl\", \"spiffe://mesh.local/sa/orders\"]",
+            "callers = [\"sa/batch-*\"]",
+        );
+        let policy = parse(&text).expect("valid");
+        let rule = policy
+            .rule("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+            .expect("row");
+        let batch = SpiffeId::workload("mesh.local", "batch-nightly").expect("id");
+        let orders = SpiffeId::workload("mesh.local", "orders").expect("id");
+        assert!(rule.authorize(None, Some(&batch)).is_ok());
+        assert!(rule.authorize(None, Some(&orders)).is_err());
+        for bad in [
+            "spiffe://evil.example/sa/*",
+            "spiffe://mesh.local.evil/*",
+            "sa/b?d*",
+        ] {
+            let text = COMPLETE.replace(
+                "callers = [\"sa/meshctl\", \"spiffe://mesh.local/sa/orders\"]",
+                &format!("callers = [\"{bad}\"]"),
+            );
+            assert!(parse(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]
