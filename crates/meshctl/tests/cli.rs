@@ -482,7 +482,8 @@ async fn stat_adds_up_replicas_interpolates_quantiles_and_counts_denials_by_reas
              rpc_server_call_duration_seconds_count{{{labels},rpc_grpc_status_code=\"0\"}} {ok}\n\
              rpc_server_call_duration_seconds_count{{{labels},rpc_grpc_status_code=\"16\"}} {denied}\n\
              mesh_authz_decisions_total{{{labels},decision=\"deny\",reason=\"missing_token\"}} {denied}\n\
-             mesh_authz_decisions_total{{{labels},decision=\"allow\",reason=\"policy\"}} {ok}\n"
+             mesh_authz_decisions_total{{{labels},decision=\"allow\",reason=\"policy\"}} {ok}\n\
+             mesh_authz_decisions_total{{{labels},decision=\"would_deny\",reason=\"missing_scope\"}} {denied}\n"
         );
         for (le, count) in [("0.001", 0), ("0.01", 25), ("0.1", 50), ("+Inf", 50)] {
             text.push_str(&format!(
@@ -517,7 +518,8 @@ async fn stat_adds_up_replicas_interpolates_quantiles_and_counts_denials_by_reas
             "ms",
             "98",
             "ms",
-            "missing_token:3"
+            "missing_token:3",
+            "would_deny(missing_scope):3"
         ],
         "{table}"
     );

@@ -146,6 +146,13 @@ fn rows(scrapes: &[(String, Samples)]) -> BTreeMap<Key, Row> {
                 .entry(sample.label("reason").to_owned())
                 .or_default() += sample.value;
         }
+        // What a rule in dry-run would refuse: shown beside the refusals, marked.
+        for sample in samples.select(DECISIONS, &[("decision", "would_deny")]) {
+            let row = rows.entry(key_of(service, sample)).or_default();
+            *row.denied
+                .entry(format!("would_deny({})", sample.label("reason")))
+                .or_default() += sample.value;
+        }
     }
     rows
 }
