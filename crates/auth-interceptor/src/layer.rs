@@ -184,8 +184,8 @@ where
     }
 }
 
-/// A call the policy lets through: the verified token, if the rule needs one, and what a rule
-/// in dry-run would have refused it for.
+/// A call the policy lets through: the verified token, if the rule needs one, and what a trial
+/// rule beside the enforced one would have refused it for.
 struct Allowed {
     token: Option<Arc<VerifiedToken>>,
     would_deny: Option<AuthError>,
@@ -287,31 +287,27 @@ impl State {
             .rule(method)
             .ok_or((AuthError::MethodNotInPolicy, None))?;
         policy.admits(rule, peer).map_err(|e| (e, None))?;
-        // The rule's own checks; a rule in dry-run lets a failure through, marked.
-        let checked =
-            |result: Result<(), AuthError>, token: Option<Arc<VerifiedToken>>| match result {
-                Ok(()) => Ok(Allowed {
-                    token,
-                    would_deny: None,
-                }),
-                Err(error) if rule.is_audit_only() => Ok(Allowed {
-                    token,
-                    would_deny: Some(error),
-                }),
-                Err(error) => Err((error, token)),
-            };
-        if !rule.needs_token() {
-            return checked(rule.authorize(None, peer), None);
+        let token = if rule.needs_token() {
+            let token = token
+                .map_err(|e| (e, None))?
+                .ok_or((AuthError::MissingToken, None))?;
+            let verified = self
+                .verifier
+                .verify(token.expose_secret())
+                .await
+                .map_err(|e| (e, None))?;
+            Some(verified)
+        } else {
+            None
+        };
+        if let Err(error) = rule.authorize(token.as_deref(), peer) {
+            return Err((error, token));
         }
-        let token = token
-            .map_err(|e| (e, None))?
-            .ok_or((AuthError::MissingToken, None))?;
-        let verified = self
-            .verifier
-            .verify(token.expose_secret())
-            .await
-            .map_err(|e| (e, None))?;
-        checked(rule.authorize(Some(&verified), peer), Some(verified))
+        // The enforced rule allowed it; a trial of a tighter rule only records what it would do.
+        let would_deny = policy
+            .trial(method)
+            .and_then(|trial| trial.authorize(token.as_deref(), peer).err());
+        Ok(Allowed { token, would_deny })
     }
 }
 
@@ -358,8 +354,8 @@ fn take_bearer(headers: &mut HeaderMap) -> Result<Option<BearerToken>, AuthError
         .map_err(|_| AuthError::MalformedHeader("expected `Bearer <token>`"))
 }
 
-/// A call a rule in dry-run would have refused: let through, and a `warn` like a refusal, so
-/// the log shows what enforcing the rule would break.
+/// A call the enforced rule allowed and a trial rule would have refused: a `warn` like a
+/// refusal, so the log shows what enforcing the trial would break.
 fn audit_would_deny(
     method: &str,
     error: &AuthError,

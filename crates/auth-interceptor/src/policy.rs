@@ -70,16 +70,13 @@ impl Rule {
         self
     }
 
-    /// Dry-run (`mode = "audit"`): a caller that fails this rule's own checks (scopes, callers,
-    /// actors) is let through and the decision is recorded as `would_deny` with the reason, so
-    /// an operator sees what a tightening would refuse before enforcing it. Authentication (a
-    /// missing or invalid token) and the trust domain are enforced whatever the mode.
+    /// Marks the rule as a trial (`mode = "audit"`): see [`Policy::try_rule`].
     pub fn audit_only(mut self) -> Self {
         self.audit_only = true;
         self
     }
 
-    /// Whether the rule is in dry-run.
+    /// Whether the rule is a trial.
     pub fn is_audit_only(&self) -> bool {
         self.audit_only
     }
@@ -246,7 +243,10 @@ impl std::fmt::Display for RuleSummary {
             write!(f, "; rate limit: {limit}")?;
         }
         if self.audit_only {
-            write!(f, "; mode = audit (dry-run)")?;
+            write!(
+                f,
+                "; mode = audit (a trial: records would_deny, refuses nothing)"
+            )?;
         }
         Ok(())
     }
@@ -287,6 +287,8 @@ impl PolicySlot {
 pub struct Policy {
     trust_domain: String,
     rules: HashMap<&'static str, (Rpc, Rule)>,
+    /// Trial rules (dry-run), beside the enforced rule of the same method.
+    trials: HashMap<&'static str, Rule>,
     version: String,
 }
 
@@ -296,6 +298,7 @@ impl Policy {
         Self {
             trust_domain: trust_domain.into(),
             rules: HashMap::new(),
+            trials: HashMap::new(),
             version: "built-in".to_owned(),
         }
     }
@@ -342,6 +345,28 @@ impl Policy {
             method.path
         );
         self
+    }
+
+    /// Adds a trial of a tighter rule for `method`, beside its enforced row: the enforced rule
+    /// still decides every call; a call it allows and `rule` would refuse is recorded
+    /// `would_deny <reason>`, so an operator sees what the tightening would break before
+    /// enforcing it. A trial never lets through anything the enforced rule refuses.
+    ///
+    /// # Panics
+    /// When `method` has a trial already.
+    pub fn try_rule(mut self, method: Rpc, rule: Rule) -> Self {
+        let replaced = self.trials.insert(method.path, rule.audit_only());
+        assert!(
+            replaced.is_none(),
+            "{}: a second trial rule for one method",
+            method.path
+        );
+        self
+    }
+
+    /// The trial rule for the request path `method`, if one is being tried.
+    pub fn trial(&self, method: &str) -> Option<&Rule> {
+        self.trials.get(method)
     }
 
     /// Adds the gRPC health-checking methods as public rows.

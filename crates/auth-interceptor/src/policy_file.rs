@@ -8,13 +8,14 @@
 //! scopes = ["stock:reserve"]
 //! callers = ["sa/orders"]     # workloads of the trust domain (`sa/batch-*`: a pattern); absent: any
 //! actors = ["orders"]         # exchanged tokens acting for a user through these clients
-//! mode = "audit"              # dry-run: record `would_deny`, refuse nothing (default "enforce")
+//! mode = "audit"              # a trial beside the method's enforced rule (default "enforce")
 //! rate_limit = { per = "subject", rate = 5, burst = 10 }   # per subject, caller, or both
 //! ```
 //!
-//! A `mode` at the top of the file applies to every rule that names none. The policy's version
-//! is the start of the file's SHA-256: it is in every audit record, so each decision says which
-//! policy made it.
+//! A method may have, besides its one enforced rule, one rule in `mode = "audit"`: a trial of a
+//! tighter rule. The enforced rule decides every call; a call it allows and the trial would
+//! refuse is recorded `would_deny <reason>`. The policy's version is the start of the file's
+//! SHA-256: it is in every audit record, so each decision says which policy made it.
 //!
 //! A file is refused, with its name and the line, when a row names a method the server does
 //! not serve, when a method has no row or two, when an identity is outside the trust domain, or
@@ -44,7 +45,6 @@ pub struct PolicyFileError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    mode: Option<Mode>,
     #[serde(default)]
     rule: Vec<Spanned<Row>>,
 }
@@ -123,6 +123,7 @@ pub fn parse_policy(
         .collect();
     let mut policy = Policy::new(trust_domain).with_version(version_of(text));
     let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut tried: HashMap<&str, usize> = HashMap::new();
     for row in &file.rule {
         let at = |spanned_start: usize| line_of(spanned_start);
         let row_line = at(row.span().start);
@@ -134,10 +135,13 @@ pub fn parse_policy(
                 format!("{method:?} is not a method this server serves"),
             ));
         };
-        if let Some(first) = seen.insert(rpc.path, row_line.unwrap_or(0)) {
+        let trial = row.mode == Some(Mode::Audit);
+        let rows = if trial { &mut tried } else { &mut seen };
+        if let Some(first) = rows.insert(rpc.path, row_line.unwrap_or(0)) {
+            let kind = if trial { "trial" } else { "enforced" };
             return Err(error(
                 row_line,
-                format!("a second row for {method} (the first is on line {first})"),
+                format!("a second {kind} row for {method} (the first is on line {first})"),
             ));
         }
         let auth = *row.auth.get_ref();
@@ -228,10 +232,11 @@ pub fn parse_policy(
             };
             rule = rule.rate_limit(key, limit.rate, limit.burst);
         }
-        if row.mode.or(file.mode) == Some(Mode::Audit) {
-            rule = rule.audit_only();
-        }
-        policy = policy.allow(**rpc, rule);
+        policy = if trial {
+            policy.try_rule(**rpc, rule)
+        } else {
+            policy.allow(**rpc, rule)
+        };
     }
     let mut missing: Vec<&str> = served
         .keys()
@@ -359,7 +364,7 @@ callers = ["sa/meshctl", "spiffe://mesh.local/sa/orders"]
                 "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"public\"\n\
                  [[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"public\"\n",
                 4,
-                "a second row",
+                "a second enforced row",
             ),
             (
                 "[[rule]]\nmethod = \"/grpc.health.v1.Health/Check\"\nauth = \"public\"\n\
@@ -414,33 +419,50 @@ callers = ["sa/meshctl", "spiffe://mesh.local/sa/orders"]
     }
 
     #[test]
-    fn audit_mode_comes_from_the_row_or_else_the_file_and_the_version_from_the_text() {
+    fn a_trial_row_sits_beside_the_enforced_one_and_the_version_comes_from_the_text() {
         let policy = parse(COMPLETE).expect("valid");
-        let check = policy.rule("/grpc.health.v1.Health/Check").expect("row");
-        assert!(!check.is_audit_only());
-        let audited = parse(&format!("mode = \"audit\"\n{COMPLETE}")).expect("valid");
+        let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        assert!(policy.trial(reflection).is_none());
+        let tried = format!(
+            "{COMPLETE}\n[[rule]]\nmethod = \"{reflection}\"\nauth = \"certificate\"\n\
+             callers = [\"sa/meshctl\"]\nmode = \"audit\"\n"
+        );
+        let with_trial = parse(&tried).expect("valid");
         assert!(
-            audited
-                .rule("/grpc.health.v1.Health/Check")
-                .expect("row")
+            with_trial
+                .trial(reflection)
+                .expect("a trial")
                 .is_audit_only()
         );
-        let one = COMPLETE.replacen(
+        assert!(
+            !with_trial
+                .rule(reflection)
+                .expect("enforced")
+                .is_audit_only()
+        );
+        // A trial alone is no rule: the method still needs its enforced one.
+        let only_trial = COMPLETE.replace(
             "auth = \"certificate\"\n",
             "auth = \"certificate\"\nmode = \"audit\"\n",
-            1,
         );
-        let one = parse(&format!("mode = \"enforce\"\n{one}")).expect("valid");
-        let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
-        assert!(one.rule(reflection).expect("row").is_audit_only());
+        let refused = parse(&only_trial).expect_err("no enforced row");
+        assert!(refused.message.contains(reflection), "{refused}");
+        let twice = format!(
+            "{tried}\n[[rule]]\nmethod = \"{reflection}\"\nauth = \"certificate\"\nmode = \"audit\"\n"
+        );
         assert!(
-            !one.rule("/grpc.health.v1.Health/Check")
-                .expect("row")
-                .is_audit_only()
+            parse(&twice)
+                .expect_err("two trials")
+                .message
+                .contains("a second trial row")
+        );
+        assert!(
+            parse(&format!("mode = \"audit\"\n{COMPLETE}")).is_err(),
+            "no file-wide mode"
         );
         assert_eq!(policy.version(), version_of(COMPLETE));
         assert_eq!(policy.version().len(), 12);
-        assert_ne!(audited.version(), policy.version());
+        assert_ne!(with_trial.version(), policy.version());
     }
 
     #[test]

@@ -255,7 +255,7 @@ fn a_policy_file_that_is_not_valid_stops_the_start_with_exit_64_naming_the_file_
         ),
         (
             path("twice.toml"),
-            "a second row for /mesh.auth.v1.AuthService/IssueServiceToken".to_owned(),
+            "a second enforced row for /mesh.auth.v1.AuthService/IssueServiceToken".to_owned(),
         ),
     ] {
         let env = [

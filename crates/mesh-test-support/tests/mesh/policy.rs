@@ -237,13 +237,14 @@ async fn an_invalid_policy_file_changes_nothing_and_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dry_run_rule_lets_calls_through_and_records_would_deny() {
+async fn a_trial_rule_records_would_deny_and_the_enforced_rule_still_decides() {
     let dir = tempfile::tempdir().expect("dir");
     let (mesh, file) = mesh_with_orders_policy(dir.path()).await;
-    // The tightening to try: listing needs orders:admin, in audit mode.
-    let trial = orders_service::SHIPPED_POLICY.replace(
-        LISTING,
-        "method = \"/mesh.orders.v1.OrdersService/ListOrders\"\nauth = \"token\"\nscopes = [\"orders:admin\"]\nmode = \"audit\"",
+    // The tightening to try, beside the enforced rule: listing would need orders:admin.
+    let trial = format!(
+        "{}\n[[rule]]\nmethod = \"/mesh.orders.v1.OrdersService/ListOrders\"\nauth = \"token\"\n\
+         scopes = [\"orders:admin\"]\nmode = \"audit\"\n",
+        orders_service::SHIPPED_POLICY
     );
     replace_file(&file, &trial);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -263,12 +264,24 @@ async fn a_dry_run_rule_lets_calls_through_and_records_would_deny() {
             .await
             .expect("a dry-run rule refuses nothing");
     }
-    // Authentication is not softened: no token is still no entry.
+    // The enforced rule still decides: no token is no entry, and a token without orders:read
+    // (the enforced scope) is refused, whatever the trial says.
     let anonymous = orders
         .list_orders(tonic::Request::new(ListOrdersRequest::default()))
         .await
         .expect_err("no token");
     assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let key = mesh.issuer_key().await.expect("the issuer's key");
+    let writer = key.sign(
+        &key.header(),
+        &mesh_test_support::forge::claims(&mesh.mesh.issuer, "orders", "orders:write"),
+    );
+    let refused = orders
+        .list_orders(bearer(ListOrdersRequest::default(), &writer))
+        .await
+        .expect_err("no orders:read");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("orders:read"), "{refused:?}");
     // What enforcing it would refuse: alice, for the scope; not the admin.
     let version = auth_interceptor::policy_file::version_of(&trial);
     assert_eq!(
@@ -355,4 +368,37 @@ async fn a_subject_over_its_rate_limit_waits_and_another_subject_on_the_row_is_s
         .count();
     assert_eq!(refused, 64 - served);
     mesh.stop().await;
+}
+
+#[test]
+fn the_compose_demos_dry_run_policy_is_the_shipped_one_with_reserve_tried_out() {
+    let text = include_str!("../../../../config/policy/inventory.dry-run.toml");
+    let trial = auth_interceptor::parse_policy(
+        text,
+        "config/policy/inventory.dry-run.toml",
+        mesh_test_support::TRUST_DOMAIN,
+        mesh_proto::rpc::servers::INVENTORY,
+    )
+    .expect("a valid policy");
+    let shipped = inventory_service::policy(mesh_test_support::TRUST_DOMAIN).expect("shipped");
+    for rpc in shipped.methods() {
+        assert_eq!(
+            trial.rule(rpc.path),
+            shipped.rule(rpc.path),
+            "{}: enforced as shipped",
+            rpc.path
+        );
+        match trial.trial(rpc.path) {
+            Some(tried) => {
+                assert_eq!(rpc.method, "Reserve", "only Reserve is tried out");
+                assert!(
+                    tried
+                        .summary()
+                        .scopes
+                        .contains(&"inventory:admin".to_owned())
+                );
+            }
+            None => assert_ne!(rpc.method, "Reserve", "Reserve is tried out"),
+        }
+    }
 }

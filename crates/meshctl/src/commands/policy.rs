@@ -105,20 +105,20 @@ fn explain(args: &PolicyExplainArgs) -> Result<(), CliError> {
     if rule.needs_token() && token.is_none() {
         return Err(deny(auth_interceptor::AuthError::MissingToken));
     }
-    match rule.authorize(token.as_ref(), Some(&caller)) {
-        Ok(()) => {
-            println!("allow:   {caller} {}", what_it_presents(token.as_ref()));
-            Ok(())
-        }
-        Err(error) if rule.is_audit_only() => {
-            println!(
-                "allow (dry-run): recorded as would_deny {}: {error}",
+    rule.authorize(token.as_ref(), Some(&caller))
+        .map_err(deny)?;
+    println!("allow:   {caller} {}", what_it_presents(token.as_ref()));
+    if let Some(trial) = policy.trial(method.path) {
+        println!("trial:   {}", trial.summary());
+        match trial.authorize(token.as_ref(), Some(&caller)) {
+            Ok(()) => println!("         the trial allows it too"),
+            Err(error) => println!(
+                "         the trial would refuse it: recorded as would_deny {} ({error})",
                 error.reason()
-            );
-            Ok(())
+            ),
         }
-        Err(error) => Err(deny(error)),
     }
+    Ok(())
 }
 
 fn what_it_presents(token: Option<&VerifiedToken>) -> String {
@@ -168,15 +168,30 @@ fn diff(args: &PolicyDiffArgs) -> Result<(), CliError> {
             continue;
         };
         let (before, after) = (before.summary(), after.summary());
-        if before == after {
+        let trials = (
+            old.trial(rpc.path).map(|t| t.summary()),
+            new.trial(rpc.path).map(|t| t.summary()),
+        );
+        if before == after && trials.0 == trials.1 {
             continue;
         }
         changed += 1;
         println!("\n{}", rpc.path);
-        println!("  was: {before}");
-        println!("  now: {after}");
-        for line in consequences(&before, &after) {
-            println!("  {line}");
+        if before != after {
+            println!("  was: {before}");
+            println!("  now: {after}");
+            for line in consequences(&before, &after) {
+                println!("  {line}");
+            }
+        }
+        if trials.0 != trials.1 {
+            let show =
+                |t: &Option<RuleSummary>| t.as_ref().map_or("none".to_owned(), ToString::to_string);
+            println!("  trial was: {}", show(&trials.0));
+            println!(
+                "  trial now: {} (records would_deny; refuses nothing)",
+                show(&trials.1)
+            );
         }
     }
     if changed == 0 {
@@ -226,13 +241,6 @@ fn consequences(before: &RuleSummary, after: &RuleSummary) -> Vec<String> {
             }
             (None, None) => {}
         }
-    }
-    if before.audit_only != after.audit_only {
-        lines.push(if after.audit_only {
-            "now a dry-run: refuses nothing, records would_deny".to_owned()
-        } else {
-            "now enforced (was a dry-run)".to_owned()
-        });
     }
     if before.rate_limit != after.rate_limit {
         lines.push(format!(
