@@ -88,6 +88,18 @@ async fn mesh_with_orders_policy_text(
     (mesh, file)
 }
 
+/// Waits (at most 5 s) until the orders service has read a changed policy file.
+async fn wait_for_a_reload(mesh: &TestMesh) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while reload_records(mesh).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change was never read"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Writes `text` to `path` all at once (a rename), as a ConfigMap update or an editor does.
 fn replace_file(path: &std::path::Path, text: &str) {
     let next = path.with_extension("next");
@@ -200,14 +212,7 @@ async fn an_invalid_policy_file_changes_nothing_and_says_so() {
     let broken = orders_service::SHIPPED_POLICY.replace(&format!("[[rule]]\n{LISTING}\n"), "");
     assert_ne!(broken, orders_service::SHIPPED_POLICY);
     replace_file(&file, &broken);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while reload_records(&mesh).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the change was never read"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_a_reload(&mesh).await;
     let broken_version = auth_interceptor::policy_file::version_of(&broken);
     assert_eq!(
         reload_records(&mesh),
@@ -247,14 +252,7 @@ async fn a_trial_rule_records_would_deny_and_the_enforced_rule_still_decides() {
         orders_service::SHIPPED_POLICY
     );
     replace_file(&file, &trial);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while reload_records(&mesh).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the change was never read"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_a_reload(&mesh).await;
     let alice = mesh.user_token("alice", "orders").await.expect("token");
     let admin = mesh.user_token("admin", "orders").await.expect("token");
     let mut orders = OrdersServiceClient::new(mesh.orders_channel("meshctl").expect("channel"));
