@@ -34,13 +34,6 @@ impl From<Policy> for ServerPolicy {
     }
 }
 
-impl ServerPolicy {
-    /// The policy in force at start.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-}
-
 /// A policy file and what it is checked against.
 #[derive(Debug, Clone)]
 pub(crate) struct PolicyFile {

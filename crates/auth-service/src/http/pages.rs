@@ -43,7 +43,10 @@ color:var(--error)}";
 /// (a registered redirect URI): browsers apply `form-action` to where a form's answer
 /// redirects, so that one origin is allowed besides ours.
 fn content_security_policy(redirect_to: Option<&str>) -> String {
-    let style = STANDARD.encode(Sha256::digest(CSS.as_bytes()));
+    // The stylesheet is a constant: its hash is computed once, not per page.
+    static STYLE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| STANDARD.encode(Sha256::digest(CSS.as_bytes())));
+    let style = STYLE.as_str();
     let extra = redirect_to
         .and_then(|uri| url::Url::parse(uri).ok())
         .map(|url| format!(" {}", url.origin().ascii_serialization()))

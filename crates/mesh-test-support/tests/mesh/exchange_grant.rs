@@ -8,6 +8,7 @@ use openidconnect::{OAuth2TokenResponse, TokenResponse};
 use serde_json::Value;
 
 use crate::oidc::{payload, relying_party_for, rp_sign_in};
+use crate::refusals::records;
 use crate::user_grants::introspect;
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -76,13 +77,11 @@ fn storefront() -> (&'static str, &'static str) {
 
 /// The reason of the issuer's last `deny` record.
 fn last_refusal(mesh: &TestMesh) -> String {
-    std::fs::read_to_string(mesh.mesh.audit.log("auth"))
-        .expect("audit log")
-        .lines()
+    records(mesh, "auth")
+        .into_iter()
         .rev()
-        .map(|l| serde_json::from_str::<Value>(l).expect("record"))
-        .find(|r| r["decision"] == "deny")
-        .map(|r| r["reason"].as_str().unwrap_or_default().to_owned())
+        .find(|r| r.decision == "deny")
+        .map(|r| r.reason)
         .unwrap_or_default()
 }
 
@@ -115,11 +114,9 @@ async fn a_client_outside_the_mesh_acts_for_a_signed_in_user_by_token_exchange()
     assert!(claims["exp"].as_u64() <= payload(&subject)["exp"].as_u64());
 
     // The issuer's chain records it like the mesh door's, with this door as the method.
-    let granted = std::fs::read_to_string(mesh.mesh.audit.log("auth"))
-        .expect("audit log")
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("record"))
-        .filter(|r| r["reason"] == "token_exchange" && r["method"] == "/oauth2/token")
+    let granted = records(&mesh, "auth")
+        .iter()
+        .filter(|r| r.reason == "token_exchange" && r.method == "/oauth2/token")
         .count();
     assert_eq!(granted, 1);
 

@@ -17,6 +17,7 @@ use openidconnect::{
 };
 use serde_json::Value;
 
+use crate::refusals::records;
 use crate::user_grants::authorize;
 
 /// What a person does on the login page: opens the authorization URL, submits the form it
@@ -370,12 +371,10 @@ async fn userinfo(mesh: &TestMesh, token: &str) -> (u16, String) {
 
 /// The reasons of the issuer's refusals at the userinfo endpoint, in order.
 fn userinfo_refusals(mesh: &TestMesh) -> Vec<String> {
-    std::fs::read_to_string(mesh.mesh.audit.log("auth"))
-        .expect("audit log")
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("record"))
-        .filter(|r| r["method"] == "/oauth2/userinfo" && r["decision"] == "deny")
-        .map(|r| r["reason"].as_str().unwrap_or_default().to_owned())
+    records(mesh, "auth")
+        .into_iter()
+        .filter(|r| r.method == "/oauth2/userinfo" && r.decision == "deny")
+        .map(|r| r.reason)
         .collect()
 }
 

@@ -8,6 +8,8 @@ use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_test_support::{TestMesh, bearer};
 use tonic::Code;
 
+use crate::refusals::records;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_enforces_the_policy_file_it_is_given() {
     let dir = tempfile::tempdir().expect("dir");
@@ -45,10 +47,8 @@ async fn a_service_enforces_the_policy_file_it_is_given() {
 
 /// The orders audit records of `ListOrders` by `subject`, as (decision, reason, policy).
 fn list_records(mesh: &TestMesh, subject: &str) -> Vec<(String, String, String)> {
-    std::fs::read_to_string(mesh.mesh.audit.log("orders"))
-        .expect("audit log")
-        .lines()
-        .map(|l| serde_json::from_str::<auth_interceptor::audit::AuditRecord>(l).expect("record"))
+    records(mesh, "orders")
+        .into_iter()
         .filter(|r| r.method == "/mesh.orders.v1.OrdersService/ListOrders" && r.subject == subject)
         .map(|r| (r.decision, r.reason, r.policy))
         .collect()
@@ -56,10 +56,8 @@ fn list_records(mesh: &TestMesh, subject: &str) -> Vec<(String, String, String)>
 
 /// The orders audit records about policy reloads, as (reason, policy).
 fn reload_records(mesh: &TestMesh) -> Vec<(String, String)> {
-    std::fs::read_to_string(mesh.mesh.audit.log("orders"))
-        .expect("audit log")
-        .lines()
-        .map(|l| serde_json::from_str::<auth_interceptor::audit::AuditRecord>(l).expect("record"))
+    records(mesh, "orders")
+        .into_iter()
         .filter(|r| r.decision == "policy_reload")
         .map(|r| (r.reason, r.policy))
         .collect()

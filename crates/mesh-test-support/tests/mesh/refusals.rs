@@ -19,7 +19,8 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-fn records(mesh: &TestMesh, service: &str) -> Vec<AuditRecord> {
+/// Every record of `service`'s audit chain, in order.
+pub(crate) fn records(mesh: &TestMesh, service: &str) -> Vec<AuditRecord> {
     std::fs::read_to_string(mesh.mesh.audit.log(service))
         .expect("audit log")
         .lines()
