@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use http::HeaderValue;
+use mesh_tls::{BoundTo, Thumbprint};
 use tonic::metadata::{Ascii, MetadataValue};
 
 /// A bearer token (an access token, ours or a client's), from the moment it is received or
@@ -20,6 +21,8 @@ pub struct BearerToken {
     token: Arc<str>,
     metadata: MetadataValue<Ascii>,
     header: HeaderValue,
+    /// The certificate of ours the token is bound to, for a token the issuer gave us.
+    certificate: Option<Thumbprint>,
 }
 
 /// The text cannot be a bearer token: empty, or with bytes other than visible ASCII.
@@ -44,7 +47,22 @@ impl BearerToken {
             token,
             metadata,
             header,
+            certificate: None,
         })
+    }
+
+    /// A token the issuer just gave this workload, with the certificate it is bound to read
+    /// from its `cnf` claim (if it has one): attached to a request, it sends the request over a
+    /// connection that presents that certificate ([`BoundTo`]).
+    pub fn issued(token: impl Into<Arc<str>>) -> Result<Self, InvalidBearerToken> {
+        let mut issued = Self::new(token)?;
+        issued.certificate = crate::claims::bound_certificate_unverified(&issued.token);
+        Ok(issued)
+    }
+
+    /// The certificate of ours this token is bound to, for a token from [`BearerToken::issued`].
+    pub fn certificate(&self) -> Option<Thumbprint> {
+        self.certificate
     }
 
     /// The token's text. Only for sending it where a header cannot go (the `subject_token` of
@@ -65,10 +83,14 @@ impl BearerToken {
     }
 
     /// Puts `authorization: Bearer <token>` on a tonic request, replacing any other.
+    /// A bound token also names its certificate in the request's extensions.
     pub fn attach<T>(&self, request: &mut tonic::Request<T>) {
         request
             .metadata_mut()
             .insert("authorization", self.metadata.clone());
+        if let Some(certificate) = self.certificate {
+            request.extensions_mut().insert(BoundTo(certificate));
+        }
     }
 
     /// `message` as a tonic request carrying this token.
@@ -80,10 +102,14 @@ impl BearerToken {
 
     /// Puts `authorization: Bearer <token>` on an `http` request (a tower layer's view),
     /// replacing any other.
+    /// A bound token also names its certificate in the request's extensions.
     pub fn attach_http<B>(&self, request: &mut http::Request<B>) {
         request
             .headers_mut()
             .insert(http::header::AUTHORIZATION, self.header.clone());
+        if let Some(certificate) = self.certificate {
+            request.extensions_mut().insert(BoundTo(certificate));
+        }
     }
 }
 

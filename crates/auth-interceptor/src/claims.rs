@@ -37,6 +37,47 @@ pub struct AccessClaims {
     /// revoking the login revokes every token that names it. Service tokens have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// The certificate the token is bound to (RFC 8705 §3.1): tokens the issuer gives a
+    /// workload over mTLS (service tokens, exchanged tokens) name the certificate that asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim (RFC 7800) as our profile writes it: a certificate thumbprint. A token
+/// whose `cnf` holds no `x5t#S256` (another confirmation method, e.g. DPoP's `jkt`) cannot be
+/// checked here, and is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// base64url of the SHA-256 of the certificate's DER.
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+}
+
+impl Confirmation {
+    /// The confirmation of a token bound to the certificate with `thumbprint`.
+    pub fn certificate(thumbprint: mesh_tls::Thumbprint) -> Self {
+        Self {
+            x5t_s256: Some(thumbprint.to_base64url()),
+        }
+    }
+}
+
+/// The certificate a token we were just given is bound to, read from its payload without
+/// checking its signature: for a client that got the token from the issuer over mTLS and must
+/// send it over a connection that presents that certificate. `None` for an unbound token or
+/// one that is not a JWT.
+pub fn bound_certificate_unverified(token: &str) -> Option<mesh_tls::Thumbprint> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct Bound {
+        cnf: Option<Confirmation>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let bound: Bound = serde_json::from_slice(&json).ok()?;
+    mesh_tls::Thumbprint::from_base64url(&bound.cnf?.x5t_s256?)
 }
 
 /// `aud` is a string or an array of strings (RFC 7519 §4.1.3).
@@ -90,6 +131,8 @@ pub struct VerifiedToken {
     pub expires_at: u64,
     /// `sid`: the login the token belongs to, if it came from one.
     pub session: Option<String>,
+    /// `cnf.x5t#S256`: the certificate a caller must present with it, if it is bound to one.
+    pub certificate: Option<mesh_tls::Thumbprint>,
 }
 
 /// Seconds since the epoch.

@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use tower::{Layer, Service};
 
 use mesh_client::Transport;
+use mesh_tls::Reloadable;
 
 use crate::bearer::BearerToken;
 use crate::principal::User;
@@ -23,9 +24,15 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A workload's own access token for one audience, fetched with `AuthService.IssueServiceToken`
 /// (the workload authenticates by its certificate; it holds no secret), cached, and renewed
 /// once 80 % of its lifetime has passed, so callers never present an almost-expired token.
+///
+/// The issuer binds the token to the certificate that asked for it (RFC 8705). Once the
+/// workload's certificate has been renewed, a token bound to the old one is replaced before it
+/// is sent again; one fetched just before the renewal still goes out with the certificate it is
+/// bound to ([`BearerToken::issued`]).
 #[derive(Debug)]
 pub struct ServiceTokenSource {
     client: AuthServiceClient<Channel>,
+    identity: Arc<Reloadable>,
     audience: String,
     scopes: Vec<String>,
     cached: RwLock<Option<Cached>>,
@@ -40,14 +47,16 @@ struct Cached {
 impl ServiceTokenSource {
     /// A source of tokens for `audience` with `scopes` (empty: all the registration allows),
     /// asked of the auth service over `auth_channel` (an mTLS channel to the auth service's mesh
-    /// port).
+    /// port presenting `identity`).
     pub fn new(
         auth_channel: Channel,
+        identity: Arc<Reloadable>,
         audience: impl Into<String>,
         scopes: Vec<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
             client: AuthServiceClient::new(auth_channel),
+            identity,
             audience: audience.into(),
             scopes,
             cached: RwLock::new(None),
@@ -56,12 +65,12 @@ impl ServiceTokenSource {
 
     /// The current token, fetching a new one first if the cached one is due for renewal.
     pub async fn token(&self) -> Result<BearerToken, tonic::Status> {
-        if let Some(token) = fresh(&*self.cached.read().await) {
+        if let Some(token) = fresh(&*self.cached.read().await, &self.identity) {
             return Ok(token);
         }
         let mut slot = self.cached.write().await;
         // Someone else may have renewed while we waited for the lock.
-        if let Some(token) = fresh(&slot) {
+        if let Some(token) = fresh(&slot, &self.identity) {
             return Ok(token);
         }
         let requested_at = Instant::now();
@@ -74,7 +83,7 @@ impl ServiceTokenSource {
             })
             .await?
             .into_inner();
-        let token = BearerToken::new(response.access_token)
+        let token = BearerToken::issued(response.access_token)
             .map_err(|_| tonic::Status::internal("auth service returned an unusable token"))?;
         let lifetime = Duration::from_secs(u64::from(response.expires_in));
         *slot = Some(Cached {
@@ -97,9 +106,14 @@ impl ServiceTokenSource {
 /// (revocations reach every service). The cache is keyed by a SHA-256 of the subject token, so it
 /// holds no user token, and holds at most [`EXCHANGE_CACHE_ENTRIES`] tokens: when full, expired
 /// ones are dropped, and if none has expired, all of them (the next calls exchange again).
+///
+/// The issuer binds each exchanged token to the certificate that asked (RFC 8705), so a token
+/// is also exchanged again once the workload's certificate has been renewed, as
+/// [`ServiceTokenSource`] does.
 #[derive(Clone)]
 pub struct TokenExchanger {
     client: AuthServiceClient<Transport>,
+    identity: Arc<Reloadable>,
     reused: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Cached>>>,
 }
 
@@ -113,10 +127,12 @@ impl std::fmt::Debug for TokenExchanger {
 }
 
 impl TokenExchanger {
-    /// An exchanger asking the auth service over `auth` (mTLS with our certificate).
-    pub fn new(auth: Transport) -> Self {
+    /// An exchanger asking the auth service over `auth` (mTLS with our certificate,
+    /// `identity`).
+    pub fn new(auth: Transport, identity: Arc<Reloadable>) -> Self {
         Self {
             client: AuthServiceClient::new(auth),
+            identity,
             reused: Arc::default(),
         }
     }
@@ -145,7 +161,7 @@ impl TokenExchanger {
             key.copy_from_slice(context.finish().as_ref());
             key
         };
-        if let Some(token) = fresh(&self.reused().get(&key).cloned()) {
+        if let Some(token) = fresh(&self.reused().get(&key).cloned(), &self.identity) {
             return Ok(token);
         }
         let requested_at = Instant::now();
@@ -159,7 +175,7 @@ impl TokenExchanger {
             })
             .await?
             .into_inner();
-        let token = BearerToken::new(response.access_token)
+        let token = BearerToken::issued(response.access_token)
             .map_err(|_| tonic::Status::internal("auth service returned an unusable token"))?;
         let lifetime = Duration::from_secs(u64::from(response.expires_in));
         let mut reused = self.reused();
@@ -185,11 +201,17 @@ impl TokenExchanger {
     }
 }
 
-/// The cached token, if it is not yet due for renewal.
-fn fresh(cached: &Option<Cached>) -> Option<BearerToken> {
+/// The cached token, if it is not yet due for renewal and, when it is bound to a certificate,
+/// that certificate is the one `identity` serves now.
+fn fresh(cached: &Option<Cached>, identity: &Reloadable) -> Option<BearerToken> {
     cached
         .as_ref()
         .filter(|c| Instant::now() < c.renew_at)
+        .filter(|c| {
+            c.token
+                .certificate()
+                .is_none_or(|bound| bound == identity.thumbprint())
+        })
         .map(|c| c.token.clone())
 }
 

@@ -35,6 +35,11 @@ pub enum AuthError {
     /// `aud` does not name this service.
     #[error("invalid token: wrong audience")]
     WrongAudience,
+    /// The token is bound to a certificate (RFC 8705) other than the one the caller presented
+    /// on this connection: it was sent by another workload, or by another certificate of this
+    /// one.
+    #[error("invalid token: bound to another certificate")]
+    CertificateMismatch,
     /// The method is not in the service's policy table (default deny).
     #[error("permission denied: method not allowed by policy")]
     MethodNotInPolicy,
@@ -93,6 +98,7 @@ impl AuthError {
             Self::ForeignTrustDomain => "foreign_trust_domain",
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited(_) => "rate_limited",
+            Self::CertificateMismatch => "certificate_mismatch",
             Self::Handler(reason) => reason,
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, Request, Response};
-use mesh_tls::{PeerIdentity, SpiffeId};
+use mesh_tls::{PeerIdentity, SpiffeId, Thumbprint};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
@@ -126,15 +126,16 @@ where
         let state = self.state.clone();
         Box::pin(async move {
             let method = request.uri().path().to_owned();
-            let peer = request
-                .extensions()
-                .get::<PeerIdentity>()
-                .and_then(|p| p.spiffe_id.clone());
+            let connection = request.extensions().get::<PeerIdentity>();
+            let peer = connection.and_then(|p| p.spiffe_id.clone());
+            let certificate = connection.and_then(|p| p.certificate);
             let token = take_bearer(request.headers_mut());
             let presented = token.as_ref().ok().and_then(Option::clone);
             // One policy for the whole call: a reload in between changes nothing here.
             let policy = state.policy.current();
-            let decision = state.decide(&policy, &method, token, peer.as_ref()).await;
+            let decision = state
+                .decide(&policy, &method, token, peer.as_ref(), certificate)
+                .await;
             if let Err(status) = state
                 .record(&policy, &method, &decision, peer.as_ref())
                 .await
@@ -281,6 +282,7 @@ impl State {
         method: &str,
         token: Result<Option<BearerToken>, AuthError>,
         peer: Option<&SpiffeId>,
+        certificate: Option<Thumbprint>,
     ) -> Decision {
         // Default deny, decided before any signature is checked.
         let rule = policy
@@ -296,6 +298,14 @@ impl State {
                 .verify(token.expose_secret())
                 .await
                 .map_err(|e| (e, None))?;
+            // A token bound to a certificate (RFC 8705) is good only from a connection that
+            // presents that certificate: a copy replayed from another workload is refused.
+            if verified
+                .certificate
+                .is_some_and(|bound| certificate != Some(bound))
+            {
+                return Err((AuthError::CertificateMismatch, Some(verified)));
+            }
             Some(verified)
         } else {
             None

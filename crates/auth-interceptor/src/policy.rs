@@ -413,6 +413,7 @@ mod tests {
             actor: actor.map(str::to_owned),
             expires_at: 0,
             session: None,
+            certificate: None,
         }
     }
 

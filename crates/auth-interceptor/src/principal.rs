@@ -153,6 +153,7 @@ mod tests {
             actor: None,
             expires_at: 0,
             session: None,
+            certificate: None,
         })
     }
 

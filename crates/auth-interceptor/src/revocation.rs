@@ -190,6 +190,7 @@ mod tests {
             actor: None,
             expires_at: unix_now() + 60,
             session: sid.map(str::to_owned),
+            certificate: None,
         }
     }
 

@@ -238,6 +238,17 @@ impl TokenVerifier {
         if claims.jti.is_empty() {
             return Err(AuthError::InvalidToken("empty jti"));
         }
+        let certificate = match &claims.cnf {
+            None => None,
+            Some(cnf) => Some(
+                cnf.x5t_s256
+                    .as_deref()
+                    .and_then(mesh_tls::Thumbprint::from_base64url)
+                    .ok_or(AuthError::InvalidToken(
+                        "cnf holds no certificate thumbprint this mesh can check",
+                    ))?,
+            ),
+        };
         let verified = Arc::new(VerifiedToken {
             scopes: claims.scopes().map(str::to_owned).collect(),
             subject: claims.sub,
@@ -246,6 +257,7 @@ impl TokenVerifier {
             actor: claims.act.map(|a| a.sub),
             expires_at: claims.exp,
             session: claims.sid,
+            certificate,
         });
         self.cache.insert(token, verified.clone(), now);
         Ok(verified)
@@ -389,6 +401,7 @@ mod tests {
             actor: None,
             expires_at,
             session: None,
+            certificate: None,
         })
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auth_interceptor::{AuthError, VerifiedToken};
+use mesh_tls::Thumbprint;
 
 use crate::audit::{Event, IssuerAudit};
 use crate::clients::{Client, GrantError};
@@ -84,7 +85,8 @@ pub struct Exchanged {
 impl TokenExchange {
     /// Exchanges `subject_token` for a token for `audience` with `scopes` (all the actor may
     /// delegate when empty), acting as `actor`; `door` (the gRPC method or the endpoint) is
-    /// recorded with the grant.
+    /// recorded with the grant. The token is bound to `certificate`, the one the actor
+    /// presented, when it asked over mTLS.
     pub async fn exchange(
         &self,
         actor: &Client,
@@ -92,6 +94,7 @@ impl TokenExchange {
         audience: &str,
         scopes: &[String],
         door: &str,
+        certificate: Option<Thumbprint>,
     ) -> Result<Exchanged, Refusal> {
         let subject = self
             .verifiers
@@ -133,6 +136,7 @@ impl TokenExchange {
                 actor: Some(&actor.client_id),
                 lifetime,
                 session: subject.session.as_deref(),
+                certificate,
             })
             .map_err(|_| Refusal::Signing)?;
         self.audit

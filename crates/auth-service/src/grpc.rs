@@ -55,6 +55,17 @@ impl MeshApi {
     }
 }
 
+/// The certificate the calling workload presented on this connection, which the token it asks
+/// for is bound to (RFC 8705). The mesh listener always has one; a request without it cannot be
+/// given a bound token.
+fn presented_certificate<T>(request: &Request<T>) -> Result<mesh_tls::Thumbprint, Status> {
+    request
+        .extensions()
+        .get::<mesh_tls::PeerIdentity>()
+        .and_then(|peer| peer.certificate)
+        .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))
+}
+
 fn grant_status(error: GrantError) -> Status {
     match error {
         GrantError::Audience => refused(
@@ -162,6 +173,7 @@ impl AuthService for MeshApi {
         request: Request<IssueServiceTokenRequest>,
     ) -> Result<Response<IssueServiceTokenResponse>, Status> {
         let client = self.calling_client(&request)?;
+        let certificate = presented_certificate(&request)?;
         let body = request.get_ref();
         if body.audience.is_empty() {
             return Err(Status::invalid_argument("audience: required"));
@@ -179,6 +191,7 @@ impl AuthService for MeshApi {
                 actor: None,
                 lifetime: self.ttl,
                 session: None,
+                certificate: Some(certificate),
             })
             .map_err(|_| Status::internal("could not sign the token"))?;
         self.audit
@@ -204,6 +217,7 @@ impl AuthService for MeshApi {
         request: Request<ExchangeTokenRequest>,
     ) -> Result<Response<ExchangeTokenResponse>, Status> {
         let client = self.calling_client(&request)?;
+        let certificate = presented_certificate(&request)?;
         let body = request.get_ref();
         if body.subject_token.is_empty() {
             return Err(Status::invalid_argument("subject_token: required"));
@@ -219,6 +233,7 @@ impl AuthService for MeshApi {
                 &body.audience,
                 &body.scopes,
                 auth_service::EXCHANGE_TOKEN.path,
+                Some(certificate),
             )
             .await
             .map_err(exchange_status)?;

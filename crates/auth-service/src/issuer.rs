@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auth_interceptor::AccessClaims;
-use auth_interceptor::claims::{Actor, Audience};
+use auth_interceptor::claims::{Actor, Audience, Confirmation};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh_tls::Thumbprint;
 use rand::RngCore;
 
 use crate::keys::KeyStore;
@@ -42,6 +43,9 @@ pub struct TokenRequest<'a> {
     pub lifetime: Duration,
     /// `sid`: the login (token family) a user token, or a token exchanged from one, belongs to.
     pub session: Option<&'a str>,
+    /// `cnf.x5t#S256`: the certificate the workload asked with, which it must present with
+    /// the token (RFC 8705); none for tokens asked over HTTPS without a client certificate.
+    pub certificate: Option<Thumbprint>,
 }
 
 /// What an ID token is about: the login a code was redeemed for.
@@ -110,6 +114,7 @@ impl Issuer {
                 sub: sub.to_owned(),
             }),
             sid: request.session.map(str::to_owned),
+            cnf: request.certificate.map(Confirmation::certificate),
         };
         let access_token = self.keys.sign(&claims)?;
         Ok(IssuedToken {

@@ -107,6 +107,7 @@ impl Material {
             jti: format!("bench-{subject}-{now}"),
             act: None,
             sid: None,
+            cnf: None,
         };
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
         header.typ = Some("at+jwt".into());

@@ -27,9 +27,9 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use mesh_tls::client::CertChannel;
 use mesh_tls::client::MeshConnector;
 use tonic::body::Body;
-use tonic::transport::Channel;
 use tower::buffer::Buffer;
 use tower::discover::{Change, Discover};
 use tower::load::{CompleteOnResponse, Load, PendingRequests};
@@ -46,7 +46,7 @@ use crate::stats::BalanceStats;
 const BUFFER: usize = 1024;
 
 /// One replica as the balancer holds it.
-type Replica = PendingRequests<Gate<Channel>>;
+type Replica = PendingRequests<Gate<CertChannel>>;
 
 /// What the next call goes to, as decided by the last `poll_ready`.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +66,7 @@ struct Balance {
     replicas: ReadyCache<SocketAddr, Replica, http::Request<Body>>,
     records: HashMap<SocketAddr, Arc<Record>>,
     /// The target as given, for calls made before any address is known.
-    as_given: Channel,
+    as_given: CertChannel,
     /// Until when a call waits for the first resolution.
     first_resolution: Pin<Box<tokio::time::Sleep>>,
     resolved: crate::discovery::Replicas,
@@ -247,7 +247,7 @@ impl Balanced {
         every: Duration,
     ) -> Result<Self, mesh_tls::TlsError> {
         let first = entries(target).next().unwrap_or(target).to_owned();
-        let as_given = connector.channel(&first)?;
+        let as_given = connector.cert_channel(&first)?;
         let (discovered, resolver) = discover(connector, target, resolver, every);
         let stats = Arc::new(BalanceStats::default());
         let policy = RetryPolicy::new(stats.clone());

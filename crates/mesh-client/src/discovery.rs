@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use mesh_tls::client::CertChannel;
 use mesh_tls::client::MeshConnector;
 use tokio::sync::{Notify, mpsc, watch};
-use tonic::transport::Channel;
 use tower::discover::Change;
 
 use crate::TaskGuard;
@@ -92,11 +92,11 @@ pub type Replicas = watch::Receiver<Option<Vec<SocketAddr>>>;
 
 /// Replicas appearing and leaving, as [`tower::discover::Discover`] reads them.
 pub struct Discovered {
-    changes: mpsc::UnboundedReceiver<Change<SocketAddr, Channel>>,
+    changes: mpsc::UnboundedReceiver<Change<SocketAddr, CertChannel>>,
 }
 
 impl futures_util::Stream for Discovered {
-    type Item = Result<Change<SocketAddr, Channel>, Infallible>;
+    type Item = Result<Change<SocketAddr, CertChannel>, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.changes.poll_recv(cx).map(|change| change.map(Ok))
@@ -160,7 +160,7 @@ pub fn discover(
                     if known.contains(addr) {
                         continue;
                     }
-                    match connector.channel(&addr.to_string()) {
+                    match connector.cert_channel(&addr.to_string()) {
                         Ok(channel) => {
                             known.insert(*addr);
                             let _ = send.send(Change::Insert(*addr, channel));

@@ -44,6 +44,11 @@ pub const STRANGER: &str = "stranger";
 /// nowhere but health checks.
 pub const FOREIGN_ORDERS: &str = "foreign-orders";
 
+/// A second certificate of orders (`spiffe://mesh.local/sa/orders`, another key): what a copy
+/// of orders' identity on another host, or its next certificate, looks like. A token bound to
+/// orders' first certificate must not work from it.
+pub const ORDERS_OTHER_CERTIFICATE: &str = "orders-other-certificate";
+
 /// The trust domain of [`FOREIGN_ORDERS`].
 pub const FOREIGN_TRUST_DOMAIN: &str = "evil.example";
 
@@ -175,6 +180,7 @@ impl DevMesh {
             "orders",
         )?;
         CertAuthority::write_issued(&certs, FOREIGN_ORDERS, &foreign)?;
+        CertAuthority::write_issued(&certs, ORDERS_OTHER_CERTIFICATE, &ca.issue("orders")?)?;
         // Only the auth service reads these; a real deployment keeps them off every other host.
         std::fs::create_dir_all(&secrets)?;
         mesh_tls::certs::write_private(&ca_key, &ca.key_pem())?;

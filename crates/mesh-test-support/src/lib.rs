@@ -19,6 +19,7 @@ pub mod forge;
 pub mod postgres;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use mesh_dev::devmesh::{DevMesh, MESHCTL_DEMO_SECRET, STOCK_ADMIN_DEMO_SECRET};
@@ -124,6 +125,13 @@ impl TestMesh {
     /// An HTTPS client trusting the mesh CA.
     pub fn https(&self) -> anyhow::Result<reqwest::Client> {
         self.mesh.https_client()
+    }
+
+    /// `as_workload`'s certificate and key, as its files hold them.
+    pub fn identity(&self, as_workload: &str) -> anyhow::Result<Arc<mesh_tls::Reloadable>> {
+        Ok(mesh_tls::Reloadable::load(
+            self.mesh.tls_files(as_workload),
+        )?)
     }
 
     /// A channel presenting `as_workload`'s certificate to inventory.

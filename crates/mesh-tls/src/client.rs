@@ -6,16 +6,17 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
-use rustls::client::ClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientConfig, ResolvesClientCert};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::identity::{SpiffeId, spiffe_id_of};
+use crate::identity::{BoundTo, SpiffeId, Thumbprint, spiffe_id_of};
 use crate::material::{Reloadable, TrustBundle};
 use crate::{TlsError, provider};
 
@@ -36,7 +37,7 @@ pub fn mesh_client_config(
 fn spiffe_client_config(
     roots: TrustBundle,
     expected: SpiffeId,
-    identity: Option<Arc<Reloadable>>,
+    identity: Option<Arc<dyn ResolvesClientCert>>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let verifier = SpiffeServerVerifier {
         roots,
@@ -53,6 +54,25 @@ fn spiffe_client_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Presents one certificate, whatever the workload serves now: the client side of a connection
+/// that must keep presenting the certificate its calls' tokens are bound to.
+#[derive(Debug)]
+struct Pinned(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for Pinned {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// The client config for HTTPS to the auth service's public listener (discovery, JWKS, token
@@ -144,6 +164,9 @@ impl ServerCertVerifier for HostNameOnCurrentBundle {
 #[derive(Debug, Clone)]
 pub struct MeshConnector {
     config: Arc<ClientConfig>,
+    identity: Option<Arc<Reloadable>>,
+    roots: TrustBundle,
+    expected: SpiffeId,
 }
 
 impl MeshConnector {
@@ -154,7 +177,10 @@ impl MeshConnector {
         expected: SpiffeId,
     ) -> Result<Self, TlsError> {
         Ok(Self {
-            config: mesh_client_config(identity, roots, expected)?,
+            config: mesh_client_config(identity.clone(), roots.clone(), expected.clone())?,
+            identity: Some(identity),
+            roots,
+            expected,
         })
     }
 
@@ -166,13 +192,146 @@ impl MeshConnector {
         expected: SpiffeId,
     ) -> Result<Self, TlsError> {
         Ok(Self {
-            config: spiffe_client_config(roots, expected, None)?,
+            config: spiffe_client_config(roots.clone(), expected.clone(), None)?,
+            identity: None,
+            roots,
+            expected,
         })
     }
 
-    /// A lazily connecting channel to `addr`; see [`channel`].
+    /// A lazily connecting channel to `addr`; see [`channel`]. Each connection it makes
+    /// presents the certificate served at its handshake.
     pub fn channel(&self, addr: &str) -> Result<Channel, TlsError> {
         channel(addr, self.config.clone())
+    }
+
+    /// The channels of a mesh client to the server at `addr`, one per certificate of ours a
+    /// call must be sent with; see [`CertChannel`].
+    pub fn cert_channel(&self, addr: &str) -> Result<CertChannel, TlsError> {
+        let first = self.pinned_channel(addr, self.identity.as_ref().map(|i| i.thumbprint()))?;
+        Ok(CertChannel {
+            addr: addr.to_owned(),
+            connector: self.clone(),
+            channels: Arc::new(std::sync::Mutex::new(vec![first.clone()])),
+            ready: first,
+        })
+    }
+
+    /// A channel whose every connection presents the certificate with `thumbprint` (none
+    /// without an identity), if we still hold it.
+    fn pinned_channel(
+        &self,
+        addr: &str,
+        thumbprint: Option<Thumbprint>,
+    ) -> Result<Presenting, TlsError> {
+        let resolver: Option<Arc<dyn ResolvesClientCert>> =
+            match (self.identity.as_ref(), thumbprint) {
+                (Some(identity), Some(thumbprint)) => {
+                    let key = identity.held(thumbprint).ok_or(TlsError::Invalid {
+                        what: "certificate",
+                        value: format!("{thumbprint:?} is no longer held"),
+                    })?;
+                    Some(Arc::new(Pinned(key)))
+                }
+                _ => None,
+            };
+        let config = spiffe_client_config(self.roots.clone(), self.expected.clone(), resolver)?;
+        Ok((thumbprint, channel(addr, config)?))
+    }
+}
+
+/// How many certificates of ours a [`CertChannel`] keeps a channel for: the one served and the
+/// one it replaced, as [`Reloadable::held`] keeps them.
+const CHANNELS_PER_SERVER: usize = 2;
+
+/// A mesh client's channels to one server, one per certificate of ours: the certificate served
+/// now, and the one it replaced while calls bound to it finish.
+///
+/// A call goes over the channel presenting the certificate its token is bound to, named by the
+/// [`BoundTo`] in its extensions (RFC 8705: the server compares the two), or over the current
+/// one when it names none. When the workload's certificate is renewed, the next call opens a
+/// channel presenting the new one, so new calls and the tokens fetched for them move to the new
+/// certificate together; the channel of the certificate before the replaced one is dropped, and
+/// its connection closes once its calls are done. Each channel reconnects with the certificate it
+/// was made for. Clones share the channels.
+#[derive(Debug, Clone)]
+pub struct CertChannel {
+    addr: String,
+    connector: MeshConnector,
+    /// Newest first, at most [`CHANNELS_PER_SERVER`].
+    channels: Arc<std::sync::Mutex<Vec<Presenting>>>,
+    /// The channel `poll_ready` readied, for the next call that goes to the current certificate.
+    ready: Presenting,
+}
+
+/// A channel, and the certificate of ours it presents (none for a connector without one).
+type Presenting = (Option<Thumbprint>, Channel);
+
+impl CertChannel {
+    /// The channel presenting `thumbprint`, opened if we still hold that certificate.
+    fn presenting(&self, thumbprint: Option<Thumbprint>) -> Option<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, channel)) = channels.iter().find(|(t, _)| *t == thumbprint) {
+            return Some(channel.clone());
+        }
+        let current = self.connector.identity.as_ref().map(|i| i.thumbprint());
+        match self.connector.pinned_channel(&self.addr, thumbprint) {
+            Ok(opened) => {
+                let channel = opened.1.clone();
+                // The current certificate's channel goes first; a late call's older one last.
+                if thumbprint == current {
+                    channels.insert(0, opened);
+                } else {
+                    channels.push(opened);
+                }
+                channels.truncate(CHANNELS_PER_SERVER);
+                Some(channel)
+            }
+            Err(error) => {
+                tracing::debug!(addr = %self.addr, %error, "no channel for a bound call");
+                None
+            }
+        }
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for CertChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let current = self.connector.identity.as_ref().map(|i| i.thumbprint());
+        if self.ready.0 != current
+            && let Some(channel) = self.presenting(current)
+        {
+            self.ready = (current, channel);
+        }
+        self.ready.1.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let bound = request.extensions().get::<BoundTo>().map(|bound| bound.0);
+        match bound {
+            None => Box::pin(self.ready.1.call(request)),
+            Some(thumbprint) if Some(thumbprint) == self.ready.0 => {
+                Box::pin(self.ready.1.call(request))
+            }
+            Some(thumbprint) => match self.presenting(Some(thumbprint)) {
+                Some(channel) => Box::pin(tower::ServiceExt::oneshot(channel, request)),
+                // Two renewals happened while the call was on its way: its token must be
+                // fetched again, which the caller's token source does for the next call.
+                None => Box::pin(std::future::ready(Ok(tonic::Status::unauthenticated(
+                    "the call's token is bound to a certificate this workload no longer holds",
+                )
+                .into_http()))),
+            },
+        }
     }
 }
 

@@ -102,7 +102,51 @@ pub struct PeerIdentity {
     pub spiffe_id: Option<SpiffeId>,
     /// The serial (hex) of that certificate: which of the workload's certificates it is.
     pub certificate_serial: Option<String>,
+    /// The SHA-256 of that certificate: what a token bound to it names (RFC 8705).
+    pub certificate: Option<Thumbprint>,
 }
+
+/// The SHA-256 of a certificate's DER encoding: RFC 8705's `x5t#S256`, which a
+/// certificate-bound token carries in its `cnf` claim.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Thumbprint([u8; 32]);
+
+impl Thumbprint {
+    /// The thumbprint of the DER certificate `der`.
+    pub fn of(der: &[u8]) -> Self {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        Self(bytes)
+    }
+
+    /// The base64url text (no padding) a `cnf` claim carries.
+    pub fn to_base64url(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// Reads the text of a `cnf` claim: base64url of exactly 32 bytes, no padding.
+    pub fn from_base64url(text: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+}
+
+impl fmt::Debug for Thumbprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Thumbprint({})", self.to_base64url())
+    }
+}
+
+/// In a client request's extensions: the certificate of ours the request must be sent with,
+/// because the token it carries is bound to that certificate. A mesh client sends it over a
+/// connection that presents exactly that certificate ([`crate::client::CertChannel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundTo(pub Thumbprint);
 
 /// Reads the one SPIFFE ID from a DER certificate's URI SANs.
 ///
@@ -165,6 +209,24 @@ mod tests {
             "spiffe://mesh.local/sa/x?y=1",
         ] {
             assert!(bad.parse::<SpiffeId>().is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn a_thumbprint_reads_back_only_from_its_own_text() {
+        let thumbprint = Thumbprint::of(b"a certificate");
+        let text = thumbprint.to_base64url();
+        assert_eq!(text.len(), 43, "32 bytes, base64url without padding");
+        assert_eq!(Thumbprint::from_base64url(&text), Some(thumbprint));
+        assert_ne!(Thumbprint::of(b"another certificate"), thumbprint);
+        for bad in [
+            "",
+            "abc",
+            &format!("{text}="),
+            &text[..42],
+            &format!("{text}AA"),
+        ] {
+            assert_eq!(Thumbprint::from_base64url(bad), None, "{bad:?}");
         }
     }
 }

@@ -32,7 +32,7 @@ pub mod watch;
 
 use std::sync::{Arc, OnceLock};
 
-pub use identity::{PeerIdentity, SpiffeId};
+pub use identity::{BoundTo, PeerIdentity, SpiffeId, Thumbprint};
 pub use material::{Reloadable, TlsFiles, Trust, TrustBundle};
 /// A private key in DER, as a workload holds the one it made for its certificate.
 pub use rustls_pki_types::PrivateKeyDer;

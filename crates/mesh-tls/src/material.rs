@@ -13,7 +13,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::identity::{SpiffeId, spiffe_id_of};
+use crate::identity::{SpiffeId, Thumbprint, spiffe_id_of};
 use crate::{TlsError, provider};
 
 /// The trust bundle of a workload, shared by every TLS config built from it and swappable at
@@ -219,10 +219,30 @@ fn at_path(error: TlsError, path: &Path) -> TlsError {
 /// [`Reloadable::install`]) when the certificate comes from the mesh CA and the key was never
 /// written anywhere. Whatever the source, a chain whose leaf does not match the key is refused
 /// and the previous certificate stays in service.
+///
+/// The certificate replaced last is kept beside the current one ([`Reloadable::held`]): a call
+/// whose token is bound to it (RFC 8705) while the swap happens is still sent with it, over a
+/// connection that presents it ([`crate::client::CertChannel`]).
 #[derive(Debug)]
 pub struct Reloadable {
     files: Option<TlsFiles>,
-    current: RwLock<Arc<Served>>,
+    current: RwLock<Certificates>,
+}
+
+/// The certificate served, and the one it replaced.
+#[derive(Debug)]
+struct Certificates {
+    served: Arc<Served>,
+    replaced: Option<Arc<Served>>,
+}
+
+impl Certificates {
+    fn first(served: Served) -> RwLock<Self> {
+        RwLock::new(Self {
+            served: Arc::new(served),
+            replaced: None,
+        })
+    }
 }
 
 /// One certificate as served, with what the renewal logic and operators read from it.
@@ -233,6 +253,7 @@ struct Served {
     not_before: SystemTime,
     not_after: SystemTime,
     serial: String,
+    thumbprint: Thumbprint,
 }
 
 impl Reloadable {
@@ -241,7 +262,7 @@ impl Reloadable {
         let served = Self::read(&files)?;
         Ok(Arc::new(Self {
             files: Some(files),
-            current: RwLock::new(Arc::new(served)),
+            current: Certificates::first(served),
         }))
     }
 
@@ -252,7 +273,7 @@ impl Reloadable {
     ) -> Result<Arc<Self>, TlsError> {
         Ok(Arc::new(Self {
             files: None,
-            current: RwLock::new(Arc::new(Served::new(chain, key)?)),
+            current: Certificates::first(Served::new(chain, key)?),
         }))
     }
 
@@ -263,8 +284,7 @@ impl Reloadable {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<(), TlsError> {
-        let served = Served::new(chain, key)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
+        self.serve(Served::new(chain, key)?);
         Ok(())
     }
 
@@ -274,14 +294,34 @@ impl Reloadable {
             what: "reload",
             value: "this certificate is held in memory, not read from files".into(),
         })?;
-        let served = Self::read(files)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
+        self.serve(Self::read(files)?);
         Ok(())
+    }
+
+    fn serve(&self, served: Served) {
+        let mut certificates = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let replaced = std::mem::replace(&mut certificates.served, Arc::new(served));
+        certificates.replaced = Some(replaced);
     }
 
     /// The certificate currently served.
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.served().key.clone()
+    }
+
+    /// The thumbprint of the certificate currently served.
+    pub fn thumbprint(&self) -> Thumbprint {
+        self.served().thumbprint
+    }
+
+    /// The certificate with `thumbprint`, while this workload still holds it: the one served or
+    /// the one it replaced last.
+    pub fn held(&self, thumbprint: Thumbprint) -> Option<Arc<CertifiedKey>> {
+        let certificates = self.current.read().unwrap_or_else(|p| p.into_inner());
+        std::iter::once(&certificates.served)
+            .chain(&certificates.replaced)
+            .find(|served| served.thumbprint == thumbprint)
+            .map(|served| served.key.clone())
     }
 
     /// The SPIFFE ID of the certificate currently served, if it has one.
@@ -317,6 +357,7 @@ impl Reloadable {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .served
             .clone()
     }
 
@@ -345,6 +386,7 @@ impl Served {
             })?;
         let spiffe_id = spiffe_id_of(leaf);
         let serial = crate::identity::serial_of(leaf);
+        let thumbprint = Thumbprint::of(leaf);
         let certified = CertifiedKey::from_der(chain, key, &provider())?;
         // from_der lets an undecidable comparison pass; a mesh certificate must prove it.
         certified.keys_match()?;
@@ -354,6 +396,7 @@ impl Served {
             not_before,
             not_after,
             serial,
+            thumbprint,
         })
     }
 }

@@ -281,6 +281,7 @@ pub fn incoming(
                     remote_addr: Some(remote_addr),
                     spiffe_id: leaf.and_then(|leaf| spiffe_id_of(leaf)),
                     certificate_serial: leaf.map(|leaf| crate::identity::serial_of(leaf)),
+                    certificate: leaf.map(|leaf| crate::identity::Thumbprint::of(leaf)),
                 };
                 let _ = tx
                     .send(Ok(MeshStream {

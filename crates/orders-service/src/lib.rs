@@ -97,8 +97,12 @@ impl ServiceBinary for Application {
         let inventory = runtime.client("inventory", &args.inventory_url, "--inventory-url")?;
         let store = Store::new(mesh_service::Db::open(&args.mesh.db, &store::MIGRATIONS).await?);
         Ok(Self {
-            api: OrdersApi::new(store, TokenExchanger::new(auth), inventory)
-                .with_metrics(runtime.meter()),
+            api: OrdersApi::new(
+                store,
+                TokenExchanger::new(auth, runtime.workload().identity.clone()),
+                inventory,
+            )
+            .with_metrics(runtime.meter()),
             server: runtime.into_server(policy),
         })
     }

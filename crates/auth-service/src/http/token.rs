@@ -170,6 +170,7 @@ async fn client_credentials(
             actor: None,
             lifetime: state.ttl,
             session: None,
+            certificate: None,
         })
         .map_err(|_| OAuthError::server_error())?;
     state
@@ -416,6 +417,7 @@ async fn issue_user_tokens(
             actor: None,
             lifetime: state.ttl,
             session: Some(family_id),
+            certificate: None,
         })
         .map_err(|_| OAuthError::server_error())?;
     let id_token = match openid {
@@ -522,6 +524,8 @@ async fn token_exchange(
             audience,
             &requested_scopes(params),
             TOKEN_PATH,
+            // Asked over HTTPS with a client secret: no certificate to bind to.
+            None,
         )
         .await
         .map_err(|refusal| exchange_error(state, client, refusal))?;

@@ -208,7 +208,12 @@ async fn confused_deputy_attempts_are_denied() {
         .reserve(bearer(reserve(), &exchanged))
         .await
         .expect_err("meshctl's certificate may not reserve");
-    assert_eq!(stolen.code(), Code::PermissionDenied);
+    // Refused before the caller rule is even asked: the token is bound to orders' certificate.
+    assert_eq!(stolen.code(), Code::Unauthenticated);
+    assert!(
+        stolen.message().contains("another certificate"),
+        "{stolen:?}"
+    );
 
     // meshctl may not exchange a user's token either: it is not addressed to meshctl.
     let exchange = AuthServiceClient::new(mesh.auth_channel("meshctl").expect("channel"))

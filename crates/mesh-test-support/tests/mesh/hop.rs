@@ -88,6 +88,7 @@ async fn workload_token_source_gets_and_attaches_service_tokens() {
     let mesh = TestMesh::start().await.expect("mesh");
     let source = ServiceTokenSource::new(
         mesh.auth_channel("orders").expect("auth channel"),
+        mesh.identity("orders").expect("identity"),
         "inventory",
         vec!["inventory:read".into()],
     );

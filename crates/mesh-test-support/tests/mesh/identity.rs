@@ -657,6 +657,18 @@ async fn services_renew_their_certificates_under_load_with_no_failed_call() {
         serials.len()
     );
     assert!(client.status.renewals() >= 3);
+    // orders' exchanged tokens are bound to its certificate: each renewal makes it exchange
+    // alice's token again (a token bound to the old certificate is not sent once the new one is
+    // served), where an unbound token would have been reused for the whole run.
+    let orders_renewals = mesh.mesh.renewals["orders"].renewals();
+    let exchanges = crate::refusals::records(&mesh, "auth")
+        .into_iter()
+        .filter(|r| r.reason == "token_exchange")
+        .count();
+    assert!(
+        exchanges as u64 >= orders_renewals,
+        "{exchanges} exchanges for {orders_renewals} renewals of orders"
+    );
     Arc::try_unwrap(mesh).expect("workers done").stop().await;
 }
 

@@ -3,6 +3,7 @@
 
 mod attacks;
 mod balance;
+mod binding;
 mod browser;
 mod capture;
 mod exchange_grant;

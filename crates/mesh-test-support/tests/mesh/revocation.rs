@@ -38,6 +38,7 @@ fn by_id(jti: String) -> VerifiedToken {
         actor: None,
         expires_at: u64::MAX,
         session: None,
+        certificate: None,
     }
 }
 

@@ -155,6 +155,9 @@ fn claims_of(token: &str) -> Result<VerifiedToken, CliError> {
         actor: claims["act"]["sub"].as_str().map(str::to_owned),
         expires_at: claims["exp"].as_u64().unwrap_or_default(),
         session: claims["sid"].as_str().map(str::to_owned),
+        certificate: claims["cnf"]["x5t#S256"]
+            .as_str()
+            .and_then(mesh_tls::Thumbprint::from_base64url),
     })
 }
 
