@@ -16,7 +16,8 @@
 //! [`Balanced`] is the whole stack below the deadline, outermost first:
 //! failures as gRPC statuses → replayable bodies → retries ([`crate::retry`]) → a buffer (every
 //! clone shares one balancer) → the balancer → per replica: pending-request count → ejection
-//! gate → the replica's mTLS channel.
+//! gate → the replica's mTLS channels (`mesh_tls::client::CertChannel`: one per certificate of
+//! ours, so a call whose token is bound to a certificate goes out with that certificate).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -438,6 +438,34 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_holds_the_served_certificate_and_the_one_it_replaced_only() {
+        let ca = CertAuthority::generate("mesh.local").expect("ca");
+        let issue = || {
+            let (chain, key) = ca
+                .issue("orders")
+                .expect("issued")
+                .into_parts()
+                .expect("parts");
+            (parse_certs(&chain, "leaf").expect("pem"), key)
+        };
+        let (first, key) = issue();
+        let slot = Reloadable::in_memory(first.clone(), key).expect("slot");
+        let first = crate::Thumbprint::of(&first[0]);
+        assert_eq!(slot.thumbprint(), first);
+        let mut replaced = first;
+        for _ in 0..3 {
+            let (next, key) = issue();
+            slot.install(next.clone(), key).expect("renewed");
+            let next = crate::Thumbprint::of(&next[0]);
+            assert_eq!(slot.thumbprint(), next);
+            assert!(slot.held(next).is_some(), "the served one");
+            assert!(slot.held(replaced).is_some(), "the one it replaced");
+            replaced = next;
+        }
+        assert!(slot.held(first).is_none(), "three renewals ago: gone");
+    }
+
+    #[test]
     fn a_request_is_signed_for_the_identity_the_ca_decided_and_no_other() {
         let ca = CertAuthority::generate("mesh.local").expect("ca");
         let hour = std::time::Duration::from_secs(3600);

@@ -1,4 +1,4 @@
-//! Workload identities: SPIFFE IDs read from certificates.
+//! Workload identities: SPIFFE IDs and thumbprints read from certificates.
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -11,11 +11,13 @@
 //! changed set of CAs takes effect for new connections without restarting the process.
 //!
 //! # Layout
-//! - [`identity`]: [`SpiffeId`], [`PeerIdentity`], and reading them from a certificate.
+//! - [`identity`]: [`SpiffeId`], [`PeerIdentity`], certificate [`Thumbprint`]s, and reading them
+//!   from a certificate.
 //! - [`material`]: loading PEM files; the reloadable own certificate and the trust bundle.
 //! - [`server`]: rustls server configs, the TLS accept loop with its handshake timeout, and a
 //!   tonic server builder with every HTTP/2 limit set on purpose.
-//! - [`client`]: the client config that verifies the server's SPIFFE ID, and mesh channels.
+//! - [`client`]: the client config that verifies the server's SPIFFE ID, and mesh channels (one
+//!   per certificate of ours, for calls whose tokens are bound to one).
 //! - [`certs`]: the mesh CA: signs certificate requests for an identity it decided, makes the
 //!   first set of files (`meshctl certs init`).
 //! - [`watch`]: file-watch mode for certificates managed outside the mesh.

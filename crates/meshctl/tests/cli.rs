@@ -1080,18 +1080,23 @@ fn policy_explain_says_which_rule_decides_and_why_and_diff_who_loses_what() {
         stderr(&refused)
     );
     // Reserve is orders' alone, acting for a user: meshctl's certificate is not enough.
-    let acting =
-        serde_json::json!({"sub": "alice", "scope": "inventory:reserve", "act": {"sub": "orders"}});
+    let acting = serde_json::json!({
+        "sub": "alice", "scope": "inventory:reserve", "act": {"sub": "orders"},
+        "cnf": {"x5t#S256": "Y2VydGlmaWNhdGUtdGh1bWJwcmludC0zMi1ieXRlcyE"},
+    });
     let refused = explain("inventory", "Reserve", "sa/meshctl", acting.clone());
     assert!(
         stderr(&refused).contains("caller_not_allowed"),
         "{}",
         stderr(&refused)
     );
+    let allowed = explain("inventory", "Reserve", "sa/orders", acting);
+    assert!(allowed.status.success());
+    // A bound token: the certificate it must come with is named.
     assert!(
-        explain("inventory", "Reserve", "sa/orders", acting)
-            .status
-            .success()
+        String::from_utf8_lossy(&allowed.stdout).contains("bound:   only over a connection presenting the certificate with x5t#S256 Y2VydGlmaWNhdGUtdGh1bWJwcmludC0zMi1ieXRlcyE"),
+        "{}",
+        String::from_utf8_lossy(&allowed.stdout)
     );
 
     let dir = tempfile::tempdir().expect("dir");

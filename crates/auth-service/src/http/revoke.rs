@@ -136,6 +136,10 @@ pub(super) async fn introspect(
                     if let Some(actor) = &verified.actor {
                         body["act"] = json!({ "sub": actor });
                     }
+                    // RFC 8705 §3.2: a resource server that introspects checks the binding.
+                    if let Some(certificate) = verified.certificate {
+                        body["cnf"] = json!({ "x5t#S256": certificate.to_base64url() });
+                    }
                     body
                 }
                 _ => inactive,

@@ -8,11 +8,14 @@ use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_proto::auth::v1::{ExchangeTokenRequest, IssueServiceTokenRequest};
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_proto::inventory::v1::{ListItemsRequest, ReservationLine, ReserveRequest};
+use mesh_proto::orders::v1::ListOrdersRequest;
+use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_test_support::{TestMesh, bearer, forge};
 use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::refusals::records;
+use crate::user_grants::introspect;
 
 /// The claims of a token, read without checking it.
 fn payload(token: &str) -> Value {
@@ -121,6 +124,13 @@ async fn a_service_token_replayed_from_another_workloads_certificate_is_refused(
         payload(&token)["cnf"]["x5t#S256"],
         thumbprint_of(&mesh, "orders")
     );
+    // Introspection says so too (RFC 8705 §3.2), for a resource server that introspects.
+    let introspected = introspect(&mesh, &token).await;
+    assert_eq!(introspected["active"], true);
+    assert_eq!(
+        introspected["cnf"]["x5t#S256"],
+        thumbprint_of(&mesh, "orders")
+    );
     // ListItems names no caller: before binding, any certificate in the trust domain could
     // use a copy of orders' token here.
     let stolen = inventory(&mesh, "meshctl")
@@ -178,5 +188,15 @@ async fn tokens_asked_for_over_https_are_not_bound() {
         None,
         "a user's token is not bound"
     );
+    let introspected = introspect(&mesh, &user).await;
+    assert_eq!(introspected["active"], true);
+    assert_eq!(introspected.get("cnf"), None);
+    // It works from any mesh certificate the row admits: it is the user's, not a workload's.
+    for workload in ["meshctl", "inventory"] {
+        OrdersServiceClient::new(mesh.orders_channel(workload).expect("channel"))
+            .list_orders(bearer(ListOrdersRequest::default(), &user))
+            .await
+            .expect("an unbound token from any admitted certificate");
+    }
     mesh.stop().await;
 }

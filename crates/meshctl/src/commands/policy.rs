@@ -108,6 +108,12 @@ fn explain(args: &PolicyExplainArgs) -> Result<(), CliError> {
     rule.authorize(token.as_ref(), Some(&caller))
         .map_err(deny)?;
     println!("allow:   {caller} {}", what_it_presents(token.as_ref()));
+    if let Some(bound) = token.as_ref().and_then(|t| t.certificate) {
+        println!(
+            "bound:   only over a connection presenting the certificate with x5t#S256 {}",
+            bound.to_base64url()
+        );
+    }
     if let Some(trial) = policy.trial(method.path) {
         println!("trial:   {}", trial.summary());
         match trial.authorize(token.as_ref(), Some(&caller)) {
