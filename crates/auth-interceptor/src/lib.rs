@@ -52,7 +52,7 @@ pub use error::AuthError;
 pub use jwks::{JwksSource, KeySet};
 pub use layer::AuthLayer;
 pub use policy::{Policy, PolicySlot, Rule, RuleSummary};
-pub use policy_file::{PolicyFileError, parse_policy};
+pub use policy_file::{PolicyFileError, parse_policy, parse_trial_policy};
 pub use principal::{Principal, User};
 pub use revocation::RevocationList;
 pub use verify::{TokenVerifier, VerifiedToken, VerifierConfig};

@@ -369,6 +369,27 @@ impl Policy {
         self.trials.get(method)
     }
 
+    /// This policy with the rows of `trial` (a whole trial file, see
+    /// [`crate::policy_file::parse_trial_policy`]) as the trials of the same methods, and a
+    /// version naming both (`<enforced>+<trial>`). Refused when this policy has trial rows of
+    /// its own (one method would have two trials) or when the two do not cover the same methods.
+    pub fn with_trial(mut self, trial: &Policy) -> Result<Self, String> {
+        if let Some(method) = self.trials.keys().min() {
+            return Err(format!(
+                "the enforced policy already tries a rule for {method}: with a trial file, \
+                 trials live in the trial file alone"
+            ));
+        }
+        if self.methods() != trial.methods() || self.trust_domain != trial.trust_domain {
+            return Err("the trial file is for another server than the enforced policy".into());
+        }
+        for (path, (_, rule)) in &trial.rules {
+            self.trials.insert(path, rule.clone().audit_only());
+        }
+        self.version = format!("{}+{}", self.version, trial.version);
+        Ok(self)
+    }
+
     /// Adds the gRPC health-checking methods as public rows.
     pub fn with_health(self) -> Self {
         rpc::health::ALL

@@ -17,6 +17,11 @@
 //! refuse is recorded `would_deny <reason>`. The policy's version is the start of the file's
 //! SHA-256: it is in every audit record, so each decision says which policy made it.
 //!
+//! A whole file can be a trial too: `mode = "audit"` at its top makes every row a trial of the
+//! method it names ([`parse_trial_policy`]). Such a file is checked like an enforced one (every
+//! served method exactly once) and is tried beside the enforced policy ([`Policy::with_trial`]),
+//! never enforced itself: what a new policy would refuse shows up before it refuses anything.
+//!
 //! A file is refused, with its name and the line, when a row names a method the server does
 //! not serve, when a method has no row or two, when an identity is outside the trust domain, or
 //! when a row asks what its kind of authentication cannot check (scopes on a public row).
@@ -45,6 +50,8 @@ pub struct PolicyFileError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// `audit` makes the whole file a trial.
+    mode: Option<Spanned<Mode>>,
     #[serde(default)]
     rule: Vec<Spanned<Row>>,
 }
@@ -65,7 +72,7 @@ struct Row {
     scopes: Vec<Spanned<String>>,
     callers: Option<Vec<Spanned<String>>>,
     actors: Option<Vec<Spanned<String>>>,
-    mode: Option<Mode>,
+    mode: Option<Spanned<Mode>>,
     rate_limit: Option<Spanned<RateLimitRow>>,
 }
 
@@ -105,6 +112,30 @@ pub fn parse_policy(
     trust_domain: &str,
     served: &[&[Rpc]],
 ) -> Result<Policy, PolicyFileError> {
+    parse(text, source_name, trust_domain, served, Mode::Enforce)
+}
+
+/// Parses and checks a trial file: `mode = "audit"` at its top, then one row per served method
+/// (none with a mode of its own), checked as [`parse_policy`] checks an enforced file. The
+/// returned policy's rows are the trials; [`Policy::with_trial`] sets them beside the enforced
+/// policy.
+pub fn parse_trial_policy(
+    text: &str,
+    source_name: &str,
+    trust_domain: &str,
+    served: &[&[Rpc]],
+) -> Result<Policy, PolicyFileError> {
+    parse(text, source_name, trust_domain, served, Mode::Audit)
+}
+
+/// Parses a policy file meant to be `expected`: an enforced file, or a trial file.
+fn parse(
+    text: &str,
+    source_name: &str,
+    trust_domain: &str,
+    served: &[&[Rpc]],
+    expected: Mode,
+) -> Result<Policy, PolicyFileError> {
     let error = |line: Option<usize>, message: String| PolicyFileError {
         source_name: source_name.to_owned(),
         line,
@@ -115,6 +146,25 @@ pub fn parse_policy(
         let line = e.span().and_then(|span| line_of(span.start));
         error(line, e.message().to_owned())
     })?;
+    let whole_trial = expected == Mode::Audit;
+    match (&file.mode, whole_trial) {
+        (Some(mode), false) if *mode.get_ref() == Mode::Audit => {
+            return Err(error(
+                line_of(mode.span().start),
+                "mode = \"audit\" makes the whole file a trial, which is tried beside an \
+                 enforced policy and never enforced: give it as the trial file"
+                    .to_owned(),
+            ));
+        }
+        (Some(mode), true) if *mode.get_ref() == Mode::Audit => {}
+        (mode, true) => {
+            return Err(error(
+                mode.as_ref().and_then(|m| line_of(m.span().start)),
+                "a trial file says mode = \"audit\" at its top, before its rows".to_owned(),
+            ));
+        }
+        _ => {}
+    }
     let served: HashMap<&str, &Rpc> = served
         .iter()
         .chain([rpc::health::ALL, rpc::reflection::ALL].iter())
@@ -135,13 +185,23 @@ pub fn parse_policy(
                 format!("{method:?} is not a method this server serves"),
             ));
         };
-        let trial = row.mode == Some(Mode::Audit);
+        if let (Some(mode), true) = (&row.mode, whole_trial) {
+            return Err(error(
+                at(mode.span().start),
+                "in a trial file every row is a trial: a row has no mode of its own".to_owned(),
+            ));
+        }
+        let trial = row.mode.as_ref().map(Spanned::get_ref) == Some(&Mode::Audit);
         let rows = if trial { &mut tried } else { &mut seen };
         if let Some(first) = rows.insert(rpc.path, row_line.unwrap_or(0)) {
-            let kind = if trial { "trial" } else { "enforced" };
+            let kind = match (trial, whole_trial) {
+                (_, true) => "",
+                (true, false) => " trial",
+                (false, false) => " enforced",
+            };
             return Err(error(
                 row_line,
-                format!("a second {kind} row for {method} (the first is on line {first})"),
+                format!("a second{kind} row for {method} (the first is on line {first})"),
             ));
         }
         let auth = *row.auth.get_ref();
@@ -456,13 +516,78 @@ callers = ["sa/meshctl", "spiffe://mesh.local/sa/orders"]
                 .message
                 .contains("a second trial row")
         );
-        assert!(
-            parse(&format!("mode = \"audit\"\n{COMPLETE}")).is_err(),
-            "no file-wide mode"
-        );
         assert_eq!(policy.version(), version_of(COMPLETE));
         assert_eq!(policy.version().len(), 12);
         assert_ne!(with_trial.version(), policy.version());
+    }
+
+    fn parse_trial(text: &str) -> Result<Policy, PolicyFileError> {
+        parse_trial_policy(text, "trial.toml", "mesh.local", &[SERVICE])
+    }
+
+    #[test]
+    fn a_whole_file_in_audit_mode_is_a_trial_beside_the_enforced_policy_and_never_enforced() {
+        let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        let trial_text = format!(
+            "mode = \"audit\"\n{}",
+            COMPLETE.replace(
+                "callers = [\"sa/meshctl\", \"spiffe://mesh.local/sa/orders\"]",
+                "callers = [\"sa/meshctl\"]",
+            )
+        );
+        let trial = parse_trial(&trial_text).expect("a valid trial file");
+        let enforced = parse(COMPLETE).expect("valid");
+        let combined = enforced.clone().with_trial(&trial).expect("combined");
+        assert_eq!(
+            combined.version(),
+            format!("{}+{}", enforced.version(), trial.version())
+        );
+        let orders = SpiffeId::workload("mesh.local", "orders").expect("id");
+        let enforced_rule = combined.rule(reflection).expect("enforced");
+        assert!(!enforced_rule.is_audit_only());
+        assert!(enforced_rule.authorize(None, Some(&orders)).is_ok());
+        let tried = combined
+            .trial(reflection)
+            .expect("a trial for every method");
+        assert!(tried.is_audit_only());
+        assert!(tried.authorize(None, Some(&orders)).is_err(), "would deny");
+
+        // Given as the enforced policy, the trial file is refused (it would enforce nothing).
+        let refused = parse(&trial_text).expect_err("a trial is not enforced");
+        assert_eq!(refused.line, Some(1));
+        assert!(refused.message.contains("whole file a trial"), "{refused}");
+        // A trial file says so, has no row-level modes, and still covers every method once.
+        let refused = parse_trial(COMPLETE).expect_err("no mode");
+        assert!(
+            refused.message.contains("mode = \"audit\" at its top"),
+            "{refused}"
+        );
+        let refused = parse_trial(&format!("mode = \"enforce\"\n{COMPLETE}")).expect_err("enforce");
+        assert_eq!(refused.line, Some(1));
+        let row_mode = trial_text.replacen(
+            "auth = \"public\"\n",
+            "auth = \"public\"\nmode = \"audit\"\n",
+            1,
+        );
+        let refused = parse_trial(&row_mode).expect_err("a row mode");
+        assert!(refused.message.contains("no mode of its own"), "{refused}");
+        let missing = trial_text.replace(
+            "[[rule]]\nmethod = \"/grpc.health.v1.Health/Watch\"\nauth = \"public\"\n",
+            "",
+        );
+        let refused = parse_trial(&missing).expect_err("a missing row");
+        assert!(
+            refused.message.contains("/grpc.health.v1.Health/Watch"),
+            "{refused}"
+        );
+        // An enforced policy with trial rows of its own takes no trial file: one trial a method.
+        let with_row_trial = parse(&format!(
+            "{COMPLETE}\n[[rule]]\nmethod = \"{reflection}\"\nauth = \"certificate\"\n\
+             mode = \"audit\"\n"
+        ))
+        .expect("valid");
+        let refused = with_row_trial.with_trial(&trial).expect_err("two trials");
+        assert!(refused.contains(reflection), "{refused}");
     }
 
     #[test]

@@ -234,7 +234,19 @@ fn a_policy_file_that_is_not_valid_stops_the_start_with_exit_64_naming_the_file_
         "method = \"/mesh.auth.v1.AuthService/IssueServiceToken\"",
     );
     assert_ne!(without_rotation, shipped);
-    std::fs::write(dir.path().join("twice.toml"), without_rotation).expect("write");
+    std::fs::write(dir.path().join("twice.toml"), &without_rotation).expect("write");
+    // A whole-file trial given as the enforced policy, and a trial file that does not say so.
+    std::fs::write(
+        dir.path().join("a-trial.toml"),
+        format!("mode = \"audit\"\n{shipped}"),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("not-a-trial.toml"), shipped).expect("write");
+    std::fs::write(
+        dir.path().join("trial-twice.toml"),
+        format!("mode = \"audit\"\n{without_rotation}"),
+    )
+    .expect("write");
     std::fs::write(
         dir.path().join("auth.kek"),
         format!("{}\n", "ab".repeat(32)),
@@ -244,9 +256,16 @@ fn a_policy_file_that_is_not_valid_stops_the_start_with_exit_64_naming_the_file_
         .join("../../config/auth.example.toml")
         .to_string_lossy()
         .into_owned();
-    for (file, says) in [
-        (path("missing.toml"), "missing.toml".to_owned()),
+    for (variable, flag, file, says) in [
         (
+            "MESH_POLICY",
+            "--policy",
+            path("missing.toml"),
+            "missing.toml".to_owned(),
+        ),
+        (
+            "MESH_POLICY",
+            "--policy",
             path("unknown.toml"),
             format!(
                 "{}:2: \"/mesh.auth.v1.AuthService/MintAnything\" is not a method",
@@ -254,12 +273,38 @@ fn a_policy_file_that_is_not_valid_stops_the_start_with_exit_64_naming_the_file_
             ),
         ),
         (
+            "MESH_POLICY",
+            "--policy",
             path("twice.toml"),
             "a second enforced row for /mesh.auth.v1.AuthService/IssueServiceToken".to_owned(),
         ),
+        (
+            "MESH_POLICY",
+            "--policy",
+            path("a-trial.toml"),
+            format!(
+                "{}:1: mode = \"audit\" makes the whole file a trial",
+                path("a-trial.toml")
+            ),
+        ),
+        (
+            "MESH_POLICY_TRIAL",
+            "--policy-trial",
+            path("not-a-trial.toml"),
+            "a trial file says mode = \"audit\" at its top".to_owned(),
+        ),
+        (
+            "MESH_POLICY_TRIAL",
+            "--policy-trial",
+            path("trial-twice.toml"),
+            format!(
+                "{}:20: a second row for /mesh.auth.v1.AuthService/IssueServiceToken",
+                path("trial-twice.toml")
+            ),
+        ),
     ] {
         let env = [
-            ("MESH_POLICY", file.as_str()),
+            (variable, file.as_str()),
             ("MESH_AUTH_CONFIG", config.as_str()),
             ("MESH_DB", &path("auth.db")),
             ("MESH_KEK_FILE", &path("auth.kek")),
@@ -271,7 +316,11 @@ fn a_policy_file_that_is_not_valid_stops_the_start_with_exit_64_naming_the_file_
         ];
         let output = auth_service(&env);
         assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
-        assert!(stderr(&output).contains("--policy"), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains(&format!("{flag}:")),
+            "{}",
+            stderr(&output)
+        );
         assert!(
             stderr(&output).contains(&says),
             "{says}: {}",

@@ -111,6 +111,8 @@ pub struct DevOptions {
     /// A policy file per service name (`auth`, `orders`, `inventory`), as `--policy`; a service
     /// without one enforces the policy shipped with it.
     pub policies: std::collections::BTreeMap<String, PathBuf>,
+    /// A whole-file trial per service name, as `--policy-trial`.
+    pub policy_trials: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Default for DevOptions {
@@ -120,6 +122,7 @@ impl Default for DevOptions {
             database: DevDatabase::Sqlite,
             auth_config: None,
             policies: std::collections::BTreeMap::new(),
+            policy_trials: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -252,6 +255,7 @@ impl DevMesh {
                 admin_listen: Some("127.0.0.1:0".parse().expect("address")),
                 shutdown_grace: Duration::from_secs(5),
                 policy: options.policies.get("auth").cloned(),
+                policy_trial: options.policy_trials.get("auth").cloned(),
                 ..mesh_service::ServerFlags::default()
             },
         };
@@ -296,6 +300,7 @@ impl DevMesh {
                 admin_listen: Some("127.0.0.1:0".parse().expect("address")),
                 shutdown_grace: Duration::from_secs(5),
                 policy: options.policies.get(name).cloned(),
+                policy_trial: options.policy_trials.get(name).cloned(),
                 ..mesh_service::ServerFlags::default()
             },
         };

@@ -293,6 +293,11 @@ pub struct ServerFlags {
     /// it the service uses the policy shipped with it, the same file as in config/policy/.
     #[arg(long, env = "MESH_POLICY")]
     pub policy: Option<std::path::PathBuf>,
+    /// A whole policy file to try beside the enforced one (`mode = "audit"` at its top, one rule
+    /// per served method): it refuses nothing, and each call it would refuse is recorded
+    /// `would_deny <reason>`. Read again while the service runs, like `--policy`.
+    #[arg(long, env = "MESH_POLICY_TRIAL")]
+    pub policy_trial: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerFlags {
@@ -304,6 +309,7 @@ impl Default for ServerFlags {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_in_flight: crate::shed::DEFAULT_MAX_IN_FLIGHT,
             policy: None,
+            policy_trial: None,
         }
     }
 }

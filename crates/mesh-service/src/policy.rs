@@ -1,9 +1,10 @@
-//! The policy a server enforces: its `--policy` file or the one shipped with it, checked before
-//! the server opens anything, and, for a file, read again while it runs. A changed file is
-//! checked like at start; a valid one takes effect for the next call (the layer reads the policy
-//! once per call, so no call sees a mix of two), an invalid one changes nothing. Either way the
-//! event is logged, counted (`mesh.policy.reloads`) and appended to the audit chain, and
-//! `mesh.policy.active` says which version is in force.
+//! The policy a server enforces: its `--policy` file or the one shipped with it, with a
+//! `--policy-trial` file tried beside it, checked before the server opens anything, and, for
+//! files, read again while it runs. A changed file is checked like at start; a valid one takes
+//! effect for the next call (the layer reads the policy once per call, so no call sees a mix of
+//! two), an invalid one changes nothing. Either way the event is logged, counted
+//! (`mesh.policy.reloads`) and appended to the audit chain, and `mesh.policy.active` says which
+//! version is in force (`<enforced>+<trial>` with a trial file).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct ServerPolicy {
     pub(crate) policy: Policy,
-    pub(crate) file: Option<PolicyFile>,
+    pub(crate) file: Option<PolicyFiles>,
 }
 
 impl From<Policy> for ServerPolicy {
@@ -34,30 +35,129 @@ impl From<Policy> for ServerPolicy {
     }
 }
 
-/// A policy file and what it is checked against.
+/// Where the enforced policy comes from.
 #[derive(Debug, Clone)]
-pub(crate) struct PolicyFile {
-    path: PathBuf,
+enum Enforced {
+    /// The text shipped with the service, under its name in config/policy/.
+    Shipped { name: String, text: String },
+    /// The `--policy` file.
+    File(PathBuf),
+}
+
+/// The policy files of a server (the enforced one, a whole-file trial beside it) and what they
+/// are checked against.
+#[derive(Debug, Clone)]
+pub(crate) struct PolicyFiles {
+    enforced: Enforced,
+    trial: Option<PathBuf>,
     trust_domain: String,
     served: &'static [&'static [Rpc]],
 }
 
-impl PolicyFile {
-    fn parse(&self, text: &str) -> Result<Policy, auth_interceptor::PolicyFileError> {
-        auth_interceptor::parse_policy(
-            text,
-            &self.path.display().to_string(),
+/// A refused policy: the flag whose file is at fault, and why.
+type Refused = (&'static str, String);
+
+/// The texts of the policy files as they stand.
+struct Texts {
+    enforced: String,
+    trial: Option<String>,
+}
+
+impl Texts {
+    /// The version they make: the enforced file's, `+` the trial's when there is one (what
+    /// [`Policy::with_trial`] names the combination).
+    fn version(&self) -> String {
+        let enforced = auth_interceptor::policy_file::version_of(&self.enforced);
+        match &self.trial {
+            None => enforced,
+            Some(trial) => format!(
+                "{enforced}+{}",
+                auth_interceptor::policy_file::version_of(trial)
+            ),
+        }
+    }
+}
+
+impl PolicyFiles {
+    /// Whether anything here is a file that can change while the server runs.
+    fn watched(&self) -> bool {
+        matches!(self.enforced, Enforced::File(_)) || self.trial.is_some()
+    }
+
+    /// What an audit record or a log line calls these files.
+    fn describe(&self) -> String {
+        let enforced = match &self.enforced {
+            Enforced::Shipped { name, .. } => name.clone(),
+            Enforced::File(path) => path.display().to_string(),
+        };
+        match &self.trial {
+            None => enforced,
+            Some(trial) => format!("{enforced} + trial {}", trial.display()),
+        }
+    }
+
+    /// Reads the files; `None` while one cannot be read (a ConfigMap's symlink swap may leave a
+    /// file briefly missing).
+    async fn read_now(&self) -> Option<Texts> {
+        let enforced = match &self.enforced {
+            Enforced::Shipped { text, .. } => text.clone(),
+            Enforced::File(path) => tokio::fs::read_to_string(path).await.ok()?,
+        };
+        let trial = match &self.trial {
+            None => None,
+            Some(path) => Some(tokio::fs::read_to_string(path).await.ok()?),
+        };
+        Some(Texts { enforced, trial })
+    }
+
+    /// Reads the files at start, naming the flag of one that cannot be read.
+    fn read_at_start(&self) -> Result<Texts, Refused> {
+        let read = |flag: &'static str, path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|e| (flag, format!("{}: {e}", path.display())))
+        };
+        let enforced = match &self.enforced {
+            Enforced::Shipped { text, .. } => text.clone(),
+            Enforced::File(path) => read("--policy", path)?,
+        };
+        let trial = match &self.trial {
+            None => None,
+            Some(path) => Some(read("--policy-trial", path)?),
+        };
+        Ok(Texts { enforced, trial })
+    }
+
+    /// Checks `texts` and makes the policy they say.
+    fn build(&self, texts: &Texts) -> Result<Policy, Refused> {
+        let enforced_name = match &self.enforced {
+            Enforced::Shipped { name, .. } => name.clone(),
+            Enforced::File(path) => path.display().to_string(),
+        };
+        let policy = auth_interceptor::parse_policy(
+            &texts.enforced,
+            &enforced_name,
             &self.trust_domain,
             self.served,
         )
+        .map_err(|e| ("--policy", e.to_string()))?;
+        let (Some(path), Some(text)) = (&self.trial, &texts.trial) else {
+            return Ok(policy);
+        };
+        let name = path.display().to_string();
+        let trial =
+            auth_interceptor::parse_trial_policy(text, &name, &self.trust_domain, self.served)
+                .map_err(|e| ("--policy-trial", e.to_string()))?;
+        policy
+            .with_trial(&trial)
+            .map_err(|why| ("--policy-trial", format!("{name}: {why}")))
     }
 }
 
 impl ServerFlags {
-    /// The policy the server enforces: the `--policy` file (read again while the server runs),
-    /// else `shipped` (the text of the service's file in config/policy/, named `shipped_name`),
-    /// checked against the methods of `served` for the workloads of `trust_domain`. A file that
-    /// cannot be read or is not valid is a `--policy` error (exit 64) naming the file and line.
+    /// The policy the server enforces: the `--policy` file, else `shipped` (the text of the
+    /// service's file in config/policy/, named `shipped_name`), with the `--policy-trial` file
+    /// beside it when one is given, checked against the methods of `served` for the workloads of
+    /// `trust_domain`. A file that cannot be read or is not valid is an error of its flag
+    /// (exit 64) naming the file and line. The files are read again while the server runs.
     pub fn load_policy(
         &self,
         shipped_name: &str,
@@ -65,25 +165,25 @@ impl ServerFlags {
         trust_domain: &str,
         served: &'static [&'static [Rpc]],
     ) -> Result<ServerPolicy, StartError> {
-        let Some(path) = &self.policy else {
-            let policy =
-                auth_interceptor::parse_policy(shipped, shipped_name, trust_domain, served)
-                    .map_err(|e| StartError::config("--policy", e.to_string()))?;
-            return Ok(policy.into());
-        };
-        let file = PolicyFile {
-            path: path.clone(),
+        let files = PolicyFiles {
+            enforced: match &self.policy {
+                Some(path) => Enforced::File(path.clone()),
+                None => Enforced::Shipped {
+                    name: shipped_name.to_owned(),
+                    text: shipped.to_owned(),
+                },
+            },
+            trial: self.policy_trial.clone(),
             trust_domain: trust_domain.to_owned(),
             served,
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| StartError::config("--policy", format!("{}: {e}", path.display())))?;
-        let policy = file
-            .parse(&text)
-            .map_err(|e| StartError::config("--policy", e.to_string()))?;
+        let policy = files
+            .read_at_start()
+            .and_then(|texts| files.build(&texts))
+            .map_err(|(flag, why)| StartError::config(flag, why))?;
         Ok(ServerPolicy {
             policy,
-            file: Some(file),
+            file: files.watched().then_some(files),
         })
     }
 }
@@ -127,9 +227,9 @@ impl Reporting {
     }
 }
 
-/// Watches `file` and puts each valid new version in `slot`.
+/// Watches the policy files and puts each valid new version in `slot`.
 pub(crate) fn spawn_reload(
-    file: PolicyFile,
+    files: PolicyFiles,
     slot: PolicySlot,
     reporting: Reporting,
 ) -> tokio::task::JoinHandle<()> {
@@ -138,21 +238,20 @@ pub(crate) fn spawn_reload(
         .active
         .record(1, &[KeyValue::new("version", current.version().to_owned())]);
     tokio::spawn(async move {
-        let path = file.path.display().to_string();
+        let path = files.describe();
         // The last version refused: reported once, not at every look.
         let mut refused = String::new();
         let mut tick = tokio::time::interval(RELOAD_EVERY);
         loop {
             tick.tick().await;
-            let Ok(text) = tokio::fs::read_to_string(&file.path).await else {
-                // A file being replaced (a ConfigMap's symlink swap) may be briefly missing.
+            let Some(texts) = files.read_now().await else {
                 continue;
             };
-            let version = auth_interceptor::policy_file::version_of(&text);
+            let version = texts.version();
             if version == slot.current().version() || version == refused {
                 continue;
             }
-            match file.parse(&text) {
+            match files.build(&texts) {
                 Ok(policy) => {
                     let old = slot.replace(policy);
                     refused.clear();
@@ -165,9 +264,10 @@ pub(crate) fn spawn_reload(
                     reporting.record("applied", &path, &version);
                     tracing::info!(policy = %path, from = old.version(), to = %version, "policy reloaded");
                 }
-                Err(error) => {
+                Err((flag, error)) => {
                     reporting.record("rejected", &path, &version);
                     tracing::warn!(
+                        %flag,
                         %error,
                         in_force = slot.current().version(),
                         "the changed policy file is not valid; the policy in force stays"

@@ -604,6 +604,10 @@ pub struct PolicyExplainArgs {
     /// The policy file; without it, the one the service ships with.
     #[arg(long)]
     pub file: Option<std::path::PathBuf>,
+    /// A whole-file trial (`mode = "audit"`) tried beside the policy, as `--policy-trial` on the
+    /// server: what it would refuse is shown, not enforced.
+    #[arg(long)]
+    pub trial: Option<std::path::PathBuf>,
     /// The trust domain.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
     pub trust_domain: String,
@@ -632,6 +636,9 @@ pub struct PolicyCheckArgs {
     /// The server it is for: auth, orders or inventory.
     #[arg(long, value_parser = ["auth", "orders", "inventory"])]
     pub service: String,
+    /// The file is a whole-file trial (`mode = "audit"` at its top), for `--policy-trial`.
+    #[arg(long)]
+    pub trial: bool,
     /// The trust domain whose workloads the policy admits.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "mesh.local")]
     pub trust_domain: String,

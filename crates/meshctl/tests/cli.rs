@@ -1022,6 +1022,61 @@ fn policy_check_accepts_the_shipped_files_and_names_what_is_wrong_in_others() {
             stderr(&output)
         );
     }
+
+    // A whole-file trial: checked with --trial, refused without it, and refused with --trial
+    // when it does not say mode = "audit" or misses a method.
+    let trial = dir.path().join("trial.toml");
+    std::fs::write(&trial, format!("mode = \"audit\"\n{text}")).expect("write");
+    let missing_trial = dir.path().join("missing-trial.toml");
+    std::fs::write(
+        &missing_trial,
+        format!(
+            "mode = \"audit\"\n{}",
+            std::fs::read_to_string(&missing).expect("read")
+        ),
+    )
+    .expect("write");
+    let check = |file: &std::path::Path, trial: bool| {
+        let mut args = vec![
+            "policy",
+            "check",
+            file.to_str().expect("utf8"),
+            "--service",
+            "inventory",
+        ];
+        if trial {
+            args.push("--trial");
+        }
+        meshctl(&args)
+    };
+    let accepted = check(&trial, true);
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
+    assert!(String::from_utf8_lossy(&accepted.stdout).contains("a valid trial file for inventory"));
+    for (file, as_trial, says) in [
+        (
+            &trial,
+            false,
+            "trial.toml:1: mode = \"audit\" makes the whole file a trial",
+        ),
+        (
+            &missing,
+            true,
+            "a trial file says mode = \"audit\" at its top",
+        ),
+        (
+            &missing_trial,
+            true,
+            "no row for /mesh.inventory.v1.InventoryService/Restock",
+        ),
+    ] {
+        let output = check(file, as_trial);
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains(says),
+            "{says}: {}",
+            stderr(&output)
+        );
+    }
 }
 
 /// A JWT-shaped string with `claims` (explain reads claims; it verifies nothing).
@@ -1102,6 +1157,44 @@ fn policy_explain_says_which_rule_decides_and_why_and_diff_who_loses_what() {
     let dir = tempfile::tempdir().expect("dir");
     let shipped =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/policy/orders.toml");
+    // A whole-file trial beside the shipped policy: listing tried with orders:admin.
+    let trial = dir.path().join("orders-trial.toml");
+    std::fs::write(
+        &trial,
+        format!(
+            "mode = \"audit\"\n{}",
+            std::fs::read_to_string(&shipped).expect("read").replacen(
+                "method = \"/mesh.orders.v1.OrdersService/ListOrders\"\nauth = \"token\"\nscopes = [\"orders:read\"]",
+                "method = \"/mesh.orders.v1.OrdersService/ListOrders\"\nauth = \"token\"\nscopes = [\"orders:admin\"]",
+                1,
+            )
+        ),
+    )
+    .expect("write");
+    let tried = meshctl(&[
+        "policy",
+        "explain",
+        "--service",
+        "orders",
+        "--method",
+        "ListOrders",
+        "--caller",
+        "sa/meshctl",
+        "--token",
+        &unsigned_token(&serde_json::json!({"sub": "alice", "scope": "orders:read"})),
+        "--trial",
+        trial.to_str().expect("utf8"),
+    ]);
+    assert!(
+        tried.status.success(),
+        "the trial refuses nothing: {}",
+        stderr(&tried)
+    );
+    let said = String::from_utf8_lossy(&tried.stdout).into_owned();
+    assert!(
+        said.contains("the trial would refuse it: recorded as would_deny missing_scope"),
+        "{said}"
+    );
     let text = std::fs::read_to_string(&shipped).expect("read");
     let tightened = dir.path().join("orders.toml");
     std::fs::write(

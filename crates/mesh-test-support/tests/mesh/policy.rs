@@ -303,6 +303,99 @@ async fn a_trial_rule_records_would_deny_and_the_enforced_rule_still_decides() {
     mesh.stop().await;
 }
 
+/// Waits (at most 5 s) until the orders service has recorded `count` policy reloads.
+async fn wait_for_reloads(mesh: &TestMesh, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while reload_records(mesh).len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change was never read"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_trial_file_records_would_deny_beside_the_shipped_policy_and_reloads() {
+    use auth_interceptor::policy_file::version_of;
+    let dir = tempfile::tempdir().expect("dir");
+    let shipped = orders_service::SHIPPED_POLICY;
+    // The whole shipped file, tried with one tightening: listing would need orders:admin.
+    let tightened = format!(
+        "mode = \"audit\"\n{}",
+        shipped.replace(
+            LISTING,
+            "method = \"/mesh.orders.v1.OrdersService/ListOrders\"\nauth = \"token\"\nscopes = [\"orders:admin\"]",
+        )
+    );
+    let trial = dir.path().join("orders-trial.toml");
+    std::fs::write(&trial, &tightened).expect("write");
+    let mesh = TestMesh::start_with(mesh_dev::devmesh::DevOptions {
+        policy_trials: BTreeMap::from([("orders".to_owned(), trial.clone())]),
+        ..Default::default()
+    })
+    .await
+    .expect("mesh");
+    let version = format!("{}+{}", version_of(shipped), version_of(&tightened));
+    let alice = mesh.user_token("alice", "orders").await.expect("token");
+    let admin = mesh.user_token("admin", "orders").await.expect("token");
+    let mut orders = OrdersServiceClient::new(mesh.orders_channel("meshctl").expect("channel"));
+    let mut list = async |token: &str| {
+        orders
+            .list_orders(bearer(ListOrdersRequest::default(), token))
+            .await
+            .map(|_| ())
+    };
+    list(&alice).await.expect("a trial file refuses nothing");
+    list(&admin).await.expect("the administrator too");
+    assert_eq!(
+        list_records(&mesh, "alice").last(),
+        Some(&(
+            "would_deny".to_owned(),
+            "missing_scope".to_owned(),
+            version.clone()
+        ))
+    );
+    assert_eq!(
+        list_records(&mesh, "admin").last(),
+        Some(&("allow".to_owned(), "policy".to_owned(), version.clone()))
+    );
+    // The enforced (shipped) policy still decides: without a valid token, no entry.
+    let anonymous = list("").await.expect_err("no token");
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+    // A broken trial file (a method without a row) changes nothing and says so.
+    let broken = tightened.replace(
+        "[[rule]]\nmethod = \"/mesh.orders.v1.OrdersService/GetOrder\"",
+        "[[rule]]\nmethod = \"/mesh.orders.v1.OrdersService/ListOrders\"",
+    );
+    assert_ne!(broken, tightened);
+    replace_file(&trial, &broken);
+    wait_for_reloads(&mesh, 1).await;
+    assert_eq!(reload_records(&mesh)[0].0, "rejected");
+    list(&alice).await.expect("still refuses nothing");
+    assert_eq!(
+        list_records(&mesh, "alice").last().map(|r| r.2.as_str()),
+        Some(version.as_str())
+    );
+
+    // The same file without the tightening: alice's calls are plain allows again.
+    let relaxed = format!("mode = \"audit\"\n{shipped}");
+    replace_file(&trial, &relaxed);
+    wait_for_reloads(&mesh, 2).await;
+    let relaxed_version = format!("{}+{}", version_of(shipped), version_of(&relaxed));
+    assert_eq!(
+        reload_records(&mesh)[1],
+        ("applied".to_owned(), relaxed_version.clone())
+    );
+    list(&alice).await.expect("allowed");
+    assert_eq!(
+        list_records(&mesh, "alice").last(),
+        Some(&("allow".to_owned(), "policy".to_owned(), relaxed_version))
+    );
+    mesh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subject_over_its_rate_limit_waits_and_another_subject_on_the_row_is_served() {
     let dir = tempfile::tempdir().expect("dir");

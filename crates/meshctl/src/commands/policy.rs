@@ -35,6 +35,34 @@ pub fn run(command: PolicyCommand) -> Result<(), CliError> {
 
 /// Reads and checks the policy in `file` (or the shipped one) for `service`.
 fn load(file: Option<&Path>, service: &str, trust_domain: &str) -> Result<Policy, CliError> {
+    load_as(file, service, trust_domain, auth_interceptor::parse_policy)
+}
+
+/// Reads and checks the whole-file trial in `file` for `service`.
+fn load_trial(file: &Path, service: &str, trust_domain: &str) -> Result<Policy, CliError> {
+    load_as(
+        Some(file),
+        service,
+        trust_domain,
+        auth_interceptor::parse_trial_policy,
+    )
+}
+
+/// `parse_policy` or `parse_trial_policy`: text, its name, trust domain, served methods.
+type Parse = fn(
+    &str,
+    &str,
+    &str,
+    &[&[mesh_proto::rpc::Rpc]],
+) -> Result<Policy, auth_interceptor::PolicyFileError>;
+
+/// Reads the policy in `file` (or the shipped one) for `service` with `parse`.
+fn load_as(
+    file: Option<&Path>,
+    service: &str,
+    trust_domain: &str,
+    parse: Parse,
+) -> Result<Policy, CliError> {
     let served = mesh_proto::rpc::servers::by_name(service)
         .ok_or_else(|| CliError::Usage(format!("--service {service}: unknown")))?;
     let (name, text) = match file {
@@ -52,14 +80,19 @@ fn load(file: Option<&Path>, service: &str, trust_domain: &str) -> Result<Policy
             (format!("config/policy/{service}.toml (shipped)"), text)
         }
     };
-    auth_interceptor::parse_policy(&text, &name, trust_domain, served).map_err(failed)
+    parse(&text, &name, trust_domain, served).map_err(failed)
 }
 
 fn check(args: &PolicyCheckArgs) -> Result<(), CliError> {
-    let policy = load(Some(&args.file), &args.service, &args.trust_domain)?;
+    let policy = if args.trial {
+        load_trial(&args.file, &args.service, &args.trust_domain)?
+    } else {
+        load(Some(&args.file), &args.service, &args.trust_domain)?
+    };
     println!(
-        "{}: a valid policy for {} ({} rules, version {}, trust domain {})",
+        "{}: a valid {} for {} ({} rules, version {}, trust domain {})",
         args.file.display(),
+        if args.trial { "trial file" } else { "policy" },
         args.service,
         policy.methods().len(),
         policy.version(),
@@ -69,7 +102,13 @@ fn check(args: &PolicyCheckArgs) -> Result<(), CliError> {
 }
 
 fn explain(args: &PolicyExplainArgs) -> Result<(), CliError> {
-    let policy = load(args.file.as_deref(), &args.service, &args.trust_domain)?;
+    let mut policy = load(args.file.as_deref(), &args.service, &args.trust_domain)?;
+    if let Some(trial) = &args.trial {
+        let tried = load_trial(trial, &args.service, &args.trust_domain)?;
+        policy = policy
+            .with_trial(&tried)
+            .map_err(|why| failed(format!("{}: {why}", trial.display())))?;
+    }
     let method = policy
         .methods()
         .into_iter()
