@@ -2,8 +2,12 @@
 
 use std::fmt::Display;
 
+use mesh_proto::auth::v1::IssueServiceTokenRequest;
+use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
-use mesh_proto::inventory::v1::{GetItemRequest, ReservationLine, ReserveRequest};
+use mesh_proto::inventory::v1::{
+    GetItemRequest, ListItemsRequest, ReservationLine, ReserveRequest,
+};
 use mesh_proto::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh_proto::orders::v1::{
     CancelOrderRequest, GetOrderRequest, Order, OrderLine, OrderState, PlaceOrderRequest,
@@ -334,6 +338,46 @@ async fn renewal(demo: &mut Demo, alice: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A token orders got for itself is bound to the certificate it asked with (RFC 8705): a copy
+/// sent from meshctl's certificate is refused, on a method that names no caller.
+async fn replayed_token(demo: &mut Demo) -> Result<(), CliError> {
+    let as_orders = demo
+        .mesh
+        .traced_channel("orders", "auth", &demo.mesh.auth_addr.to_string())
+        .map_err(failed)?;
+    let copy = AuthServiceClient::new(as_orders)
+        .issue_service_token(IssueServiceTokenRequest {
+            audience: "inventory".into(),
+            scopes: vec!["inventory:read".into()],
+        })
+        .await
+        .map_err(failed)?
+        .into_inner()
+        .access_token;
+    let mut inventory = demo.inventory.clone();
+    let request = with_token(ListItemsRequest::default(), &copy)?;
+    let (replayed, trace) = demo
+        .traced("meshctl: replay a copy of orders' token", async move {
+            inventory.list_items(request).await
+        })
+        .await;
+    let got = match &replayed {
+        Ok(_) => "OK (allowed!)".to_owned(),
+        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+    };
+    let ok = matches!(&replayed, Err(s) if s.code() == Code::Unauthenticated
+        && s.message().contains("another certificate"));
+    step(
+        &mut demo.outcomes,
+        "meshctl sends inventory a copy of orders' own token (bound to orders' certificate)",
+        "Unauthenticated (certificate_mismatch)",
+        got,
+        ok,
+    );
+    demo.draw(&trace).await;
+    Ok(())
+}
+
 async fn scenario(demo: &mut Demo) -> Result<(), CliError> {
     let alice = demo.login("alice", "orders").await?;
     let alice_inventory = login_with_password(
@@ -406,6 +450,7 @@ async fn scenario(demo: &mut Demo) -> Result<(), CliError> {
         ok,
     );
     demo.draw(&direct_trace).await;
+    replayed_token(demo).await?;
 
     if let Some(first) = first {
         let mut orders = demo.orders.clone();
