@@ -10,11 +10,10 @@ use http::Request;
 use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_proto::auth::v1::{ExchangeTokenRequest, IssueServiceTokenRequest};
 use tokio::sync::RwLock;
-use tonic::transport::Channel;
 use tower::{Layer, Service};
 
 use mesh_client::Transport;
-use mesh_tls::Reloadable;
+use mesh_tls::{Reloadable, Thumbprint};
 
 use crate::bearer::BearerToken;
 use crate::principal::User;
@@ -26,36 +25,46 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// once 80 % of its lifetime has passed, so callers never present an almost-expired token.
 ///
 /// The issuer binds the token to the certificate that asked for it (RFC 8705). Once the
-/// workload's certificate has been renewed, a token bound to the old one is replaced before it
-/// is sent again; one fetched just before the renewal still goes out with the certificate it is
-/// bound to ([`BearerToken::issued`]).
-#[derive(Debug)]
+/// workload's certificate has been renewed, the token is replaced before it is sent again; one
+/// already on its way goes out with the certificate it is bound to ([`BearerToken::issued`]).
 pub struct ServiceTokenSource {
-    client: AuthServiceClient<Channel>,
+    client: AuthServiceClient<Transport>,
     identity: Arc<Reloadable>,
     audience: String,
     scopes: Vec<String>,
     cached: RwLock<Option<Cached>>,
 }
 
+impl std::fmt::Debug for ServiceTokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceTokenSource")
+            .field("audience", &self.audience)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Cached {
     token: BearerToken,
     renew_at: Instant,
+    /// The certificate the workload served when the token was asked for.
+    asked_under: Thumbprint,
 }
 
 impl ServiceTokenSource {
     /// A source of tokens for `audience` with `scopes` (empty: all the registration allows),
-    /// asked of the auth service over `auth_channel` (an mTLS channel to the auth service's mesh
-    /// port presenting `identity`).
+    /// asked of the auth service over `auth` (mTLS to its mesh port presenting `identity`; a
+    /// `Runtime::client` keeps a channel per certificate, so a token is sent with the one it is
+    /// bound to).
     pub fn new(
-        auth_channel: Channel,
+        auth: Transport,
         identity: Arc<Reloadable>,
         audience: impl Into<String>,
         scopes: Vec<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            client: AuthServiceClient::new(auth_channel),
+            client: AuthServiceClient::new(auth),
             identity,
             audience: audience.into(),
             scopes,
@@ -74,6 +83,7 @@ impl ServiceTokenSource {
             return Ok(token);
         }
         let requested_at = Instant::now();
+        let asked_under = self.identity.thumbprint();
         let response = self
             .client
             .clone()
@@ -89,6 +99,7 @@ impl ServiceTokenSource {
         *slot = Some(Cached {
             token: token.clone(),
             renew_at: requested_at + lifetime.mul_f64(0.8),
+            asked_under,
         });
         Ok(token)
     }
@@ -165,6 +176,7 @@ impl TokenExchanger {
             return Ok(token);
         }
         let requested_at = Instant::now();
+        let asked_under = self.identity.thumbprint();
         let response = self
             .client
             .clone()
@@ -191,6 +203,7 @@ impl TokenExchanger {
             Cached {
                 token: token.clone(),
                 renew_at: requested_at + lifetime.mul_f64(0.8),
+                asked_under,
             },
         );
         Ok(token)
@@ -201,17 +214,13 @@ impl TokenExchanger {
     }
 }
 
-/// The cached token, if it is not yet due for renewal and, when it is bound to a certificate,
-/// that certificate is the one `identity` serves now.
+/// The cached token, if it is not yet due for renewal and `identity` has not been renewed since
+/// it was asked for (it is bound to the certificate that asked: a renewal replaces it before it
+/// is sent again, and so tokens follow the certificate the workload presents).
 fn fresh(cached: &Option<Cached>, identity: &Reloadable) -> Option<BearerToken> {
     cached
         .as_ref()
-        .filter(|c| Instant::now() < c.renew_at)
-        .filter(|c| {
-            c.token
-                .certificate()
-                .is_none_or(|bound| bound == identity.thumbprint())
-        })
+        .filter(|c| Instant::now() < c.renew_at && c.asked_under == identity.thumbprint())
         .map(|c| c.token.clone())
 }
 

@@ -4,8 +4,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_dev::devmesh::ORDERS_OTHER_CERTIFICATE;
+use mesh_proto::auth::v1::IssueServiceTokenRequest;
 use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
-use mesh_proto::auth::v1::{ExchangeTokenRequest, IssueServiceTokenRequest};
 use mesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_proto::inventory::v1::{ListItemsRequest, ReservationLine, ReserveRequest};
 use mesh_proto::orders::v1::ListOrdersRequest;
@@ -57,17 +57,7 @@ fn assert_mismatch(status: &tonic::Status) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exchanged_token_replayed_from_another_certificate_is_refused_even_sixty_four_at_once() {
     let mesh = TestMesh::start().await.expect("mesh");
-    let user = mesh.user_token("alice", "orders").await.expect("login");
-    let exchanged = AuthServiceClient::new(mesh.auth_channel("orders").expect("channel"))
-        .exchange_token(ExchangeTokenRequest {
-            subject_token: user,
-            audience: "inventory".into(),
-            scopes: vec!["inventory:reserve".into()],
-        })
-        .await
-        .expect("orders may exchange its user's token")
-        .into_inner()
-        .access_token;
+    let exchanged = crate::flow::exchanged_as_orders(&mesh, "alice").await;
     assert_eq!(
         payload(&exchanged)["cnf"],
         json!({ "x5t#S256": thumbprint_of(&mesh, "orders") }),

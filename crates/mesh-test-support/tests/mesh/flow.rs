@@ -44,7 +44,7 @@ fn orders(mesh: &TestMesh) -> OrdersServiceClient<Channel> {
 
 /// An exchanged token (sub = `user`, act = orders, aud = inventory), obtained the way orders
 /// obtains it: with orders' certificate.
-async fn exchanged_as_orders(mesh: &TestMesh, user: &str) -> String {
+pub(crate) async fn exchanged_as_orders(mesh: &TestMesh, user: &str) -> String {
     let user_token = mesh.user_token(user, "orders").await.expect("login");
     AuthServiceClient::new(mesh.auth_channel("orders").expect("channel"))
         .exchange_token(ExchangeTokenRequest {

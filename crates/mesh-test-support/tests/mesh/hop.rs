@@ -87,7 +87,7 @@ async fn policy_refusals_are_permission_denied_and_never_run_the_handler() {
 async fn workload_token_source_gets_and_attaches_service_tokens() {
     let mesh = TestMesh::start().await.expect("mesh");
     let source = ServiceTokenSource::new(
-        mesh.auth_channel("orders").expect("auth channel"),
+        mesh_client::transport(mesh.auth_channel("orders").expect("auth channel")),
         mesh.identity("orders").expect("identity"),
         "inventory",
         vec!["inventory:read".into()],

@@ -54,6 +54,20 @@ fn list_records(mesh: &TestMesh, subject: &str) -> Vec<(String, String, String)>
         .collect()
 }
 
+/// What a trial of listing with orders:admin records under `version`: alice's last listing would
+/// be denied for the scope, the administrator's is a plain allow.
+fn assert_tried_listing(mesh: &TestMesh, version: &str) {
+    let last = |subject| list_records(mesh, subject).pop();
+    assert_eq!(
+        last("alice"),
+        Some(("would_deny".into(), "missing_scope".into(), version.into()))
+    );
+    assert_eq!(
+        last("admin"),
+        Some(("allow".into(), "policy".into(), version.into()))
+    );
+}
+
 /// The orders audit records about policy reloads, as (reason, policy).
 fn reload_records(mesh: &TestMesh) -> Vec<(String, String)> {
     records(mesh, "orders")
@@ -280,18 +294,7 @@ async fn a_trial_rule_records_would_deny_and_the_enforced_rule_still_decides() {
     assert!(refused.message().contains("orders:read"), "{refused:?}");
     // What enforcing it would refuse: alice, for the scope; not the admin.
     let version = auth_interceptor::policy_file::version_of(&trial);
-    assert_eq!(
-        list_records(&mesh, "alice").last(),
-        Some(&(
-            "would_deny".to_owned(),
-            "missing_scope".to_owned(),
-            version.clone()
-        ))
-    );
-    assert_eq!(
-        list_records(&mesh, "admin").last(),
-        Some(&("allow".to_owned(), "policy".to_owned(), version))
-    );
+    assert_tried_listing(&mesh, &version);
     let scraped = mesh.scrape("orders").await.expect("scrape");
     assert_eq!(
         scraped.sum(
@@ -348,18 +351,7 @@ async fn a_whole_trial_file_records_would_deny_beside_the_shipped_policy_and_rel
     };
     list(&alice).await.expect("a trial file refuses nothing");
     list(&admin).await.expect("the administrator too");
-    assert_eq!(
-        list_records(&mesh, "alice").last(),
-        Some(&(
-            "would_deny".to_owned(),
-            "missing_scope".to_owned(),
-            version.clone()
-        ))
-    );
-    assert_eq!(
-        list_records(&mesh, "admin").last(),
-        Some(&("allow".to_owned(), "policy".to_owned(), version.clone()))
-    );
+    assert_tried_listing(&mesh, &version);
     // The enforced (shipped) policy still decides: without a valid token, no entry.
     let anonymous = list("").await.expect_err("no token");
     assert_eq!(anonymous.code(), Code::Unauthenticated);
