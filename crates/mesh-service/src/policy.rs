@@ -84,34 +84,24 @@ impl PolicyFiles {
         matches!(self.enforced, Enforced::File(_)) || self.trial.is_some()
     }
 
-    /// What an audit record or a log line calls these files.
-    fn describe(&self) -> String {
-        let enforced = match &self.enforced {
+    /// The enforced policy's name in errors, records and logs.
+    fn enforced_name(&self) -> String {
+        match &self.enforced {
             Enforced::Shipped { name, .. } => name.clone(),
             Enforced::File(path) => path.display().to_string(),
-        };
-        match &self.trial {
-            None => enforced,
-            Some(trial) => format!("{enforced} + trial {}", trial.display()),
         }
     }
 
-    /// Reads the files; `None` while one cannot be read (a ConfigMap's symlink swap may leave a
-    /// file briefly missing).
-    async fn read_now(&self) -> Option<Texts> {
-        let enforced = match &self.enforced {
-            Enforced::Shipped { text, .. } => text.clone(),
-            Enforced::File(path) => tokio::fs::read_to_string(path).await.ok()?,
-        };
-        let trial = match &self.trial {
-            None => None,
-            Some(path) => Some(tokio::fs::read_to_string(path).await.ok()?),
-        };
-        Some(Texts { enforced, trial })
+    /// What an audit record or a log line calls these files.
+    fn describe(&self) -> String {
+        match &self.trial {
+            None => self.enforced_name(),
+            Some(trial) => format!("{} + trial {}", self.enforced_name(), trial.display()),
+        }
     }
 
-    /// Reads the files at start, naming the flag of one that cannot be read.
-    fn read_at_start(&self) -> Result<Texts, Refused> {
+    /// Reads the files (a few KiB each), naming the flag of one that cannot be read.
+    fn read(&self) -> Result<Texts, Refused> {
         let read = |flag: &'static str, path: &PathBuf| {
             std::fs::read_to_string(path).map_err(|e| (flag, format!("{}: {e}", path.display())))
         };
@@ -128,13 +118,9 @@ impl PolicyFiles {
 
     /// Checks `texts` and makes the policy they say.
     fn build(&self, texts: &Texts) -> Result<Policy, Refused> {
-        let enforced_name = match &self.enforced {
-            Enforced::Shipped { name, .. } => name.clone(),
-            Enforced::File(path) => path.display().to_string(),
-        };
         let policy = auth_interceptor::parse_policy(
             &texts.enforced,
-            &enforced_name,
+            &self.enforced_name(),
             &self.trust_domain,
             self.served,
         )
@@ -178,7 +164,7 @@ impl ServerFlags {
             served,
         };
         let policy = files
-            .read_at_start()
+            .read()
             .and_then(|texts| files.build(&texts))
             .map_err(|(flag, why)| StartError::config(flag, why))?;
         Ok(ServerPolicy {
@@ -244,7 +230,8 @@ pub(crate) fn spawn_reload(
         let mut tick = tokio::time::interval(RELOAD_EVERY);
         loop {
             tick.tick().await;
-            let Some(texts) = files.read_now().await else {
+            // A file being replaced (a ConfigMap's symlink swap) may be briefly missing.
+            let Ok(texts) = files.read() else {
                 continue;
             };
             let version = texts.version();

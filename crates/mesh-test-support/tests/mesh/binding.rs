@@ -1,8 +1,6 @@
 //! Certificate-bound tokens (RFC 8705): the tokens the issuer gives workloads over mTLS name the
 //! certificate that asked, and a copy sent from any other certificate is refused.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_dev::devmesh::ORDERS_OTHER_CERTIFICATE;
 use mesh_proto::auth::v1::IssueServiceTokenRequest;
 use mesh_proto::auth::v1::auth_service_client::AuthServiceClient;
@@ -14,14 +12,9 @@ use mesh_test_support::{TestMesh, bearer, forge};
 use serde_json::{Value, json};
 use tonic::Code;
 
+use crate::oidc::payload;
 use crate::refusals::records;
 use crate::user_grants::introspect;
-
-/// The claims of a token, read without checking it.
-fn payload(token: &str) -> Value {
-    let part = token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("JSON")
-}
 
 /// `cnf.x5t#S256` of the certificate in `workload`'s files.
 fn thumbprint_of(mesh: &TestMesh, workload: &str) -> String {
